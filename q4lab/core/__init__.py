@@ -1,0 +1,42 @@
+"""The INT4 numerical core: specs, packed tensors, fake quantization and the size ledger."""
+
+from q4lab.core.affine import from_codes, group_view, round_trip, scale_zero_from_range, to_codes
+from q4lab.core.fake_quant import fake_quant
+from q4lab.core.ledger import LeafSize, Ledger, size_ledger
+from q4lab.core.packing import pack, pack_numpy, unpack, unpack_numpy
+from q4lab.core.qtensor import (
+    QTensor,
+    dequantize,
+    dequantize_matrix,
+    from_matrix,
+    normalize_in_axes,
+    quantize,
+    stored_bytes,
+    to_matrix,
+)
+from q4lab.core.spec import QuantSpec
+
+__all__ = [
+    "LeafSize",
+    "Ledger",
+    "QTensor",
+    "QuantSpec",
+    "dequantize",
+    "dequantize_matrix",
+    "fake_quant",
+    "from_codes",
+    "from_matrix",
+    "group_view",
+    "normalize_in_axes",
+    "pack",
+    "pack_numpy",
+    "quantize",
+    "round_trip",
+    "scale_zero_from_range",
+    "size_ledger",
+    "stored_bytes",
+    "to_codes",
+    "to_matrix",
+    "unpack",
+    "unpack_numpy",
+]

@@ -1,0 +1,133 @@
+"""The size ledger: exact bytes of a parameter pytree in which some leaves are `QTensor`s.
+
+Two figures per quantized leaf, never mixed silently:
+  stored  the bytes really held (``nbytes`` of codes, scales, zeros, permutation). 2- and 3-bit
+          codes sit in 4-bit nibbles and 5..8-bit codes in bytes, so stored >= ideal.
+  ideal   the packed size: ``bits`` per code and per zero point, plus scales and permutation as
+          stored. Equal to stored for 4-bit codes with an even output size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import numpy as np
+
+from q4lab.core.qtensor import QTensor
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafSize:
+    """Bytes of one leaf. Float leaves have only ``float_bytes``; ``bits`` is None for them."""
+
+    path: str
+    params: int  # logical number of values
+    bits: int | None
+    codes: int = 0
+    scales: int = 0
+    zeros: int = 0
+    perm: int = 0
+    float_bytes: int = 0
+    ideal_bits: float = 0.0  # packed size in bits (see module docstring)
+
+    @property
+    def stored(self) -> int:
+        return self.codes + self.scales + self.zeros + self.perm + self.float_bytes
+
+    @property
+    def quantized(self) -> bool:
+        return self.bits is not None
+
+
+def _leaf_size(path: str, leaf: object) -> LeafSize:
+    if isinstance(leaf, QTensor):
+        held = {name: int(a.nbytes) for name, a in leaf.arrays().items()}
+        zero_count = 0 if leaf.zero is None else math.prod(leaf.scale.shape)
+        meta_bits = 8 * (held["scale"] + held.get("perm", 0))
+        return LeafSize(
+            path=path,
+            params=leaf.size,
+            bits=leaf.spec.bits,
+            codes=held["codes"],
+            scales=held["scale"],
+            zeros=held.get("zero", 0),
+            perm=held.get("perm", 0),
+            ideal_bits=leaf.spec.bits * (leaf.size + zero_count) + meta_bits,
+        )
+    arr = np.asarray(leaf) if not hasattr(leaf, "nbytes") else leaf
+    return LeafSize(path=path, params=int(np.size(arr)), bits=None, float_bytes=int(arr.nbytes))
+
+
+@dataclasses.dataclass(frozen=True)
+class Ledger:
+    """Per-leaf sizes and the totals a results row reports."""
+
+    leaves: tuple[LeafSize, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(leaf.stored for leaf in self.leaves)
+
+    @property
+    def float_bytes(self) -> int:
+        return sum(leaf.float_bytes for leaf in self.leaves)
+
+    @property
+    def quantized_bytes(self) -> int:
+        return sum(leaf.stored for leaf in self.leaves if leaf.quantized)
+
+    @property
+    def quantized_params(self) -> int:
+        return sum(leaf.params for leaf in self.leaves if leaf.quantized)
+
+    @property
+    def params(self) -> int:
+        return sum(leaf.params for leaf in self.leaves)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Stored bits per quantized weight (codes + scales + zeros + perm); NaN if none."""
+        n = self.quantized_params
+        return 8 * self.quantized_bytes / n if n else float("nan")
+
+    @property
+    def ideal_bits_per_weight(self) -> float:
+        """Packed bits per quantized weight (see module docstring); NaN if none."""
+        n = self.quantized_params
+        return sum(leaf.ideal_bits for leaf in self.leaves if leaf.quantized) / n if n else math.nan
+
+    @property
+    def fp32_bytes(self) -> int:
+        """Size of the same parameters all in float32: the reference for compression."""
+        return 4 * self.params
+
+    @property
+    def compression(self) -> float:
+        """fp32 bytes / stored bytes."""
+        return self.fp32_bytes / self.total_bytes
+
+    def totals(self) -> dict[str, float | int]:
+        """The flat figures a results row carries."""
+        return {
+            "total_bytes": self.total_bytes,
+            "quantized_bytes": self.quantized_bytes,
+            "float_bytes": self.float_bytes,
+            "params": self.params,
+            "quantized_params": self.quantized_params,
+            "bits_per_weight": self.bits_per_weight,
+            "ideal_bits_per_weight": self.ideal_bits_per_weight,
+            "fp32_bytes": self.fp32_bytes,
+            "compression": self.compression,
+        }
+
+    def rows(self) -> list[dict[str, object]]:
+        """One dict per leaf (for a pandas DataFrame)."""
+        return [dataclasses.asdict(leaf) | {"stored": leaf.stored} for leaf in self.leaves]
+
+
+def size_ledger(params: object) -> Ledger:
+    """Walk a pytree (QTensors kept whole) and count the bytes every leaf holds."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: isinstance(x, QTensor))
+    return Ledger(tuple(_leaf_size(jax.tree_util.keystr(path), leaf) for path, leaf in flat))

@@ -1,0 +1,176 @@
+"""`QTensor`: a quantized weight held as packed integer codes plus scales and zero points.
+
+Any weight is stored as a matrix ``[K, N]``: its input (contraction) axes moved to the front and
+flattened into K, the rest flattened into N. ``in_axes`` and ``shape`` restore the logical tensor.
+A Flax ``Dense`` kernel ``[in, out]`` has ``in_axes=(0,)``; a ``Conv`` kernel ``[kh, kw, in, out]``
+has ``in_axes=(0, 1, 2)`` (K = kh*kw*in, groups then run along that flattened axis).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from q4lab.core import affine
+from q4lab.core.packing import pack, unpack
+from q4lab.core.spec import QuantSpec
+
+InAxes = int | Sequence[int]
+
+
+def normalize_in_axes(in_axes: InAxes, ndim: int) -> tuple[int, ...]:
+    """Positive, sorted input axes; raises a ValueError naming ``in_axes`` if they do not fit."""
+    axes = (in_axes,) if isinstance(in_axes, int | np.integer) else tuple(in_axes)
+    if ndim < 2:
+        raise ValueError(f"a weight needs at least 2 dims (inputs and outputs), got ndim={ndim}")
+    if not axes or any(not -ndim <= int(a) < ndim for a in axes):
+        norm: tuple[int, ...] = ()
+    else:
+        norm = tuple(sorted({int(a) % ndim for a in axes}))
+    if not norm or len(norm) != len(axes) or len(norm) == ndim:
+        raise ValueError(
+            f"in_axes={in_axes!r} is invalid for a weight of ndim={ndim}; allowed: distinct axes "
+            f"in [-{ndim}, {ndim}) leaving at least one output axis"
+        )
+    return norm
+
+
+def _perm(in_axes: tuple[int, ...], ndim: int) -> tuple[int, ...]:
+    return in_axes + tuple(a for a in range(ndim) if a not in in_axes)
+
+
+def to_matrix(w: jax.Array, in_axes: tuple[int, ...]) -> jax.Array:
+    """Logical weight -> ``[K, N]`` (input axes first, flattened)."""
+    perm = _perm(in_axes, w.ndim)
+    k = math.prod(w.shape[a] for a in in_axes)
+    return jnp.transpose(w, perm).reshape(k, -1)
+
+
+def from_matrix(w2d: jax.Array, shape: tuple[int, ...], in_axes: tuple[int, ...]) -> jax.Array:
+    """``[K, N]`` -> the logical weight of ``shape``; inverse of `to_matrix`."""
+    perm = _perm(in_axes, len(shape))
+    moved = w2d.reshape(tuple(shape[a] for a in perm))
+    return jnp.transpose(moved, np.argsort(perm))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class QTensor:
+    """A quantized weight. A pytree: the arrays are leaves, the rest is static.
+
+    codes: ``uint8[K, ceil(N/2)]`` two codes per byte when ``spec.bits <= 4`` (nibble order in
+        `q4lab.core.packing`), else ``int8``/``uint8[K, N]``.
+    scale: ``[G, N]`` (per-group), ``[1, N]`` (per-channel) or ``[1, 1]`` (per-tensor), in
+        ``spec.scale_dtype``.
+    zero: integer zero points, same grid as ``scale``, stored like the codes; None if symmetric.
+    perm: optional int row permutation of the ``[K, N]`` matrix (GPTQ act-order): row ``i`` of the
+        stored codes is row ``perm[i]`` of the logical matrix. None when rows are in order.
+    """
+
+    codes: jax.Array
+    scale: jax.Array
+    zero: jax.Array | None
+    perm: jax.Array | None
+    spec: QuantSpec = dataclasses.field(metadata={"static": True})
+    shape: tuple[int, ...] = dataclasses.field(metadata={"static": True})
+    in_axes: tuple[int, ...] = dataclasses.field(metadata={"static": True})
+
+    @property
+    def k(self) -> int:
+        return math.prod(self.shape[a] for a in self.in_axes)
+
+    @property
+    def n(self) -> int:
+        return math.prod(self.shape) // self.k
+
+    @property
+    def size(self) -> int:
+        """Number of logical weights."""
+        return math.prod(self.shape)
+
+    def int_codes(self) -> jax.Array:
+        """Codes as ``[K, N]`` in their narrow integer dtype (stored row order)."""
+        return unpack(self.codes, bits=self.spec.bits, signed=self.spec.symmetric, n=self.n)
+
+    def int_zero(self) -> jax.Array | None:
+        """Zero points as ``[G, N]`` integers, or None."""
+        if self.zero is None:
+            return None
+        return unpack(self.zero, bits=self.spec.bits, signed=False, n=self.scale.shape[-1]).astype(
+            jnp.int32
+        )
+
+    def arrays(self) -> dict[str, jax.Array]:
+        """The arrays actually held, by role (what `stored_bytes` and the ledger count)."""
+        held = {"codes": self.codes, "scale": self.scale, "zero": self.zero, "perm": self.perm}
+        return {name: a for name, a in held.items() if a is not None}
+
+
+def stored_bytes(qt: QTensor) -> int:
+    """Bytes of every array a QTensor holds (codes, scales, zeros, permutation)."""
+    return sum(int(a.nbytes) for a in qt.arrays().values())
+
+
+def _grid(a: jax.Array) -> jax.Array:
+    """``[G, 1, N]`` view of a scale/zero grid ``[G, N]``."""
+    return a[:, None, :]
+
+
+def quantize(
+    w: jax.Array,
+    spec: QuantSpec,
+    scale: jax.Array,
+    zero: jax.Array | None = None,
+    *,
+    in_axes: InAxes = 0,
+    perm: jax.Array | None = None,
+) -> QTensor:
+    """Quantize ``w`` with given scales (and zeros) into a packed `QTensor`.
+
+    ``scale``/``zero`` have the grid shape of `QTensor` (``[G, N]``, ``[1, N]`` or ``[1, 1]``).
+    With ``perm``, ``scale``/``zero`` refer to the rows of ``w[perm]`` (see `QTensor.perm`).
+    """
+    axes = normalize_in_axes(in_axes, w.ndim)
+    w2d = to_matrix(jnp.asarray(w), axes)
+    spec.check_input_size(w2d.shape[0])
+    if perm is not None:
+        w2d = w2d[perm]
+    if spec.symmetric != (zero is None):
+        raise ValueError(
+            f"zero must be {'None' if spec.symmetric else 'given'} for symmetric={spec.symmetric}"
+        )
+    scale = scale.astype(spec.jnp_scale_dtype)
+    zero_grid = None if zero is None else _grid(zero)
+    codes = affine.to_codes(affine.group_view(w2d, spec), _grid(scale), zero_grid, spec)
+    codes = codes.reshape(w2d.shape).astype(jnp.int32)
+    packed_zero = None if zero is None else pack(zero, bits=spec.bits, signed=False)
+    return QTensor(
+        codes=pack(codes, bits=spec.bits, signed=spec.symmetric),
+        scale=scale,
+        zero=packed_zero,
+        perm=perm,
+        spec=spec,
+        shape=tuple(w.shape),
+        in_axes=axes,
+    )
+
+
+def dequantize_matrix(qt: QTensor) -> jax.Array:
+    """The float32 ``[K, N]`` matrix of a QTensor, rows in logical order."""
+    codes = affine.group_view(qt.int_codes(), qt.spec)
+    zero = qt.int_zero()
+    w2d = affine.from_codes(codes, _grid(qt.scale), None if zero is None else _grid(zero))
+    w2d = w2d.reshape(qt.k, qt.n)
+    if qt.perm is not None:
+        w2d = w2d[jnp.argsort(qt.perm)]
+    return w2d
+
+
+def dequantize(qt: QTensor, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+    """The weight a QTensor stands for, in its logical shape: ``(codes - zero) * scale``."""
+    return from_matrix(dequantize_matrix(qt), qt.shape, qt.in_axes).astype(dtype)

@@ -1,0 +1,103 @@
+"""`QuantSpec`: how a tensor is quantized (bit width, symmetry, granularity, scale dtype).
+
+Glossary used across `q4lab.core`:
+  K  the contraction (input) size of a weight seen as a matrix ``[K, N]``.
+  N  the output size.
+  g  the group size along K; G = K // g groups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax.numpy as jnp
+import numpy as np
+
+Granularity = Literal["per_tensor", "per_channel", "per_group"]
+GRANULARITIES: tuple[str, ...] = ("per_tensor", "per_channel", "per_group")
+SCALE_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+MIN_BITS, MAX_BITS = 2, 8
+
+
+def _bad(field: str, value: object, allowed: str) -> ValueError:
+    return ValueError(f"QuantSpec.{field}={value!r} is invalid; allowed: {allowed}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QuantSpec:
+    """How to quantize one tensor. Frozen and hashable, so it can be a static jit argument.
+
+    ``QuantSpec(bits=4, group_size=128)`` is 4-bit symmetric with groups of 128 along K.
+    """
+
+    bits: int = 4  # code width, 2..8; 4 is the headline, the others are for comparison sweeps
+    symmetric: bool = True  # signed codes and no zero point; else unsigned codes and a zero point
+    granularity: Granularity | None = None  # one scale per tensor / output channel / group;
+    # None means "per_group" when group_size is set, else "per_channel"
+    group_size: int | None = None  # g, along the input axis; only with granularity="per_group"
+    scale_dtype: str = "float32"  # the dtype scales are stored (and rounded) in
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int | np.integer):
+            raise _bad("bits", self.bits, f"an int in {MIN_BITS}..{MAX_BITS}")
+        if not MIN_BITS <= self.bits <= MAX_BITS:
+            raise _bad("bits", self.bits, f"an int in {MIN_BITS}..{MAX_BITS}")
+        if not isinstance(self.symmetric, bool | np.bool_):
+            raise _bad("symmetric", self.symmetric, "True or False")
+        granularity = self.granularity
+        if granularity is None:
+            granularity = "per_group" if self.group_size is not None else "per_channel"
+            object.__setattr__(self, "granularity", granularity)
+        if granularity not in GRANULARITIES:
+            raise _bad("granularity", granularity, ", ".join(GRANULARITIES))
+        if granularity == "per_group":
+            g = self.group_size
+            if isinstance(g, bool) or not isinstance(g, int | np.integer) or g < 1:
+                raise _bad("group_size", g, "a positive int when granularity='per_group'")
+        elif self.group_size is not None:
+            raise _bad("group_size", self.group_size, f"None when granularity={granularity!r}")
+        if self.scale_dtype not in SCALE_DTYPES:
+            raise _bad("scale_dtype", self.scale_dtype, ", ".join(SCALE_DTYPES))
+
+    @property
+    def qmin(self) -> int:
+        """Smallest code: -2^(b-1) for symmetric (signed) codes, 0 for asymmetric ones."""
+        return -(2 ** (self.bits - 1)) if self.symmetric else 0
+
+    @property
+    def qmax(self) -> int:
+        """Largest code: 2^(b-1)-1 for symmetric (signed) codes, 2^b-1 for asymmetric ones."""
+        return 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
+
+    @property
+    def packed(self) -> bool:
+        """True when codes are stored two per byte (bits <= 4); wider codes take a byte each."""
+        return self.bits <= 4
+
+    @property
+    def jnp_scale_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.scale_dtype)
+
+    def num_groups(self, k: int) -> int:
+        """Scale rows for a weight with K inputs (1 unless per-group)."""
+        return k // self.group_size if self.granularity == "per_group" else 1
+
+    def check_input_size(self, k: int, *, where: str = "") -> None:
+        """Raise a ValueError naming group_size if it does not divide a weight with K inputs."""
+        if self.granularity == "per_group" and k % self.group_size:
+            divisors = [d for d in range(1, k + 1) if k % d == 0]
+            at = f" for {where}" if where else ""
+            raise ValueError(
+                f"QuantSpec.group_size={self.group_size} does not divide the input size K={k}{at};"
+                f" allowed group sizes for this layer: {divisors}"
+            )
+
+    def describe(self) -> str:
+        """A short label, e.g. 'W4 sym g128 f16' or 'W8 asym per-channel'."""
+        gran = {"per_tensor": "per-tensor", "per_channel": "per-channel"}.get(
+            self.granularity, f"g{self.group_size}"
+        )
+        sym = "sym" if self.symmetric else "asym"
+        dtype = {"float32": "", "bfloat16": " bf16", "float16": " f16"}[self.scale_dtype]
+        return f"W{self.bits} {sym} {gran}{dtype}"

@@ -1,0 +1,36 @@
+"""Pluggable weight quantizers, registered by name (``get_quantizer("mse", p=2.4)``)."""
+
+from q4lab.quantizers.base import (
+    ACTIVATIONS,
+    HESSIAN,
+    Quantizer,
+    RangeQuantizer,
+    Stats,
+    available,
+    check_finite,
+    get_quantizer,
+    minmax_range,
+    quantizer_class,
+    register,
+)
+from q4lab.quantizers.minmax import MinMax
+from q4lab.quantizers.mse import MSE, lp_error
+from q4lab.quantizers.percentile import Percentile
+
+__all__ = [
+    "ACTIVATIONS",
+    "HESSIAN",
+    "MSE",
+    "MinMax",
+    "Percentile",
+    "Quantizer",
+    "RangeQuantizer",
+    "Stats",
+    "available",
+    "check_finite",
+    "get_quantizer",
+    "lp_error",
+    "minmax_range",
+    "quantizer_class",
+    "register",
+]

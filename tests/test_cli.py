@@ -1,0 +1,16 @@
+from q4lab.cli import main
+from q4lab.demo import compare_quantizers, synthetic_weights
+
+
+def test_demo_compares_every_quantizer_on_every_matrix(capsys):
+    assert main(["demo", "--k", "128", "--n", "32"]) == 0
+    out = capsys.readouterr().out
+    for name in ("minmax", "percentile", "mse", "gaussian", "student_t3", "W4 sym g32 f16"):
+        assert name in out
+
+
+def test_demo_table_has_ledger_bits():
+    table = compare_quantizers(synthetic_weights(128, 16))
+    g128 = table[table.spec == "W4 sym g128 f16"]
+    assert set(g128.bits_per_weight) == {4.125}
+    assert (table.rel_sq_error > 0).all()
