@@ -1,0 +1,193 @@
+"""Find the quantizable layers of an unedited Flax model and run it with per-layer hooks.
+
+Works through Flax's own injection points, never by patching ``jax.lax``:
+  Linen  ``nn.intercept_methods`` wraps each matched module's ``__call__`` and, for that call
+         only, sets the module's ``dot_general`` / ``conv_general_dilated`` attributes.
+  NNX    the graph is merged from a parameter dict inside the traced function and the matched
+         modules' ``dot_general`` / ``conv_general_dilated`` attributes are set on that copy.
+Parameters are handled as a plain nested dict (Linen: ``variables["params"]``; NNX: the pure
+dict of the module's state); each layer's kernel sits at ``Layer.key``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import flax.linen as nn
+import jax
+from flax import nnx
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """A quantizable layer: where its kernel lives and which kernel axes are its inputs."""
+
+    path: str  # module names joined by "/"
+    key: tuple[Any, ...]  # key path of the kernel in the parameter dict
+    kind: str  # "dense", "conv" or "einsum"
+    kernel_shape: tuple[int, ...]
+    in_axes: tuple[int, ...]  # contraction axes of the kernel (K); the rest are outputs (N)
+    hookable: bool  # True when the layer's matmul can be replaced (activation quantization)
+
+
+class Hook(Protocol):
+    """Replacement compute for one layer; signatures of ``lax.dot_general`` and
+    ``lax.conv_general_dilated`` (the keyword arguments Flax passes)."""
+
+    def dot_general(self, lhs, rhs, dimension_numbers, precision=None, **kwargs): ...
+
+    def conv(self, lhs, rhs, window_strides, padding, **kwargs): ...
+
+
+def _einsum_in_axes(einsum_str: str) -> tuple[int, ...]:
+    inputs, out = einsum_str.replace(" ", "").split("->")
+    lhs, rhs = inputs.split(",")
+    return tuple(i for i, c in enumerate(rhs) if c in lhs and c not in out)
+
+
+def _linen_layer(module: nn.Module, kernel_shape: tuple[int, ...], key: tuple) -> Layer | None:
+    path = "/".join(str(p) for p in module.path)
+    ndim = len(kernel_shape)
+    if isinstance(module, nn.Dense):
+        return Layer(path, key, "dense", kernel_shape, (0,), True)
+    if isinstance(module, nn.DenseGeneral):
+        n_in = len(module.axis) if isinstance(module.axis, tuple | list) else 1
+        return Layer(path, key, "dense", kernel_shape, tuple(range(n_in)), not module.batch_dims)
+    if isinstance(module, nn.Conv) and getattr(module, "shared_weights", True):
+        return Layer(path, key, "conv", kernel_shape, tuple(range(ndim - 1)), True)
+    if isinstance(module, nn.Einsum):
+        in_axes = _einsum_in_axes(module.einsum_str)
+        return Layer(path, key, "einsum", kernel_shape, in_axes, False)
+    return None
+
+
+def _nnx_layer(path_parts: tuple, node: Any) -> Layer | None:
+    path = "/".join(str(p) for p in path_parts)
+    key = (*path_parts, "kernel")
+    if isinstance(node, nnx.Linear):
+        return Layer(path, key, "dense", tuple(node.kernel.value.shape), (0,), True)
+    if isinstance(node, nnx.LinearGeneral):
+        n_in = len(node.axis) if isinstance(node.axis, tuple | list) else 1
+        shape = tuple(node.kernel.value.shape)
+        return Layer(path, key, "dense", shape, tuple(range(n_in)), not node.batch_axis)
+    if isinstance(node, nnx.Conv):
+        shape = tuple(node.kernel.value.shape)
+        return Layer(path, key, "conv", shape, tuple(range(len(shape) - 1)), True)
+    if isinstance(node, nnx.Einsum):
+        shape = tuple(node.kernel.value.shape)
+        return Layer(path, key, "einsum", shape, _einsum_in_axes(node.einsum_str), False)
+    return None
+
+
+def _install(module: Any, hook: Hook) -> None:
+    """Point a module's injection attributes at the hook (Linen modules are frozen dataclasses)."""
+    setter = object.__setattr__
+    if hasattr(module, "conv_general_dilated"):
+        if hasattr(module, "conv_general_dilated_cls"):
+            setter(module, "conv_general_dilated_cls", None)
+        setter(module, "conv_general_dilated", hook.conv)
+    else:
+        if hasattr(module, "dot_general_cls"):
+            setter(module, "dot_general_cls", None)
+        setter(module, "dot_general", hook.dot_general)
+
+
+class LinenAdapter:
+    """A Linen module and its ``params`` collection."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def layers(self, params: PyTree, sample_input: jax.Array) -> list[Layer]:
+        found: dict[str, Layer] = {}
+
+        def record(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            mod = context.module
+            if context.method_name == "__call__" and "kernel" in mod.variables.get("params", {}):
+                key = (*mod.path, "kernel")
+                shape = tuple(mod.variables["params"]["kernel"].shape)
+                layer = _linen_layer(mod, shape, key)
+                if layer is not None:
+                    found.setdefault(layer.path, layer)
+            return out
+
+        with nn.intercept_methods(record):
+            jax.eval_shape(lambda p, x: self.module.apply({"params": p}, x), params, sample_input)
+        return list(found.values())
+
+    def apply(self, params: PyTree, x: jax.Array, hooks: Mapping[str, Hook]) -> jax.Array:
+        if not hooks:
+            return self.module.apply({"params": params}, x)
+
+        def intercept(next_fun, args, kwargs, context):
+            mod = context.module
+            hook = hooks.get("/".join(str(p) for p in mod.path))
+            if hook is None or context.method_name != "__call__":
+                return next_fun(*args, **kwargs)
+            _install(mod, hook)
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(intercept):
+            return self.module.apply({"params": params}, x)
+
+
+class NNXAdapter:
+    """An NNX module; its state is handled as a pure dict."""
+
+    def __init__(self, module: nnx.Module):
+        self.graphdef, self.state = nnx.split(module)
+        self.module = module
+
+    def params(self) -> PyTree:
+        return nnx.to_pure_dict(self.state)
+
+    def _merge(self, params: PyTree) -> nnx.Module:
+        state = jax.tree_util.tree_map(lambda v: v, self.state)
+        nnx.replace_by_pure_dict(state, params)
+        return nnx.merge(self.graphdef, state)
+
+    def layers(self, params: PyTree, sample_input: jax.Array) -> list[Layer]:
+        module = self._merge(params)
+        found = [_nnx_layer(tuple(p), node) for p, node in nnx.iter_graph(module)]
+        return [layer for layer in found if layer is not None]
+
+    def apply(self, params: PyTree, x: jax.Array, hooks: Mapping[str, Hook]) -> jax.Array:
+        module = self._merge(params)
+        if hooks:
+            for path, node in nnx.iter_graph(module):
+                hook = hooks.get("/".join(str(p) for p in path))
+                if hook is not None and isinstance(node, nnx.Module):
+                    _install(node, hook)
+        return module(x)
+
+
+Adapter = LinenAdapter | NNXAdapter
+
+
+def adapt(model: nn.Module | nnx.Module) -> Adapter:
+    """The adapter for a Linen or NNX model."""
+    if isinstance(model, nnx.Module):
+        return NNXAdapter(model)
+    if isinstance(model, nn.Module):
+        return LinenAdapter(model)
+    raise TypeError(f"expected a flax.linen.Module or flax.nnx.Module, got {type(model).__name__}")
+
+
+def get_at(tree: PyTree, key: tuple) -> Any:
+    for k in key:
+        tree = tree[k]
+    return tree
+
+
+def set_at(tree: PyTree, key: tuple, value: Any) -> PyTree:
+    """A copy of a nested dict with ``tree[key] = value`` (dicts along the path are copied)."""
+    if not key:
+        return value
+    out = dict(tree)
+    out[key[0]] = set_at(tree[key[0]], key[1:], value)
+    return out

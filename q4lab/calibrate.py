@@ -1,0 +1,77 @@
+"""Calibration: run the float model on held-out batches and collect, per layer, only the
+statistics its quantizers asked for, accumulated in float32 without keeping all activations:
+
+  "hessian"     ``H = 2 X^T X / n`` over the layer's input rows ``X[n, K]`` (conv: im2col patches)
+  "act_sample"  up to ``max_sample_rows`` input rows (conv: whole examples), for static
+                activation ranges chosen by a clipping quantizer
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from q4lab.adapters import Adapter, PyTree
+from q4lab.hooks import CaptureHook
+
+
+def _merge_calls(records: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
+    """One layer called several times in a forward: sum the moments, stack the samples."""
+    out: dict[str, jax.Array] = {"rows": sum(r["rows"] for r in records)}
+    if "xtx" in records[0]:
+        out["xtx"] = sum(r["xtx"] for r in records)
+    if "sample" in records[0]:
+        out["sample"] = jnp.concatenate([r["sample"] for r in records])
+    return out
+
+
+def calibrate(
+    adapter: Adapter,
+    params: PyTree,
+    needs: Mapping[str, set[str]],
+    batches: Iterable[jax.Array],
+    *,
+    max_sample_rows: int = 2048,
+) -> dict[str, dict[str, jax.Array]]:
+    """Statistics per layer path for the layers in ``needs`` (path -> {"hessian", "act_sample"}).
+
+    Each batch runs one jitted float forward; moments are summed on the host in float64.
+    """
+    wanted = {path: set(n) for path, n in needs.items() if n}
+    if not wanted:
+        return {}
+    per_batch = max(1, max_sample_rows // 8)
+
+    def forward(p, x):
+        hooks = {
+            path: CaptureHook(hessian="hessian" in n, sample_rows=per_batch * ("act_sample" in n))
+            for path, n in wanted.items()
+        }
+        adapter.apply(p, x, hooks)
+        return {path: _merge_calls(h.records) for path, h in hooks.items() if h.records}
+
+    step = jax.jit(forward)
+    totals: dict[str, dict[str, np.ndarray]] = {}
+    for batch in batches:
+        for path, rec in step(params, batch).items():
+            acc = totals.setdefault(path, {"rows": 0.0, "samples": []})
+            acc["rows"] += float(rec["rows"])
+            if "xtx" in rec:
+                acc["xtx"] = acc.get("xtx", 0.0) + np.asarray(rec["xtx"], np.float64)
+            if "sample" in rec and sum(len(s) for s in acc["samples"]) < max_sample_rows:
+                acc["samples"].append(np.asarray(rec["sample"]))
+    missing = sorted(set(wanted) - set(totals))
+    if missing:
+        raise ValueError(f"calibration data never reached layer(s) {missing}")
+    stats: dict[str, dict[str, jax.Array]] = {}
+    for path, acc in totals.items():
+        out: dict[str, jax.Array] = {}
+        if "xtx" in acc:
+            out["hessian"] = jnp.asarray(2.0 * acc["xtx"] / acc["rows"], jnp.float32)
+        if acc["samples"]:
+            out["act_sample"] = jnp.asarray(np.concatenate(acc["samples"])[:max_sample_rows])
+        stats[path] = out
+    return stats

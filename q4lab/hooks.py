@@ -1,0 +1,165 @@
+"""Per-layer compute injected into Flax modules: capture for calibration, and the quantized
+forward (real integer arithmetic, or its fake-quant simulation).
+
+Inputs are brought to a matrix ``x[M, K]`` whose columns follow the kernel's flattened input
+axes (the `QTensor` layout): a dense layer's contracting axes, or a convolution's im2col patches
+(``lax.conv_general_dilated_patches``, channel-major, reordered to the kernel's ``(*window, in)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from q4lab.core import QTensor, affine
+from q4lab.ops import fake_quantize_rows, int_matmul, quantize_rows
+from q4lab.recipe import ActSpec
+
+
+def dense_rows(lhs: jax.Array, dimension_numbers) -> tuple[jax.Array, tuple[int, ...]]:
+    """``lhs`` of a ``dot_general`` as ``[M, K]`` (K in the kernel's axis order) + free shape."""
+    (lc, rc), (lb, rb) = dimension_numbers
+    if lb or rb:
+        raise NotImplementedError("quantized dot_general with batch dimensions is not supported")
+    contract = [lc[i] for i in sorted(range(len(rc)), key=lambda i: rc[i])]
+    free = [d for d in range(lhs.ndim) if d not in lc]
+    moved = jnp.transpose(lhs, free + contract)
+    free_shape = tuple(lhs.shape[d] for d in free)
+    return moved.reshape(-1, moved.size // max(1, _prod(free_shape))), free_shape
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
+
+
+def _check_conv(lhs, rhs, kwargs) -> lax.ConvDimensionNumbers:
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, kwargs.get("dimension_numbers"))
+    nd = lhs.ndim
+    if dn.lhs_spec[:2] != (0, nd - 1) or dn.rhs_spec[:2] != (nd - 1, nd - 2):
+        raise NotImplementedError(
+            f"quantized conv needs channels-last inputs and kernels, got {dn}"
+        )
+    if kwargs.get("feature_group_count", 1) != 1 or kwargs.get("batch_group_count", 1) != 1:
+        raise NotImplementedError("quantized conv with grouped features is not supported")
+    return dn
+
+
+def conv_patches(lhs, rhs, window_strides, padding, **kwargs) -> jax.Array:
+    """im2col of a channels-last conv input: ``[B, *out_spatial, K]`` with K ordered as the
+    kernel's ``(*window, in_features)``."""
+    dn = _check_conv(lhs, rhs, kwargs)
+    window = rhs.shape[:-2]
+    patches = lax.conv_general_dilated_patches(
+        lhs,
+        filter_shape=window,
+        window_strides=window_strides,
+        padding=padding,
+        lhs_dilation=kwargs.get("lhs_dilation"),
+        rhs_dilation=kwargs.get("rhs_dilation"),
+        dimension_numbers=dn,
+        precision=lax.Precision.HIGHEST,
+    )
+    lead = patches.shape[:-1]
+    channels = lhs.shape[-1]
+    patches = patches.reshape(*lead, channels, _prod(window))
+    return jnp.swapaxes(patches, -1, -2).reshape(*lead, -1)
+
+
+def _lax_conv(lhs, rhs, window_strides, padding, **kwargs):
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
+
+
+@dataclasses.dataclass
+class CaptureHook:
+    """Runs the layer in float and records, per call, what calibration asked for:
+    ``xtx`` (sum of X^T X, float32 [K, K]), ``rows`` (count), ``sample`` (a few input rows for
+    static activation ranges; for convolutions whole input examples flattened)."""
+
+    hessian: bool
+    sample_rows: int
+    records: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
+
+    def _record(self, x2d: jax.Array, act_rows: jax.Array) -> None:
+        rec: dict[str, jax.Array] = {"rows": jnp.asarray(x2d.shape[0], jnp.float32)}
+        if self.hessian:
+            x32 = x2d.astype(jnp.float32)
+            rec["xtx"] = jnp.dot(x32.T, x32, precision=lax.Precision.HIGHEST)
+        if self.sample_rows:
+            rec["sample"] = act_rows[: self.sample_rows].astype(jnp.float32)
+        self.records.append(rec)
+
+    def dot_general(self, lhs, rhs, dimension_numbers, precision=None, **kwargs):
+        x2d, _ = dense_rows(lhs, dimension_numbers)
+        self._record(x2d, x2d)
+        return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, **kwargs)
+
+    def conv(self, lhs, rhs, window_strides, padding, **kwargs):
+        patches = conv_patches(lhs, rhs, window_strides, padding, **kwargs)
+        self._record(patches.reshape(-1, patches.shape[-1]), lhs.reshape(lhs.shape[0], -1))
+        return _lax_conv(lhs, rhs, window_strides, padding, **kwargs)
+
+
+@dataclasses.dataclass
+class QuantHook:
+    """The quantized layer: weight `QTensor` ``qt`` and, if ``act`` is set, activation codes.
+
+    ``fake=False``: integer codes through `q4lab.ops.int_matmul` (W4A4), or the module's own op
+    on the weight dequantized from its packed codes (W4A16, no hook needed).
+    ``fake=True``: the same values simulated in float (fake-quantized input, float op on the
+    dequantized kernel). ``act_params`` holds calibrated (scale, zero) for static activations.
+    """
+
+    qt: QTensor
+    act: ActSpec
+    act_params: tuple[jax.Array, jax.Array | None] | None
+    fake: bool
+
+    def _act_scale(self, rows: jax.Array):
+        if self.act.mode == "static":
+            return self.act_params
+        spec = self.act.quant_spec()
+        view = affine.group_view(rows.T.astype(jnp.float32), spec)
+        lo, hi = self.act.clipper().weight_range(view, spec)
+        scale, zero = affine.scale_zero_from_range(lo, hi, spec)
+        return scale[0].T, None if zero is None else zero[0].T
+
+    def _quantize_act(self, rows: jax.Array) -> tuple[Any, jax.Array]:
+        scale, zero = self._act_scale(rows)
+        spec = self.act.quant_spec()
+        if self.fake:
+            return fake_quantize_rows(rows, scale, zero, spec), scale
+        return quantize_rows(rows, scale, zero, spec), scale
+
+    def dot_general(self, lhs, rhs, dimension_numbers, precision=None, **kwargs):
+        x2d, free_shape = dense_rows(lhs, dimension_numbers)
+        xq, scale = self._quantize_act(x2d)
+        out_shape = free_shape + tuple(
+            rhs.shape[d] for d in range(rhs.ndim) if d not in dimension_numbers[0][1]
+        )
+        if self.fake:
+            y = jnp.dot(xq, rhs.reshape(x2d.shape[1], -1).astype(jnp.float32))
+        else:
+            y = int_matmul(xq, scale, self.qt)
+        return y.reshape(out_shape).astype(lhs.dtype)
+
+    def conv(self, lhs, rhs, window_strides, padding, **kwargs):
+        rows = lhs.reshape(lhs.shape[0], -1)  # one row per example, see ActSpec
+        xq, scale = self._quantize_act(rows)
+        if self.fake:
+            x_fake = xq.reshape(lhs.shape).astype(lhs.dtype)
+            return _lax_conv(x_fake, rhs, window_strides, padding, **kwargs)
+        codes = xq.reshape(lhs.shape).astype(jnp.float32)  # small integers: exact in float32
+        patches = conv_patches(codes, rhs, window_strides, padding, **kwargs)
+        lead = patches.shape[:-1]
+        per_example = _prod(lead[1:])
+        row_scale = jnp.repeat(scale, per_example, axis=0) if scale.shape[0] > 1 else scale
+        xc = patches.reshape(-1, patches.shape[-1]).astype(jnp.int8)
+        y = int_matmul(xc, row_scale, self.qt)
+        return y.reshape(*lead, -1).astype(lhs.dtype)

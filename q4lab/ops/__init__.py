@@ -1,0 +1,17 @@
+"""The compute on quantized operands (int codes in, float out)."""
+
+from q4lab.ops.matmul import (
+    centered_weight_codes,
+    fake_quantize_rows,
+    int_matmul,
+    quantize_rows,
+    w4a16_matmul,
+)
+
+__all__ = [
+    "centered_weight_codes",
+    "fake_quantize_rows",
+    "int_matmul",
+    "quantize_rows",
+    "w4a16_matmul",
+]

@@ -1,0 +1,161 @@
+"""Apply a `Recipe` to a Flax model: validate, calibrate, quantize the weights, and run the
+quantized forward (real integer ops) or its fake-quant simulation."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Iterable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from q4lab.adapters import Adapter, Layer, PyTree, adapt, get_at, set_at
+from q4lab.calibrate import calibrate
+from q4lab.core import Ledger, QTensor, affine, dequantize, fake_quant, size_ledger
+from q4lab.hooks import QuantHook
+from q4lab.quantizers import HESSIAN
+from q4lab.recipe import Recipe, Rule
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPlan:
+    layer: Layer
+    rule: Rule
+    rule_index: int
+
+
+def plan(recipe: Recipe, layers: list[Layer]) -> dict[str, LayerPlan]:
+    """Match rules to layers and check every combination before any work is done."""
+    chosen: dict[str, LayerPlan] = {}
+    for layer in layers:
+        for i, rule in enumerate(recipe.rules):
+            if rule.matches(layer.path):
+                chosen[layer.path] = LayerPlan(layer, rule, i)
+                break
+    paths = [layer.path for layer in layers]
+    for i, rule in enumerate(recipe.rules):
+        if not any(rule.matches(p) for p in paths):
+            raise ValueError(
+                f"recipe rule {i} (pattern {rule.pattern!r}) matches no quantizable layer; "
+                f"the model's layers are: {paths}"
+            )
+    for path, p in chosen.items():
+        where = f"recipe rule {p.rule_index} (pattern {p.rule.pattern!r}), layer {path!r}"
+        k = 1
+        for a in p.layer.in_axes:
+            k *= p.layer.kernel_shape[a]
+        try:
+            p.rule.weight.check_input_size(k)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        if p.rule.act is not None and not p.layer.hookable:
+            raise ValueError(
+                f"{where}: activation quantization is not supported on a {p.layer.kind} layer; "
+                "allowed: dense (Dense, DenseGeneral without batch dims, Linear) and conv layers"
+            )
+    return chosen
+
+
+def _needs(p: LayerPlan) -> set[str]:
+    needs = set()
+    if HESSIAN in p.rule.build_quantizer().needs:
+        needs.add("hessian")
+    if p.rule.act is not None and p.rule.act.mode == "static":
+        needs.add("act_sample")
+    return needs
+
+
+def _static_act_params(sample: jax.Array, p: LayerPlan):
+    act = p.rule.act
+    spec = act.quant_spec()
+    view = affine.group_view(sample.reshape(-1, 1), spec)
+    lo, hi = act.clipper().weight_range(view, spec)
+    scale, zero = affine.scale_zero_from_range(lo, hi, spec)
+    return scale[0], None if zero is None else zero[0]
+
+
+@dataclasses.dataclass
+class QuantizedModel:
+    """A model with its quantized parameters (`QTensor` leaves in the parameter dict)."""
+
+    adapter: Adapter
+    params: PyTree  # float leaves and QTensors: exactly what is stored
+    float_params: PyTree  # the original weights, for the fake-quant simulation only
+    layers: dict[str, LayerPlan]
+    act_params: dict[str, tuple[jax.Array, jax.Array | None]]
+
+    def ledger(self) -> Ledger:
+        return size_ledger(self.params)
+
+    def _weights(self, params: PyTree, fake: bool) -> PyTree:
+        for path, p in self.layers.items():
+            qt: QTensor = get_at(params, p.layer.key)
+            if fake and qt.perm is None:
+                w = get_at(self.float_params, p.layer.key)
+                value = fake_quant(w, qt.spec, qt.scale, qt.int_zero(), in_axes=qt.in_axes)
+            else:
+                value = dequantize(qt)  # from the packed codes, inside jit
+            params = set_at(params, p.layer.key, value.astype(jnp.float32))
+        return params
+
+    def _forward(self, params: PyTree, x: jax.Array, fake: bool) -> jax.Array:
+        hooks = {
+            path: QuantHook(
+                get_at(params, p.layer.key), p.rule.act, self.act_params.get(path), fake
+            )
+            for path, p in self.layers.items()
+            if p.rule.act is not None
+        }
+        return self.adapter.apply(self._weights(params, fake), x, hooks)
+
+    @functools.cached_property
+    def _jitted(self):
+        return jax.jit(self._forward, static_argnums=2)
+
+    def apply(self, x: jax.Array, *, fake: bool = False) -> jax.Array:
+        """Quantized forward; ``fake=True`` runs the float simulation of the same recipe."""
+        return self._jitted(self.params, x, fake)
+
+
+def quantize_model(
+    model: nn.Module | nnx.Module,
+    params: PyTree | None,
+    recipe: Recipe,
+    *,
+    sample_input: jax.Array,
+    calibration: Iterable[jax.Array] = (),
+) -> QuantizedModel:
+    """Quantize ``model`` (Linen with its ``params``; NNX with ``params=None``) by ``recipe``.
+
+    ``calibration``: batches of inputs, needed when a quantizer asks for statistics or an
+    activation spec is static. Errors in the recipe are raised before any work.
+    """
+    adapter = adapt(model)
+    if params is None:
+        if not isinstance(model, nnx.Module):
+            raise ValueError("params is None; allowed only for an NNX model (Linen needs params)")
+        params = adapter.params()
+    plans = plan(recipe, adapter.layers(params, sample_input))
+    needs = {path: _needs(p) for path, p in plans.items()}
+    batches = list(calibration)
+    if any(needs.values()) and not batches:
+        layers = sorted(path for path, n in needs.items() if n)
+        raise ValueError(f"recipe needs calibration data for layer(s) {layers}; none was given")
+    stats = calibrate(adapter, params, needs, batches)
+    qparams = params
+    act_params = {}
+    for path, p in plans.items():
+        w = get_at(params, p.layer.key)
+        qt = p.rule.build_quantizer().quantize(
+            w, p.rule.weight, in_axes=p.layer.in_axes, stats=stats.get(path), name=path
+        )
+        qparams = set_at(qparams, p.layer.key, qt)
+        if "act_sample" in needs[path]:
+            act_params[path] = _static_act_params(stats[path]["act_sample"], p)
+    return QuantizedModel(adapter, qparams, params, plans, act_params)
+
+
+__all__ = ["LayerPlan", "QuantizedModel", "plan", "quantize_model"]

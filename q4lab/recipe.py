@@ -1,0 +1,151 @@
+"""Recipes: which layers get which weight quantizer and activation quantization.
+
+A `Recipe` is an ordered list of `Rule`s. A rule's ``pattern`` is a regular expression matched
+(``re.fullmatch``) against a layer's path, its module names joined by "/" (Linen:
+``"Dense_0"``, ``"encoder/layers_1/attn/query"``; NNX: attribute names, ``"blocks/0/fc1"``).
+The first matching rule wins; unmatched layers stay in float and are counted as float.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from q4lab.core import QuantSpec
+from q4lab.quantizers import RangeQuantizer, get_quantizer, quantizer_class
+
+ACT_MODES = ("dynamic", "static")
+ACT_GRANULARITIES = ("per_row", "per_tensor")
+
+
+def _items(options: Mapping[str, Any] | tuple) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(dict(options).items()))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ActSpec:
+    """Quantization of a layer's input activations.
+
+    A row is one token of a dense layer's input (all axes but the contracting ones) and one
+    example of a convolution's input (a per-position scale cannot be factored out of a conv).
+    """
+
+    bits: int = 4  # code width, 2..8
+    mode: Literal["dynamic", "static"] = "dynamic"  # ranges computed at run time, or calibrated
+    granularity: Literal["per_row", "per_tensor"] = "per_row"  # one scale per row, or per tensor
+    symmetric: bool = True  # signed codes; False adds a zero point (e.g. after ReLU)
+    clipping: str = "minmax"  # a registered clipping quantizer choosing the range
+    clipping_options: tuple[tuple[str, Any], ...] | Mapping[str, Any] = ()  # its options
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "clipping_options", _items(self.clipping_options))
+        if self.mode not in ACT_MODES:
+            raise ValueError(f"ActSpec.mode={self.mode!r} is invalid; allowed: {ACT_MODES}")
+        if self.granularity not in ACT_GRANULARITIES:
+            raise ValueError(
+                f"ActSpec.granularity={self.granularity!r} is invalid; allowed: {ACT_GRANULARITIES}"
+            )
+        if self.mode == "static" and self.granularity != "per_tensor":
+            raise ValueError(
+                "ActSpec.granularity='per_row' is invalid with mode='static' (rows are not known "
+                "before run time); allowed: 'per_tensor'"
+            )
+        self.quant_spec()  # validates bits and symmetric with QuantSpec's messages
+        clipper = get_quantizer(self.clipping, **dict(self.clipping_options))
+        if not isinstance(clipper, RangeQuantizer):
+            raise ValueError(
+                f"ActSpec.clipping={self.clipping!r} is invalid; allowed: a clipping quantizer "
+                "(one that picks a range without calibration statistics)"
+            )
+
+    def quant_spec(self) -> QuantSpec:
+        """The spec of the activation codes, rows seen as channels."""
+        gran = "per_channel" if self.granularity == "per_row" else "per_tensor"
+        return QuantSpec(bits=self.bits, symmetric=self.symmetric, granularity=gran)
+
+    def clipper(self) -> RangeQuantizer:
+        return get_quantizer(self.clipping, **dict(self.clipping_options))
+
+    def describe(self) -> str:
+        return f"A{self.bits} {self.mode}"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Rule:
+    """Layers whose path matches ``pattern`` get ``quantizer`` with ``weight`` (and ``act``)."""
+
+    pattern: str = ".*"  # regex, full match on the layer path
+    quantizer: str = "minmax"  # a registered quantizer name
+    options: tuple[tuple[str, Any], ...] | Mapping[str, Any] = ()  # the quantizer's options
+    weight: QuantSpec = dataclasses.field(default_factory=QuantSpec)  # weight spec
+    act: ActSpec | None = None  # None keeps activations in float (weight-only, "A16")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", _items(self.options))
+        try:
+            re.compile(self.pattern)
+        except re.error as err:
+            raise ValueError(f"Rule.pattern={self.pattern!r} is not a valid regex: {err}") from None
+        quantizer_class(self.quantizer)
+        get_quantizer(self.quantizer, **dict(self.options))
+        if not isinstance(self.weight, QuantSpec):
+            raise ValueError(f"Rule.weight={self.weight!r} is invalid; allowed: a QuantSpec")
+
+    def matches(self, path: str) -> bool:
+        return re.fullmatch(self.pattern, path) is not None
+
+    def build_quantizer(self):
+        return get_quantizer(self.quantizer, **dict(self.options))
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Ordered rules; the first that matches a layer's path applies to it."""
+
+    rules: tuple[Rule, ...]
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rules", tuple(self.rules))
+        if not self.rules:
+            raise ValueError("Recipe.rules is empty; allowed: one or more Rule")
+
+    @classmethod
+    def single(cls, name: str = "", **rule: Any) -> Recipe:
+        """A recipe of one rule matching every layer."""
+        return cls((Rule(**rule),), name=name)
+
+    def rule_for(self, path: str) -> Rule | None:
+        return next((r for r in self.rules if r.matches(path)), None)
+
+    def needs_calibration(self) -> bool:
+        return any(
+            r.build_quantizer().needs or (r.act is not None and r.act.mode == "static")
+            for r in self.rules
+        )
+
+    def fields(self) -> dict[str, Any]:
+        """Flat description for a results row (from the first rule; multi-rule recipes add
+        ``rules``)."""
+        r = self.rules[0]
+        out: dict[str, Any] = {
+            "recipe": self.name or self.describe(),
+            "quantizer": r.quantizer,
+            "bits": r.weight.bits,
+            "symmetric": r.weight.symmetric,
+            "granularity": r.weight.granularity,
+            "group_size": r.weight.group_size or 0,
+            "scale_dtype": r.weight.scale_dtype,
+            "act_bits": r.act.bits if r.act else 16,
+            "act_mode": r.act.mode if r.act else "none",
+        }
+        if len(self.rules) > 1:
+            out["rules"] = len(self.rules)
+        return out
+
+    def describe(self) -> str:
+        r = self.rules[0]
+        act = r.act.describe() if r.act else "A16"
+        return f"{r.quantizer} {r.weight.describe()} {act}"
