@@ -19,6 +19,56 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+SHOWN = [
+    "task",
+    "seed",
+    "quantizer",
+    "bits",
+    "group_size",
+    "act_bits",
+    "act_mode",
+    "fp_accuracy",
+    "accuracy",
+    "delta_accuracy",
+    "bits_per_weight",
+    "compression",
+    "fake_rel_diff",
+    "fake_rel_diff_max",
+    "fake_agreement",
+]
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    import itertools
+
+    import pandas as pd
+
+    from q4lab.core import QuantSpec
+    from q4lab.evaluate import evaluate
+    from q4lab.recipe import ActSpec, Recipe
+
+    rows = []
+    grid = itertools.product(
+        args.task, args.seed, args.quantizer, args.bits, args.group, args.act_bits
+    )
+    for task, seed, quantizer, bits, group, act_bits in grid:
+        weight = QuantSpec(
+            bits=bits,
+            symmetric=not args.asym,
+            group_size=group or None,
+            scale_dtype=args.scale_dtype,
+        )
+        act = None
+        if act_bits < 16:
+            gran = "per_row" if args.act_mode == "dynamic" else "per_tensor"
+            act = ActSpec(bits=act_bits, mode=args.act_mode, granularity=gran)
+        recipe = Recipe.single(quantizer=quantizer, weight=weight, act=act)
+        rows.append(evaluate(task, recipe, seed))
+    table = pd.DataFrame(rows)
+    print(table[SHOWN].to_markdown(index=False, floatfmt=".4g"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="q4lab", description="INT4 quantization research in JAX")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -29,6 +79,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n", type=int, default=512, help="output size of each matrix")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
+
+    quant = sub.add_parser(
+        "quantize",
+        help="quantize a task's float baseline and print accuracy, size and checks",
+        description="Every combination of the listed values is evaluated (one row each).",
+    )
+    quant.add_argument("--task", nargs="+", default=["digits-mlp"], help="task name(s)")
+    quant.add_argument("--quantizer", nargs="+", default=["minmax"], help="quantizer name(s)")
+    quant.add_argument("--bits", nargs="+", type=int, default=[4], help="weight bits")
+    quant.add_argument(
+        "--group", nargs="+", type=int, default=[0], help="group size(s); 0 = per-channel"
+    )
+    quant.add_argument(
+        "--act-bits", nargs="+", type=int, default=[16], help="activation bits; 16 = float"
+    )
+    quant.add_argument("--act-mode", choices=["dynamic", "static"], default="dynamic")
+    quant.add_argument("--asym", action="store_true", help="asymmetric weights (zero points)")
+    quant.add_argument(
+        "--scale-dtype", default="float16", choices=["float32", "bfloat16", "float16"]
+    )
+    quant.add_argument("--seed", nargs="+", type=int, default=[0])
+    quant.set_defaults(func=_cmd_quantize)
     return parser
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Iterable
 
 import flax.linen as nn
@@ -14,7 +15,7 @@ from flax import nnx
 
 from q4lab.adapters import Adapter, Layer, PyTree, adapt, get_at, set_at
 from q4lab.calibrate import calibrate
-from q4lab.core import Ledger, QTensor, affine, dequantize, fake_quant, size_ledger
+from q4lab.core import Ledger, QTensor, QuantSpec, affine, dequantize, fake_quant, size_ledger
 from q4lab.hooks import QuantHook
 from q4lab.quantizers import HESSIAN
 from q4lab.recipe import Recipe, Rule
@@ -25,15 +26,28 @@ class LayerPlan:
     layer: Layer
     rule: Rule
     rule_index: int
+    spec: QuantSpec  # the rule's weight spec, per-channel where one group spans the layer
+
+
+def _effective_spec(spec: QuantSpec, k: int) -> QuantSpec:
+    """A group at least as large as the layer's input is one group: per-channel."""
+    if spec.granularity == "per_group" and spec.group_size >= k:
+        return dataclasses.replace(spec, granularity="per_channel", group_size=None)
+    return spec
 
 
 def plan(recipe: Recipe, layers: list[Layer]) -> dict[str, LayerPlan]:
-    """Match rules to layers and check every combination before any work is done."""
+    """Match rules to layers and check every combination before any work is done.
+
+    A per-group spec whose group size is at least a layer's input size K quantizes that layer
+    per-channel (one group); a group size smaller than K must divide it.
+    """
     chosen: dict[str, LayerPlan] = {}
     for layer in layers:
         for i, rule in enumerate(recipe.rules):
             if rule.matches(layer.path):
-                chosen[layer.path] = LayerPlan(layer, rule, i)
+                k = math.prod(layer.kernel_shape[a] for a in layer.in_axes)
+                chosen[layer.path] = LayerPlan(layer, rule, i, _effective_spec(rule.weight, k))
                 break
     paths = [layer.path for layer in layers]
     for i, rule in enumerate(recipe.rules):
@@ -44,11 +58,8 @@ def plan(recipe: Recipe, layers: list[Layer]) -> dict[str, LayerPlan]:
             )
     for path, p in chosen.items():
         where = f"recipe rule {p.rule_index} (pattern {p.rule.pattern!r}), layer {path!r}"
-        k = 1
-        for a in p.layer.in_axes:
-            k *= p.layer.kernel_shape[a]
         try:
-            p.rule.weight.check_input_size(k)
+            p.spec.check_input_size(math.prod(p.layer.kernel_shape[a] for a in p.layer.in_axes))
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
         if p.rule.act is not None and not p.layer.hookable:
@@ -91,7 +102,7 @@ class QuantizedModel:
         return size_ledger(self.params)
 
     def _weights(self, params: PyTree, fake: bool) -> PyTree:
-        for path, p in self.layers.items():
+        for p in self.layers.values():
             qt: QTensor = get_at(params, p.layer.key)
             if fake and qt.perm is None:
                 w = get_at(self.float_params, p.layer.key)
@@ -150,7 +161,7 @@ def quantize_model(
     for path, p in plans.items():
         w = get_at(params, p.layer.key)
         qt = p.rule.build_quantizer().quantize(
-            w, p.rule.weight, in_axes=p.layer.in_axes, stats=stats.get(path), name=path
+            w, p.spec, in_axes=p.layer.in_axes, stats=stats.get(path), name=path
         )
         qparams = set_at(qparams, p.layer.key, qt)
         if "act_sample" in needs[path]:
