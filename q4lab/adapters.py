@@ -69,16 +69,16 @@ def _nnx_layer(path_parts: tuple, node: Any) -> Layer | None:
     path = "/".join(str(p) for p in path_parts)
     key = (*path_parts, "kernel")
     if isinstance(node, nnx.Linear):
-        return Layer(path, key, "dense", tuple(node.kernel.value.shape), (0,), True)
+        return Layer(path, key, "dense", tuple(node.kernel.get_value().shape), (0,), True)
     if isinstance(node, nnx.LinearGeneral):
         n_in = len(node.axis) if isinstance(node.axis, tuple | list) else 1
-        shape = tuple(node.kernel.value.shape)
+        shape = tuple(node.kernel.get_value().shape)
         return Layer(path, key, "dense", shape, tuple(range(n_in)), not node.batch_axis)
     if isinstance(node, nnx.Conv):
-        shape = tuple(node.kernel.value.shape)
+        shape = tuple(node.kernel.get_value().shape)
         return Layer(path, key, "conv", shape, tuple(range(len(shape) - 1)), True)
     if isinstance(node, nnx.Einsum):
-        shape = tuple(node.kernel.value.shape)
+        shape = tuple(node.kernel.get_value().shape)
         return Layer(path, key, "einsum", shape, _einsum_in_axes(node.einsum_str), False)
     return None
 

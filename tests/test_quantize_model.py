@@ -1,0 +1,174 @@
+"""Recipes applied to models written plainly, as a user would, in Linen and in NNX."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from q4lab.adapters import adapt
+from q4lab.calibrate import calibrate
+from q4lab.core import QuantSpec, dequantize
+from q4lab.hooks import conv_patches
+from q4lab.quantize_model import quantize_model
+from q4lab.recipe import ActSpec, Recipe, Rule
+
+
+class UserCNN(nn.Module):
+    """A Linen model that knows nothing of q4lab: 2-D conv, Dense, DenseGeneral and Einsum."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(8, (3, 3), padding="SAME")(x))  # K = 3*3*4
+        x = nn.relu(nn.Conv(8, (3, 3), strides=(2, 2), padding="VALID")(x))
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(16)(x))
+        x = nn.DenseGeneral((2, 8), name="split")(x)
+        x = nn.relu(x).reshape(x.shape[0], -1)
+        x = nn.Einsum((16, 8), "bi,io->bo", name="mix")(x)
+        return nn.Dense(5, name="head")(x)
+
+
+class UserNNX(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(4, 8, kernel_size=(3,), rngs=rngs)
+        self.fc = nnx.Linear(8 * 10, 16, rngs=rngs)
+        self.head = nnx.Linear(16, 5, rngs=rngs)
+
+    def __call__(self, x):
+        h = nnx.relu(self.conv(x)).reshape(x.shape[0], -1)
+        return self.head(nnx.relu(self.fc(h)))
+
+
+RECIPES = {
+    "W4A16 g4": Recipe((Rule(weight=QuantSpec(group_size=4)),)),
+    "W4A4 dynamic": Recipe(
+        (
+            Rule(
+                pattern="Conv_.*|conv|Dense_0|fc|head",
+                weight=QuantSpec(group_size=4),
+                act=ActSpec(),
+            ),
+        )
+    ),
+    "W4A4 asym acts": Recipe(
+        (Rule(pattern="Conv_1|Dense_0|fc|head", quantizer="mse", act=ActSpec(symmetric=False)),)
+    ),
+    "W8A8 static": Recipe(
+        (
+            Rule(
+                pattern="Conv_.*|conv|head",
+                weight=QuantSpec(bits=8),
+                act=ActSpec(bits=8, mode="static", granularity="per_tensor", clipping="percentile"),
+            ),
+        )
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def linen():
+    x = jax.random.normal(jax.random.key(0), (3, 6, 6, 4))
+    model = UserCNN()
+    return model, model.init(jax.random.key(1), x)["params"], x
+
+
+@pytest.fixture(scope="module")
+def nnx_model():
+    return UserNNX(nnx.Rngs(0)), jax.random.normal(jax.random.key(2), (3, 10, 4))
+
+
+def _rel(a, b):
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_linen_quantized_forward_equals_fake_quant_forward(linen, name):
+    model, params, x = linen
+    qm = quantize_model(model, params, RECIPES[name], sample_input=x, calibration=[x, -x])
+    real, fake = qm.apply(x), qm.apply(x, fake=True)
+    assert _rel(real, fake) < 1e-5
+    assert _rel(real, model.apply({"params": params}, x)) < 0.5  # quantized, not broken
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_nnx_model_is_quantized_by_the_same_rules(nnx_model, name):
+    model, x = nnx_model
+    qm = quantize_model(model, None, RECIPES[name], sample_input=x, calibration=[x])
+    assert set(qm.layers) <= {"conv", "fc", "head"} and qm.layers
+    real, fake = qm.apply(x), qm.apply(x, fake=True)
+    assert _rel(real, fake) < 1e-5
+    assert _rel(real, model(x)) < 0.5
+
+
+def test_weight_only_forward_is_the_model_on_dequantized_weights(linen):
+    model, params, x = linen
+    qm = quantize_model(model, params, RECIPES["W4A16 g4"], sample_input=x)
+    deq = jax.tree_util.tree_map(
+        lambda leaf: dequantize(leaf) if hasattr(leaf, "spec") else leaf,
+        qm.params,
+        is_leaf=lambda leaf: hasattr(leaf, "spec"),
+    )
+    np.testing.assert_allclose(
+        np.asarray(qm.apply(x)), np.asarray(model.apply({"params": deq}, x)), rtol=1e-6, atol=1e-6
+    )
+    assert set(qm.layers) == {"Conv_0", "Conv_1", "Dense_0", "split", "mix", "head"}
+    assert qm.layers["split"].layer.in_axes == (0,) and qm.layers["mix"].layer.kind == "einsum"
+
+
+def test_calibration_captures_the_hessian_of_dense_and_conv_inputs(linen):
+    model, params, x = linen
+    adapter = adapt(model)
+    stats = calibrate(
+        adapter, params, {"Conv_1": {"hessian"}, "Dense_0": {"hessian"}}, [x, x * 0.5]
+    )
+    # Conv_1's input (Conv_0 + ReLU) recomputed here, then its im2col rows.
+    conv0, conv1 = params["Conv_0"], params["Conv_1"]
+
+    def conv_in(xb):
+        return nn.relu(
+            jax.lax.conv_general_dilated(
+                xb, conv0["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+            + conv0["bias"]
+        )
+
+    rows = []
+    for xb in (x, x * 0.5):
+        patches = conv_patches(
+            conv_in(xb),
+            conv1["kernel"],
+            (2, 2),
+            "VALID",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        rows.append(np.asarray(patches).reshape(-1, patches.shape[-1]))
+    big = np.concatenate(rows).astype(np.float64)
+    expected = 2 * big.T @ big / len(big)
+    np.testing.assert_allclose(
+        np.asarray(stats["Conv_1"]["hessian"]), expected, rtol=1e-4, atol=1e-6
+    )
+    assert stats["Dense_0"]["hessian"].shape == (2 * 2 * 8, 2 * 2 * 8)
+
+
+def test_im2col_patches_follow_the_kernel_layout(linen):
+    _, params, _ = linen
+    kernel = params["Conv_1"]["kernel"]  # [3, 3, 8, 8]
+    inp = jax.random.normal(jax.random.key(5), (2, 6, 6, 8))
+    dn = ("NHWC", "HWIO", "NHWC")
+    patches = conv_patches(inp, kernel, (2, 2), "VALID", dimension_numbers=dn)
+    via_matmul = patches @ kernel.reshape(-1, kernel.shape[-1])
+    direct = jax.lax.conv_general_dilated(inp, kernel, (2, 2), "VALID", dimension_numbers=dn)
+    np.testing.assert_allclose(np.asarray(via_matmul), np.asarray(direct), rtol=1e-5, atol=1e-5)
+
+
+def test_static_activation_scales_come_from_calibration(linen):
+    model, params, x = linen
+    qm = quantize_model(model, params, RECIPES["W8A8 static"], sample_input=x, calibration=[x])
+    assert set(qm.act_params) == {"Conv_0", "Conv_1", "head"}
+    scale, zero = qm.act_params["Conv_0"]
+    assert zero is None
+    # percentile 99.9 of |x| over the calibration inputs of the first conv, / 127
+    expected = np.percentile(np.abs(np.asarray(x)), 99.9) / 127
+    assert float(scale[0, 0]) == pytest.approx(expected, rel=1e-3)

@@ -1,0 +1,108 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+
+from q4lab.core import QuantSpec
+from q4lab.quantize_model import quantize_model
+from q4lab.recipe import ActSpec, Recipe, Rule
+
+
+class Tiny(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(24, name="fc1")(x))
+        y = nn.Einsum((24, 6), "bi,io->bo", name="mix")(x)
+        return nn.Dense(4, name="head")(y)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    x = jnp.ones((2, 12))
+    return Tiny(), Tiny().init(jax.random.key(0), x)["params"], x
+
+
+def _never(*_):
+    raise AssertionError("calibration data was touched before the recipe was validated")
+    yield
+
+
+def test_a_rule_matching_nothing_fails_before_any_work(tiny):
+    model, params, x = tiny
+    recipe = Recipe((Rule(pattern="fc.*"), Rule(pattern="decoder/.*")))
+    with pytest.raises(
+        ValueError, match=r"recipe rule 1 \(pattern 'decoder/\.\*'\) matches no .*'fc1'"
+    ):
+        quantize_model(model, params, recipe, sample_input=x, calibration=_never())
+
+
+def test_group_size_not_dividing_a_layer_names_rule_and_layer(tiny):
+    model, params, x = tiny
+    recipe = Recipe((Rule(pattern="fc1|head", weight=QuantSpec(group_size=5)),))
+    with pytest.raises(
+        ValueError, match=r"rule 0 .*layer 'fc1'.*group_size=5 does not divide .*K=12"
+    ):
+        quantize_model(model, params, recipe, sample_input=x, calibration=_never())
+
+
+def test_activation_quantization_on_an_einsum_is_refused_by_name(tiny):
+    model, params, x = tiny
+    recipe = Recipe((Rule(pattern="mix", act=ActSpec()),))
+    with pytest.raises(
+        ValueError, match=r"layer 'mix': activation quantization is not supported on a einsum"
+    ):
+        quantize_model(model, params, recipe, sample_input=x)
+
+
+def test_unknown_quantizer_and_bad_fields_are_named():
+    with pytest.raises(ValueError, match=r"unknown quantizer 'gptqq'; registered:"):
+        Rule(quantizer="gptqq")
+    with pytest.raises(ValueError, match=r"Rule.pattern='\(' is not a valid regex"):
+        Rule(pattern="(")
+    with pytest.raises(
+        ValueError, match=r"ActSpec.mode='lazy' is invalid; allowed: \('dynamic', 'static'\)"
+    ):
+        ActSpec(mode="lazy")
+    with pytest.raises(ValueError, match=r"granularity='per_row' is invalid with mode='static'"):
+        ActSpec(mode="static")
+    with pytest.raises(ValueError, match=r"QuantSpec.bits=1"):
+        ActSpec(bits=1)
+    with pytest.raises(ValueError, match=r"Recipe.rules is empty"):
+        Recipe(())
+
+
+def test_static_activations_without_calibration_data_are_refused(tiny):
+    model, params, x = tiny
+    recipe = Recipe((Rule(pattern="fc1", act=ActSpec(mode="static", granularity="per_tensor")),))
+    with pytest.raises(ValueError, match=r"needs calibration data for layer\(s\) \['fc1'\]"):
+        quantize_model(model, params, recipe, sample_input=x)
+
+
+def test_first_matching_rule_wins_and_unmatched_layers_stay_float(tiny):
+    model, params, x = tiny
+    recipe = Recipe(
+        (
+            Rule(pattern="head", weight=QuantSpec(bits=8)),
+            Rule(pattern=".*", weight=QuantSpec(bits=4, group_size=4)),
+        )
+    )
+    qm = quantize_model(model, params, recipe, sample_input=x)
+    assert qm.layers["head"].spec.bits == 8
+    assert qm.layers["fc1"].spec.group_size == 4
+    ledger = {leaf.path: leaf for leaf in qm.ledger().leaves}
+    assert ledger["['fc1']['bias']"].bits is None
+    assert ledger["['mix']['kernel']"].bits == 4
+    recipe = Recipe((Rule(pattern="fc1"),))
+    only_fc1 = quantize_model(model, params, recipe, sample_input=x)
+    assert {p for p, leaf in ((lf.path, lf) for lf in only_fc1.ledger().leaves) if leaf.bits} == {
+        "['fc1']['kernel']"
+    }
+
+
+def test_a_group_as_large_as_the_layer_is_per_channel(tiny):
+    model, params, x = tiny
+    qm = quantize_model(
+        model, params, Recipe((Rule(weight=QuantSpec(group_size=12)),)), sample_input=x
+    )
+    assert qm.layers["fc1"].spec.granularity == "per_channel"  # K=12 <= 12
+    assert qm.layers["mix"].spec.granularity == "per_group"  # K=24

@@ -1,0 +1,38 @@
+"""The real tasks end to end (trains the float baselines once per CI run: about a minute)."""
+
+import pytest
+
+from q4lab.core import QuantSpec
+from q4lab.evaluate import evaluate
+from q4lab.recipe import ActSpec, Recipe
+
+pytestmark = pytest.mark.slow
+
+TASKS = {"digits-mlp": 0.97, "mnist1d-cnn": 0.90}  # expected float accuracy (at least)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("Q4LAB_CACHE", str(tmp_path_factory.mktemp("q4lab-cache")))
+    yield
+    mp.undo()
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_task_accuracy_under_int8_and_int4_recipes(task):
+    w8 = evaluate(task, Recipe.single(weight=QuantSpec(bits=8)), seed=0)
+    assert w8["fp_accuracy"] >= TASKS[task]
+    assert w8["accuracy"] >= w8["fp_accuracy"] - 0.005  # W8A16 per-channel min-max: within 0.5 pt
+    assert w8["fake_rel_diff"] == 0.0  # weight-only: both paths run the same dequantized weights
+
+    g32 = evaluate(task, Recipe.single(quantizer="mse", weight=QuantSpec(group_size=32)), seed=0)
+    assert g32["accuracy"] >= g32["fp_accuracy"] - 0.02  # W4A16 g32 mse: within 2 pt
+    assert g32["bits_per_weight"] > 4.0 and g32["compression"] > 6
+
+    w4a4 = evaluate(task, Recipe.single(weight=QuantSpec(group_size=32), act=ActSpec()), seed=0)
+    assert w4a4["fake_rel_diff"] < 1e-4  # real integer path == fake-quant simulation
+    assert w4a4["fake_agreement"] >= 0.99
+    assert w4a4["accuracy"] > 0.5  # degraded, but a working classifier
+    for key in ("git_commit", "jax_version", "device", "quantize_seconds", "total_bytes"):
+        assert key in w4a4
