@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from q4lab.core import QuantSpec
-from q4lab.quantizers import RangeQuantizer, get_quantizer, quantizer_class
+from q4lab.quantizers import RangeQuantizer, get_quantizer
 
 ACT_MODES = ("dynamic", "static")
 ACT_GRANULARITIES = ("per_row", "per_tensor")
@@ -88,8 +88,10 @@ class Rule:
             re.compile(self.pattern)
         except re.error as err:
             raise ValueError(f"Rule.pattern={self.pattern!r} is not a valid regex: {err}") from None
-        quantizer_class(self.quantizer)
-        get_quantizer(self.quantizer, **dict(self.options))
+        try:
+            get_quantizer(self.quantizer, **dict(self.options))
+        except ValueError as err:
+            raise ValueError(f"Rule(pattern={self.pattern!r}).quantizer: {err}") from None
         if not isinstance(self.weight, QuantSpec):
             raise ValueError(f"Rule.weight={self.weight!r} is invalid; allowed: a QuantSpec")
 

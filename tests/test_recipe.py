@@ -55,8 +55,14 @@ def test_activation_quantization_on_an_einsum_is_refused_by_name(tiny):
 
 
 def test_unknown_quantizer_and_bad_fields_are_named():
-    with pytest.raises(ValueError, match=r"unknown quantizer 'gptqq'; registered:"):
-        Rule(quantizer="gptqq")
+    with pytest.raises(
+        ValueError, match=r"Rule\(pattern='attn/.\*'\).quantizer: unknown quantizer 'gptqq'"
+    ):
+        Rule(pattern="attn/.*", quantizer="gptqq")
+    with pytest.raises(
+        ValueError, match=r"quantizer: quantizer 'mse' has no option\(s\) \['pct'\]"
+    ):
+        Rule(quantizer="mse", options={"pct": 9})
     with pytest.raises(ValueError, match=r"Rule.pattern='\(' is not a valid regex"):
         Rule(pattern="(")
     with pytest.raises(
