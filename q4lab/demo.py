@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-import jax
 import numpy as np
 import pandas as pd
 
@@ -67,5 +66,4 @@ def compare_quantizers(
                         "ideal_bits_per_weight": ledger.ideal_bits_per_weight,
                     }
                 )
-    jax.block_until_ready(0)
     return pd.DataFrame(rows)

@@ -9,6 +9,7 @@ axes (the `QTensor` layout): a dense layer's contracting axes, or a convolution'
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -29,14 +30,7 @@ def dense_rows(lhs: jax.Array, dimension_numbers) -> tuple[jax.Array, tuple[int,
     free = [d for d in range(lhs.ndim) if d not in lc]
     moved = jnp.transpose(lhs, free + contract)
     free_shape = tuple(lhs.shape[d] for d in free)
-    return moved.reshape(-1, moved.size // max(1, _prod(free_shape))), free_shape
-
-
-def _prod(shape: tuple[int, ...]) -> int:
-    out = 1
-    for s in shape:
-        out *= s
-    return out
+    return moved.reshape(-1, moved.size // max(1, math.prod(free_shape))), free_shape
 
 
 def _check_conv(lhs, rhs, kwargs) -> lax.ConvDimensionNumbers:
@@ -68,7 +62,7 @@ def conv_patches(lhs, rhs, window_strides, padding, **kwargs) -> jax.Array:
     )
     lead = patches.shape[:-1]
     channels = lhs.shape[-1]
-    patches = patches.reshape(*lead, channels, _prod(window))
+    patches = patches.reshape(*lead, channels, math.prod(window))
     return jnp.swapaxes(patches, -1, -2).reshape(*lead, -1)
 
 
@@ -158,7 +152,7 @@ class QuantHook:
         codes = xq.reshape(lhs.shape).astype(jnp.float32)  # small integers: exact in float32
         patches = conv_patches(codes, rhs, window_strides, padding, **kwargs)
         lead = patches.shape[:-1]
-        per_example = _prod(lead[1:])
+        per_example = math.prod(lead[1:])
         row_scale = jnp.repeat(scale, per_example, axis=0) if scale.shape[0] > 1 else scale
         xc = patches.reshape(-1, patches.shape[-1]).astype(jnp.int8)
         y = int_matmul(xc, row_scale, self.qt)
