@@ -12,6 +12,7 @@ dict of the module's state); each layer's kernel sits at ``Layer.key``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -32,6 +33,11 @@ class Layer:
     kernel_shape: tuple[int, ...]
     in_axes: tuple[int, ...]  # contraction axes of the kernel (K); the rest are outputs (N)
     hookable: bool  # True when the layer's matmul can be replaced (activation quantization)
+
+    @property
+    def k(self) -> int:
+        """Input size: the product of the kernel's contraction axes."""
+        return math.prod(self.kernel_shape[a] for a in self.in_axes)
 
 
 class Hook(Protocol):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from q4lab.core import QTensor, affine
+from q4lab.core import QTensor
 from q4lab.ops import fake_quantize_rows, int_matmul, quantize_rows
 from q4lab.recipe import ActSpec
 
@@ -64,6 +64,13 @@ def conv_patches(lhs, rhs, window_strides, padding, **kwargs) -> jax.Array:
     channels = lhs.shape[-1]
     patches = patches.reshape(*lead, channels, math.prod(window))
     return jnp.swapaxes(patches, -1, -2).reshape(*lead, -1)
+
+
+def activation_params(act: ActSpec, rows: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    """Scale (and zero) of activation rows ``[M, K]`` by the spec's clipping quantizer: ``[M, 1]``
+    per row, ``[1, 1]`` per tensor. Rows are seen as the channels of a ``[K, M]`` weight."""
+    scale, zero = act.clipper().params(rows.T.astype(jnp.float32), act.quant_spec())
+    return scale.T, None if zero is None else zero.T
 
 
 def _lax_conv(lhs, rhs, window_strides, padding, **kwargs):
@@ -115,17 +122,9 @@ class QuantHook:
     act_params: tuple[jax.Array, jax.Array | None] | None
     fake: bool
 
-    def _act_scale(self, rows: jax.Array):
-        if self.act.mode == "static":
-            return self.act_params
-        spec = self.act.quant_spec()
-        view = affine.group_view(rows.T.astype(jnp.float32), spec)
-        lo, hi = self.act.clipper().weight_range(view, spec)
-        scale, zero = affine.scale_zero_from_range(lo, hi, spec)
-        return scale[0].T, None if zero is None else zero[0].T
-
     def _quantize_act(self, rows: jax.Array) -> tuple[Any, jax.Array]:
-        scale, zero = self._act_scale(rows)
+        static = self.act.mode == "static"
+        scale, zero = self.act_params if static else activation_params(self.act, rows)
         spec = self.act.quant_spec()
         if self.fake:
             return fake_quantize_rows(rows, scale, zero, spec), scale

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Iterable
 
 import flax.linen as nn
@@ -15,8 +14,8 @@ from flax import nnx
 
 from q4lab.adapters import Adapter, Layer, PyTree, adapt, get_at, set_at
 from q4lab.calibrate import calibrate
-from q4lab.core import Ledger, QTensor, QuantSpec, affine, dequantize, fake_quant, size_ledger
-from q4lab.hooks import QuantHook
+from q4lab.core import Ledger, QTensor, QuantSpec, dequantize, fake_quant, size_ledger
+from q4lab.hooks import QuantHook, activation_params
 from q4lab.quantizers import HESSIAN
 from q4lab.recipe import Recipe, Rule
 
@@ -44,11 +43,9 @@ def plan(recipe: Recipe, layers: list[Layer]) -> dict[str, LayerPlan]:
     """
     chosen: dict[str, LayerPlan] = {}
     for layer in layers:
-        for i, rule in enumerate(recipe.rules):
-            if rule.matches(layer.path):
-                k = math.prod(layer.kernel_shape[a] for a in layer.in_axes)
-                chosen[layer.path] = LayerPlan(layer, rule, i, _effective_spec(rule.weight, k))
-                break
+        if (match := recipe.match(layer.path)) is not None:
+            i, rule = match
+            chosen[layer.path] = LayerPlan(layer, rule, i, _effective_spec(rule.weight, layer.k))
     paths = [layer.path for layer in layers]
     for i, rule in enumerate(recipe.rules):
         if not any(rule.matches(p) for p in paths):
@@ -59,7 +56,7 @@ def plan(recipe: Recipe, layers: list[Layer]) -> dict[str, LayerPlan]:
     for path, p in chosen.items():
         where = f"recipe rule {p.rule_index} (pattern {p.rule.pattern!r}), layer {path!r}"
         try:
-            p.spec.check_input_size(math.prod(p.layer.kernel_shape[a] for a in p.layer.in_axes))
+            p.spec.check_input_size(p.layer.k)
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
         if p.rule.act is not None and not p.layer.hookable:
@@ -77,15 +74,6 @@ def _needs(p: LayerPlan) -> set[str]:
     if p.rule.act is not None and p.rule.act.mode == "static":
         needs.add("act_sample")
     return needs
-
-
-def _static_act_params(sample: jax.Array, p: LayerPlan):
-    act = p.rule.act
-    spec = act.quant_spec()
-    view = affine.group_view(sample.reshape(-1, 1), spec)
-    lo, hi = act.clipper().weight_range(view, spec)
-    scale, zero = affine.scale_zero_from_range(lo, hi, spec)
-    return scale[0], None if zero is None else zero[0]
 
 
 @dataclasses.dataclass
@@ -165,7 +153,7 @@ def quantize_model(
         )
         qparams = set_at(qparams, p.layer.key, qt)
         if "act_sample" in needs[path]:
-            act_params[path] = _static_act_params(stats[path]["act_sample"], p)
+            act_params[path] = activation_params(p.rule.act, stats[path]["act_sample"])
     return QuantizedModel(adapter, qparams, params, plans, act_params)
 
 

@@ -119,14 +119,9 @@ class Recipe:
         """A recipe of one rule matching every layer."""
         return cls((Rule(**rule),), name=name)
 
-    def rule_for(self, path: str) -> Rule | None:
-        return next((r for r in self.rules if r.matches(path)), None)
-
-    def needs_calibration(self) -> bool:
-        return any(
-            r.build_quantizer().needs or (r.act is not None and r.act.mode == "static")
-            for r in self.rules
-        )
+    def match(self, path: str) -> tuple[int, Rule] | None:
+        """The first rule matching ``path`` and its index, or None (the layer stays float)."""
+        return next(((i, r) for i, r in enumerate(self.rules) if r.matches(path)), None)
 
     def fields(self) -> dict[str, Any]:
         """Flat description for a results row (from the first rule; multi-rule recipes add

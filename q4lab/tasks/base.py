@@ -62,8 +62,8 @@ class Task:
         """Float parameters, trained once with ``seed`` and then read from the cache."""
         path = self._cache_path(seed)
         data = self.splits(seed)
-        template = self.model.init(jax.random.key(0), jnp.asarray(data.x_train[:1]))["params"]
         if path.exists():
+            template = self.model.init(jax.random.key(0), jnp.asarray(data.x_train[:1]))["params"]
             return serialization.from_bytes(template, path.read_bytes())
         params = train_classifier(
             self.model, data.x_train, data.y_train, seed=seed, config=self.train_config
