@@ -13,12 +13,14 @@ from q4lab.quantizers.base import (
     quantizer_class,
     register,
 )
+from q4lab.quantizers.gptq import GPTQ, output_error
 from q4lab.quantizers.minmax import MinMax
 from q4lab.quantizers.mse import MSE, lp_error
 from q4lab.quantizers.percentile import Percentile
 
 __all__ = [
     "ACTIVATIONS",
+    "GPTQ",
     "HESSIAN",
     "MSE",
     "MinMax",
@@ -31,6 +33,7 @@ __all__ = [
     "get_quantizer",
     "lp_error",
     "minmax_range",
+    "output_error",
     "quantizer_class",
     "register",
 ]

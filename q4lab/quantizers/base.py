@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import functools
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -99,12 +98,17 @@ class RangeQuantizer(Quantizer):
         return quantize(w, spec, scale, zero, in_axes=axes)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2))
-def _params_jit(quantizer: RangeQuantizer, w2d: jax.Array, spec: QuantSpec):
+def range_params(
+    quantizer: RangeQuantizer, w2d: jax.Array, spec: QuantSpec
+) -> tuple[jax.Array, jax.Array | None]:
+    """`RangeQuantizer.params` without its jit and checks, for use inside traced code."""
     wg = affine.group_view(w2d.astype(jnp.float32), spec)
     lo, hi = quantizer.weight_range(wg, spec)
     scale, zero = affine.scale_zero_from_range(lo, hi, spec)
     return scale[:, 0, :], None if zero is None else zero[:, 0, :]
+
+
+_params_jit = jax.jit(range_params, static_argnums=(0, 2))
 
 
 def minmax_range(wg: jax.Array, spec: QuantSpec) -> tuple[jax.Array, jax.Array]:

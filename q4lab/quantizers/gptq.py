@@ -1,0 +1,264 @@
+"""GPTQ: round columns one at a time and push each rounding error onto the columns not yet
+quantized, weighted by the inverse Hessian of the layer's inputs (Frantar et al., "GPTQ:
+Accurate Post-Training Quantization for Generative Pre-trained Transformers", ICLR 2023, Alg. 1).
+
+In q4lab's ``[K, N]`` layout the paper's columns are the K rows of the weight matrix. With
+``H = 2 X^T X / n`` (+ dampening) and ``U`` the upper Cholesky factor of ``H^-1``:
+
+    for each row i:   q_i = quant(w_i);   e_i = (w_i - q_i) / U_ii;   w_j -= U_ij e_i  (j > i)
+
+Rows run in blocks of ``block_size`` whose updates to the later rows are applied once per block
+(the paper's lazy batch updates). Both loops are `lax.fori_loop`s over dynamic slices, so one
+compile serves every layer shape's width: compile time does not grow with K.
+
+Options beyond the paper, as in its reference implementation:
+- dead inputs (zero Hessian diagonal: an input that is always 0) get ``H_ii = 1`` and a zero weight;
+- groups: the scales of a group are chosen when the loop reaches its first row, from the
+  error-updated rows of that group, by any registered clipping quantizer (``clipping``);
+- ``act_order``: rows run by decreasing ``H_ii``; with groups, groups are consecutive in that
+  order and the `QTensor` stores the permutation so dequantization is exact;
+- ``static_groups``: group scales are chosen up front from the original weights, so groups stay
+  contiguous in the logical order and act-order needs no stored permutation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from q4lab.core import (
+    QTensor,
+    QuantSpec,
+    affine,
+    from_matrix,
+    normalize_in_axes,
+    quantize,
+    to_matrix,
+)
+from q4lab.core.qtensor import InAxes
+from q4lab.quantizers.base import (
+    HESSIAN,
+    Quantizer,
+    RangeQuantizer,
+    Stats,
+    check_finite,
+    get_quantizer,
+    range_params,
+    register,
+)
+
+_HIGHEST = lax.Precision.HIGHEST
+
+
+@register
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GPTQ(Quantizer):
+    """Hessian-aware rounding with error feedback; needs calibration (``stats["hessian"]``)."""
+
+    name = "gptq"
+    needs = frozenset({HESSIAN})
+
+    percdamp: float = 0.01  # dampening added to diag(H), as a fraction of its mean
+    block_size: int = 128  # rows per lazy batch update (adjusted to align with groups)
+    act_order: bool = False  # process rows by decreasing Hessian diagonal
+    static_groups: bool = False  # group scales from the original weights, before any update
+    clipping: str = "minmax"  # the clipping quantizer choosing each group's range
+    clipping_options: tuple[tuple[str, Any], ...] | Mapping[str, Any] = ()
+
+    def __post_init__(self) -> None:
+        options = tuple(sorted(dict(self.clipping_options).items()))
+        object.__setattr__(self, "clipping_options", options)
+        if not (isinstance(self.percdamp, int | float) and self.percdamp >= 0):
+            raise ValueError(f"GPTQ.percdamp={self.percdamp!r} is invalid; allowed: a float >= 0")
+        if isinstance(self.block_size, bool) or not (
+            isinstance(self.block_size, int) and self.block_size >= 1
+        ):
+            raise ValueError(
+                f"GPTQ.block_size={self.block_size!r} is invalid; allowed: an int >= 1"
+            )
+        for flag in ("act_order", "static_groups"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(
+                    f"GPTQ.{flag}={getattr(self, flag)!r} is invalid; allowed: True or False"
+                )
+        if not isinstance(self.clipper(), RangeQuantizer):
+            raise ValueError(
+                f"GPTQ.clipping={self.clipping!r} is invalid; allowed: a clipping quantizer "
+                "(one that picks a range without calibration statistics)"
+            )
+
+    def clipper(self) -> Quantizer:
+        return get_quantizer(self.clipping, **dict(self.clipping_options))
+
+    def quantize(
+        self,
+        w: jax.Array,
+        spec: QuantSpec,
+        *,
+        in_axes: InAxes = 0,
+        stats: Stats | None = None,
+        name: str = "",
+    ) -> QTensor:
+        where = f"layer {name!r}" if name else "this weight"
+        check_finite(w, name)
+        axes = normalize_in_axes(in_axes, jnp.ndim(w))
+        w2d = to_matrix(jnp.asarray(w, jnp.float32), axes)
+        k = w2d.shape[0]
+        spec.check_input_size(k, where=where)
+        if not stats or HESSIAN not in stats:
+            raise ValueError(
+                f"gptq needs the Hessian of {where}'s inputs (stats['hessian']); quantize the "
+                "model with calibration data (quantize_model(..., calibration=batches))"
+            )
+        hessian = np.asarray(stats[HESSIAN], np.float32)
+        check_hessian(hessian, k, where)
+        q2d, scale, zero, perm, finite = gptq_matrix(self, w2d, jnp.asarray(hessian), spec)
+        if not bool(finite):
+            raise ValueError(
+                f"the Hessian of {where} is not positive definite after dampening "
+                f"(percdamp={self.percdamp}): its inputs are (nearly) linearly dependent. "
+                "Raise percdamp (e.g. 0.1) or give more calibration data."
+            )
+        if perm is not None:  # stored: the narrowest index type holding K
+            perm = perm.astype(jnp.uint16 if k <= 2**16 else jnp.int32)
+        w_hat = from_matrix(q2d, tuple(jnp.shape(w)), axes)
+        return quantize(w_hat, spec, scale, zero, in_axes=axes, perm=perm)
+
+
+def check_hessian(hessian: np.ndarray, k: int, where: str) -> None:
+    """Raise a ValueError naming the layer for a Hessian GPTQ cannot use."""
+    if hessian.shape != (k, k):
+        raise ValueError(f"Hessian of {where} has shape {hessian.shape}; expected ({k}, {k})")
+    if not np.isfinite(hessian).all():
+        raise ValueError(
+            f"the Hessian of {where} holds NaN/Inf: its calibration inputs are not finite "
+            "(check the float model on the calibration data)"
+        )
+    if not np.any(np.diag(hessian) > 0):
+        raise ValueError(
+            f"the calibration inputs of {where} are all zero, so GPTQ has no error to minimise "
+            "(every weight would be zeroed as a dead input). Check the calibration data, or "
+            "quantize this layer with a clipping quantizer (a recipe rule for its path)."
+        )
+
+
+def output_error(w2d: jax.Array, w_hat2d: jax.Array, hessian: jax.Array) -> jax.Array:
+    """Mean squared output error over the calibration rows, ``||X (W - W_hat)||^2 / n``,
+    from ``H = 2 X^T X / n``: ``tr(D^T H D) / 2`` with ``D = W - W_hat``."""
+    d = (w2d - w_hat2d).astype(jnp.float32)
+    return 0.5 * jnp.sum(d * jnp.dot(hessian, d, precision=_HIGHEST))
+
+
+def _block_size(gptq: GPTQ, spec: QuantSpec, k: int, dynamic_groups: bool) -> int:
+    """Rows per block: a multiple or a divisor of the group size, so that a group's scales are
+    chosen from rows that have received every earlier update."""
+    b = min(gptq.block_size, k)
+    if not dynamic_groups:
+        return b
+    g = spec.group_size
+    return g * max(1, b // g) if g <= b else math.gcd(g, b)
+
+
+def _upper_cholesky_of_inverse(h: jax.Array, percdamp: float) -> jax.Array:
+    """``U`` upper triangular with ``(H + damp I)^-1 = U^T U``."""
+    eye = jnp.eye(h.shape[0], dtype=h.dtype)
+    h = h + percdamp * jnp.mean(jnp.diag(h)) * eye
+    hinv = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(h), True), eye)
+    return jnp.linalg.cholesky(hinv).T
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def gptq_matrix(gptq: GPTQ, w2d: jax.Array, hessian: jax.Array, spec: QuantSpec):
+    """GPTQ of ``w2d[K, N]`` with Hessian ``[K, K]``.
+
+    Returns ``(w_hat[K, N] logical order, scale grid, zero grid | None, perm | None, finite)``;
+    ``perm`` is set only when the grid refers to permuted rows (act-order with dynamic groups).
+    """
+    k, n = w2d.shape
+    per_group = spec.granularity == "per_group"
+    dynamic_groups = per_group and not gptq.static_groups
+    clipper = gptq.clipper()
+    zero_point = not spec.symmetric
+
+    dead = jnp.diag(hessian) == 0
+    hessian = hessian + jnp.diag(dead.astype(jnp.float32))
+    w2d = jnp.where(dead[:, None], 0.0, w2d.astype(jnp.float32))
+
+    if gptq.act_order:
+        perm = jnp.argsort(-jnp.diag(hessian), stable=True)
+        hessian = hessian[perm][:, perm]
+    else:
+        perm = jnp.arange(k)
+    u = _upper_cholesky_of_inverse(hessian, gptq.percdamp)
+    finite = jnp.all(jnp.isfinite(u))
+
+    b = _block_size(gptq, spec, k, dynamic_groups)
+    kp = -(-k // b) * b  # pad with zero rows (identity Hessian): they change nothing
+    w_rows = jnp.zeros((kp, n), jnp.float32).at[:k].set(w2d[perm])
+    u = jnp.eye(kp, dtype=jnp.float32).at[:k, :k].set(u)
+    stored_to_logical = jnp.concatenate([perm, jnp.arange(k, kp)])
+
+    if dynamic_groups:
+        g = spec.group_size
+        group_of_row = jnp.arange(kp) // g
+        scale = jnp.zeros((kp // g, n), spec.jnp_scale_dtype)
+        zero = jnp.zeros((kp // g, n), jnp.int32)
+        slab_spec = dataclasses.replace(spec, granularity="per_channel", group_size=None)
+    else:
+        scale, zero = range_params(clipper, w2d, spec)  # from the original (dead-zeroed) weights
+        zero = jnp.zeros(scale.shape, jnp.int32) if zero is None else zero
+        groups = scale.shape[0]
+        group_of_row = jnp.minimum(stored_to_logical * groups // k, groups - 1)
+
+    def block(bi, carry):
+        w_all, q_all, scale, zero = carry
+        start = bi * b
+        u_rows = lax.dynamic_slice_in_dim(u, start, b, 0)  # [b, kp], zero left of the block
+        u_blk = lax.dynamic_slice_in_dim(u_rows, start, b, 1)
+
+        def row(i, c):
+            w_blk, q_blk, e_blk, scale, zero = c
+            r = start + i
+            if dynamic_groups:
+
+                def refresh(sz):
+                    src = w_blk if g <= b else w_all  # rows up to date with every update
+                    at = i if g <= b else start
+                    s, z = range_params(clipper, lax.dynamic_slice_in_dim(src, at, g, 0), slab_spec)
+                    z = jnp.zeros_like(s, jnp.int32) if z is None else z
+                    return (
+                        lax.dynamic_update_slice_in_dim(sz[0], s, r // g, 0),
+                        lax.dynamic_update_slice_in_dim(sz[1], z, r // g, 0),
+                    )
+
+                scale, zero = lax.cond(r % g == 0, refresh, lambda sz: sz, (scale, zero))
+            s = lax.dynamic_index_in_dim(scale, group_of_row[r], 0, keepdims=False)
+            z = lax.dynamic_index_in_dim(zero, group_of_row[r], 0, keepdims=False)
+            w = w_blk[i]
+            q = affine.round_trip(w, s, z if zero_point else None, spec)
+            err = (w - q) / u_blk[i, i]
+            w_blk = w_blk - u_blk[i][:, None] * err[None, :]
+            return w_blk, q_blk.at[i].set(q), e_blk.at[i].set(err), scale, zero
+
+        w_blk = lax.dynamic_slice_in_dim(w_all, start, b, 0)
+        zeros = jnp.zeros_like(w_blk)
+        _, q_blk, e_blk, scale, zero = lax.fori_loop(0, b, row, (w_blk, zeros, zeros, scale, zero))
+        w_all = w_all - jnp.dot(u_rows.T, e_blk, precision=_HIGHEST)
+        q_all = lax.dynamic_update_slice_in_dim(q_all, q_blk, start, 0)
+        return w_all, q_all, scale, zero
+
+    init = (w_rows, jnp.zeros_like(w_rows), scale, zero)
+    _, q_rows, scale, zero = lax.fori_loop(0, kp // b, block, init)
+    w_hat = jnp.zeros((k, n), jnp.float32).at[perm].set(q_rows[:k])
+    if dynamic_groups:
+        scale, zero = scale[: k // g], zero[: k // g]
+    stored_perm = perm if (gptq.act_order and dynamic_groups) else None
+    return w_hat, scale, zero if zero_point else None, stored_perm, finite
