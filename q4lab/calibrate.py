@@ -1,14 +1,18 @@
-"""Calibration: run the float model on held-out batches and collect, per layer, only the
+"""Calibration: run the model on held-out batches and collect, per layer, only the
 statistics its quantizers asked for, accumulated in float32 without keeping all activations:
 
   "hessian"     ``H = 2 X^T X / n`` over the layer's input rows ``X[n, K]`` (conv: im2col patches)
   "act_sample"  up to ``max_sample_rows`` input rows (conv: whole examples), for static
                 activation ranges chosen by a clipping quantizer
+
+The model runs with whatever parameters it is given: the float model, or (sequential
+quantization, as in GPTQ's reference) the model whose earlier layers are already quantized.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +32,61 @@ def _merge_calls(records: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
     return out
 
 
+class Calibrator:
+    """Collects the statistics of ``needs`` (path -> {"hessian", "act_sample"}) with one compiled
+    forward, reused across calls: sequential quantization reruns it after each layer with the
+    parameters changed, never with a new trace."""
+
+    def __init__(
+        self, adapter: Adapter, needs: Mapping[str, set[str]], *, max_sample_rows: int = 2048
+    ):
+        self.wanted = {path: set(n) for path, n in needs.items() if n}
+        self.max_sample_rows = max_sample_rows
+        per_batch = max(1, max_sample_rows // 8)
+
+        def forward(p, x):
+            hooks = {
+                path: CaptureHook(
+                    hessian="hessian" in n, sample_rows=per_batch * ("act_sample" in n)
+                )
+                for path, n in self.wanted.items()
+            }
+            adapter.apply(p, x, hooks)
+            return {path: _merge_calls(h.records) for path, h in hooks.items() if h.records}
+
+        self._step = jax.jit(forward)
+
+    def __call__(
+        self, params: PyTree, batches: Iterable[jax.Array]
+    ) -> dict[str, dict[str, jax.Array]]:
+        """Statistics per layer path; moments are summed on the host in float64."""
+        if not self.wanted:
+            return {}
+        totals: dict[str, dict[str, Any]] = {}
+        for batch in batches:
+            for path, rec in self._step(params, batch).items():
+                acc = totals.setdefault(path, {"rows": 0.0, "samples": []})
+                acc["rows"] += float(rec["rows"])
+                if "xtx" in rec:
+                    acc["xtx"] = acc.get("xtx", 0.0) + np.asarray(rec["xtx"], np.float64)
+                taken = sum(len(s) for s in acc["samples"])
+                if "sample" in rec and taken < self.max_sample_rows:
+                    acc["samples"].append(np.asarray(rec["sample"]))
+        missing = sorted(set(self.wanted) - set(totals))
+        if missing:
+            raise ValueError(f"calibration data never reached layer(s) {missing}")
+        stats: dict[str, dict[str, jax.Array]] = {}
+        for path, acc in totals.items():
+            out: dict[str, jax.Array] = {}
+            if "xtx" in acc:
+                out["hessian"] = jnp.asarray(2.0 * acc["xtx"] / acc["rows"], jnp.float32)
+            if acc["samples"]:
+                samples = np.concatenate(acc["samples"])[: self.max_sample_rows]
+                out["act_sample"] = jnp.asarray(samples)
+            stats[path] = out
+        return stats
+
+
 def calibrate(
     adapter: Adapter,
     params: PyTree,
@@ -36,42 +95,5 @@ def calibrate(
     *,
     max_sample_rows: int = 2048,
 ) -> dict[str, dict[str, jax.Array]]:
-    """Statistics per layer path for the layers in ``needs`` (path -> {"hessian", "act_sample"}).
-
-    Each batch runs one jitted float forward; moments are summed on the host in float64.
-    """
-    wanted = {path: set(n) for path, n in needs.items() if n}
-    if not wanted:
-        return {}
-    per_batch = max(1, max_sample_rows // 8)
-
-    def forward(p, x):
-        hooks = {
-            path: CaptureHook(hessian="hessian" in n, sample_rows=per_batch * ("act_sample" in n))
-            for path, n in wanted.items()
-        }
-        adapter.apply(p, x, hooks)
-        return {path: _merge_calls(h.records) for path, h in hooks.items() if h.records}
-
-    step = jax.jit(forward)
-    totals: dict[str, dict[str, np.ndarray]] = {}
-    for batch in batches:
-        for path, rec in step(params, batch).items():
-            acc = totals.setdefault(path, {"rows": 0.0, "samples": []})
-            acc["rows"] += float(rec["rows"])
-            if "xtx" in rec:
-                acc["xtx"] = acc.get("xtx", 0.0) + np.asarray(rec["xtx"], np.float64)
-            if "sample" in rec and sum(len(s) for s in acc["samples"]) < max_sample_rows:
-                acc["samples"].append(np.asarray(rec["sample"]))
-    missing = sorted(set(wanted) - set(totals))
-    if missing:
-        raise ValueError(f"calibration data never reached layer(s) {missing}")
-    stats: dict[str, dict[str, jax.Array]] = {}
-    for path, acc in totals.items():
-        out: dict[str, jax.Array] = {}
-        if "xtx" in acc:
-            out["hessian"] = jnp.asarray(2.0 * acc["xtx"] / acc["rows"], jnp.float32)
-        if acc["samples"]:
-            out["act_sample"] = jnp.asarray(np.concatenate(acc["samples"])[:max_sample_rows])
-        stats[path] = out
-    return stats
+    """Statistics per layer path of the model with ``params`` (see `Calibrator`)."""
+    return Calibrator(adapter, needs, max_sample_rows=max_sample_rows)(params, batches)

@@ -31,6 +31,7 @@ SHOWN = [
     "accuracy",
     "delta_accuracy",
     "bits_per_weight",
+    "ideal_bits_per_weight",
     "compression",
     "fake_rel_diff",
     "fake_rel_diff_max",
@@ -38,20 +39,16 @@ SHOWN = [
 ]
 
 
-def _cmd_quantize(args: argparse.Namespace) -> int:
+def _recipes(args: argparse.Namespace):
+    """The recipes of every combination of the recipe flags, in flag order."""
     import itertools
 
-    import pandas as pd
-
     from q4lab.core import QuantSpec
-    from q4lab.evaluate import evaluate
-    from q4lab.recipe import ActSpec, Recipe
+    from q4lab.recipe import ActSpec, Recipe, parse_quantizer
 
-    rows = []
-    grid = itertools.product(
-        args.task, args.seed, args.quantizer, args.bits, args.group, args.act_bits
-    )
-    for task, seed, quantizer, bits, group, act_bits in grid:
+    for quantizer, bits, group, act_bits in itertools.product(
+        args.quantizer, args.bits, args.group, args.act_bits
+    ):
         weight = QuantSpec(
             bits=bits,
             symmetric=not args.asym,
@@ -62,11 +59,87 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         if act_bits < 16:
             gran = "per_row" if args.act_mode == "dynamic" else "per_tensor"
             act = ActSpec(bits=act_bits, mode=args.act_mode, granularity=gran)
-        recipe = Recipe.single(quantizer=quantizer, weight=weight, act=act)
-        rows.append(evaluate(task, recipe, seed))
-    table = pd.DataFrame(rows)
-    print(table[SHOWN].to_markdown(index=False, floatfmt=".4g"))
+        name, options = parse_quantizer(quantizer)
+        yield Recipe.single(
+            quantizer=name,
+            options=options,
+            weight=weight,
+            act=act,
+            sequential=not args.float_inputs,
+        )
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from q4lab.evaluate import evaluate
+
+    recipes = list(_recipes(args))  # validated before any task runs
+    rows = [
+        evaluate(task, recipe, seed)
+        for task in args.task
+        for seed in args.seed
+        for recipe in recipes
+    ]
+    print(pd.DataFrame(rows)[SHOWN].to_markdown(index=False, floatfmt=".4g"))
     return 0
+
+
+def _cmd_layer_error(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from q4lab.sensitivity import layer_errors
+
+    recipes = list(_recipes(args))
+    rows = [
+        row for task in args.task for seed in args.seed for row in layer_errors(task, recipes, seed)
+    ]
+    table = pd.DataFrame(rows).pivot_table(
+        index=["task", "layer", "k", "n", "bits", "group_size"],
+        columns="quantizer",
+        values="relative_error",
+        sort=False,
+    )
+    first = args.quantizer[0]
+    base = table[table.columns[0]] if first not in table else table[first]
+    for col in [c for c in table.columns if c != base.name]:
+        table[f"{col} / {base.name}"] = table[col] / base
+    print(
+        "Relative output error ||X (W - W_hat)||^2 / ||X W||^2 per layer on the calibration split "
+        "(float-model inputs)\n"
+    )
+    print(table.reset_index().to_markdown(index=False, floatfmt=".4g"))
+    return 0
+
+
+def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags whose every combination is a recipe (one rule for every layer)."""
+    parser.add_argument("--task", nargs="+", default=["digits-mlp"], help="task name(s)")
+    parser.add_argument(
+        "--quantizer",
+        nargs="+",
+        default=["minmax"],
+        help="quantizer name(s), each optionally with options: gptq:act_order=true,percdamp=0.1",
+    )
+    parser.add_argument("--bits", nargs="+", type=int, default=[4], help="weight bits")
+    parser.add_argument(
+        "--group", nargs="+", type=int, default=[0], help="group size(s); 0 = per-channel"
+    )
+    parser.add_argument(
+        "--act-bits", nargs="+", type=int, default=[16], help="activation bits; 16 = float"
+    )
+    parser.add_argument("--act-mode", choices=["dynamic", "static"], default="dynamic")
+    parser.add_argument("--asym", action="store_true", help="asymmetric weights (zero points)")
+    parser.add_argument(
+        "--scale-dtype", default="float16", choices=["float32", "bfloat16", "float16"]
+    )
+    parser.add_argument(
+        "--float-inputs",
+        action="store_true",
+        help="calibrate every layer on the float model's activations (default: sequential, "
+        "with earlier layers already quantized)",
+    )
+    parser.add_argument("--seed", nargs="+", type=int, default=[0])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,22 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="quantize a task's float baseline and print accuracy, size and checks",
         description="Every combination of the listed values is evaluated (one row each).",
     )
-    quant.add_argument("--task", nargs="+", default=["digits-mlp"], help="task name(s)")
-    quant.add_argument("--quantizer", nargs="+", default=["minmax"], help="quantizer name(s)")
-    quant.add_argument("--bits", nargs="+", type=int, default=[4], help="weight bits")
-    quant.add_argument(
-        "--group", nargs="+", type=int, default=[0], help="group size(s); 0 = per-channel"
-    )
-    quant.add_argument(
-        "--act-bits", nargs="+", type=int, default=[16], help="activation bits; 16 = float"
-    )
-    quant.add_argument("--act-mode", choices=["dynamic", "static"], default="dynamic")
-    quant.add_argument("--asym", action="store_true", help="asymmetric weights (zero points)")
-    quant.add_argument(
-        "--scale-dtype", default="float16", choices=["float32", "bfloat16", "float16"]
-    )
-    quant.add_argument("--seed", nargs="+", type=int, default=[0])
+    _add_recipe_flags(quant)
     quant.set_defaults(func=_cmd_quantize)
+
+    layer_error = sub.add_parser(
+        "layer-error",
+        help="per-layer output error of each recipe on a task's calibration data",
+        description="Compares quantizers layer by layer; ratios are to the first --quantizer.",
+    )
+    _add_recipe_flags(layer_error)
+    layer_error.set_defaults(func=_cmd_layer_error, float_inputs=True)
     return parser
 
 

@@ -30,14 +30,13 @@ def evaluate(task: Task | str, recipe: Recipe, seed: int = 0) -> dict[str, objec
     task = get_task(task) if isinstance(task, str) else task
     params = task.baseline(seed)
     data = task.splits(seed)
-    sample = jnp.asarray(data.x_test[:2])
     start = time.perf_counter()
     qmodel = quantize_model(
         task.model,
         params,
         recipe,
-        sample_input=sample,
-        calibration=[jnp.asarray(b) for b in data.calib_batches(task.calib_batch_size)],
+        sample_input=task.sample_input(seed),
+        calibration=task.calibration(seed),
     )
     quantize_seconds = time.perf_counter() - start
 

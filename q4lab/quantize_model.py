@@ -11,12 +11,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from tqdm.auto import tqdm
 
 from q4lab.adapters import Adapter, Layer, PyTree, adapt, get_at, set_at
-from q4lab.calibrate import calibrate
+from q4lab.calibrate import Calibrator
 from q4lab.core import Ledger, QTensor, QuantSpec, dequantize, fake_quant, size_ledger
 from q4lab.hooks import QuantHook, activation_params
-from q4lab.quantizers import HESSIAN
+from q4lab.quantizers import HESSIAN, RangeQuantizer
 from q4lab.recipe import Recipe, Rule
 
 
@@ -26,6 +27,12 @@ class LayerPlan:
     rule: Rule
     rule_index: int
     spec: QuantSpec  # the rule's weight spec, per-channel where one group spans the layer
+
+    @property
+    def rounds_to_nearest(self) -> bool:
+        """True when the codes are the float weight rounded with the stored scales, so the
+        fake-quant simulation applies to the float weight (not so for GPTQ)."""
+        return isinstance(self.rule.build_quantizer(), RangeQuantizer)
 
 
 def _effective_spec(spec: QuantSpec, k: int) -> QuantSpec:
@@ -92,11 +99,11 @@ class QuantizedModel:
     def _weights(self, params: PyTree, fake: bool) -> PyTree:
         for p in self.layers.values():
             qt: QTensor = get_at(params, p.layer.key)
-            if fake and qt.perm is None:
+            if fake and p.rounds_to_nearest:
                 w = get_at(self.float_params, p.layer.key)
                 value = fake_quant(w, qt.spec, qt.scale, qt.int_zero(), in_axes=qt.in_axes)
-            else:
-                value = dequantize(qt)  # from the packed codes, inside jit
+            else:  # from the packed codes, inside jit (and the weights GPTQ chose)
+                value = dequantize(qt)
             params = set_at(params, p.layer.key, value.astype(jnp.float32))
         return params
 
@@ -126,11 +133,15 @@ def quantize_model(
     *,
     sample_input: jax.Array,
     calibration: Iterable[jax.Array] = (),
+    progress: bool = False,
 ) -> QuantizedModel:
     """Quantize ``model`` (Linen with its ``params``; NNX with ``params=None``) by ``recipe``.
 
     ``calibration``: batches of inputs, needed when a quantizer asks for statistics or an
-    activation spec is static. Errors in the recipe are raised before any work.
+    activation spec is static. Layers are quantized one at a time in the order the model calls
+    them; with ``recipe.sequential`` the statistics of each layer are captured from the model
+    whose earlier layers are already quantized (weights only), else from the float model.
+    ``progress`` shows a bar over layers. Errors in the recipe are raised before any work.
     """
     adapter = adapt(model)
     if params is None:
@@ -143,15 +154,23 @@ def quantize_model(
     if any(needs.values()) and not batches:
         layers = sorted(path for path, n in needs.items() if n)
         raise ValueError(f"recipe needs calibration data for layer(s) {layers}; none was given")
-    stats = calibrate(adapter, params, needs, batches)
+    calibrator = Calibrator(adapter, needs)
+    stats: dict[str, dict[str, jax.Array]] | None = None
+    changed = False  # a layer was quantized since the statistics were captured
+    working = params  # float params, with the layers quantized so far dequantized
     qparams = params
     act_params = {}
-    for path, p in plans.items():
+    for path, p in tqdm(plans.items(), desc="quantize", unit="layer", disable=not progress):
+        if needs[path] and (stats is None or (recipe.sequential and changed)):
+            stats = calibrator(working, batches)
+            changed = False
         w = get_at(params, p.layer.key)
         qt = p.rule.build_quantizer().quantize(
-            w, p.spec, in_axes=p.layer.in_axes, stats=stats.get(path), name=path
+            w, p.spec, in_axes=p.layer.in_axes, stats=(stats or {}).get(path), name=path
         )
         qparams = set_at(qparams, p.layer.key, qt)
+        working = set_at(working, p.layer.key, dequantize(qt).astype(w.dtype))
+        changed = True
         if "act_sample" in needs[path]:
             act_params[path] = activation_params(p.rule.act, stats[path]["act_sample"])
     return QuantizedModel(adapter, qparams, params, plans, act_params)

@@ -8,6 +8,7 @@ The first matching rule wins; unmatched layers stay in float and are counted as 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import re
 from collections.abc import Mapping
@@ -101,6 +102,41 @@ class Rule:
     def build_quantizer(self):
         return get_quantizer(self.quantizer, **dict(self.options))
 
+    def options_label(self) -> str:
+        """The quantizer's options as ``key=value`` pairs, e.g. ``"act_order=True"``."""
+        return ",".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in self.options)
+
+    def quantizer_label(self) -> str:
+        """``name`` or ``name(options)``, e.g. ``"gptq(act_order=True)"``."""
+        options = self.options_label()
+        return f"{self.quantizer}({options})" if options else self.quantizer
+
+
+def _literal(value: str) -> Any:
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def parse_quantizer(text: str) -> tuple[str, dict[str, Any]]:
+    """``"gptq:act_order=true,percdamp=0.1"`` -> ``("gptq", {"act_order": True, "percdamp": 0.1})``.
+
+    Values are Python literals (``true``/``false`` accepted); anything else is kept as a string.
+    """
+    name, _, rest = text.partition(":")
+    options: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = (part.strip() for part in item.partition("="))
+        if not eq or not key:
+            raise ValueError(
+                f"quantizer option {item!r} in {text!r} is invalid; allowed: key=value"
+            )
+        options[key] = _literal(value)
+    return name.strip(), options
+
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
@@ -108,16 +144,19 @@ class Recipe:
 
     rules: tuple[Rule, ...]
     name: str = ""
+    sequential: bool = True  # calibration inputs from the model with earlier layers quantized
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rules", tuple(self.rules))
         if not self.rules:
             raise ValueError("Recipe.rules is empty; allowed: one or more Rule")
+        if not isinstance(self.sequential, bool):
+            raise ValueError(f"Recipe.sequential={self.sequential!r} is invalid; allowed: bool")
 
     @classmethod
-    def single(cls, name: str = "", **rule: Any) -> Recipe:
+    def single(cls, name: str = "", sequential: bool = True, **rule: Any) -> Recipe:
         """A recipe of one rule matching every layer."""
-        return cls((Rule(**rule),), name=name)
+        return cls((Rule(**rule),), name=name, sequential=sequential)
 
     def match(self, path: str) -> tuple[int, Rule] | None:
         """The first rule matching ``path`` and its index, or None (the layer stays float)."""
@@ -129,7 +168,9 @@ class Recipe:
         r = self.rules[0]
         out: dict[str, Any] = {
             "recipe": self.name or self.describe(),
-            "quantizer": r.quantizer,
+            "quantizer": r.quantizer_label(),
+            "quantizer_name": r.quantizer,
+            "quantizer_options": r.options_label(),
             "bits": r.weight.bits,
             "symmetric": r.weight.symmetric,
             "granularity": r.weight.granularity,
@@ -138,6 +179,8 @@ class Recipe:
             "act_bits": r.act.bits if r.act else 16,
             "act_mode": r.act.mode if r.act else "none",
         }
+        if any(r.build_quantizer().needs for r in self.rules):
+            out["sequential"] = self.sequential
         if len(self.rules) > 1:
             out["rules"] = len(self.rules)
         return out
@@ -145,4 +188,4 @@ class Recipe:
     def describe(self) -> str:
         r = self.rules[0]
         act = r.act.describe() if r.act else "A16"
-        return f"{r.quantizer} {r.weight.describe()} {act}"
+        return f"{r.quantizer_label()} {r.weight.describe()} {act}"

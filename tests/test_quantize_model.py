@@ -8,10 +8,11 @@ import pytest
 from flax import nnx
 
 from q4lab.adapters import adapt
-from q4lab.calibrate import calibrate
+from q4lab.calibrate import Calibrator, calibrate
 from q4lab.core import QuantSpec, dequantize
 from q4lab.hooks import conv_patches
 from q4lab.quantize_model import quantize_model
+from q4lab.quantizers import get_quantizer
 from q4lab.recipe import ActSpec, Recipe, Rule
 
 
@@ -172,3 +173,62 @@ def test_static_activation_scales_come_from_calibration(linen):
     # percentile 99.9 of |x| over the calibration inputs of the first conv, / 127
     expected = np.percentile(np.abs(np.asarray(x)), 99.9) / 127
     assert float(scale[0, 0]) == pytest.approx(expected, rel=1e-3)
+
+
+def test_gptq_sequential_calibration_sees_the_earlier_layers_quantized(linen):
+    """Sequential GPTQ quantizes each layer on the inputs produced by the layers already
+    quantized; with float inputs every layer sees the float model's activations."""
+    model, params, x = linen
+    batches = [x, -x, 0.5 * x]
+    rule = {"pattern": "Conv_.*|Dense_0|head", "quantizer": "gptq"}
+    seq = quantize_model(
+        model, params, Recipe((Rule(**rule),)), sample_input=x, calibration=batches
+    )
+    flt = quantize_model(
+        model,
+        params,
+        Recipe((Rule(**rule),), sequential=False),
+        sample_input=x,
+        calibration=batches,
+    )
+    order = list(seq.layers)
+    assert order == ["Conv_0", "Conv_1", "Dense_0", "head"]  # the order the model calls them
+
+    def quantized(qm, path):
+        return np.asarray(dequantize(qm.params[path]["kernel"]))
+
+    np.testing.assert_array_equal(quantized(seq, "Conv_0"), quantized(flt, "Conv_0"))
+    assert not np.array_equal(quantized(seq, "Dense_0"), quantized(flt, "Dense_0"))
+
+    # Dense_0 again, by hand: the Hessian of the model with both convs dequantized.
+    adapter = adapt(model)
+    working = {**params}
+    for path in ("Conv_0", "Conv_1"):
+        working[path] = {**params[path], "kernel": dequantize(seq.params[path]["kernel"])}
+    hessian = calibrate(adapter, working, {"Dense_0": {"hessian"}}, batches)["Dense_0"]
+    by_hand = get_quantizer("gptq").quantize(
+        params["Dense_0"]["kernel"], QuantSpec(), stats=hessian
+    )
+    np.testing.assert_array_equal(quantized(seq, "Dense_0"), np.asarray(dequantize(by_hand)))
+    # weight-only GPTQ: the fake-quant simulation runs the same dequantized weights
+    np.testing.assert_array_equal(np.asarray(seq.apply(x)), np.asarray(seq.apply(x, fake=True)))
+
+
+def test_calibrator_compiles_once_for_new_parameter_values(linen):
+    model, params, x = linen
+    calibrator = Calibrator(adapt(model), {"Dense_0": {"hessian"}, "head": {"hessian"}})
+    first = calibrator(params, [x])
+    halved = jax.tree_util.tree_map(lambda a: 0.5 * a, params)
+    second = calibrator(halved, [x])
+    assert calibrator._step._cache_size() == 1
+    assert not np.allclose(
+        np.asarray(first["head"]["hessian"]), np.asarray(second["head"]["hessian"])
+    )
+
+
+def test_gptq_without_calibration_data_names_the_layers(linen):
+    model, params, x = linen
+    with pytest.raises(ValueError, match=r"calibration data for layer\(s\) \['head'\]"):
+        quantize_model(
+            model, params, Recipe.single(pattern="head", quantizer="gptq"), sample_input=x
+        )

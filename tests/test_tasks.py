@@ -1,22 +1,21 @@
 """The real tasks end to end (trains the float baselines once per CI run: about a minute)."""
 
+import pandas as pd
 import pytest
 
 from q4lab.core import QuantSpec
 from q4lab.evaluate import evaluate
 from q4lab.recipe import ActSpec, Recipe
+from q4lab.sensitivity import layer_errors
 
 pytestmark = pytest.mark.slow
 
 TASKS = {"digits-mlp": 0.97, "mnist1d-cnn": 0.90}  # expected float accuracy (at least)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("Q4LAB_CACHE", str(tmp_path_factory.mktemp("q4lab-cache")))
-    yield
-    mp.undo()
+@pytest.fixture(autouse=True)
+def _cache(task_cache):
+    pass
 
 
 @pytest.mark.parametrize("task", list(TASKS))
@@ -36,3 +35,22 @@ def test_task_accuracy_under_int8_and_int4_recipes(task):
     assert w4a4["accuracy"] > 0.5  # degraded, but a working classifier
     for key in ("git_commit", "jax_version", "device", "quantize_seconds", "total_bytes"):
         assert key in w4a4
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_gptq_output_error_is_below_round_to_nearest_on_every_layer(task):
+    """On the task's real calibration data, at 4 and 3 bits, per-channel and g32."""
+    recipes = [
+        Recipe.single(quantizer=q, weight=QuantSpec(bits=bits, group_size=g), sequential=False)
+        for q in ("minmax", "gptq")
+        for bits in (4, 3)
+        for g in (None, 32)
+    ]
+    table = pd.DataFrame(layer_errors(task, recipes, seed=0))
+    errors = table.pivot_table(
+        index=["layer", "bits", "group_size"], columns="quantizer", values="relative_error"
+    )
+    ratio = errors["gptq"] / errors["minmax"]
+    assert len(ratio) == 2 * 2 * (3 if task == "digits-mlp" else 5)
+    assert (ratio < 1).all(), ratio
+    assert ratio.median() < 0.5

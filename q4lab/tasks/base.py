@@ -53,6 +53,14 @@ class Task:
     def splits(self, seed: int) -> Splits:
         return _splits(self, seed)
 
+    def calibration(self, seed: int) -> list[jax.Array]:
+        """The calibration split as batches of ``calib_batch_size`` (held out from training)."""
+        return [jnp.asarray(b) for b in self.splits(seed).calib_batches(self.calib_batch_size)]
+
+    def sample_input(self, seed: int) -> jax.Array:
+        """Two test inputs: enough to trace the model and find its layers."""
+        return jnp.asarray(self.splits(seed).x_test[:2])
+
     def _cache_path(self, seed: int) -> Path:
         key = repr((self.model, self.train_config, self.splits(seed).provenance))
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
