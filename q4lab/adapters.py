@@ -102,11 +102,12 @@ def _install(module: Any, hook: Hook) -> None:
         setter(module, "dot_general", hook.dot_general)
 
 
+@dataclasses.dataclass(frozen=True)
 class LinenAdapter:
-    """A Linen module and its ``params`` collection."""
+    """A Linen module and its ``params`` collection. Hashable by the module's value, so jitted
+    functions taking it as a static argument are reused across quantized copies of a model."""
 
-    def __init__(self, module: nn.Module):
-        self.module = module
+    module: nn.Module
 
     def layers(self, params: PyTree, sample_input: jax.Array) -> list[Layer]:
         found: dict[str, Layer] = {}

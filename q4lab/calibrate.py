@@ -11,6 +11,7 @@ quantization, as in GPTQ's reference) the model whose earlier layers are already
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -87,6 +88,17 @@ class Calibrator:
         return stats
 
 
+@functools.lru_cache(maxsize=32)
+def _cached(adapter: Adapter, needs: tuple[tuple[str, tuple[str, ...]], ...]) -> Calibrator:
+    return Calibrator(adapter, {path: set(n) for path, n in needs})
+
+
+def cached_calibrator(adapter: Adapter, needs: Mapping[str, set[str]]) -> Calibrator:
+    """A `Calibrator` shared by every call with an equal (hashable) adapter and needs, so a
+    sweep compiles the calibration forward once per model and recipe structure."""
+    return _cached(adapter, tuple(sorted((p, tuple(sorted(n))) for p, n in needs.items())))
+
+
 def calibrate(
     adapter: Adapter,
     params: PyTree,
@@ -96,4 +108,6 @@ def calibrate(
     max_sample_rows: int = 2048,
 ) -> dict[str, dict[str, jax.Array]]:
     """Statistics per layer path of the model with ``params`` (see `Calibrator`)."""
-    return Calibrator(adapter, needs, max_sample_rows=max_sample_rows)(params, batches)
+    if max_sample_rows != 2048:
+        return Calibrator(adapter, needs, max_sample_rows=max_sample_rows)(params, batches)
+    return cached_calibrator(adapter, needs)(params, batches)

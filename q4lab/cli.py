@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -112,6 +113,81 @@ def _cmd_layer_error(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from q4lab.sweep import WandbSettings, load_experiment, run_experiment
+
+    experiment = load_experiment(args.experiment)  # validated: nothing runs on a bad file
+    if args.no_wandb:
+        wandb = WandbSettings(mode="disabled")
+    elif args.wandb_project:
+        wandb = WandbSettings(mode="online", project=args.wandb_project, entity=args.wandb_entity)
+    else:
+        wandb = WandbSettings()
+    table = run_experiment(
+        experiment,
+        args.results,
+        executor=args.executor,
+        address=args.address,
+        wandb=wandb,
+        progress=not args.no_progress,
+    )
+    print(f"{len(table)} rows in {Path(args.results) / experiment.name / 'runs.parquet'}")
+    return 0
+
+
+def _read_results(directory: str):
+    from q4lab.sweep import ResultsStore
+
+    store = ResultsStore(directory)
+    if not store.path.exists():
+        raise ValueError(f"no results table at {str(store.path)!r}; run `q4lab run` first")
+    return store.read()
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from q4lab.plots import save_plot
+
+    table = _read_results(args.results)
+    for x in args.x:
+        paths = save_plot(
+            table,
+            args.results,
+            x=x,
+            y=args.y,
+            hue=args.hue,
+            facet=args.facet,
+            style=None if args.style == "none" else args.style,
+            title=Path(args.results).name,
+        )
+        print("\n".join(str(p) for p in paths))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from q4lab.report import report
+
+    text = report(_read_results(args.results), y=args.y, title=Path(args.results).name)
+    print(text)
+    if args.write:
+        (Path(args.results) / "report.md").write_text(text)
+    return 0
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    from q4lab.quantizers import available
+    from q4lab.sweep import FIELDS
+    from q4lab.tasks import available_tasks
+
+    print("tasks:      " + ", ".join(available_tasks()))
+    print("quantizers: " + ", ".join(available()))
+    experiments = sorted(Path(args.experiments).glob("*.py"))
+    print("experiments: " + ", ".join(str(p) for p in experiments))
+    print("\nsweep fields (experiments/*.py, Sweep(grid={field: [values]})):")
+    for name, (default, meaning) in FIELDS.items():
+        print(f"  {name:<22} {meaning} (default {default!r})")
+    return 0
+
+
 def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     """Flags whose every combination is a recipe (one rule for every layer)."""
     parser.add_argument("--task", nargs="+", default=["digits-mlp"], help="task name(s)")
@@ -168,6 +244,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_recipe_flags(layer_error)
     layer_error.set_defaults(func=_cmd_layer_error, float_inputs=True)
+
+    run = sub.add_parser(
+        "run",
+        help="run an experiment file's sweep into results/<experiment>/runs.parquet (resumable)",
+    )
+    run.add_argument("experiment", help="an experiment file, e.g. experiments/quickstart.py")
+    run.add_argument("--results", default="results", help="results root directory")
+    run.add_argument("--executor", choices=["local", "ray"], default="local")
+    run.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
+    run.add_argument("--no-wandb", action="store_true", help="do not log to wandb")
+    run.add_argument("--wandb-project", default=None, help="log online to this wandb project")
+    run.add_argument("--wandb-entity", default=None)
+    run.add_argument("--no-progress", action="store_true")
+    run.set_defaults(func=_cmd_run)
+
+    plot = sub.add_parser("plot", help="Pareto plots (PNG + SVG) of a results directory")
+    plot.add_argument("results", help="e.g. results/quickstart")
+    plot.add_argument(
+        "--x",
+        nargs="+",
+        default=["bits_per_weight"],
+        help="x column(s), one figure each (ideal_bits_per_weight: 3-bit codes counted as 3)",
+    )
+    plot.add_argument("--y", default="accuracy")
+    plot.add_argument("--hue", default="quantizer", help="one series per value")
+    plot.add_argument("--facet", default=None, help="one panel per value (default: task)")
+    plot.add_argument("--style", default="act_bits", help="marker per value; 'none' to disable")
+    plot.set_defaults(func=_cmd_plot)
+
+    rep = sub.add_parser("report", help="markdown table: best point per quantizer and budget")
+    rep.add_argument("results", help="e.g. results/quickstart")
+    rep.add_argument("--y", default="accuracy")
+    rep.add_argument("--write", action="store_true", help="also write <results>/report.md")
+    rep.set_defaults(func=_cmd_report)
+
+    ls = sub.add_parser("ls", help="list tasks, quantizers, experiments and sweep fields")
+    ls.add_argument("--experiments", default="experiments")
+    ls.set_defaults(func=_cmd_ls)
     return parser
 
 

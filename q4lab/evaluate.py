@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
@@ -14,7 +15,14 @@ from q4lab.recipe import Recipe
 from q4lab.tasks import Task, get_task
 
 
-def evaluate(task: Task | str, recipe: Recipe, seed: int = 0) -> dict[str, object]:
+@functools.partial(jax.jit, static_argnums=0)
+def _float_forward(model, params, x):
+    return model.apply({"params": params}, x)
+
+
+def evaluate(
+    task: Task | str, recipe: Recipe, seed: int = 0, *, calib_size: int | None = None
+) -> dict[str, object]:
     """Accuracy of ``recipe`` applied to the task's float baseline for ``seed``.
 
     The record holds: task, seed, the recipe's fields, ``accuracy`` (real int4 forward) and
@@ -36,12 +44,11 @@ def evaluate(task: Task | str, recipe: Recipe, seed: int = 0) -> dict[str, objec
         params,
         recipe,
         sample_input=task.sample_input(seed),
-        calibration=task.calibration(seed),
+        calibration=task.calibration(seed, calib_size),
     )
     quantize_seconds = time.perf_counter() - start
 
-    fp_forward = jax.jit(lambda x: task.model.apply({"params": params}, x))
-    fp_accuracy = task.accuracy(fp_forward, seed)
+    fp_accuracy = task.accuracy(lambda x: _float_forward(task.model, params, x), seed)
     start = time.perf_counter()
     accuracy = task.accuracy(qmodel.apply, seed)
     eval_seconds = time.perf_counter() - start
@@ -54,6 +61,7 @@ def evaluate(task: Task | str, recipe: Recipe, seed: int = 0) -> dict[str, objec
         "task": task.name,
         "seed": seed,
         **recipe.fields(),
+        "calib_examples": sum(len(b) for b in task.calibration(seed, calib_size)),
         "accuracy": accuracy,
         "fp_accuracy": fp_accuracy,
         "delta_accuracy": accuracy - fp_accuracy,

@@ -14,11 +14,11 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from q4lab.adapters import Adapter, Layer, PyTree, adapt, get_at, set_at
-from q4lab.calibrate import Calibrator
+from q4lab.calibrate import cached_calibrator
 from q4lab.core import Ledger, QTensor, QuantSpec, dequantize, fake_quant, size_ledger
 from q4lab.hooks import QuantHook, activation_params
 from q4lab.quantizers import HESSIAN, RangeQuantizer
-from q4lab.recipe import Recipe, Rule
+from q4lab.recipe import ActSpec, Recipe, Rule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +83,41 @@ def _needs(p: LayerPlan) -> set[str]:
     return needs
 
 
+@dataclasses.dataclass(frozen=True)
+class _ForwardLayer:
+    """What the quantized forward needs to know of a layer (a static jit argument: models with
+    the same layers and activation specs share one compiled forward per weight spec)."""
+
+    path: str
+    key: tuple
+    act: ActSpec | None
+    rounds_to_nearest: bool
+
+
+def _weights(layers, fake: bool, params: PyTree, float_params: PyTree) -> PyTree:
+    for layer in layers:
+        qt: QTensor = get_at(params, layer.key)
+        if fake and layer.rounds_to_nearest:
+            w = get_at(float_params, layer.key)
+            value = fake_quant(w, qt.spec, qt.scale, qt.int_zero(), in_axes=qt.in_axes)
+        else:  # from the packed codes, inside jit (and the weights GPTQ chose)
+            value = dequantize(qt)
+        params = set_at(params, layer.key, value.astype(jnp.float32))
+    return params
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _forward(adapter, layers, fake, params, float_params, act_params, x):
+    hooks = {
+        layer.path: QuantHook(
+            get_at(params, layer.key), layer.act, act_params.get(layer.path), fake
+        )
+        for layer in layers
+        if layer.act is not None
+    }
+    return adapter.apply(_weights(layers, fake, params, float_params), x, hooks)
+
+
 @dataclasses.dataclass
 class QuantizedModel:
     """A model with its quantized parameters (`QTensor` leaves in the parameter dict)."""
@@ -96,34 +131,24 @@ class QuantizedModel:
     def ledger(self) -> Ledger:
         return size_ledger(self.params)
 
-    def _weights(self, params: PyTree, fake: bool) -> PyTree:
-        for p in self.layers.values():
-            qt: QTensor = get_at(params, p.layer.key)
-            if fake and p.rounds_to_nearest:
-                w = get_at(self.float_params, p.layer.key)
-                value = fake_quant(w, qt.spec, qt.scale, qt.int_zero(), in_axes=qt.in_axes)
-            else:  # from the packed codes, inside jit (and the weights GPTQ chose)
-                value = dequantize(qt)
-            params = set_at(params, p.layer.key, value.astype(jnp.float32))
-        return params
-
-    def _forward(self, params: PyTree, x: jax.Array, fake: bool) -> jax.Array:
-        hooks = {
-            path: QuantHook(
-                get_at(params, p.layer.key), p.rule.act, self.act_params.get(path), fake
-            )
-            for path, p in self.layers.items()
-            if p.rule.act is not None
-        }
-        return self.adapter.apply(self._weights(params, fake), x, hooks)
-
     @functools.cached_property
-    def _jitted(self):
-        return jax.jit(self._forward, static_argnums=2)
+    def _forward_layers(self) -> tuple[_ForwardLayer, ...]:
+        return tuple(
+            _ForwardLayer(p.layer.path, p.layer.key, p.rule.act, p.rounds_to_nearest)
+            for p in self.layers.values()
+        )
 
     def apply(self, x: jax.Array, *, fake: bool = False) -> jax.Array:
         """Quantized forward; ``fake=True`` runs the float simulation of the same recipe."""
-        return self._jitted(self.params, x, fake)
+        return _forward(
+            self.adapter,
+            self._forward_layers,
+            fake,
+            self.params,
+            self.float_params if fake else None,
+            self.act_params,
+            x,
+        )
 
 
 def quantize_model(
@@ -154,7 +179,7 @@ def quantize_model(
     if any(needs.values()) and not batches:
         layers = sorted(path for path, n in needs.items() if n)
         raise ValueError(f"recipe needs calibration data for layer(s) {layers}; none was given")
-    calibrator = Calibrator(adapter, needs)
+    calibrator = cached_calibrator(adapter, needs)
     stats: dict[str, dict[str, jax.Array]] | None = None
     changed = False  # a layer was quantized since the statistics were captured
     working = params  # float params, with the layers quantized so far dequantized

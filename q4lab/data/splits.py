@@ -18,9 +18,6 @@ class Splits:
     y_test: np.ndarray
     provenance: str  # where the data came from (package and version, generator arguments)
 
-    def calib_batches(self, batch_size: int) -> list[np.ndarray]:
-        return [self.x_calib[i : i + batch_size] for i in range(0, len(self.x_calib), batch_size)]
-
 
 def digits(seed: int, *, test_fraction: float = 0.25, calib_size: int = 128) -> Splits:
     """scikit-learn's bundled 8x8 digits (1797 images), pixels scaled to [0, 1], a seeded split."""

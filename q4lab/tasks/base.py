@@ -53,9 +53,17 @@ class Task:
     def splits(self, seed: int) -> Splits:
         return _splits(self, seed)
 
-    def calibration(self, seed: int) -> list[jax.Array]:
-        """The calibration split as batches of ``calib_batch_size`` (held out from training)."""
-        return [jnp.asarray(b) for b in self.splits(seed).calib_batches(self.calib_batch_size)]
+    def calibration(self, seed: int, size: int | None = None) -> list[jax.Array]:
+        """The first ``size`` examples (default: all) of the calibration split, held out from
+        training, as batches of ``calib_batch_size``."""
+        x = self.splits(seed).x_calib
+        if size is not None and not 1 <= size <= len(x):
+            raise ValueError(
+                f"calib_size={size} is invalid for task {self.name!r}; allowed: 1..{len(x)}"
+            )
+        x = x[:size]
+        step = self.calib_batch_size
+        return [jnp.asarray(x[i : i + step]) for i in range(0, len(x), step)]
 
     def sample_input(self, seed: int) -> jax.Array:
         """Two test inputs: enough to trace the model and find its layers."""

@@ -1,0 +1,27 @@
+"""The MNIST-1D 1-D CNN across bit widths: every quantizer (GPTQ with and without act-order) at
+W2/W3/W4/W8, per-channel and g32, weight-only, plus W4A8 / W4A4 / W8A8 (dynamic), three seeds.
+
+    q4lab run experiments/mnist1d.py
+    q4lab plot results/mnist1d --x bits_per_weight ideal_bits_per_weight
+    q4lab report results/mnist1d --write
+"""
+
+from q4lab.sweep import Sweep
+
+sweep = Sweep(
+    name="mnist1d",
+    grid={
+        "task": ["mnist1d-cnn"],
+        "bits": [2, 3, 4, 8],
+        "group_size": [0, 32],
+        "act_bits": [16, 8, 4],
+        "seed": [0, 1, 2],
+    },
+    zipped=[
+        {
+            "quantizer": ["minmax", "percentile", "mse", "gptq", "gptq"],
+            "options": [{}, {}, {}, {}, {"act_order": True}],
+        }
+    ],
+    where=lambda p: p["act_bits"] == 16 or p["bits"] >= 4,
+)

@@ -1,0 +1,166 @@
+"""Plots from a results table (pandas + matplotlib only): accuracy against bits per weight, one
+series per quantizer, error bars over seeds, the Pareto front and the float baseline.
+
+A point of a plot is one configuration averaged over its seeds: mean and standard deviation of
+``y``, mean of ``x``. The Pareto front (per facet) joins the configurations that no other beats
+on both axes (fewer bits and higher ``y``); it is drawn as a step line and its points ringed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+# Columns that identify a configuration apart from its seed (those present in a table are used).
+CONFIG_COLUMNS = (
+    "task",
+    "quantizer",
+    "bits",
+    "symmetric",
+    "group_size",
+    "scale_dtype",
+    "act_bits",
+    "act_mode",
+    "act_symmetric",
+    "act_clipping",
+    "act_clipping_options",
+    "sequential",
+    "calib_size",
+)
+BASELINES = {"accuracy": "fp_accuracy"}  # y column -> its float baseline column
+MARKERS = "osD^vP*Xh<>p"
+
+
+def aggregate(table: pd.DataFrame, x: str, y: str, extra: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per configuration: ``x`` mean, ``y`` mean/std/count over seeds."""
+    missing = [c for c in (x, y, *extra) if c not in table]
+    if missing:
+        raise ValueError(f"column(s) {missing} are not in the results; allowed: {list(table)}")
+    keys = [c for c in dict.fromkeys((*CONFIG_COLUMNS, *extra)) if c in table and c not in (x, y)]
+    grouped = table.groupby(keys, dropna=False, sort=True)
+    out = grouped.agg(x=(x, "mean"), y=(y, "mean"), y_std=(y, "std"), seeds=(y, "count"))
+    out["y_std"] = out["y_std"].fillna(0.0)
+    return out.reset_index().rename(columns={"x": x, "y": y, "y_std": f"{y}_std"})
+
+
+def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """The points not dominated by another (lower or equal ``x`` and higher ``y``), by ``x``."""
+    ordered = points.sort_values([x, y], ascending=[True, False])
+    best = -np.inf
+    keep = []
+    for idx, value in zip(ordered.index, ordered[y], strict=True):
+        if value > best:
+            keep.append(idx)
+            best = value
+    return ordered.loc[keep]
+
+
+def _label(value: object) -> str:
+    return str(value)
+
+
+def pareto_plot(
+    table: pd.DataFrame,
+    *,
+    x: str = "bits_per_weight",
+    y: str = "accuracy",
+    hue: str = "quantizer",
+    facet: str | None = None,
+    style: str | None = "act_bits",
+    title: str = "",
+) -> plt.Figure:
+    """The figure: one panel per ``facet`` value (default: per task), a series per ``hue``,
+    marker shapes per ``style`` value (default: activation bits) when it varies."""
+    if facet is None and "task" in table and table["task"].nunique() > 1:
+        facet = "task"
+    extra = [c for c in (hue, facet, style) if c]
+    agg = aggregate(table, x, y, extra)
+    if style and agg[style].nunique() < 2:
+        style = None
+    panels = sorted(agg[facet].unique(), key=str) if facet else [None]
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False, sharey=False
+    )
+    hues = sorted(agg[hue].unique(), key=str)
+    colors = {h: plt.get_cmap("tab10")(i % 10) for i, h in enumerate(hues)}
+    styles = sorted(agg[style].unique(), key=str) if style else [None]
+    markers = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(styles)}
+    for ax, panel in zip(axes[0], panels, strict=True):
+        data = agg if panel is None else agg[agg[facet] == panel]
+        for h in hues:
+            for s in styles:
+                part = data[(data[hue] == h) & ((data[style] == s) if style else True)]
+                if part.empty:
+                    continue
+                part = part.sort_values(x)
+                ax.errorbar(
+                    part[x],
+                    part[y],
+                    yerr=part[f"{y}_std"],
+                    color=colors[h],
+                    marker=markers[s],
+                    linestyle="-" if s == styles[0] else ":",
+                    capsize=2,
+                    markersize=5,
+                    linewidth=1,
+                    label=_label(h) if s is None else f"{h}, {style}={s}",
+                )
+        front = pareto_front(data, x, y)
+        ax.step(front[x], front[y], where="post", color="black", linewidth=1.2, alpha=0.6, zorder=1)
+        ax.scatter(
+            front[x],
+            front[y],
+            s=110,
+            facecolors="none",
+            edgecolors="black",
+            linewidths=1.0,
+            zorder=3,
+            label="Pareto front",
+        )
+        base = BASELINES.get(y)
+        if base and base in table:
+            rows = table if panel is None else table[table[facet] == panel]
+            ax.axhline(
+                rows[base].mean(), color="grey", linestyle="--", linewidth=1, label="float (FP32)"
+            )
+        ax.set_xlabel(x.replace("_", " "))
+        ax.set_ylabel(y.replace("_", " "))
+        if panel is not None:
+            ax.set_title(f"{facet} = {panel}")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8
+    )
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def save_plot(
+    table: pd.DataFrame,
+    directory: str | Path,
+    *,
+    x: str = "bits_per_weight",
+    y: str = "accuracy",
+    **kwargs: object,
+) -> list[Path]:
+    """Write the figure as PNG and SVG under ``directory/plots/``; returns the paths."""
+    out = Path(directory) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    fig = pareto_plot(table, x=x, y=y, **kwargs)
+    stem = f"{y}_vs_{x}"
+    if kwargs.get("hue") not in (None, "quantizer"):
+        stem += f"_by_{kwargs['hue']}"
+    if kwargs.get("facet"):
+        stem += f"_per_{kwargs['facet']}"
+    paths = [out / f"{stem}.png", out / f"{stem}.svg"]
+    fig.savefig(paths[0], dpi=200, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    return paths

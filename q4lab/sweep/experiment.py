@@ -1,0 +1,91 @@
+"""Experiment files: a Python file in ``experiments/`` that defines ``sweep = Sweep(...)``.
+
+`load_experiment` runs the file and validates every point against the registered tasks,
+quantizers and the layers of each task's model before anything runs: a bad field raises one
+ValueError naming the file, the point and the field with its allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import runpy
+from pathlib import Path
+
+import jax
+
+from q4lab.adapters import adapt
+from q4lab.quantize_model import plan
+from q4lab.recipe import Recipe
+from q4lab.sweep.spec import Point, Sweep, config_hash, validate_point
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A loaded, validated experiment: its sweep and the points with recipes and hashes."""
+
+    path: Path
+    sweep: Sweep
+    points: tuple[Point, ...]
+    recipes: tuple[Recipe, ...]
+    hashes: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.sweep.name
+
+
+def _describe(point: Point) -> str:
+    keys = ("task", "seed", "quantizer", "bits", "group_size", "act_bits")
+    return ", ".join(f"{k}={point[k]!r}" for k in keys)
+
+
+@functools.lru_cache(maxsize=16)
+def _layers(task_name: str, seed: int):
+    from q4lab.tasks import get_task
+
+    task = get_task(task_name)
+    sample = task.sample_input(seed)
+    shapes = jax.eval_shape(task.model.init, jax.random.key(0), sample)["params"]
+    return adapt(task.model).layers(shapes, sample), len(task.splits(seed).x_calib)
+
+
+def validate(sweep: Sweep, where: str) -> tuple[list[Point], list[Recipe]]:
+    """Points and their recipes; every point checked against its task's model."""
+    points = sweep.points()
+    if not points:
+        raise ValueError(f"{where}: the sweep has no points (is `where` dropping every one?)")
+    recipes = []
+    for i, point in enumerate(points):
+        try:
+            recipe = validate_point(point)
+            layers, calib = _layers(point["task"], point["seed"])
+            plan(recipe, layers)
+            if point["calib_size"] > calib:
+                raise ValueError(
+                    f"calib_size={point['calib_size']} exceeds the calibration split of "
+                    f"{point['task']!r}; allowed: 0..{calib}"
+                )
+        except ValueError as err:
+            raise ValueError(f"{where}: point {i} ({_describe(point)}): {err}") from None
+        recipes.append(recipe)
+    return points, recipes
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Run an experiment file, take its ``sweep`` and validate it (nothing is run or written)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"experiment file {str(path)!r} does not exist")
+    try:
+        namespace = runpy.run_path(str(path), run_name="__experiment__")
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    sweep = namespace.get("sweep")
+    if not isinstance(sweep, Sweep):
+        raise ValueError(f"{path}: defines no `sweep = Sweep(...)` (found {type(sweep).__name__})")
+    points, recipes = validate(sweep, str(path))
+    hashes = [config_hash(p) for p in points]
+    if len(set(hashes)) != len(hashes):
+        raise ValueError(f"{path}: the sweep repeats points (identical configurations)")
+    return Experiment(path, sweep, tuple(points), tuple(recipes), tuple(hashes))

@@ -1,0 +1,144 @@
+"""Run an experiment: every point not yet in its results table, one row each, resumable.
+
+Executors: "local" (in this process, one point after another: compiled functions are reused
+across points of equal shapes) and "ray" (points become Ray tasks on a local or remote cluster;
+only this driver writes rows). Each finished row is appended atomically before the next is
+awaited, so an interrupted sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from q4lab.sweep.experiment import Experiment, _describe
+from q4lab.sweep.spec import Point, recipe_of
+from q4lab.sweep.store import ResultsStore
+from q4lab.sweep.tracking import WandbLogger, WandbSettings
+
+EXECUTORS = ("local", "ray")
+
+
+def evaluate_point(point: Point) -> dict[str, Any]:
+    """The results record of one point (runs wherever the executor puts it)."""
+    from q4lab.evaluate import evaluate
+
+    return evaluate(
+        point["task"], recipe_of(point), point["seed"], calib_size=point["calib_size"] or None
+    )
+
+
+def _row(experiment: Experiment, point: Point, config_hash: str, record: dict) -> dict:
+    fields = {
+        k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for k, v in point.items()
+    }
+    return {"experiment": experiment.name, "config_hash": config_hash, **fields, **record}
+
+
+def _local(points: list[Point], bar: tqdm) -> Iterator[tuple[int, dict]]:
+    for i, point in enumerate(points):
+        bar.set_postfix_str(_describe(point), refresh=True)
+        yield i, evaluate_point(point)
+
+
+@contextlib.contextmanager
+def local_ray_environment() -> Iterator[None]:
+    """Environment for starting a local Ray that never reaches outside this machine.
+
+    Ray probes cloud metadata endpoints (169.254.169.254, metadata.google.internal) at start-up
+    unless usage stats are off *and* ``~/ray_bootstrap_config.yaml`` names a local provider; so
+    HOME points at a private directory holding that file while Ray's processes start. The
+    baseline cache is pinned by path first, so workers still find it.
+    """
+    from q4lab.tasks.base import cache_dir
+
+    saved = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="q4lab-ray-home-") as home:
+        Path(home, "ray_bootstrap_config.yaml").write_text("provider:\n  type: local\n")
+        os.environ.update(
+            {
+                "Q4LAB_CACHE": str(cache_dir()),
+                "RAY_USAGE_STATS_ENABLED": "0",
+                "RAY_AUTH_MODE": "disabled",
+                "HOME": home,
+            }
+        )
+        try:
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+def _ray(points: list[Point], bar: tqdm, address: str | None) -> Iterator[tuple[int, dict]]:
+    import ray
+
+    with contextlib.ExitStack() as stack:
+        if address is None:
+            stack.enter_context(local_ray_environment())
+            ray.init(
+                num_cpus=os.cpu_count(),
+                include_dashboard=False,
+                object_store_memory=256 * 2**20,
+                log_to_driver=False,
+            )
+        else:
+            ray.init(address=address, log_to_driver=False)
+        stack.callback(ray.shutdown)
+        remote = ray.remote(num_cpus=1)(evaluate_point)
+        pending = {remote.remote(p): i for i, p in enumerate(points)}
+        while pending:
+            bar.set_postfix_str(f"{len(pending)} running or queued on Ray", refresh=True)
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            yield pending.pop(ref), ray.get(ref)
+
+
+def run_experiment(
+    experiment: Experiment,
+    results_dir: str | Path = "results",
+    *,
+    executor: str = "local",
+    address: str | None = None,
+    wandb: WandbSettings | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Run the points of ``experiment`` missing from ``results_dir/<name>/runs.parquet``.
+
+    Returns the whole table. A point that raises stops the sweep after the rows finished so far
+    are written; rerunning resumes from there.
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor={executor!r} is invalid; allowed: {', '.join(EXECUTORS)}")
+    directory = Path(results_dir) / experiment.name
+    store = ResultsStore(directory)
+    done = store.done()
+    todo = [
+        (p, h) for p, h in zip(experiment.points, experiment.hashes, strict=True) if h not in done
+    ]
+    logger = WandbLogger(wandb or WandbSettings(), experiment.name, directory)
+    total = len(experiment.points)
+    points = [p for p, _ in todo]
+    with tqdm(
+        total=total,
+        initial=total - len(todo),
+        desc=experiment.name,
+        unit="point",
+        disable=not progress,
+        dynamic_ncols=True,
+    ) as bar:
+        results = _local(points, bar) if executor == "local" else _ray(points, bar, address)
+        for i, record in results:
+            point, config_hash = todo[i]
+            row = _row(experiment, point, config_hash, record)
+            store.append(row)
+            logger.log(row)
+            bar.update(1)
+    return store.read()

@@ -1,0 +1,47 @@
+"""The results table of an experiment: ``results/<experiment>/runs.parquet``, one row per point.
+
+Every append rewrites the table to a temporary file in the same directory and renames it over
+the old one (`os.replace`), so a crash at any moment leaves the previous complete table: no
+finished row is ever lost and no half-written file is ever read.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+RUNS = "runs.parquet"
+
+
+class ResultsStore:
+    """Rows of one experiment, keyed by ``config_hash``."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.path = self.directory / RUNS
+
+    def read(self) -> pd.DataFrame:
+        if not self.path.exists():
+            return pd.DataFrame()
+        return pd.read_parquet(self.path)
+
+    def done(self) -> set[str]:
+        """Config hashes already in the table."""
+        table = self.read()
+        return set(table["config_hash"]) if "config_hash" in table else set()
+
+    def append(self, row: dict) -> None:
+        """Add one row, atomically."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        table = pd.concat([self.read(), pd.DataFrame([row])], ignore_index=True)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".runs-", suffix=".parquet")
+        os.close(fd)
+        try:
+            table.to_parquet(tmp, index=False)
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
