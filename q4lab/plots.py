@@ -14,6 +14,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
 
 # Columns that identify a configuration apart from its seed (those present in a table are used).
 CONFIG_COLUMNS = (
@@ -33,6 +34,7 @@ CONFIG_COLUMNS = (
 )
 BASELINES = {"accuracy": "fp_accuracy"}  # y column -> its float baseline column
 MARKERS = "osD^vP*Xh<>p"
+LINESTYLES = ("-", ":", "-.", (0, (5, 2, 1, 2)))
 
 
 def aggregate(table: pd.DataFrame, x: str, y: str, extra: Sequence[str] = ()) -> pd.DataFrame:
@@ -44,6 +46,9 @@ def aggregate(table: pd.DataFrame, x: str, y: str, extra: Sequence[str] = ()) ->
     grouped = table.groupby(keys, dropna=False, sort=True)
     out = grouped.agg(x=(x, "mean"), y=(y, "mean"), y_std=(y, "std"), seeds=(y, "count"))
     out["y_std"] = out["y_std"].fillna(0.0)
+    for column in ("ideal_bits_per_weight", "bits_per_weight"):
+        if column in table and column not in (x, y):
+            out[column] = grouped[column].mean()
     return out.reset_index().rename(columns={"x": x, "y": y, "y_std": f"{y}_std"})
 
 
@@ -89,6 +94,7 @@ def pareto_plot(
     colors = {h: plt.get_cmap("tab10")(i % 10) for i, h in enumerate(hues)}
     styles = sorted(agg[style].unique(), key=str) if style else [None]
     markers = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(styles)}
+    lines = {s: LINESTYLES[i % len(LINESTYLES)] for i, s in enumerate(styles)}
     for ax, panel in zip(axes[0], panels, strict=True):
         data = agg if panel is None else agg[agg[facet] == panel]
         for h in hues:
@@ -103,11 +109,10 @@ def pareto_plot(
                     yerr=part[f"{y}_std"],
                     color=colors[h],
                     marker=markers[s],
-                    linestyle="-" if s == styles[0] else ":",
+                    linestyle=lines[s],
                     capsize=2,
                     markersize=5,
                     linewidth=1,
-                    label=_label(h) if s is None else f"{h}, {style}={s}",
                 )
         front = pareto_front(data, x, y)
         ax.step(front[x], front[y], where="post", color="black", linewidth=1.2, alpha=0.6, zorder=1)
@@ -119,22 +124,40 @@ def pareto_plot(
             edgecolors="black",
             linewidths=1.0,
             zorder=3,
-            label="Pareto front",
         )
         base = BASELINES.get(y)
         if base and base in table:
             rows = table if panel is None else table[table[facet] == panel]
-            ax.axhline(
-                rows[base].mean(), color="grey", linestyle="--", linewidth=1, label="float (FP32)"
-            )
+            ax.axhline(rows[base].mean(), color="grey", linestyle="--", linewidth=1)
         ax.set_xlabel(x.replace("_", " "))
         ax.set_ylabel(y.replace("_", " "))
         if panel is not None:
             ax.set_title(f"{facet} = {panel}")
         ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    handles = [Line2D([], [], color=colors[h], label=_label(h)) for h in hues]
+    if style:
+        handles += [
+            Line2D(
+                [], [], color="black", marker=markers[s], linestyle=lines[s], label=f"{style}={s}"
+            )
+            for s in styles
+        ]
+    handles.append(
+        Line2D(
+            [],
+            [],
+            color="black",
+            marker="o",
+            markerfacecolor="none",
+            markersize=10,
+            alpha=0.6,
+            label="Pareto front",
+        )
+    )
+    if BASELINES.get(y) in table:
+        handles.append(Line2D([], [], color="grey", linestyle="--", label="float (FP32)"))
     fig.legend(
-        handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8
+        handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8
     )
     if title:
         fig.suptitle(title)

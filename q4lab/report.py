@@ -19,11 +19,12 @@ def best_points(table: pd.DataFrame, y: str = "accuracy") -> pd.DataFrame:
     if base in table:
         fp = table.groupby("task")[base].mean() if "task" in table else table[base].mean()
         best[f"fp_{y}"] = best["task"].map(fp) if "task" in table else fp
-        best[f"delta_{y}"] = (best[y] - best[f"fp_{y}"]).round(6)
+        best[f"delta_{y}"] = (best[y] - best[f"fp_{y}"]).round(6) + 0.0  # no -0
     columns = [
         *keys,
         "group_size",
         "bits_per_weight",
+        "ideal_bits_per_weight",
         y,
         f"{y}_std",
         "seeds",

@@ -119,6 +119,7 @@ def run_experiment(
         raise ValueError(f"executor={executor!r} is invalid; allowed: {', '.join(EXECUTORS)}")
     directory = Path(results_dir) / experiment.name
     store = ResultsStore(directory)
+    store.discard_partial_writes()
     done = store.done()
     todo = [
         (p, h) for p, h in zip(experiment.points, experiment.hashes, strict=True) if h not in done

@@ -33,6 +33,11 @@ class ResultsStore:
         table = self.read()
         return set(table["config_hash"]) if "config_hash" in table else set()
 
+    def discard_partial_writes(self) -> None:
+        """Remove temporary files a killed writer left behind (only one driver writes)."""
+        for tmp in self.directory.glob(".runs-*.parquet"):
+            tmp.unlink(missing_ok=True)
+
     def append(self, row: dict) -> None:
         """Add one row, atomically."""
         self.directory.mkdir(parents=True, exist_ok=True)

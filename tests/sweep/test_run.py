@@ -1,0 +1,137 @@
+"""Sweeps end to end: experiment file -> results table -> plot, report and notebook; resuming
+after SIGKILL; the Ray executor; compiled functions shared between points."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+from nbclient import NotebookClient
+
+from q4lab.cli import main
+from q4lab.evaluate import evaluate
+from q4lab.quantize_model import _forward
+from q4lab.sweep import ResultsStore, WandbSettings, load_experiment, recipe_of, run_experiment
+
+pytestmark = pytest.mark.slow
+OFF = WandbSettings(mode="disabled")
+REPO = Path(__file__).resolve().parents[2]
+# columns that must match between executors (timings and timestamps differ by nature)
+METRICS = ["config_hash", "accuracy", "fp_accuracy", "bits_per_weight", "total_bytes"]
+
+
+@pytest.fixture(autouse=True)
+def _cache(task_cache):
+    pass
+
+
+def write_experiment(directory: Path, name: str, grid: str) -> Path:
+    path = directory / f"{name}.py"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            from q4lab.sweep import Sweep
+            sweep = Sweep(name={name!r}, grid={grid})
+            """
+        )
+    )
+    return path
+
+
+def test_experiment_file_to_table_plot_report_and_notebook(tmp_path, capsys):
+    path = write_experiment(
+        tmp_path,
+        "tiny",
+        '{"task": ["digits-mlp"], "quantizer": ["minmax", "gptq"], "group_size": [0, 16], '
+        '"seed": [0, 1]}',
+    )
+    results = tmp_path / "results"
+    assert main(["run", str(path), "--results", str(results), "--no-progress"]) == 0
+    table = pd.read_parquet(results / "tiny" / "runs.parquet")
+    assert len(table) == 8 and table["config_hash"].is_unique
+    assert set(table["quantizer"]) == {"minmax", "gptq"}
+    assert (table["accuracy"] > 0.9).all()
+    assert {"git_commit", "jax_version", "device", "bits_per_weight"} <= set(table)
+    assert len(list((results / "tiny" / "wandb").glob("offline-run-*"))) == 8  # wandb, offline
+
+    assert main(["run", str(path), "--results", str(results), "--no-progress"]) == 0
+    assert len(pd.read_parquet(results / "tiny" / "runs.parquet")) == 8  # nothing rerun
+
+    assert main(["plot", str(results / "tiny")]) == 0
+    for ext in ("png", "svg"):
+        assert (results / "tiny" / "plots" / f"accuracy_vs_bits_per_weight.{ext}").stat().st_size
+    assert main(["report", str(results / "tiny"), "--write"]) == 0
+    report = (results / "tiny" / "report.md").read_text()
+    assert "| gptq" in report and "delta_accuracy" in report
+
+    notebook = nbformat.read(REPO / "notebooks" / "explore_results.ipynb", as_version=4)
+    os.environ["Q4LAB_RESULTS"] = str(results / "tiny")
+    try:
+        NotebookClient(
+            notebook, timeout=300, resources={"metadata": {"path": str(REPO / "notebooks")}}
+        ).execute()
+    finally:
+        del os.environ["Q4LAB_RESULTS"]
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the plots were drawn
+
+
+def test_a_killed_sweep_resumes_with_every_point_exactly_once(tmp_path):
+    path = write_experiment(
+        tmp_path,
+        "killed",
+        '{"task": ["digits-mlp"], "quantizer": ["mse", "gptq"], "bits": [2, 3, 4, 5, 6, 8]}',
+    )
+    results = tmp_path / "results"
+    store = ResultsStore(results / "killed")
+    command = [sys.executable, "-m", "q4lab.cli", "run", str(path), "--results", str(results)]
+    command += ["--no-wandb", "--no-progress"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while len(store.done()) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = store.done()
+    assert 3 <= len(finished) < 12, proc.stderr.read().decode()[-2000:]
+
+    subprocess.run(command, check=True, capture_output=True)
+    table = store.read()
+    assert len(table) == 12 and table["config_hash"].is_unique
+    assert set(table["config_hash"]) == set(load_experiment(path).hashes)
+    assert finished <= set(table["config_hash"])
+    assert not list(store.directory.glob(".runs-*"))  # a half-written file of the kill is gone
+
+
+def test_ray_executor_gives_the_rows_of_the_local_one(tmp_path):
+    path = write_experiment(
+        tmp_path,
+        "onray",
+        '{"task": ["digits-mlp"], "quantizer": ["minmax", "gptq"], "bits": [4, 3]}',
+    )
+    experiment = load_experiment(path)
+    local = run_experiment(experiment, tmp_path / "local", wandb=OFF, progress=False)
+    on_ray = run_experiment(experiment, tmp_path / "ray", executor="ray", wandb=OFF, progress=False)
+    assert len(on_ray) == 4
+    key = "config_hash"
+    pd.testing.assert_frame_equal(
+        local[METRICS].sort_values(key).reset_index(drop=True),
+        on_ray[METRICS].sort_values(key).reset_index(drop=True),
+    )
+    assert os.environ.get("HOME") != "" and "RAY_USAGE_STATS_ENABLED" not in os.environ
+
+
+def test_points_with_the_same_shapes_share_the_compiled_forward():
+    point = {"task": "digits-mlp", "seed": 0, "quantizer": "minmax", "group_size": 16}
+    evaluate("digits-mlp", recipe_of(point))
+    compiled = _forward._cache_size()
+    for quantizer in ("percentile", "mse", "gptq"):
+        evaluate("digits-mlp", recipe_of({**point, "quantizer": quantizer}))
+    assert _forward._cache_size() == compiled

@@ -1,0 +1,106 @@
+"""Sweep grids, zipped axes, filters, hashes and the validation of experiment files."""
+
+import textwrap
+
+import pytest
+
+from q4lab.cli import main
+from q4lab.sweep import Sweep, config_hash, load_experiment, recipe_of
+
+
+def test_grid_zip_and_filter_expand_in_order():
+    sweep = Sweep(
+        name="s",
+        grid={"task": ["digits-mlp"], "bits": [2, 4], "seed": [0, 1]},
+        zipped=[{"quantizer": ["minmax", "gptq"], "options": [{}, {"act_order": True}]}],
+        where=lambda p: not (p["bits"] == 2 and p["quantizer"] == "gptq"),
+    )
+    points = sweep.points()
+    assert len(points) == 2 * 2 * 2 - 2
+    assert points[0] == {**points[0], "task": "digits-mlp", "bits": 2, "seed": 0}
+    assert {(p["quantizer"], str(p["options"])) for p in points} == {
+        ("minmax", "{}"),
+        ("gptq", "{'act_order': True}"),
+    }
+    assert all(p["group_size"] == 0 and p["act_bits"] == 16 for p in points)  # defaults filled
+    assert len({config_hash(p) for p in points}) == len(points)
+
+
+def test_config_hash_is_stable_and_counts_defaults():
+    explicit = {"task": "digits-mlp", "bits": 4, "group_size": 0, "options": {"b": 1, "a": 2}}
+    implicit = {"task": "digits-mlp", "options": {"a": 2, "b": 1}}
+    assert config_hash(explicit) == config_hash(implicit)
+    assert config_hash(implicit) != config_hash({**implicit, "seed": 1})
+    assert len(config_hash(implicit)) == 16
+
+
+def test_point_recipe():
+    recipe = recipe_of(
+        {
+            "task": "t",
+            "quantizer": "gptq",
+            "options": {"act_order": True},
+            "bits": 3,
+            "group_size": 32,
+            "act_bits": 4,
+            "sequential": False,
+        }
+    )
+    rule = recipe.rules[0]
+    assert rule.weight.bits == 3 and rule.weight.group_size == 32
+    assert rule.act.bits == 4 and rule.act.mode == "dynamic" and not recipe.sequential
+    assert recipe.fields()["quantizer"] == "gptq(act_order=True)"
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ({"task": ["digits-mlp"], "bitz": [4]}, r"unknown field 'bitz' \(did you mean 'bits'\?\)"),
+        ({"bits": [4]}, r"no 'task' field"),
+        ({"task": "digits-mlp"}, r"'task'='digits-mlp' is invalid; allowed: a non-empty list"),
+    ],
+)
+def test_bad_sweeps_name_the_field(grid, message):
+    with pytest.raises(ValueError, match=message):
+        Sweep(name="bad", grid=grid)
+
+
+BAD_FILES = {
+    "unknown quantizer": ('"quantizer": ["gptqq"]', r"unknown quantizer 'gptqq'; registered: gptq"),
+    "bad group size": ('"group_size": [7]', r"group_size=7 does not divide.*allowed group sizes"),
+    "typo in a field": ('"act_bit": [4]', r"unknown field 'act_bit' \(did you mean 'act_bits'"),
+    "unknown task": ('"seed": [0]', None),
+    "bad option": ('"options": [{"act_oder": True}], "quantizer": ["gptq"]', r"act_oder"),
+    "bad act bits": ('"act_bits": [1]', r"QuantSpec.bits=1 is invalid; allowed: an int in 2..8"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_malformed_experiment_files_fail_before_anything_is_written(tmp_path, capsys, case):
+    field, message = BAD_FILES[case]
+    task = "'no-such-task'" if case == "unknown task" else "'digits-mlp'"
+    path = tmp_path / "bad.py"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            from q4lab.sweep import Sweep
+            sweep = Sweep(name="bad", grid={{"task": [{task}], {field}}})
+            """
+        )
+    )
+    message = message or r"task='no-such-task' is unknown; allowed: digits-mlp"
+    with pytest.raises(ValueError, match=message) as err:
+        load_experiment(path)
+    assert str(path) in str(err.value)
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(path), "--results", str(tmp_path / "results")])
+    assert exit_.value.code == 2
+    assert str(path) in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()  # nothing written
+
+
+def test_a_file_without_a_sweep(tmp_path):
+    path = tmp_path / "empty.py"
+    path.write_text("x = 1\n")
+    with pytest.raises(ValueError, match=r"defines no `sweep = Sweep\(...\)`"):
+        load_experiment(path)
