@@ -45,10 +45,12 @@ class Calibrator:
         self.max_sample_rows = max_sample_rows
         per_batch = max(1, max_sample_rows // 8)
 
-        def forward(p, x):
+        def forward(p, x, active):
             hooks = {
                 path: CaptureHook(
-                    hessian="hessian" in n, sample_rows=per_batch * ("act_sample" in n)
+                    hessian="hessian" in n,
+                    sample_rows=per_batch * ("act_sample" in n),
+                    active=active[path],
                 )
                 for path, n in self.wanted.items()
             }
@@ -58,14 +60,23 @@ class Calibrator:
         self._step = jax.jit(forward)
 
     def __call__(
-        self, params: PyTree, batches: Iterable[jax.Array]
+        self,
+        params: PyTree,
+        batches: Iterable[jax.Array],
+        only: Iterable[str] | None = None,
     ) -> dict[str, dict[str, jax.Array]]:
-        """Statistics per layer path; moments are summed on the host in float64."""
+        """Statistics per layer path (of the layers in ``only``, default all); moments are
+        summed on the host in float64. ``only`` is a run-time argument: the other layers' moments
+        are skipped (``lax.cond``) without a new compile."""
         if not self.wanted:
             return {}
+        chosen = set(self.wanted) if only is None else set(only) & set(self.wanted)
+        active = {path: jnp.asarray(path in chosen) for path in self.wanted}
         totals: dict[str, dict[str, Any]] = {}
         for batch in batches:
-            for path, rec in self._step(params, batch).items():
+            for path, rec in self._step(params, batch, active).items():
+                if path not in chosen:
+                    continue
                 acc = totals.setdefault(path, {"rows": 0.0, "samples": []})
                 acc["rows"] += float(rec["rows"])
                 if "xtx" in rec:
@@ -73,7 +84,7 @@ class Calibrator:
                 taken = sum(len(s) for s in acc["samples"])
                 if "sample" in rec and taken < self.max_sample_rows:
                     acc["samples"].append(np.asarray(rec["sample"]))
-        missing = sorted(set(self.wanted) - set(totals))
+        missing = sorted(chosen - set(totals))
         if missing:
             raise ValueError(f"calibration data never reached layer(s) {missing}")
         stats: dict[str, dict[str, jax.Array]] = {}

@@ -28,9 +28,10 @@ SHOWN = [
     "group_size",
     "act_bits",
     "act_mode",
-    "fp_accuracy",
-    "accuracy",
-    "delta_accuracy",
+    "metric",
+    "fp_score",
+    "score",
+    "delta_score",
     "bits_per_weight",
     "ideal_bits_per_weight",
     "compression",
@@ -267,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=["bits_per_weight"],
         help="x column(s), one figure each (ideal_bits_per_weight: 3-bit codes counted as 3)",
     )
-    plot.add_argument("--y", default="accuracy")
+    plot.add_argument("--y", default="score", help="default: each task's headline metric")
     plot.add_argument("--hue", default="quantizer", help="one series per value")
     plot.add_argument("--facet", default=None, help="one panel per value (default: task)")
     plot.add_argument("--style", default="act_bits", help="marker per value; 'none' to disable")
@@ -275,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="markdown table: best point per quantizer and budget")
     rep.add_argument("results", help="e.g. results/quickstart")
-    rep.add_argument("--y", default="accuracy")
+    rep.add_argument("--y", default="score", help="default: each task's headline metric")
     rep.add_argument("--write", action="store_true", help="also write <results>/report.md")
     rep.set_defaults(func=_cmd_report)
 

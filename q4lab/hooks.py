@@ -85,13 +85,20 @@ class CaptureHook:
 
     hessian: bool
     sample_rows: int
+    active: jax.Array | bool = True  # False (at run time): skip the X^T X product
     records: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
 
     def _record(self, x2d: jax.Array, act_rows: jax.Array) -> None:
         rec: dict[str, jax.Array] = {"rows": jnp.asarray(x2d.shape[0], jnp.float32)}
         if self.hessian:
             x32 = x2d.astype(jnp.float32)
-            rec["xtx"] = jnp.dot(x32.T, x32, precision=lax.Precision.HIGHEST)
+            k = x32.shape[1]
+            rec["xtx"] = lax.cond(
+                self.active,
+                lambda x: jnp.dot(x.T, x, precision=lax.Precision.HIGHEST),
+                lambda x: jnp.zeros((k, k), jnp.float32),
+                x32,
+            )
         if self.sample_rows:
             rec["sample"] = act_rows[: self.sample_rows].astype(jnp.float32)
         self.records.append(rec)

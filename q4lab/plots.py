@@ -1,5 +1,5 @@
-"""Plots from a results table (pandas + matplotlib only): accuracy against bits per weight, one
-series per quantizer, error bars over seeds, the Pareto front and the float baseline.
+"""Plots from a results table (pandas + matplotlib only): a task's metric against bits per weight,
+one series per quantizer, error bars over seeds, the Pareto front and the float baseline.
 
 A point of a plot is one configuration averaged over its seeds: mean and standard deviation of
 ``y``, mean of ``x``. The Pareto front (per facet) joins the configurations that no other beats
@@ -32,7 +32,7 @@ CONFIG_COLUMNS = (
     "sequential",
     "calib_size",
 )
-BASELINES = {"accuracy": "fp_accuracy"}  # y column -> its float baseline column
+LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "fp_perplexity", "fp_bits_per_byte")
 MARKERS = "osD^vP*Xh<>p"
 LINESTYLES = ("-", ":", "-.", (0, (5, 2, 1, 2)))
 
@@ -52,16 +52,42 @@ def aggregate(table: pd.DataFrame, x: str, y: str, extra: Sequence[str] = ()) ->
     return out.reset_index().rename(columns={"x": x, "y": y, "y_std": f"{y}_std"})
 
 
-def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """The points not dominated by another (lower or equal ``x`` and higher ``y``), by ``x``."""
-    ordered = points.sort_values([x, y], ascending=[True, False])
+def higher_is_better(table: pd.DataFrame, y: str) -> bool:
+    """Which way ``y`` points: from the rows' ``higher_is_better`` for the task-agnostic
+    ``score`` columns, else by name (perplexity and bits per byte: lower is better)."""
+    if y in ("score", "fp_score", "delta_score") and "higher_is_better" in table:
+        directions = set(table["higher_is_better"])
+        if len(directions) > 1:
+            raise ValueError(
+                f"{y!r} mixes tasks whose metrics point in opposite directions; facet by task"
+            )
+        return bool(directions.pop())
+    return y not in LOWER_IS_BETTER
+
+
+def baseline_column(table: pd.DataFrame, y: str) -> str | None:
+    """The float model's value of ``y`` (``fp_<y>``), if the table has it."""
+    return f"fp_{y}" if f"fp_{y}" in table else None
+
+
+def y_label(table: pd.DataFrame, y: str) -> str:
+    if y in ("score", "delta_score") and "metric" in table and table["metric"].nunique() == 1:
+        metric = table["metric"].iloc[0]
+        return metric if y == "score" else f"{metric} - float"
+    return y.replace("_", " ")
+
+
+def pareto_front(points: pd.DataFrame, x: str, y: str, higher: bool = True) -> pd.DataFrame:
+    """The points no other beats on both axes (lower or equal ``x``, better ``y``), by ``x``."""
+    sign = 1.0 if higher else -1.0
+    ordered = points.assign(_key=sign * points[y]).sort_values([x, "_key"], ascending=[True, False])
     best = -np.inf
     keep = []
-    for idx, value in zip(ordered.index, ordered[y], strict=True):
+    for idx, value in zip(ordered.index, ordered["_key"], strict=True):
         if value > best:
             keep.append(idx)
             best = value
-    return ordered.loc[keep]
+    return ordered.loc[keep].drop(columns="_key")
 
 
 def _label(value: object) -> str:
@@ -72,14 +98,15 @@ def pareto_plot(
     table: pd.DataFrame,
     *,
     x: str = "bits_per_weight",
-    y: str = "accuracy",
+    y: str = "score",
     hue: str = "quantizer",
     facet: str | None = None,
     style: str | None = "act_bits",
     title: str = "",
 ) -> plt.Figure:
     """The figure: one panel per ``facet`` value (default: per task), a series per ``hue``,
-    marker shapes per ``style`` value (default: activation bits) when it varies."""
+    marker shapes per ``style`` value (default: activation bits) when it varies. ``y="score"``
+    is each task's headline metric (accuracy, cosine, perplexity, ...)."""
     if facet is None and "task" in table and table["task"].nunique() > 1:
         facet = "task"
     extra = [c for c in (hue, facet, style) if c]
@@ -114,7 +141,8 @@ def pareto_plot(
                     markersize=5,
                     linewidth=1,
                 )
-        front = pareto_front(data, x, y)
+        rows = table if panel is None else table[table[facet] == panel]
+        front = pareto_front(data, x, y, higher_is_better(rows, y))
         ax.step(front[x], front[y], where="post", color="black", linewidth=1.2, alpha=0.6, zorder=1)
         ax.scatter(
             front[x],
@@ -125,12 +153,11 @@ def pareto_plot(
             linewidths=1.0,
             zorder=3,
         )
-        base = BASELINES.get(y)
-        if base and base in table:
-            rows = table if panel is None else table[table[facet] == panel]
+        base = baseline_column(table, y)
+        if base:
             ax.axhline(rows[base].mean(), color="grey", linestyle="--", linewidth=1)
         ax.set_xlabel(x.replace("_", " "))
-        ax.set_ylabel(y.replace("_", " "))
+        ax.set_ylabel(y_label(rows, y))
         if panel is not None:
             ax.set_title(f"{facet} = {panel}")
         ax.grid(alpha=0.3)
@@ -154,7 +181,7 @@ def pareto_plot(
             label="Pareto front",
         )
     )
-    if BASELINES.get(y) in table:
+    if baseline_column(table, y):
         handles.append(Line2D([], [], color="grey", linestyle="--", label="float (FP32)"))
     fig.legend(
         handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8
@@ -170,7 +197,7 @@ def save_plot(
     directory: str | Path,
     *,
     x: str = "bits_per_weight",
-    y: str = "accuracy",
+    y: str = "score",
     **kwargs: object,
 ) -> list[Path]:
     """Write the figure as PNG and SVG under ``directory/plots/``; returns the paths."""

@@ -118,6 +118,23 @@ def _forward(adapter, layers, fake, params, float_params, act_params, x):
     return adapter.apply(_weights(layers, fake, params, float_params), x, hooks)
 
 
+def _stages(stats: dict[str, dict[str, jax.Array]], order: list[str]) -> dict[str, frozenset[str]]:
+    """Groups of consecutive layers that read the same input (e.g. attention's query, key and
+    value): their float Hessians are identical. Quantizing one cannot change the others' inputs,
+    so sequential calibration captures a group once instead of once per layer."""
+    groups: list[list[str]] = []
+    previous = None
+    for path in order:
+        h = stats.get(path, {}).get("hessian")
+        same = previous is not None and h is not None and h.shape == previous.shape
+        if same and bool(jnp.array_equal(h, previous)):
+            groups[-1].append(path)
+        else:
+            groups.append([path])
+        previous = h
+    return {path: frozenset(g) for g in groups for path in g}
+
+
 @dataclasses.dataclass
 class QuantizedModel:
     """A model with its quantized parameters (`QTensor` leaves in the parameter dict)."""
@@ -180,22 +197,30 @@ def quantize_model(
         layers = sorted(path for path, n in needs.items() if n)
         raise ValueError(f"recipe needs calibration data for layer(s) {layers}; none was given")
     calibrator = cached_calibrator(adapter, needs)
-    stats: dict[str, dict[str, jax.Array]] | None = None
-    changed = False  # a layer was quantized since the statistics were captured
+    stats: dict[str, dict[str, jax.Array]] = {}
+    fresh: set[str] = set()  # layers whose statistics reflect every layer quantized so far
+    stages: dict[str, frozenset[str]] = {}
+    done: set[str] = set()
     working = params  # float params, with the layers quantized so far dequantized
     qparams = params
     act_params = {}
     for path, p in tqdm(plans.items(), desc="quantize", unit="layer", disable=not progress):
-        if needs[path] and (stats is None or (recipe.sequential and changed)):
+        if needs[path] and not stats:  # one float pass: every layer's statistics
             stats = calibrator(working, batches)
-            changed = False
+            fresh = set(stats)
+            stages = _stages(stats, list(plans))
+        elif needs[path] and path not in fresh and recipe.sequential:
+            stage = [q for q in stages[path] if needs[q] and q not in done]
+            stats |= calibrator(working, batches, only=stage)
+            fresh = set(stage)
         w = get_at(params, p.layer.key)
         qt = p.rule.build_quantizer().quantize(
-            w, p.spec, in_axes=p.layer.in_axes, stats=(stats or {}).get(path), name=path
+            w, p.spec, in_axes=p.layer.in_axes, stats=stats.get(path), name=path
         )
         qparams = set_at(qparams, p.layer.key, qt)
         working = set_at(working, p.layer.key, dequantize(qt).astype(w.dtype))
-        changed = True
+        done.add(path)
+        fresh &= stages.get(path, frozenset())  # only same-input layers keep valid statistics
         if "act_sample" in needs[path]:
             act_params[path] = activation_params(p.rule.act, stats[path]["act_sample"])
     return QuantizedModel(adapter, qparams, params, plans, act_params)

@@ -47,7 +47,7 @@ def _layers(task_name: str, seed: int):
     task = get_task(task_name)
     sample = task.sample_input(seed)
     shapes = jax.eval_shape(task.model.init, jax.random.key(0), sample)["params"]
-    return adapt(task.model).layers(shapes, sample), len(task.splits(seed).x_calib)
+    return adapt(task.model).layers(shapes, sample), len(task.calibration_inputs(seed))
 
 
 def validate(sweep: Sweep, where: str) -> tuple[list[Point], list[Recipe]]:

@@ -1,4 +1,4 @@
-"""A `Task` bundles a Flax model, its data, its float training and its metric; a registry by name.
+"""A `Task` bundles a Flax model, its data, its float baseline and its metric; a registry by name.
 
 Float baselines are trained once per (task, seed) and cached on disk under ``cache_dir()``:
 ``$Q4LAB_CACHE`` if set, else ``~/.cache/q4lab``. The cache key includes the model, training
@@ -7,7 +7,7 @@ config and data provenance, so changing any of them retrains instead of reusing 
 
 from __future__ import annotations
 
-import dataclasses
+import abc
 import functools
 import hashlib
 import os
@@ -21,8 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from q4lab.data import Splits
-from q4lab.train import TrainConfig, train_classifier
+Forward = Callable[[jax.Array], jax.Array]
 
 
 def cache_dir() -> Path:
@@ -39,24 +38,41 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """A classification task: model + data + training + accuracy."""
+class Task(abc.ABC):
+    """A model, its float baseline, its data and its metric.
+
+    ``metric`` names the headline metric that `metrics` returns (with ``fp_<metric>`` for the
+    float model); ``higher_is_better`` says which way it points (perplexity: lower).
+    """
 
     name: str
     model: nn.Module
-    data: Callable[[int], Splits]  # seed -> splits
-    train_config: TrainConfig
+    metric: str
+    higher_is_better: bool = True
     calib_batch_size: int = 128
     eval_batch_size: int = 1024
 
-    def splits(self, seed: int) -> Splits:
-        return _splits(self, seed)
+    @abc.abstractmethod
+    def baseline(self, seed: int) -> dict:
+        """Float parameters for ``seed`` (trained once and cached, or loaded)."""
+
+    @abc.abstractmethod
+    def calibration_inputs(self, seed: int) -> np.ndarray:
+        """Every calibration input, held out from training and from the test inputs."""
+
+    @abc.abstractmethod
+    def test_inputs(self, seed: int) -> np.ndarray:
+        """Inputs of the evaluation split (the first ones also trace the model)."""
+
+    @abc.abstractmethod
+    def metrics(self, forward: Forward, fp_forward: Forward, seed: int) -> dict[str, float]:
+        """``metric`` of the quantized ``forward`` and ``fp_<metric>`` of the float one (and
+        any further metrics of the task)."""
 
     def calibration(self, seed: int, size: int | None = None) -> list[jax.Array]:
-        """The first ``size`` examples (default: all) of the calibration split, held out from
-        training, as batches of ``calib_batch_size``."""
-        x = self.splits(seed).x_calib
+        """The first ``size`` calibration inputs (default: all), as batches of
+        ``calib_batch_size``."""
+        x = self.calibration_inputs(seed)
         if size is not None and not 1 <= size <= len(x):
             raise ValueError(
                 f"calib_size={size} is invalid for task {self.name!r}; allowed: 1..{len(x)}"
@@ -67,41 +83,26 @@ class Task:
 
     def sample_input(self, seed: int) -> jax.Array:
         """Two test inputs: enough to trace the model and find its layers."""
-        return jnp.asarray(self.splits(seed).x_test[:2])
+        return jnp.asarray(self.test_inputs(seed)[:2])
 
-    def _cache_path(self, seed: int) -> Path:
-        key = repr((self.model, self.train_config, self.splits(seed).provenance))
-        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-        return cache_dir() / "baselines" / f"{self.name}-seed{seed}-{digest}.msgpack"
-
-    def baseline(self, seed: int) -> dict:
-        """Float parameters, trained once with ``seed`` and then read from the cache."""
-        path = self._cache_path(seed)
-        data = self.splits(seed)
-        if path.exists():
-            template = self.model.init(jax.random.key(0), jnp.asarray(data.x_train[:1]))["params"]
-            return serialization.from_bytes(template, path.read_bytes())
-        params = train_classifier(
-            self.model, data.x_train, data.y_train, seed=seed, config=self.train_config
-        )
-        atomic_write_bytes(path, serialization.to_bytes(params))
-        return params
-
-    def accuracy(self, forward: Callable[[jax.Array], jax.Array], seed: int) -> float:
-        """Top-1 accuracy of ``forward`` (logits) on the test split."""
-        data = self.splits(seed)
-        correct = 0
-        for i in range(0, len(data.x_test), self.eval_batch_size):
-            logits = forward(jnp.asarray(data.x_test[i : i + self.eval_batch_size]))
-            correct += int(
-                np.sum(np.asarray(jnp.argmax(logits, -1)) == data.y_test[i : i + len(logits)])
-            )
-        return correct / len(data.x_test)
+    def check_input(self, seed: int) -> jax.Array:
+        """One evaluation batch, on which real and fake-quant outputs are compared."""
+        return jnp.asarray(self.test_inputs(seed)[: self.eval_batch_size])
 
 
-@functools.lru_cache(maxsize=8)
-def _splits(task: Task, seed: int) -> Splits:
-    return task.data(seed)
+def cached_params(name: str, seed: int, key: str, template: Callable[[], dict], make) -> dict:
+    """Parameters from ``cache_dir()/baselines``, or ``make()`` once and cached atomically.
+
+    ``key`` must describe everything the parameters depend on (model, training, data
+    provenance): its hash is in the file name, so a change trains anew instead of reusing.
+    """
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    path = cache_dir() / "baselines" / f"{name}-seed{seed}-{digest}.msgpack"
+    if path.exists():
+        return serialization.from_bytes(template(), path.read_bytes())
+    params = make()
+    atomic_write_bytes(path, serialization.to_bytes(params))
+    return params
 
 
 _TASKS: dict[str, Callable[[], Task]] = {}

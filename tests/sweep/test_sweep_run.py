@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 OFF = WandbSettings(mode="disabled")
 REPO = Path(__file__).resolve().parents[2]
 # columns that must match between executors (timings and timestamps differ by nature)
-METRICS = ["config_hash", "accuracy", "fp_accuracy", "bits_per_weight", "total_bytes"]
+METRICS = ["config_hash", "accuracy", "fp_accuracy", "score", "bits_per_weight", "total_bytes"]
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +68,7 @@ def test_experiment_file_to_table_plot_report_and_notebook(tmp_path, capsys):
         assert (results / "tiny" / "plots" / f"accuracy_vs_bits_per_weight.{ext}").stat().st_size
     assert main(["report", str(results / "tiny"), "--write"]) == 0
     report = (results / "tiny" / "report.md").read_text()
-    assert "| gptq" in report and "delta_accuracy" in report
+    assert "| gptq" in report and "delta_score" in report and "accuracy" in report
 
     notebook = nbformat.read(REPO / "notebooks" / "explore_results.ipynb", as_version=4)
     os.environ["Q4LAB_RESULTS"] = str(results / "tiny")

@@ -1,0 +1,100 @@
+"""The transformer tasks on small slices: MiniLM on real weights, a tiny byte-level GPT trained
+here, both through `evaluate` and the sweep runner."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from q4lab.core import QuantSpec
+from q4lab.data.text import docstring_sentences, stdlib_source
+from q4lab.evaluate import evaluate
+from q4lab.models.gpt import GPTConfig
+from q4lab.recipe import ActSpec, Recipe
+from q4lab.report import best_points
+from q4lab.sweep import WandbSettings, load_experiment, run_experiment
+from q4lab.tasks import register_task
+from q4lab.tasks.text import ByteLMTask, SentenceEmbeddingTask, retrieval_agreement
+from q4lab.train import LMTrainConfig
+
+pytestmark = pytest.mark.slow
+
+TINY_LM = ByteLMTask(
+    name="charlm-tiny",
+    config=GPTConfig(context=32, width=64, layers=2, heads=2),
+    train_config=LMTrainConfig(steps=150, batch_size=16, learning_rate=3e-3, warmup=20),
+    corpus_bytes=400_000,
+    calib_windows=32,
+    eval_windows=64,
+)
+register_task("charlm-tiny")(lambda: TINY_LM)
+
+
+@pytest.fixture(autouse=True)
+def _cache(task_cache):
+    pass
+
+
+def test_offline_text_is_real_and_pinned():
+    sentences = docstring_sentences()
+    assert len(sentences) > 2500 and len(set(sentences)) == len(sentences)
+    assert all(30 <= len(s) <= 200 and s[0].isupper() for s in sentences)
+    source = stdlib_source()
+    assert len(source) == 4_000_000 and b"def " in source
+    assert "CPython" in SentenceEmbeddingTask().provenance()
+
+
+def test_retrieval_agreement_of_identical_and_perturbed_embeddings():
+    rng = np.random.default_rng(0)
+    e = rng.normal(size=(50, 8))
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    assert retrieval_agreement(e, e) == {"top1_agreement": 1.0, "top10_agreement": 1.0}
+    noisy = retrieval_agreement(e + rng.normal(scale=0.3, size=e.shape), e)
+    assert 0 < noisy["top10_agreement"] < 1
+
+
+def test_minilm_w8_is_near_float_and_w4_gptq_beats_round_to_nearest():
+    task = SentenceEmbeddingTask(eval_sentences=128, calib_sentences=32)
+    w8 = evaluate(task, Recipe.single(weight=QuantSpec(bits=8)))
+    assert w8["metric"] == "cosine" and w8["fp_score"] == 1.0
+    assert w8["cosine"] > 0.999 and w8["top10_agreement"] > 0.9
+    g128 = QuantSpec(group_size=128, scale_dtype="float16")
+    rtn = evaluate(task, Recipe.single(weight=g128))
+    gptq = evaluate(task, Recipe.single(quantizer="gptq", weight=g128))
+    assert 0.8 < rtn["cosine"] < gptq["cosine"] < 1.0
+    assert gptq["bits_per_weight"] == 4.125  # 36 linear layers, g128, float16 scales
+    assert gptq["fake_rel_diff"] == 0.0
+
+
+def test_tiny_charlm_trains_below_unigram_and_quantizes():
+    fp = evaluate(TINY_LM, Recipe.single(weight=QuantSpec(bits=8)))
+    assert fp["metric"] == "perplexity" and not fp["higher_is_better"]
+    assert fp["fp_perplexity"] < 0.7 * fp["unigram_perplexity"]
+    assert fp["perplexity"] == pytest.approx(fp["fp_perplexity"], rel=0.01)
+    assert fp["bits_per_byte"] == pytest.approx(np.log2(fp["perplexity"]))
+    w4a4 = evaluate(TINY_LM, Recipe.single(weight=QuantSpec(group_size=32), act=ActSpec()))
+    assert w4a4["perplexity"] > fp["perplexity"]
+    assert w4a4["fake_agreement"] > 0.95
+
+
+def test_charlm_runs_under_the_sweep_runner(tmp_path):
+    path = tmp_path / "lm.py"
+    path.write_text(
+        "from q4lab.sweep import Sweep\n"
+        "sweep = Sweep(name='lm', grid={'task': ['charlm-tiny'], 'bits': [8, 3]})\n"
+    )
+    experiment = load_experiment(path)  # validated against the GPT's layers
+    table = run_experiment(
+        experiment, tmp_path, wandb=WandbSettings(mode="disabled"), progress=False
+    )
+    best = best_points(table)
+    assert set(best["metric"]) == {"perplexity"}
+    delta = best.set_index("bits")["delta_score"]
+    fp = table["fp_perplexity"].iloc[0]
+    assert abs(delta[8]) < 0.01 * fp < delta[3]  # W8 ~ float; W3 clearly worse (higher)
+    row8 = table[table["bits"] == 8].iloc[0]
+    assert row8["score"] == row8["perplexity"]
+
+
+def test_task_options_are_part_of_the_task():
+    assert dataclasses.replace(TINY_LM, corpus_bytes=300_000) != TINY_LM
