@@ -65,7 +65,7 @@ def test_experiment_file_to_table_plot_report_and_notebook(tmp_path, capsys):
 
     assert main(["plot", str(results / "tiny")]) == 0
     for ext in ("png", "svg"):
-        assert (results / "tiny" / "plots" / f"accuracy_vs_bits_per_weight.{ext}").stat().st_size
+        assert (results / "tiny" / "plots" / f"score_vs_bits_per_weight.{ext}").stat().st_size
     assert main(["report", str(results / "tiny"), "--write"]) == 0
     report = (results / "tiny" / "report.md").read_text()
     assert "| gptq" in report and "delta_score" in report and "accuracy" in report
