@@ -78,7 +78,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
     recipes = list(_recipes(args))  # validated before any task runs
     rows = [
-        evaluate(task, recipe, seed)
+        evaluate(task, recipe, seed, progress=None)  # a bar over layers on a terminal
         for task in args.task
         for seed in args.seed
         for recipe in recipes
@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     quant = sub.add_parser(
         "quantize",
-        help="quantize a task's float baseline and print accuracy, size and checks",
+        help="quantize a task's float baseline and print its metric, size and checks",
         description="Every combination of the listed values is evaluated (one row each).",
     )
     _add_recipe_flags(quant)

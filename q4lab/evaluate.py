@@ -20,7 +20,12 @@ def _float_forward(model, params, x):
 
 
 def evaluate(
-    task: Task | str, recipe: Recipe, seed: int = 0, *, calib_size: int | None = None
+    task: Task | str,
+    recipe: Recipe,
+    seed: int = 0,
+    *,
+    calib_size: int | None = None,
+    progress: bool | None = False,
 ) -> dict[str, object]:
     """The task's metrics of ``recipe`` applied to its float baseline for ``seed``.
 
@@ -34,14 +39,20 @@ def evaluate(
     activations a one-ulp difference upstream can move an activation code across a rounding
     boundary, so a few logits may differ by one activation step: ``fake_rel_diff`` is the median
     over examples of the max relative output difference, ``fake_rel_diff_max`` the worst
-    example, and ``fake_agreement`` the fraction of identical argmax outputs.
+    example, and ``fake_agreement`` the fraction of identical argmax outputs. ``progress``: a bar
+    over the layers being quantized (None: only on a terminal).
     """
     task = get_task(task) if isinstance(task, str) else task
     params = task.baseline(seed)
     calibration = task.calibration(seed, calib_size)
     start = time.perf_counter()
     qmodel = quantize_model(
-        task.model, params, recipe, sample_input=task.sample_input(seed), calibration=calibration
+        task.model,
+        params,
+        recipe,
+        sample_input=task.sample_input(seed),
+        calibration=calibration,
+        progress=progress,
     )
     quantize_seconds = time.perf_counter() - start
 

@@ -175,7 +175,7 @@ def quantize_model(
     *,
     sample_input: jax.Array,
     calibration: Iterable[jax.Array] = (),
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> QuantizedModel:
     """Quantize ``model`` (Linen with its ``params``; NNX with ``params=None``) by ``recipe``.
 
@@ -183,7 +183,8 @@ def quantize_model(
     activation spec is static. Layers are quantized one at a time in the order the model calls
     them; with ``recipe.sequential`` the statistics of each layer are captured from the model
     whose earlier layers are already quantized (weights only), else from the float model.
-    ``progress`` shows a bar over layers. Errors in the recipe are raised before any work.
+    ``progress`` shows a bar over layers (None: only on a terminal). Errors in the recipe are
+    raised before any work.
     """
     adapter = adapt(model)
     if params is None:
@@ -204,7 +205,12 @@ def quantize_model(
     working = params  # float params, with the layers quantized so far dequantized
     qparams = params
     act_params = {}
-    for path, p in tqdm(plans.items(), desc="quantize", unit="layer", disable=not progress):
+    for path, p in tqdm(
+        plans.items(),
+        desc="quantize",
+        unit="layer",
+        disable=None if progress is None else not progress,
+    ):
         if needs[path] and not stats:  # one float pass: every layer's statistics
             stats = calibrator(working, batches)
             fresh = set(stats)

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from q4lab.models.attention import SelfAttention
+
 PAD_ID = 0  # [PAD] in BERT's vocabulary: padded positions are masked out
 
 
@@ -32,25 +34,6 @@ class BertConfig:
     max_positions: int = 512
     type_vocab_size: int = 2
     eps: float = 1e-12
-
-
-class SelfAttention(nn.Module):
-    config: BertConfig
-
-    @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-        c = self.config
-        b, t, _ = x.shape
-        head = c.hidden // c.heads
-
-        def split(name):
-            return nn.Dense(c.hidden, name=name)(x).reshape(b, t, c.heads, head)
-
-        q, k, v = split("query"), split("key"), split("value")
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(head)
-        scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
-        context = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v)
-        return nn.Dense(c.hidden, name="out")(context.reshape(b, t, c.hidden))
 
 
 class FeedForward(nn.Module):
@@ -67,9 +50,10 @@ class BertLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-        eps = self.config.eps
+        c = self.config
+        eps = c.eps
         x = nn.LayerNorm(eps, name="attention_norm")(
-            x + SelfAttention(self.config, name="attention")(x, mask)
+            x + SelfAttention(c.hidden, c.heads, name="attention")(x, mask[:, None, None, :])
         )
         return nn.LayerNorm(eps, name="ffn_norm")(x + FeedForward(self.config, name="ffn")(x))
 

@@ -1,7 +1,7 @@
 """A small GPT-style decoder in Flax Linen: byte tokens, learned positions, pre-LayerNorm blocks
 with causal self-attention and a GELU MLP, a final LayerNorm and an untied output projection.
 Linear layers are ``nn.Dense``: ``block_<i>/attention/{query,key,value,out}``,
-``block_<i>/mlp/{up,down}`` and ``head``."""
+``block_<i>/{up,down}`` (the MLP) and ``head``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from q4lab.models.attention import SelfAttention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,33 +24,15 @@ class GPTConfig:
     mlp_ratio: int = 4
 
 
-class CausalSelfAttention(nn.Module):
-    config: GPTConfig
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        c = self.config
-        b, t, _ = x.shape
-        head = c.width // c.heads
-
-        def split(name):
-            return nn.Dense(c.width, name=name)(x).reshape(b, t, c.heads, head)
-
-        q, k, v = split("query"), split("key"), split("value")
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(head)
-        causal = jnp.tril(jnp.ones((t, t), bool))
-        scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
-        context = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v)
-        return nn.Dense(c.width, name="out")(context.reshape(b, t, c.width))
-
-
 class Block(nn.Module):
     config: GPTConfig
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.config
-        x = x + CausalSelfAttention(c, name="attention")(nn.LayerNorm(name="attention_norm")(x))
+        causal = jnp.tril(jnp.ones((x.shape[1], x.shape[1]), bool))
+        attention = SelfAttention(c.width, c.heads, name="attention")
+        x = x + attention(nn.LayerNorm(name="attention_norm")(x), causal)
         h = nn.LayerNorm(name="mlp_norm")(x)
         h = nn.Dense(c.width * c.mlp_ratio, name="up")(h)
         return x + nn.Dense(c.width, name="down")(jax.nn.gelu(h))
