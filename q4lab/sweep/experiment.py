@@ -16,7 +16,6 @@ import jax
 
 from q4lab.adapters import adapt
 from q4lab.quantize_model import plan
-from q4lab.recipe import Recipe
 from q4lab.sweep.spec import Point, Sweep, config_hash, validate_point
 
 
@@ -27,7 +26,6 @@ class Experiment:
     path: Path
     sweep: Sweep
     points: tuple[Point, ...]
-    recipes: tuple[Recipe, ...]
     hashes: tuple[str, ...]
 
     @property
@@ -35,7 +33,8 @@ class Experiment:
         return self.sweep.name
 
 
-def _describe(point: Point) -> str:
+def describe_point(point: Point) -> str:
+    """A short label of a point (progress bars, error messages)."""
     keys = ("task", "seed", "quantizer", "bits", "group_size", "act_bits")
     return ", ".join(f"{k}={point[k]!r}" for k in keys)
 
@@ -50,12 +49,11 @@ def _layers(task_name: str, seed: int):
     return adapt(task.model).layers(shapes, sample), len(task.calibration_inputs(seed))
 
 
-def validate(sweep: Sweep, where: str) -> tuple[list[Point], list[Recipe]]:
-    """Points and their recipes; every point checked against its task's model."""
+def validate(sweep: Sweep, where: str) -> list[Point]:
+    """The sweep's points, every one checked against its task's model."""
     points = sweep.points()
     if not points:
         raise ValueError(f"{where}: the sweep has no points (is `where` dropping every one?)")
-    recipes = []
     for i, point in enumerate(points):
         try:
             recipe = validate_point(point)
@@ -67,9 +65,8 @@ def validate(sweep: Sweep, where: str) -> tuple[list[Point], list[Recipe]]:
                     f"{point['task']!r}; allowed: 0..{calib}"
                 )
         except ValueError as err:
-            raise ValueError(f"{where}: point {i} ({_describe(point)}): {err}") from None
-        recipes.append(recipe)
-    return points, recipes
+            raise ValueError(f"{where}: point {i} ({describe_point(point)}): {err}") from None
+    return points
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -84,8 +81,8 @@ def load_experiment(path: str | Path) -> Experiment:
     sweep = namespace.get("sweep")
     if not isinstance(sweep, Sweep):
         raise ValueError(f"{path}: defines no `sweep = Sweep(...)` (found {type(sweep).__name__})")
-    points, recipes = validate(sweep, str(path))
+    points = validate(sweep, str(path))
     hashes = [config_hash(p) for p in points]
     if len(set(hashes)) != len(hashes):
         raise ValueError(f"{path}: the sweep repeats points (identical configurations)")
-    return Experiment(path, sweep, tuple(points), tuple(recipes), tuple(hashes))
+    return Experiment(path, sweep, tuple(points), tuple(hashes))

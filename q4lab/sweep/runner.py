@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from q4lab.sweep.experiment import Experiment, _describe
+from q4lab.sweep.experiment import Experiment, describe_point
 from q4lab.sweep.spec import Point, recipe_of
 from q4lab.sweep.store import ResultsStore
 from q4lab.sweep.tracking import WandbLogger, WandbSettings
@@ -45,7 +45,7 @@ def _row(experiment: Experiment, point: Point, config_hash: str, record: dict) -
 
 def _local(points: list[Point], bar: tqdm) -> Iterator[tuple[int, dict]]:
     for i, point in enumerate(points):
-        bar.set_postfix_str(_describe(point), refresh=True)
+        bar.set_postfix_str(describe_point(point), refresh=True)
         yield i, evaluate_point(point)
 
 
