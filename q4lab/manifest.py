@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import importlib.metadata
 import platform
 import subprocess
@@ -13,8 +14,14 @@ import jax
 PACKAGES = ("q4lab", "jax", "jaxlib", "flax", "optax", "numpy")
 
 
+CODE_PATHS = ("q4lab", "experiments", "pyproject.toml")  # what a result's numbers depend on
+
+
+@functools.cache
 def git_commit(path: Path | None = None) -> str:
-    """The commit of the checkout holding q4lab (with ``-dirty`` if modified), or "" if none."""
+    """The commit of the checkout holding q4lab, with ``-dirty`` if its code (`CODE_PATHS`; not
+    results or docs) differs from it, or "" if none. Read once per process, at the first call,
+    so every row of a sweep names the code that process loaded."""
     where = path or Path(__file__).resolve().parent
     try:
         sha = subprocess.run(
@@ -23,7 +30,8 @@ def git_commit(path: Path | None = None) -> str:
         if sha.returncode:
             return ""
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--"]
+            + [f":(top){p}" for p in CODE_PATHS],
             cwd=where,
             capture_output=True,
             text=True,
