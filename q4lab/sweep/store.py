@@ -7,6 +7,7 @@ finished row is ever lost and no half-written file is ever read.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -24,9 +25,11 @@ class ResultsStore:
         self.path = self.directory / RUNS
 
     def read(self) -> pd.DataFrame:
+        """The table as it is now. The file is read in one go and parsed from memory: a reader
+        that opened the path twice could mix an old footer with a newer file."""
         if not self.path.exists():
             return pd.DataFrame()
-        return pd.read_parquet(self.path)
+        return pd.read_parquet(io.BytesIO(self.path.read_bytes()))
 
     def done(self) -> set[str]:
         """Config hashes already in the table."""
