@@ -100,14 +100,19 @@ class Calibrator:
 
 
 @functools.lru_cache(maxsize=32)
-def _cached(adapter: Adapter, needs: tuple[tuple[str, tuple[str, ...]], ...]) -> Calibrator:
-    return Calibrator(adapter, {path: set(n) for path, n in needs})
+def _cached(
+    adapter: Adapter, needs: tuple[tuple[str, tuple[str, ...]], ...], max_sample_rows: int
+) -> Calibrator:
+    return Calibrator(adapter, {path: set(n) for path, n in needs}, max_sample_rows=max_sample_rows)
 
 
-def cached_calibrator(adapter: Adapter, needs: Mapping[str, set[str]]) -> Calibrator:
-    """A `Calibrator` shared by every call with an equal (hashable) adapter and needs, so a
-    sweep compiles the calibration forward once per model and recipe structure."""
-    return _cached(adapter, tuple(sorted((p, tuple(sorted(n))) for p, n in needs.items())))
+def cached_calibrator(
+    adapter: Adapter, needs: Mapping[str, set[str]], *, max_sample_rows: int = 2048
+) -> Calibrator:
+    """A `Calibrator` shared by every call with an equal (hashable) adapter, needs and sample
+    bound, so a sweep compiles the calibration forward once per model and recipe structure."""
+    key = tuple(sorted((p, tuple(sorted(n))) for p, n in needs.items()))
+    return _cached(adapter, key, max_sample_rows)
 
 
 def calibrate(
@@ -119,6 +124,4 @@ def calibrate(
     max_sample_rows: int = 2048,
 ) -> dict[str, dict[str, jax.Array]]:
     """Statistics per layer path of the model with ``params`` (see `Calibrator`)."""
-    if max_sample_rows != 2048:
-        return Calibrator(adapter, needs, max_sample_rows=max_sample_rows)(params, batches)
-    return cached_calibrator(adapter, needs)(params, batches)
+    return cached_calibrator(adapter, needs, max_sample_rows=max_sample_rows)(params, batches)

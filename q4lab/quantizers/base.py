@@ -44,6 +44,21 @@ def check_finite(w: jax.Array, name: str = "") -> None:
         )
 
 
+def weight_matrix(
+    w: jax.Array, spec: QuantSpec, in_axes: InAxes, name: str = ""
+) -> tuple[tuple[int, ...], jax.Array]:
+    """Checked input of every quantizer: ``(in_axes normalised, w as float32 [K, N])``.
+
+    Raises a ValueError (naming ``name``) for NaN/Inf weights, bad ``in_axes`` or a group size
+    that does not divide K.
+    """
+    check_finite(w, name)
+    axes = normalize_in_axes(in_axes, jnp.ndim(w))
+    w2d = to_matrix(jnp.asarray(w, jnp.float32), axes)
+    spec.check_input_size(w2d.shape[0], where=repr(name) if name else "")
+    return axes, w2d
+
+
 class Quantizer(abc.ABC):
     """A named quantization strategy. Subclasses are frozen dataclasses holding their options."""
 
@@ -90,10 +105,7 @@ class RangeQuantizer(Quantizer):
         stats: Stats | None = None,
         name: str = "",
     ) -> QTensor:
-        check_finite(w, name)
-        axes = normalize_in_axes(in_axes, jnp.ndim(w))
-        w2d = to_matrix(jnp.asarray(w, jnp.float32), axes)
-        spec.check_input_size(w2d.shape[0], where=repr(name) if name else "")
+        axes, w2d = weight_matrix(w, spec, in_axes, name)
         scale, zero = self.params(w2d, spec)
         return quantize(w, spec, scale, zero, in_axes=axes)
 

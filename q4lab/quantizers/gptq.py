@@ -39,9 +39,7 @@ from q4lab.core import (
     QuantSpec,
     affine,
     from_matrix,
-    normalize_in_axes,
     quantize,
-    to_matrix,
 )
 from q4lab.core.qtensor import InAxes
 from q4lab.quantizers.base import (
@@ -49,10 +47,10 @@ from q4lab.quantizers.base import (
     Quantizer,
     RangeQuantizer,
     Stats,
-    check_finite,
     get_quantizer,
     range_params,
     register,
+    weight_matrix,
 )
 
 _HIGHEST = lax.Precision.HIGHEST
@@ -108,11 +106,8 @@ class GPTQ(Quantizer):
         name: str = "",
     ) -> QTensor:
         where = f"layer {name!r}" if name else "this weight"
-        check_finite(w, name)
-        axes = normalize_in_axes(in_axes, jnp.ndim(w))
-        w2d = to_matrix(jnp.asarray(w, jnp.float32), axes)
+        axes, w2d = weight_matrix(w, spec, in_axes, name)
         k = w2d.shape[0]
-        spec.check_input_size(k, where=where)
         if not stats or HESSIAN not in stats:
             raise ValueError(
                 f"gptq needs the Hessian of {where}'s inputs (stats['hessian']); quantize the "
