@@ -70,14 +70,21 @@ class Task(abc.ABC):
         any further metrics of the task)."""
 
     def calibration(self, seed: int, size: int | None = None) -> list[jax.Array]:
-        """The first ``size`` calibration inputs (default: all), as batches of
-        ``calib_batch_size``."""
-        x = self.calibration_inputs(seed)
-        if size is not None and not 1 <= size <= len(x):
+        """The first ``size`` calibration inputs (default: all), in batches."""
+        count = self.calibration_count(seed)
+        if size is not None and not 1 <= size <= count:
             raise ValueError(
-                f"calib_size={size} is invalid for task {self.name!r}; allowed: 1..{len(x)}"
+                f"calib_size={size} is invalid for task {self.name!r}; allowed: 1..{count}"
             )
-        x = x[:size]
+        return self.calibration_batches(seed, count if size is None else size)
+
+    def calibration_count(self, seed: int) -> int:
+        """How many calibration inputs there are."""
+        return len(self.calibration_inputs(seed))
+
+    def calibration_batches(self, seed: int, size: int) -> list[jax.Array]:
+        """The first ``size`` calibration inputs as batches of ``calib_batch_size``."""
+        x = self.calibration_inputs(seed)[:size]
         step = self.calib_batch_size
         return [jnp.asarray(x[i : i + step]) for i in range(0, len(x), step)]
 

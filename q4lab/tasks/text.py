@@ -75,8 +75,9 @@ class SentenceEmbeddingTask(Task):
     def provenance(self) -> str:
         return provenance("docstring sentences", docstring_sentences())
 
-    def _batches(self, sentences: list[str], batch: int) -> list[jax.Array]:
-        """Token ids in batches of similar length (padded to a multiple of 16: few shapes)."""
+    def _batches(self, sentences: list[str], batch: int) -> tuple[list[jax.Array], np.ndarray]:
+        """Token ids in batches of similar length (padded to a multiple of 16: few shapes), and
+        the order that sorted the sentences by length."""
         from q4lab.models.bert import encode
 
         tokenizer = self._loaded[2]
@@ -89,25 +90,28 @@ class SentenceEmbeddingTask(Task):
             out.append(jnp.asarray(encode(tokenizer, chunk, -(-longest // 16) * 16)))
         return out, order
 
-    def calibration(self, seed: int, size: int | None = None) -> list[jax.Array]:
-        calib, _ = self.sentences(seed)
-        if size is not None and not 1 <= size <= len(calib):
-            raise ValueError(
-                f"calib_size={size} is invalid for task {self.name!r}; allowed: 1..{len(calib)}"
-            )
-        return self._batches(calib[:size], self.calib_batch_size)[0]
+    def calibration_count(self, seed: int) -> int:
+        return self.calib_sentences
+
+    def calibration_batches(self, seed: int, size: int) -> list[jax.Array]:
+        return self._batches(self.sentences(seed)[0][:size], self.calib_batch_size)[0]
 
     def calibration_inputs(self, seed: int) -> np.ndarray:
         from q4lab.models.bert import encode
 
         return encode(self._loaded[2], self.sentences(seed)[0])
 
+    @functools.lru_cache(maxsize=4)  # noqa: B019  (tasks live as long as the process)
+    def _evaluation_batches(self, seed: int) -> tuple[list[jax.Array], np.ndarray]:
+        """Tokenized once per seed: the sample, the real/fake check and both embeddings use it."""
+        return self._batches(self.sentences(seed)[1], self.eval_batch_size)
+
     def test_inputs(self, seed: int) -> np.ndarray:
-        return np.asarray(self._batches(self.sentences(seed)[1], self.eval_batch_size)[0][0])
+        return np.asarray(self._evaluation_batches(seed)[0][0])
 
     def embeddings(self, forward: Forward, seed: int) -> np.ndarray:
         """Embeddings of the evaluation sentences, in sentence order."""
-        batches, order = self._batches(self.sentences(seed)[1], self.eval_batch_size)
+        batches, order = self._evaluation_batches(seed)
         out = np.concatenate([np.asarray(forward(b)) for b in batches])
         return out[np.argsort(order)]
 
@@ -187,10 +191,14 @@ class ByteLMTask(Task):
     def calibration_inputs(self, seed: int) -> np.ndarray:
         return self._windows(self._splits()[1], self.calib_windows, seed)[:, :-1]
 
+    @functools.cached_property
+    def _validation(self) -> np.ndarray:
+        return self._windows(self._splits()[2], self.eval_windows, None)
+
     def validation(self) -> np.ndarray:
         """The validation windows (the same for every seed): inputs ``[:, :-1]``, targets
         ``[:, 1:]``."""
-        return self._windows(self._splits()[2], self.eval_windows, None)
+        return self._validation
 
     def test_inputs(self, seed: int) -> np.ndarray:
         return self.validation()[:, :-1]
@@ -205,6 +213,7 @@ class ByteLMTask(Task):
             total += float(losses.sum())
         return total / (windows.shape[0] * (windows.shape[1] - 1))
 
+    @functools.cached_property
     def unigram_nll(self) -> float:
         """Cross-entropy of the training bytes' frequencies on the validation bytes (nats)."""
         train, _, _ = self._splits()
@@ -220,7 +229,7 @@ class ByteLMTask(Task):
             "fp_perplexity": float(np.exp(fp)),
             "bits_per_byte": nll / np.log(2),
             "fp_bits_per_byte": fp / np.log(2),
-            "unigram_perplexity": float(np.exp(self.unigram_nll())),
+            "unigram_perplexity": float(np.exp(self.unigram_nll)),
         }
 
 
