@@ -102,8 +102,7 @@ def _cmd_layer_error(args: argparse.Namespace) -> int:
         values="relative_error",
         sort=False,
     )
-    first = args.quantizer[0]
-    base = table[table.columns[0]] if first not in table else table[first]
+    base = table[table.columns[0]]  # the first --quantizer (columns keep the order of appearance)
     for col in [c for c in table.columns if c != base.name]:
         table[f"{col} / {base.name}"] = table[col] / base
     print(

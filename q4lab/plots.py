@@ -90,10 +90,6 @@ def pareto_front(points: pd.DataFrame, x: str, y: str, higher: bool = True) -> p
     return ordered.loc[keep].drop(columns="_key")
 
 
-def _label(value: object) -> str:
-    return str(value)
-
-
 def pareto_plot(
     table: pd.DataFrame,
     *,
@@ -161,7 +157,7 @@ def pareto_plot(
         if panel is not None:
             ax.set_title(f"{facet} = {panel}")
         ax.grid(alpha=0.3)
-    handles = [Line2D([], [], color=colors[h], label=_label(h)) for h in hues]
+    handles = [Line2D([], [], color=colors[h], label=str(h)) for h in hues]
     if style:
         handles += [
             Line2D(

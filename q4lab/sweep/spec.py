@@ -40,6 +40,11 @@ FIELDS: dict[str, tuple[Any, str]] = {
 }
 
 
+def with_defaults(point: Point) -> Point:
+    """Every field of `FIELDS`, in order; missing ones take their defaults."""
+    return {name: point.get(name, default) for name, (default, _) in FIELDS.items()}
+
+
 def _canonical(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _canonical(v) for k, v in sorted(value.items())}
@@ -50,14 +55,13 @@ def _canonical(value: Any) -> Any:
 
 def config_hash(point: Point) -> str:
     """A stable 16-hex-digit name of a point's full configuration (defaults included)."""
-    full = {name: point.get(name, default) for name, (default, _) in FIELDS.items()}
-    text = json.dumps(_canonical(full), sort_keys=True, default=str)
+    text = json.dumps(_canonical(with_defaults(point)), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def recipe_of(point: Point) -> Recipe:
     """The recipe of a point: one rule, every quantizable layer."""
-    p = {name: point.get(name, default) for name, (default, _) in FIELDS.items()}
+    p = with_defaults(point)
     weight = QuantSpec(
         bits=p["bits"],
         symmetric=p["symmetric"],
@@ -142,7 +146,7 @@ class Sweep:
             point: Point = {}
             for part in combo:
                 point.update(part)
-            full = {name: point.get(name, default) for name, (default, _) in FIELDS.items()}
+            full = with_defaults(point)
             if self.where is None or self.where(full):
                 points.append(full)
         return points
