@@ -203,6 +203,7 @@ def quantize_model(
     stages: dict[str, frozenset[str]] = {}
     done: set[str] = set()
     working = params  # float params, with the layers quantized so far dequantized
+    track_working = recipe.sequential and any(needs.values())  # only sequential passes read it
     qparams = params
     act_params = {}
     for path, p in tqdm(
@@ -224,7 +225,8 @@ def quantize_model(
             w, p.spec, in_axes=p.layer.in_axes, stats=stats.get(path), name=path
         )
         qparams = set_at(qparams, p.layer.key, qt)
-        working = set_at(working, p.layer.key, dequantize(qt).astype(w.dtype))
+        if track_working:
+            working = set_at(working, p.layer.key, dequantize(qt).astype(w.dtype))
         done.add(path)
         fresh &= stages.get(path, frozenset())  # only same-input layers keep valid statistics
         if "act_sample" in needs[path]:
