@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from q4lab.core import QTensor
-from q4lab.ops import fake_quantize_rows, int_matmul, quantize_rows
+from q4lab.ops import fake_quantize_rows, int_matmul, quantize_rows, w4a16_matmul
 from q4lab.recipe import ActSpec
 
 
@@ -118,14 +118,15 @@ class CaptureHook:
 class QuantHook:
     """The quantized layer: weight `QTensor` ``qt`` and, if ``act`` is set, activation codes.
 
-    ``fake=False``: integer codes through `q4lab.ops.int_matmul` (W4A4), or the module's own op
-    on the weight dequantized from its packed codes (W4A16, no hook needed).
+    ``fake=False``: integer codes through `q4lab.ops.int_matmul` (W4A4), or float inputs through
+    `q4lab.ops.w4a16_matmul` on the packed codes (W4A16, dense layers; weight-only convs are
+    not hooked: the module runs its own op on the kernel dequantized inside jit).
     ``fake=True``: the same values simulated in float (fake-quantized input, float op on the
     dequantized kernel). ``act_params`` holds calibrated (scale, zero) for static activations.
     """
 
     qt: QTensor
-    act: ActSpec
+    act: ActSpec | None
     act_params: tuple[jax.Array, jax.Array | None] | None
     fake: bool
 
@@ -139,10 +140,12 @@ class QuantHook:
 
     def dot_general(self, lhs, rhs, dimension_numbers, precision=None, **kwargs):
         x2d, free_shape = dense_rows(lhs, dimension_numbers)
-        xq, scale = self._quantize_act(x2d)
         out_shape = free_shape + tuple(
             rhs.shape[d] for d in range(rhs.ndim) if d not in dimension_numbers[0][1]
         )
+        if self.act is None:
+            return w4a16_matmul(x2d, self.qt).reshape(out_shape).astype(lhs.dtype)
+        xq, scale = self._quantize_act(x2d)
         if self.fake:
             y = jnp.dot(xq, rhs.reshape(x2d.shape[1], -1).astype(jnp.float32))
         else:
@@ -160,6 +163,6 @@ class QuantHook:
         lead = patches.shape[:-1]
         per_example = math.prod(lead[1:])
         row_scale = jnp.repeat(scale, per_example, axis=0) if scale.shape[0] > 1 else scale
-        xc = patches.reshape(-1, patches.shape[-1]).astype(jnp.int8)
+        xc = patches.reshape(-1, patches.shape[-1]).astype(xq.dtype)
         y = int_matmul(xc, row_scale, self.qt)
         return y.reshape(*lead, -1).astype(lhs.dtype)

@@ -92,6 +92,7 @@ class _ForwardLayer:
     key: tuple
     act: ActSpec | None
     rounds_to_nearest: bool
+    dense: bool  # a hookable dense layer: weight-only, the real forward runs `w4a16_matmul`
 
 
 def _weights(layers, fake: bool, params: PyTree, float_params: PyTree) -> PyTree:
@@ -113,7 +114,7 @@ def _forward(adapter, layers, fake, params, float_params, act_params, x):
             get_at(params, layer.key), layer.act, act_params.get(layer.path), fake
         )
         for layer in layers
-        if layer.act is not None
+        if layer.act is not None or (layer.dense and not fake)
     }
     return adapter.apply(_weights(layers, fake, params, float_params), x, hooks)
 
@@ -151,7 +152,13 @@ class QuantizedModel:
     @functools.cached_property
     def _forward_layers(self) -> tuple[_ForwardLayer, ...]:
         return tuple(
-            _ForwardLayer(p.layer.path, p.layer.key, p.rule.act, p.rounds_to_nearest)
+            _ForwardLayer(
+                p.layer.path,
+                p.layer.key,
+                p.rule.act,
+                p.rounds_to_nearest,
+                p.layer.hookable and p.layer.kind == "dense",
+            )
             for p in self.layers.values()
         )
 

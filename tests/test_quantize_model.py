@@ -56,6 +56,15 @@ RECIPES = {
     "W4A4 asym acts": Recipe(
         (Rule(pattern="Conv_1|Dense_0|fc|head", quantizer="mse", act=ActSpec(symmetric=False)),)
     ),
+    "W8A8 asym (int16 centered codes)": Recipe(
+        (
+            Rule(
+                pattern="Conv_0|conv|Dense_0|fc",
+                weight=QuantSpec(bits=8, symmetric=False),
+                act=ActSpec(bits=8, symmetric=False),
+            ),
+        )
+    ),
     "W8A8 static": Recipe(
         (
             Rule(

@@ -1,7 +1,9 @@
 """The compute on quantized operands (int codes in, float out)."""
 
 from q4lab.ops.matmul import (
+    IMPLEMENTATIONS,
     centered_weight_codes,
+    choose,
     fake_quantize_rows,
     int_matmul,
     quantize_rows,
@@ -9,7 +11,9 @@ from q4lab.ops.matmul import (
 )
 
 __all__ = [
+    "IMPLEMENTATIONS",
     "centered_weight_codes",
+    "choose",
     "fake_quantize_rows",
     "int_matmul",
     "quantize_rows",

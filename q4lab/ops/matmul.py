@@ -1,12 +1,25 @@
-"""Integer-code matmuls: W4A16 (weight-only) and W4A4 (both operands integer codes).
+"""Integer-code matmuls: W4A16 (weight-only) and W4A4 (both operands integer codes), with the
+choice of implementation.
 
 Shapes: activations ``x[M, K]``, weight `QTensor` ``[K, N]`` with scale ``[G, N]`` (groups of g
 along K). W4A4 multiplies *centered* codes ``x_q - z_x`` and ``w_q - z_w``: each lies in
-[-(2^b - 1), 2^b - 1], so 4-bit codes fit int8 and the product runs as an int8 ``dot_general``
-with int32 accumulation (XLA cannot compile int4 x int4 dots on CPU; int8 units are what GPUs
-without int4 tensor cores have). The float scales are applied after the integer dot:
+[-(2^b - 1), 2^b - 1], so 4-bit codes fit int8 and the product runs as an int8 dot with int32
+accumulation (int8 units are what GPUs without int4 tensor cores have). The float scales are
+applied after the integer sums:
 
     y[m, n] = s_x[m] * sum_g s_w[g, n] * sum_{k in g} xc[m, k] * wc[k, n]
+
+Implementations (``impl=``), all equal to the reference up to the order of float sums:
+  reference  ``x @ dequantize(qt)`` (W4A16) / one einsum over groups (W4A4): the definition.
+  xla        the fastest plain XLA form measured on GPU: per-channel and per-tensor weights take
+             the int codes into the dot and the scale after it; per-group weights are
+             dequantized, to x's dtype when that is bfloat16/float16 (a 16-bit GEMM, weights
+             rounded to it), else as the reference.
+  blocked    K walked in cache-sized blocks, see `q4lab.ops.blocked` (the CPU path).
+  pallas     the Triton kernels of `q4lab.ops.pallas_gpu` (GPU only; ``pallas_interpret`` runs
+             them through Pallas' interpreter anywhere, for tests).
+  auto       pallas on GPU when the kernel takes the shape, blocked on CPU, else xla (wider
+             codes: xla on GPU, reference elsewhere).
 """
 
 from __future__ import annotations
@@ -15,32 +28,87 @@ import jax
 import jax.numpy as jnp
 
 from q4lab.core import QTensor, QuantSpec, affine, dequantize_matrix
+from q4lab.ops import blocked, halves, pallas_gpu
+
+IMPLEMENTATIONS: tuple[str, ...] = (
+    "auto",
+    "reference",
+    "xla",
+    "blocked",
+    "pallas",
+    "pallas_interpret",
+)
 
 
-def w4a16_matmul(x: jax.Array, qt: QTensor) -> jax.Array:
-    """``x[M, K] @ dequantize(qt)[K, N]`` in float32, dequantizing the packed codes inside jit."""
+def choose(qt: QTensor, m: int, *, w4a4: bool = False, backend: str | None = None) -> str:
+    """The implementation ``impl="auto"`` runs for this weight, batch size and backend."""
+    backend = backend or jax.default_backend()
+    gpu = backend in ("gpu", "cuda", "rocm")
+    if not halves.supported(qt):  # 5..8-bit codes, a byte each
+        return "xla" if gpu else "reference"
+    if gpu:
+        return "xla" if pallas_gpu.unsupported(qt, m, w4a4=w4a4) else "pallas"
+    return "blocked" if backend == "cpu" else "xla"
+
+
+def _resolve(impl: str, qt: QTensor, m: int, *, w4a4: bool) -> str:
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"impl={impl!r} is unknown; allowed: {', '.join(IMPLEMENTATIONS)}")
+    if impl == "auto":
+        return choose(qt, m, w4a4=w4a4)
+    if impl in ("blocked", "pallas", "pallas_interpret") and not halves.supported(qt):
+        raise ValueError(f"impl={impl!r} needs codes of at most 4 bits, got {qt.spec.describe()}")
+    if impl == "pallas" and jax.default_backend() not in ("gpu", "cuda", "rocm"):
+        raise ValueError(
+            f"impl='pallas' needs a GPU (backend is {jax.default_backend()!r}); "
+            "'pallas_interpret' runs the kernel through the Pallas interpreter"
+        )
+    return impl
+
+
+def w4a16_matmul(x: jax.Array, qt: QTensor, *, impl: str = "auto") -> jax.Array:
+    """``x[M, K] @ dequantize(qt)[K, N]`` in float32 without a stored float weight; ``impl``
+    picks the implementation (module docstring)."""
+    impl = _resolve(impl, qt, x.shape[0], w4a4=False)
+    if impl == "blocked":
+        return blocked.w4a16_blocked(x, qt)
+    if impl in ("pallas", "pallas_interpret"):
+        return pallas_gpu.w4a16_pallas(x, qt, interpret=impl == "pallas_interpret")
+    if impl == "xla" and qt.scale.shape[0] == 1:  # one scale row: scale after the dot
+        codes = centered_weight_codes(qt).astype(x.dtype)
+        y = jnp.dot(halves.permuted_input(x, qt), codes, preferred_element_type=jnp.float32)
+        return y * qt.scale.astype(jnp.float32)
+    if impl == "xla" and x.dtype in (jnp.bfloat16, jnp.float16):  # a 16-bit GEMM, as the model
+        w = dequantize_matrix(qt).astype(x.dtype)  # rounds code * scale to x's precision
+        return jnp.dot(x, w, preferred_element_type=jnp.float32)
     return jnp.dot(x.astype(jnp.float32), dequantize_matrix(qt))
 
 
+def centered_dtype(spec: QuantSpec) -> jnp.dtype:
+    """The narrowest integer type of ``code - zero``: int8, except 8-bit asymmetric codes, whose
+    centered values span [-255, 255] (int16)."""
+    return jnp.dtype(jnp.int16 if spec.bits == 8 and not spec.symmetric else jnp.int8)
+
+
 def centered_weight_codes(qt: QTensor) -> jax.Array:
-    """``w_q - z_w`` as int8 ``[K, N]`` in stored row order (see `QTensor.perm`)."""
+    """``w_q - z_w`` ``[K, N]`` (`centered_dtype`) in stored row order (see `QTensor.perm`)."""
     codes = qt.int_codes().astype(jnp.int32)
     zero = qt.int_zero()
     if zero is not None:
         codes = affine.group_view(codes, qt.spec) - zero[:, None, :]
         codes = codes.reshape(qt.k, qt.n)
-    return codes.astype(jnp.int8)
+    return codes.astype(centered_dtype(qt.spec))
 
 
 def quantize_rows(
     x: jax.Array, scale: jax.Array, zero: jax.Array | None, spec: QuantSpec
 ) -> jax.Array:
-    """Centered activation codes ``x_q - z_x`` (int8) of ``x[M, K]``; scale/zero ``[M, 1]`` or
-    ``[1, 1]``. Same arithmetic as `q4lab.core.affine`, viewed with rows as channels."""
+    """Centered activation codes ``x_q - z_x`` (`centered_dtype`) of ``x[M, K]``; scale/zero
+    ``[M, 1]`` or ``[1, 1]``. Same arithmetic as `q4lab.core.affine`, rows seen as channels."""
     codes = affine.to_codes(x.T[None], scale.T[:, None, :], _t(zero), spec)[0].T
     if zero is not None:
         codes = codes - zero.astype(jnp.float32)
-    return codes.astype(jnp.int8)
+    return codes.astype(centered_dtype(spec))
 
 
 def fake_quantize_rows(
@@ -54,10 +122,20 @@ def _t(zero: jax.Array | None) -> jax.Array | None:
     return None if zero is None else zero.T[:, None, :]
 
 
-def int_matmul(xc: jax.Array, x_scale: jax.Array, qt: QTensor) -> jax.Array:
-    """W4A4: centered int8 activation codes ``xc[M, K]`` (row scales ``x_scale[M or 1, 1]``) times
-    the weight's centered codes, int32 accumulation per group, then both scales. Float32 ``[M, N]``.
+def int_matmul(xc: jax.Array, x_scale: jax.Array, qt: QTensor, *, impl: str = "auto") -> jax.Array:
+    """W4A4: centered activation codes ``xc[M, K]`` (int8; int16 for 8-bit asymmetric ones, which
+    only the reference and xla forms take) with row scales ``x_scale[M or 1, 1]`` times the
+    weight's centered codes, int32 accumulation per group, then both scales. Float32 ``[M, N]``.
     Rows of ``xc`` are in logical order; an act-order permutation is applied here."""
+    if xc.dtype != jnp.int8 and impl == "auto":
+        impl = "xla"
+    impl = _resolve(impl, qt, xc.shape[0], w4a4=True)
+    if xc.dtype != jnp.int8 and impl not in ("reference", "xla"):
+        raise ValueError(f"impl={impl!r} needs int8 activation codes, got {xc.dtype}")
+    if impl == "blocked":
+        return blocked.w4a4_blocked(xc, x_scale, qt)
+    if impl in ("pallas", "pallas_interpret"):
+        return pallas_gpu.w4a4_pallas(xc, x_scale, qt, interpret=impl == "pallas_interpret")
     if qt.perm is not None:
         xc = xc[:, qt.perm]
     wc = centered_weight_codes(qt)

@@ -1,0 +1,84 @@
+"""The GPU kernels, run through the Pallas interpreter: same numbers as the reference.
+
+Tiles are shrunk (16 columns per half, 32 rows) so tiny weights cover several programs and split-K
+slices; speed is only measured on a GPU (benchmarks/bench_ops.py).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from q4lab.core import QuantSpec, dequantize_matrix, quantize
+from q4lab.ops import int_matmul, w4a16_matmul
+from q4lab.ops.pallas_gpu import KernelConfig, unsupported, w4a4_pallas, w4a16_pallas
+from q4lab.quantizers import get_quantizer
+
+TINY = KernelConfig(block_n=16, block_k=32, split_k=2, block_m=16)
+SPECS = {
+    "sym g32": QuantSpec(group_size=32),
+    "asym g32 f16": QuantSpec(group_size=32, symmetric=False, scale_dtype="float16"),
+    "sym per-channel": QuantSpec(),
+    "asym per-channel": QuantSpec(symmetric=False),
+    "asym per-tensor": QuantSpec(granularity="per_tensor", symmetric=False),
+    "W3 asym g64": QuantSpec(bits=3, group_size=64, symmetric=False),
+}
+
+
+def _rel(a, b):
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
+@pytest.fixture(scope="module")
+def weights():
+    w = jax.random.normal(jax.random.key(0), (128, 64))
+    return {name: get_quantizer("minmax").quantize(w, spec) for name, spec in SPECS.items()}
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_w4a16_kernel_matches_the_reference(weights, name):
+    qt = weights[name]
+    x = jax.random.normal(jax.random.key(1), (5, 128))
+    y = w4a16_pallas(x, qt, config=TINY, interpret=True)
+    assert y.shape == (5, 64) and _rel(y, x @ dequantize_matrix(qt)) < 1e-5
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_w4a4_kernel_matches_the_integer_reference(weights, name):
+    qt = weights[name]
+    xc = jnp.asarray(np.random.default_rng(2).integers(-7, 8, (20, 128)), jnp.int8)
+    row_scale = jax.random.uniform(jax.random.key(3), (20, 1)) + 0.5
+    y = w4a4_pallas(xc, row_scale, qt, config=TINY, interpret=True)
+    assert _rel(y, int_matmul(xc, row_scale, qt, impl="reference")) < 1e-6
+
+
+def test_kernels_apply_the_act_order_permutation_and_bfloat16_inputs():
+    w = jax.random.normal(jax.random.key(4), (64, 32))
+    perm = jnp.asarray(np.random.default_rng(5).permutation(64), jnp.int32)
+    qt = quantize(
+        w, QuantSpec(group_size=32), jnp.full((2, 32), float(jnp.abs(w).max()) / 7), perm=perm
+    )
+    x = jax.random.normal(jax.random.key(6), (3, 64)).astype(jnp.bfloat16)
+    expected = x.astype(jnp.float32) @ dequantize_matrix(qt)
+    assert _rel(w4a16_pallas(x, qt, config=TINY, interpret=True), expected) < 1e-5
+    xc = jnp.asarray(np.random.default_rng(7).integers(-7, 8, (3, 64)), jnp.int8)
+    expected = xc.astype(jnp.float32) @ dequantize_matrix(qt)
+    assert _rel(w4a4_pallas(xc, jnp.ones((1, 1)), qt, config=TINY, interpret=True), expected) < 1e-6
+
+
+def test_default_tiles_through_the_public_op():
+    qt = get_quantizer("minmax").quantize(
+        jax.random.normal(jax.random.key(8), (256, 256)), QuantSpec(group_size=128)
+    )
+    x = jax.random.normal(jax.random.key(9), (2, 256))
+    y = w4a16_matmul(x, qt, impl="pallas_interpret")
+    assert _rel(y, x @ dequantize_matrix(qt)) < 1e-5
+
+
+def test_shapes_the_kernels_cannot_take_are_named():
+    qt = get_quantizer("minmax").quantize(jnp.ones((64, 20)), QuantSpec(group_size=16))
+    assert "block_n" in unsupported(qt, 1, TINY)  # 10 columns per half
+    qt = get_quantizer("minmax").quantize(jnp.ones((48, 32)), QuantSpec(group_size=24))
+    assert "power of two" in unsupported(qt, 1, TINY)
+    with pytest.raises(ValueError, match="w4a16_pallas cannot run this weight"):
+        w4a16_pallas(jnp.ones((1, 48)), qt, config=TINY, interpret=True)
