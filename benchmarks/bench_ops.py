@@ -1,0 +1,253 @@
+"""INT4 matmul speed against the dense float dot, side by side in one run.
+
+    python benchmarks/bench_ops.py                       # every shape and M; a markdown table
+    python benchmarks/bench_ops.py --check               # and each path's error vs the reference
+    python benchmarks/bench_ops.py --shapes 4096x4096 --m 1 16 --out table.md
+
+y = x[M, K] @ W[K, N] for (K, N) in {4096x4096, 8192x8192, 8192x28672} and M in {1, 16, 128, 4096}.
+Dense is bfloat16 on GPU and float32 on CPU (what a model there runs); the INT4 weights are
+symmetric 4-bit codes with group-128 float16 scales (4.125 bits per weight). Every path of
+`q4lab.ops` the backend runs is timed:
+
+  W4A16 auto       what the harness runs (`w4a16_matmul`, impl="auto")
+  W4A16 <impl>     each other implementation (reference = dequantize + dot)
+  W4A4 auto        dynamic per-row 4-bit activation codes + `int_matmul` (the whole W4A4 layer)
+
+Each variant cycles through enough copies of its weight that they fill 512 MiB, so no cache holds
+the weight being read; the time is the median of calls after a compile and 200 warm-up calls
+(at most 15 s). "x dense"
+is the dense time over the path's time, in the same run. "floor" is the fraction of the
+memory-bandwidth floor reached: the bytes the call must read and write (weights, scales, x, y)
+over the best read bandwidth measured in this run (a streaming reduction over 1 GiB, or the dense
+dot if that was faster), divided by the measured time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from q4lab.core import QTensor, QuantSpec, dequantize_matrix, stored_bytes
+from q4lab.hooks import activation_params
+from q4lab.ops import (
+    IMPLEMENTATIONS,
+    choose,
+    fake_quantize_rows,
+    int_matmul,
+    pallas_gpu,
+    quantize_rows,
+    w4a16_matmul,
+)
+from q4lab.ops.pallas_gpu import KernelConfig
+from q4lab.quantizers import get_quantizer
+from q4lab.recipe import ActSpec
+
+SHAPES = ((4096, 4096), (8192, 8192), (8192, 28672))
+BATCHES = (1, 16, 128, 4096)
+SPEC = QuantSpec(bits=4, group_size=128, scale_dtype="float16")
+ACT = ActSpec(bits=4)
+ROTATION_BYTES = 512 << 20
+TOLERANCE = 1e-4  # relative to max |y|: exact weights, float32 sums in another order
+ROUNDED_TOLERANCE = 1e-2  # the GPU xla form rounds code * scale to bfloat16
+MAX_COPIES = 64
+
+
+def _gpu() -> bool:
+    return jax.default_backend() in ("gpu", "cuda", "rocm")
+
+
+def _copies(nbytes: int) -> int:
+    return int(min(MAX_COPIES, max(2, math.ceil(ROTATION_BYTES / nbytes))))
+
+
+def _replicate(tree, count: int) -> list:
+    """``count`` copies of a pytree of arrays, each in buffers of its own."""
+    return [jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), tree) for _ in range(count)]
+
+
+WARM_CALLS, WARM_SECONDS = 200, 15.0
+
+
+def _time(fn: Callable, args: list[tuple], seconds: float) -> float:
+    """Median seconds per call, cycling through ``args`` (one tuple per weight copy), after a
+    warm-up of ``WARM_CALLS`` calls (at most ``WARM_SECONDS``): the first ~100 calls of a
+    process run up to 8x slower until glibc's allocator keeps the large temporaries instead of
+    mapping them afresh each call (``benchmarks/NOTES.md``)."""
+    jax.block_until_ready(fn(*args[0]))  # compile
+    start = time.perf_counter()
+    calls = 0
+    while calls < 2 or (calls < WARM_CALLS and time.perf_counter() - start < WARM_SECONDS):
+        jax.block_until_ready(fn(*args[calls % len(args)]))
+        calls += 1
+    per_call = (time.perf_counter() - start) / calls
+    repeats = int(min(50, max(3, seconds / per_call)))
+    times = []
+    for i in range(repeats):
+        a = args[i % len(args)]
+        begin = time.perf_counter()
+        jax.block_until_ready(fn(*a))
+        times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+def stream_bandwidth() -> float:
+    """Bytes per second of a jitted sum over 1 GiB (read once)."""
+    a = jnp.ones((1 << 28,), jnp.float32)
+    t = _time(jax.jit(jnp.sum), [(a,)], seconds=1.0)
+    return a.nbytes / t
+
+
+def _w4a4_layer(x: jax.Array, qt: QTensor, impl: str) -> jax.Array:
+    scale, zero = activation_params(ACT, x.astype(jnp.float32))
+    return int_matmul(quantize_rows(x, scale, zero, ACT.quant_spec()), scale, qt, impl=impl)
+
+
+def _references(x: jax.Array, qt: QTensor) -> dict[str, np.ndarray]:
+    """What the W4A16 and W4A4 paths must return, in float32 at full precision."""
+    x = x.astype(jnp.float32)
+    scale, zero = activation_params(ACT, x)
+    with jax.default_matmul_precision("highest"):
+        w = dequantize_matrix(qt)
+        return {
+            "W4A16": np.asarray(x @ w),
+            "W4A4": np.asarray(fake_quantize_rows(x, scale, zero, ACT.quant_spec()) @ w),
+        }
+
+
+def _tuned_paths(qt: QTensor, m: int) -> dict[str, Callable]:
+    """GPU only: the Pallas kernels under each tiling of a small grid (``--tune``)."""
+    paths = {}
+    for bn, split in itertools.product((64, 128, 256), (1, 2, 4, 8)):
+        config = KernelConfig(block_n=bn, split_k=split)
+        if not pallas_gpu.unsupported(qt, m, config):
+            paths[f"W4A16 pallas bn{bn} sk{split}"] = lambda x, w, config=config: (
+                pallas_gpu.w4a16_pallas(x, w, config=config)
+            )
+    for bm, bn in itertools.product((32, 64, 128), (64, 128)):
+        config = KernelConfig(block_m=bm, block_n=bn)
+        if not pallas_gpu.unsupported(qt, m, config, w4a4=True):
+            paths[f"W4A4 pallas bm{bm} bn{bn}"] = lambda x, w, config=config: _w4a4_tiled(
+                x, w, config
+            )
+    return paths
+
+
+def _w4a4_tiled(x: jax.Array, qt: QTensor, config: KernelConfig) -> jax.Array:
+    scale, zero = activation_params(ACT, x.astype(jnp.float32))
+    xc = quantize_rows(x, scale, zero, ACT.quant_spec())
+    return pallas_gpu.w4a4_pallas(xc, scale, qt, config=config)
+
+
+def _paths(qt: QTensor, m: int, tune: bool) -> dict[str, Callable]:
+    """Name -> jitted ``f(x, w)`` for every path this backend runs on this shape."""
+    paths = _tuned_paths(qt, m) if tune and _gpu() else {}
+    paths |= {"W4A16 auto (" + choose(qt, m) + ")": lambda x, w: w4a16_matmul(x, w)}
+    skip = {"auto", "pallas_interpret", choose(qt, m)} | (set() if _gpu() else {"pallas"})
+    if qt.scale.shape[0] > 1 and not _gpu():
+        skip.add("xla")  # per-group with float32 inputs: the xla form is the reference
+    for impl in IMPLEMENTATIONS:
+        if impl not in skip:
+            paths[f"W4A16 {impl}"] = lambda x, w, impl=impl: w4a16_matmul(x, w, impl=impl)
+    w4a4 = choose(qt, m, w4a4=True)
+    paths[f"W4A4 auto ({w4a4})"] = lambda x, w: _w4a4_layer(x, w, "auto")
+    intermediate = m * qt.scale.shape[0] * qt.n * 4  # the reference einsum's [M, G, N] int32
+    if w4a4 != "xla" and intermediate < (2 << 30):
+        paths["W4A4 reference"] = lambda x, w: _w4a4_layer(x, w, "reference")
+    return {name: jax.jit(f) for name, f in paths.items()}
+
+
+def bench_shape(k: int, n: int, batches, seconds: float, check: bool, tune: bool) -> list[dict]:
+    dtype = jnp.bfloat16 if _gpu() else jnp.float32
+    w = jax.random.normal(jax.random.key(k + n), (k, n), jnp.float32) / math.sqrt(k)
+    qt = get_quantizer("minmax").quantize(w, SPEC)
+    dense_w = w.astype(dtype)
+    del w
+    dense_copies = _replicate(dense_w, _copies(dense_w.nbytes))
+    q_bytes = stored_bytes(qt)
+    q_copies = _replicate(qt, _copies(q_bytes))
+    rows = []
+    for m in batches:
+        x = jax.random.normal(jax.random.key(m), (m, k), jnp.float32).astype(dtype)
+        io = x.nbytes + m * n * jnp.dtype(dtype).itemsize
+        dense = _time(jax.jit(lambda x, w: x @ w), [(x, c) for c in dense_copies], seconds)
+        rows.append(
+            _row(k, n, m, f"dense {jnp.dtype(dtype).name}", dense, dense, dense_w.nbytes + io)
+        )
+        references = _references(x, qt) if check else {}
+        for name, fn in _paths(qt, m, tune).items():
+            try:
+                t = _time(fn, [(x, c) for c in q_copies], seconds)
+            except Exception as err:  # a kernel that does not lower here: say so, go on
+                rows.append({**_row(k, n, m, name, math.nan, dense, 0), "error": repr(err)[:120]})
+                continue
+            row = _row(k, n, m, name, t, dense, q_bytes + io)
+            if check:
+                y = np.asarray(fn(x, qt), np.float32)
+                ref = references[name.split()[0]]
+                row["rel err"] = float(np.abs(y - ref).max() / np.abs(ref).max())
+                row["tolerance"] = ROUNDED_TOLERANCE if "xla" in name and _gpu() else TOLERANCE
+            rows.append(row)
+            print(f"{k}x{n} M={m} {name}: {t * 1e3:.3g} ms", file=sys.stderr, flush=True)
+    return rows
+
+
+def _row(k: int, n: int, m: int, path: str, t: float, dense: float, nbytes: int) -> dict:
+    return {
+        "KxN": f"{k}x{n}",
+        "M": m,
+        "path": path,
+        "ms": t * 1e3,
+        "x dense": dense / t,
+        "bytes": nbytes,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="*", default=[f"{k}x{n}" for k, n in SHAPES])
+    parser.add_argument("--m", nargs="*", type=int, default=list(BATCHES))
+    parser.add_argument("--seconds", type=float, default=1.0, help="timing budget per cell")
+    parser.add_argument("--check", action="store_true", help="error of each path vs reference")
+    parser.add_argument("--tune", action="store_true", help="GPU: time each kernel tiling too")
+    parser.add_argument("--out", help="also write the table (markdown) to this file")
+    args = parser.parse_args()
+
+    bandwidth = stream_bandwidth()
+    rows = []
+    for shape in args.shapes:
+        k, n = (int(v) for v in shape.lower().split("x"))
+        rows += bench_shape(k, n, args.m, args.seconds, args.check, args.tune)
+    table = pd.DataFrame(rows)
+    dense = table[table.path.str.startswith("dense")]
+    best = max(bandwidth, float((dense.bytes / (dense.ms / 1e3)).max()))
+    table["GB/s"] = table.bytes / (table.ms / 1e3) / 1e9
+    table["floor"] = table["GB/s"] * 1e9 / best
+    failed = args.check and bool((table["rel err"] > table["tolerance"]).any())
+    table = table.drop(columns=["bytes", "tolerance"], errors="ignore")
+    device = jax.devices()[0]
+    header = (
+        f"{device.platform} ({device.device_kind}), jax {jax.__version__}, "
+        f"W4 g128 f16 scales; best read bandwidth {best / 1e9:.0f} GB/s "
+        f"(stream {bandwidth / 1e9:.0f} GB/s)\n"
+    )
+    text = header + "\n" + table.to_markdown(index=False, floatfmt=".3g") + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    if failed:
+        raise SystemExit("a path disagrees with the reference (rel err above its tolerance)")
+
+
+if __name__ == "__main__":
+    main()
