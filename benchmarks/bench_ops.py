@@ -25,6 +25,7 @@ dot if that was faster), divided by the measured time.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import math
 import statistics
@@ -44,6 +45,7 @@ from q4lab.ops import (
     choose,
     fake_quantize_rows,
     int_matmul,
+    on_gpu,
     pallas_gpu,
     quantize_rows,
     w4a16_matmul,
@@ -60,10 +62,6 @@ ROTATION_BYTES = 512 << 20
 TOLERANCE = 1e-4  # relative to max |y|: exact weights, float32 sums in another order
 ROUNDED_TOLERANCE = 1e-2  # the GPU xla form rounds code * scale to bfloat16
 MAX_COPIES = 64
-
-
-def _gpu() -> bool:
-    return jax.default_backend() in ("gpu", "cuda", "rocm")
 
 
 def _copies(nbytes: int) -> int:
@@ -107,9 +105,10 @@ def stream_bandwidth() -> float:
     return a.nbytes / t
 
 
-def _w4a4_layer(x: jax.Array, qt: QTensor, impl: str) -> jax.Array:
+def _w4a4_layer(x: jax.Array, qt: QTensor, matmul: Callable = int_matmul) -> jax.Array:
+    """The whole W4A4 layer: dynamic per-row activation codes, then ``matmul(xc, scale, qt)``."""
     scale, zero = activation_params(ACT, x.astype(jnp.float32))
-    return int_matmul(quantize_rows(x, scale, zero, ACT.quant_spec()), scale, qt, impl=impl)
+    return matmul(quantize_rows(x, scale, zero, ACT.quant_spec()), scale, qt)
 
 
 def _references(x: jax.Array, qt: QTensor) -> dict[str, np.ndarray]:
@@ -136,38 +135,32 @@ def _tuned_paths(qt: QTensor, m: int) -> dict[str, Callable]:
     for bm, bn in itertools.product((32, 64, 128), (64, 128)):
         config = KernelConfig(block_m=bm, block_n=bn)
         if not pallas_gpu.unsupported(qt, m, config, w4a4=True):
-            paths[f"W4A4 pallas bm{bm} bn{bn}"] = lambda x, w, config=config: _w4a4_tiled(
-                x, w, config
-            )
+            kernel = functools.partial(pallas_gpu.w4a4_pallas, config=config)
+            paths[f"W4A4 pallas bm{bm} bn{bn}"] = functools.partial(_w4a4_layer, matmul=kernel)
     return paths
-
-
-def _w4a4_tiled(x: jax.Array, qt: QTensor, config: KernelConfig) -> jax.Array:
-    scale, zero = activation_params(ACT, x.astype(jnp.float32))
-    xc = quantize_rows(x, scale, zero, ACT.quant_spec())
-    return pallas_gpu.w4a4_pallas(xc, scale, qt, config=config)
 
 
 def _paths(qt: QTensor, m: int, tune: bool) -> dict[str, Callable]:
     """Name -> jitted ``f(x, w)`` for every path this backend runs on this shape."""
-    paths = _tuned_paths(qt, m) if tune and _gpu() else {}
+    paths = _tuned_paths(qt, m) if tune and on_gpu() else {}
     paths |= {"W4A16 auto (" + choose(qt, m) + ")": lambda x, w: w4a16_matmul(x, w)}
-    skip = {"auto", "pallas_interpret", choose(qt, m)} | (set() if _gpu() else {"pallas"})
-    if qt.scale.shape[0] > 1 and not _gpu():
+    skip = {"auto", "pallas_interpret", choose(qt, m)} | (set() if on_gpu() else {"pallas"})
+    if qt.scale.shape[0] > 1 and not on_gpu():
         skip.add("xla")  # per-group with float32 inputs: the xla form is the reference
     for impl in IMPLEMENTATIONS:
         if impl not in skip:
             paths[f"W4A16 {impl}"] = lambda x, w, impl=impl: w4a16_matmul(x, w, impl=impl)
     w4a4 = choose(qt, m, w4a4=True)
-    paths[f"W4A4 auto ({w4a4})"] = lambda x, w: _w4a4_layer(x, w, "auto")
+    paths[f"W4A4 auto ({w4a4})"] = _w4a4_layer
     intermediate = m * qt.scale.shape[0] * qt.n * 4  # the reference einsum's [M, G, N] int32
     if w4a4 != "xla" and intermediate < (2 << 30):
-        paths["W4A4 reference"] = lambda x, w: _w4a4_layer(x, w, "reference")
+        reference = functools.partial(int_matmul, impl="reference")
+        paths["W4A4 reference"] = functools.partial(_w4a4_layer, matmul=reference)
     return {name: jax.jit(f) for name, f in paths.items()}
 
 
 def bench_shape(k: int, n: int, batches, seconds: float, check: bool, tune: bool) -> list[dict]:
-    dtype = jnp.bfloat16 if _gpu() else jnp.float32
+    dtype = jnp.bfloat16 if on_gpu() else jnp.float32
     w = jax.random.normal(jax.random.key(k + n), (k, n), jnp.float32) / math.sqrt(k)
     qt = get_quantizer("minmax").quantize(w, SPEC)
     dense_w = w.astype(dtype)
@@ -195,7 +188,7 @@ def bench_shape(k: int, n: int, batches, seconds: float, check: bool, tune: bool
                 y = np.asarray(fn(x, qt), np.float32)
                 ref = references[name.split()[0]]
                 row["rel err"] = float(np.abs(y - ref).max() / np.abs(ref).max())
-                row["tolerance"] = ROUNDED_TOLERANCE if "xla" in name and _gpu() else TOLERANCE
+                row["tolerance"] = ROUNDED_TOLERANCE if "xla" in name and on_gpu() else TOLERANCE
             rows.append(row)
             print(f"{k}x{n} M={m} {name}: {t * 1e3:.3g} ms", file=sys.stderr, flush=True)
     return rows

@@ -6,6 +6,7 @@ from q4lab.ops.matmul import (
     choose,
     fake_quantize_rows,
     int_matmul,
+    on_gpu,
     quantize_rows,
     w4a16_matmul,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "choose",
     "fake_quantize_rows",
     "int_matmul",
+    "on_gpu",
     "quantize_rows",
     "w4a16_matmul",
 ]

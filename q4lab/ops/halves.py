@@ -46,9 +46,9 @@ class Halves:
         return self.zero_even is None
 
 
-def supported(qt: QTensor) -> bool:
-    """True when the codes are nibbles (``bits <= 4``), the layout the half-column paths read."""
-    return qt.spec.packed
+def rows_per_scale(qt: QTensor) -> int:
+    """Rows of K that one scale row covers: g per-group, K otherwise."""
+    return qt.k // qt.scale.shape[0]
 
 
 def offset_codes(codes: jax.Array, symmetric: bool) -> jax.Array:
@@ -69,7 +69,7 @@ def high_nibbles(b: jax.Array) -> jax.Array:
 
 def split(qt: QTensor) -> Halves:
     """The halves of a 4-bit `QTensor` (rows in stored order: apply ``qt.perm`` to the input)."""
-    if not supported(qt):
+    if not qt.spec.packed:
         raise ValueError(
             f"half-column paths need codes of at most 4 bits, got {qt.spec.describe()}"
         )
@@ -92,7 +92,7 @@ def split(qt: QTensor) -> Halves:
         scale_odd=scale[..., 1],
         zero_even=zero_even,
         zero_odd=zero_odd,
-        rows_per_scale=qt.k // qt.scale.shape[0],
+        rows_per_scale=rows_per_scale(qt),
         n=qt.n,
     )
 

@@ -40,11 +40,16 @@ IMPLEMENTATIONS: tuple[str, ...] = (
 )
 
 
+def on_gpu(backend: str | None = None) -> bool:
+    """True for a GPU backend (the default backend unless one is named)."""
+    return (backend or jax.default_backend()) in ("gpu", "cuda", "rocm")
+
+
 def choose(qt: QTensor, m: int, *, w4a4: bool = False, backend: str | None = None) -> str:
     """The implementation ``impl="auto"`` runs for this weight, batch size and backend."""
     backend = backend or jax.default_backend()
-    gpu = backend in ("gpu", "cuda", "rocm")
-    if not halves.supported(qt):  # 5..8-bit codes, a byte each
+    gpu = on_gpu(backend)
+    if not qt.spec.packed:  # 5..8-bit codes, a byte each
         return "xla" if gpu else "reference"
     if gpu:
         return "xla" if pallas_gpu.unsupported(qt, m, w4a4=w4a4) else "pallas"
@@ -56,9 +61,9 @@ def _resolve(impl: str, qt: QTensor, m: int, *, w4a4: bool) -> str:
         raise ValueError(f"impl={impl!r} is unknown; allowed: {', '.join(IMPLEMENTATIONS)}")
     if impl == "auto":
         return choose(qt, m, w4a4=w4a4)
-    if impl in ("blocked", "pallas", "pallas_interpret") and not halves.supported(qt):
+    if impl in ("blocked", "pallas", "pallas_interpret") and not qt.spec.packed:
         raise ValueError(f"impl={impl!r} needs codes of at most 4 bits, got {qt.spec.describe()}")
-    if impl == "pallas" and jax.default_backend() not in ("gpu", "cuda", "rocm"):
+    if impl == "pallas" and not on_gpu():
         raise ValueError(
             f"impl='pallas' needs a GPU (backend is {jax.default_backend()!r}); "
             "'pallas_interpret' runs the kernel through the Pallas interpreter"
@@ -136,8 +141,7 @@ def int_matmul(xc: jax.Array, x_scale: jax.Array, qt: QTensor, *, impl: str = "a
         return blocked.w4a4_blocked(xc, x_scale, qt)
     if impl in ("pallas", "pallas_interpret"):
         return pallas_gpu.w4a4_pallas(xc, x_scale, qt, interpret=impl == "pallas_interpret")
-    if qt.perm is not None:
-        xc = xc[:, qt.perm]
+    xc = halves.permuted_input(xc, qt)
     wc = centered_weight_codes(qt)
     groups = qt.scale.shape[0]
     m = xc.shape[0]

@@ -64,13 +64,13 @@ def _rows_tile(m: int, cap: int) -> int:
 
 
 def _step_rows(qt: QTensor, config: KernelConfig) -> int:
-    rps = qt.k // qt.scale.shape[0]
+    rps = halves.rows_per_scale(qt)
     return rps if rps < qt.k else min(config.block_k, qt.k)
 
 
 def unsupported(qt: QTensor, m: int, config: KernelConfig = DEFAULT, *, w4a4: bool = False):
     """Why the kernels cannot take this weight and batch (a string), or None when they can."""
-    if not halves.supported(qt):
+    if not qt.spec.packed:
         return f"codes of {qt.spec.bits} bits are not nibbles"
     h = qt.codes.shape[1]
     if h % config.block_n:
