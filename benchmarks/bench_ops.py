@@ -5,13 +5,16 @@
     python benchmarks/bench_ops.py --shapes 4096x4096 --m 1 16 --out table.md
 
 y = x[M, K] @ W[K, N] for (K, N) in {4096x4096, 8192x8192, 8192x28672} and M in {1, 16, 128, 4096}.
-Dense is bfloat16 on GPU and float32 on CPU (what a model there runs); the INT4 weights are
-symmetric 4-bit codes with group-128 float16 scales (4.125 bits per weight). Every path of
-`q4lab.ops` the backend runs is timed:
+Dense is bfloat16 on GPU and float32 on CPU (what a model there runs; ``--dtype`` picks another);
+the INT4 weights are symmetric 4-bit codes with group-128 float16 scales (4.125 bits per weight;
+``--group 0``: per-channel). Every path of `q4lab.ops` the backend runs is timed:
 
   W4A16 auto       what the harness runs (`w4a16_matmul`, impl="auto")
   W4A16 <impl>     each other implementation (reference = dequantize + dot)
   W4A4 auto        dynamic per-row 4-bit activation codes + `int_matmul` (the whole W4A4 layer)
+  W4A4 <impl>      the same layer through another implementation
+  ... pallas bn..  (``--tune``, GPU) the kernels under each tiling of `W4A16_TILINGS` and
+                   `W4A4_TILINGS`
 
 Each variant cycles through enough copies of its weight that they fill 512 MiB, so no cache holds
 the weight being read; the time is the median of calls after a compile and 200 warm-up calls
@@ -56,7 +59,6 @@ from q4lab.recipe import ActSpec
 
 SHAPES = ((4096, 4096), (8192, 8192), (8192, 28672))
 BATCHES = (1, 16, 128, 4096)
-SPEC = QuantSpec(bits=4, group_size=128, scale_dtype="float16")
 ACT = ActSpec(bits=4)
 ROTATION_BYTES = 512 << 20
 TOLERANCE = 1e-4  # relative to max |y|: exact weights, float32 sums in another order
@@ -123,46 +125,79 @@ def _references(x: jax.Array, qt: QTensor) -> dict[str, np.ndarray]:
         }
 
 
+W4A16_TILINGS = [
+    KernelConfig(block_n=bn, split_k=split, num_warps=warps, num_stages=stages)
+    for bn, split, (warps, stages) in itertools.product(
+        (64, 128), (4, 8, 16), ((4, 3), (4, 5), (8, 3), (8, 5))
+    )
+]
+W4A4_TILINGS = [
+    KernelConfig(block_m=bm, block_n=bn, num_warps=warps)
+    for bm, bn, warps in itertools.product((64, 128), (64, 128), (4, 8))
+]
+
+
+def _tiling_name(config: KernelConfig, w4a4: bool) -> str:
+    rows = f"bm{config.block_m} " if w4a4 else f"sk{config.split_k} "
+    return f"bn{config.block_n} {rows}w{config.num_warps} s{config.num_stages}"
+
+
 def _tuned_paths(qt: QTensor, m: int) -> dict[str, Callable]:
     """GPU only: the Pallas kernels under each tiling of a small grid (``--tune``)."""
     paths = {}
-    for bn, split in itertools.product((64, 128, 256), (1, 2, 4, 8)):
-        config = KernelConfig(block_n=bn, split_k=split)
+    for config in W4A16_TILINGS:
         if not pallas_gpu.unsupported(qt, m, config):
-            paths[f"W4A16 pallas bn{bn} sk{split}"] = lambda x, w, config=config: (
-                pallas_gpu.w4a16_pallas(x, w, config=config)
+            paths[f"W4A16 pallas {_tiling_name(config, False)}"] = functools.partial(
+                pallas_gpu.w4a16_pallas, config=config
             )
-    for bm, bn in itertools.product((32, 64, 128), (64, 128)):
-        config = KernelConfig(block_m=bm, block_n=bn)
+    for config in W4A4_TILINGS:
         if not pallas_gpu.unsupported(qt, m, config, w4a4=True):
             kernel = functools.partial(pallas_gpu.w4a4_pallas, config=config)
-            paths[f"W4A4 pallas bm{bm} bn{bn}"] = functools.partial(_w4a4_layer, matmul=kernel)
+            paths[f"W4A4 pallas {_tiling_name(config, True)}"] = functools.partial(
+                _w4a4_layer, matmul=kernel
+            )
     return paths
 
 
-def _paths(qt: QTensor, m: int, tune: bool) -> dict[str, Callable]:
+def _paths(qt: QTensor, m: int, tune: bool, dtype) -> dict[str, Callable]:
     """Name -> jitted ``f(x, w)`` for every path this backend runs on this shape."""
     paths = _tuned_paths(qt, m) if tune and on_gpu() else {}
-    paths |= {"W4A16 auto (" + choose(qt, m) + ")": lambda x, w: w4a16_matmul(x, w)}
-    skip = {"auto", "pallas_interpret", choose(qt, m)} | (set() if on_gpu() else {"pallas"})
+    auto = choose(qt, m, dtype=dtype)
+    paths |= {f"W4A16 auto ({auto})": lambda x, w: w4a16_matmul(x, w)}
+    skip = {"auto", "pallas_interpret", auto} | (set() if on_gpu() else {"pallas"})
     if qt.scale.shape[0] > 1 and not on_gpu():
         skip.add("xla")  # per-group with float32 inputs: the xla form is the reference
     for impl in IMPLEMENTATIONS:
         if impl not in skip:
             paths[f"W4A16 {impl}"] = lambda x, w, impl=impl: w4a16_matmul(x, w, impl=impl)
-    w4a4 = choose(qt, m, w4a4=True)
+    w4a4 = choose(qt, m, w4a4=True, dtype=jnp.int8)
     paths[f"W4A4 auto ({w4a4})"] = _w4a4_layer
-    intermediate = m * qt.scale.shape[0] * qt.n * 4  # the reference einsum's [M, G, N] int32
-    if w4a4 != "xla" and intermediate < (2 << 30):
-        reference = functools.partial(int_matmul, impl="reference")
-        paths["W4A4 reference"] = functools.partial(_w4a4_layer, matmul=reference)
+    intermediate = m * qt.scale.shape[0] * qt.n * 4  # the einsum's [M, G, N] int32 (xla, ref.)
+    for impl in ("reference", "xla", "blocked", "pallas"):
+        if impl in skip - {"xla"} or impl == w4a4 or (impl == "blocked" and on_gpu()):
+            continue
+        if impl in ("reference", "xla") and intermediate >= (2 << 30) and w4a4 != impl:
+            continue
+        if impl == "xla" and not on_gpu():
+            continue  # on CPU the xla form is the reference's einsum
+        matmul = functools.partial(int_matmul, impl=impl)
+        paths[f"W4A4 {impl}"] = functools.partial(_w4a4_layer, matmul=matmul)
     return {name: jax.jit(f) for name, f in paths.items()}
 
 
-def bench_shape(k: int, n: int, batches, seconds: float, check: bool, tune: bool) -> list[dict]:
-    dtype = jnp.bfloat16 if on_gpu() else jnp.float32
+def bench_shape(
+    k: int,
+    n: int,
+    batches,
+    seconds: float,
+    check: bool,
+    tune: bool,
+    spec: QuantSpec,
+    dtype,
+    only: list[str] | None = None,
+) -> list[dict]:
     w = jax.random.normal(jax.random.key(k + n), (k, n), jnp.float32) / math.sqrt(k)
-    qt = get_quantizer("minmax").quantize(w, SPEC)
+    qt = get_quantizer("minmax").quantize(w, spec)
     dense_w = w.astype(dtype)
     del w
     dense_copies = _replicate(dense_w, _copies(dense_w.nbytes))
@@ -177,7 +212,9 @@ def bench_shape(k: int, n: int, batches, seconds: float, check: bool, tune: bool
             _row(k, n, m, f"dense {jnp.dtype(dtype).name}", dense, dense, dense_w.nbytes + io)
         )
         references = _references(x, qt) if check else {}
-        for name, fn in _paths(qt, m, tune).items():
+        for name, fn in _paths(qt, m, tune, dtype).items():
+            if only and not name.startswith(tuple(only)):
+                continue
             try:
                 t = _time(fn, [(x, c) for c in q_copies], seconds)
             except Exception as err:  # a kernel that does not lower here: say so, go on
@@ -213,13 +250,24 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="error of each path vs reference")
     parser.add_argument("--tune", action="store_true", help="GPU: time each kernel tiling too")
     parser.add_argument("--out", help="also write the table (markdown) to this file")
+    parser.add_argument("--only", nargs="*", help="time only paths whose name starts so")
+    parser.add_argument("--group", type=int, default=128, help="weight group size (0: per-channel)")
+    parser.add_argument(
+        "--dtype",
+        choices=("bfloat16", "float16", "float32"),
+        help="x and dense (default: bfloat16 on GPU, float32 on CPU)",
+    )
     args = parser.parse_args()
+    dtype = jnp.dtype(args.dtype or ("bfloat16" if on_gpu() else "float32"))
+    spec = QuantSpec(bits=4, group_size=args.group or None, scale_dtype="float16")
 
     bandwidth = stream_bandwidth()
     rows = []
     for shape in args.shapes:
         k, n = (int(v) for v in shape.lower().split("x"))
-        rows += bench_shape(k, n, args.m, args.seconds, args.check, args.tune)
+        rows += bench_shape(
+            k, n, args.m, args.seconds, args.check, args.tune, spec, dtype, args.only
+        )
     table = pd.DataFrame(rows)
     dense = table[table.path.str.startswith("dense")]
     best = max(bandwidth, float((dense.bytes / (dense.ms / 1e3)).max()))
@@ -230,7 +278,7 @@ def main() -> None:
     device = jax.devices()[0]
     header = (
         f"{device.platform} ({device.device_kind}), jax {jax.__version__}, "
-        f"W4 g128 f16 scales; best read bandwidth {best / 1e9:.0f} GB/s "
+        f"x {dtype.name}, {spec.describe()}; best read bandwidth {best / 1e9:.0f} GB/s "
         f"(stream {bandwidth / 1e9:.0f} GB/s)\n"
     )
     text = header + "\n" + table.to_markdown(index=False, floatfmt=".3g") + "\n"

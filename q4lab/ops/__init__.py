@@ -1,6 +1,7 @@
 """The compute on quantized operands (int codes in, float out)."""
 
 from q4lab.ops.matmul import (
+    GPU_CHOICES,
     IMPLEMENTATIONS,
     centered_weight_codes,
     choose,
@@ -12,6 +13,7 @@ from q4lab.ops.matmul import (
 )
 
 __all__ = [
+    "GPU_CHOICES",
     "IMPLEMENTATIONS",
     "centered_weight_codes",
     "choose",

@@ -18,8 +18,8 @@ Implementations (``impl=``), all equal to the reference up to the order of float
   blocked    K walked in cache-sized blocks, see `q4lab.ops.blocked` (the CPU path).
   pallas     the Triton kernels of `q4lab.ops.pallas_gpu` (GPU only; ``pallas_interpret`` runs
              them through Pallas' interpreter anywhere, for tests).
-  auto       pallas on GPU when the kernel takes the shape, blocked on CPU, else xla (wider
-             codes: xla on GPU, reference elsewhere).
+  auto       on GPU the path measured fastest for the operation, dtype and M (`GPU_CHOICES`),
+             blocked on CPU, else xla (wider codes: xla on GPU, reference elsewhere).
 """
 
 from __future__ import annotations
@@ -45,22 +45,50 @@ def on_gpu(backend: str | None = None) -> bool:
     return (backend or jax.default_backend()) in ("gpu", "cuda", "rocm")
 
 
-def choose(qt: QTensor, m: int, *, w4a4: bool = False, backend: str | None = None) -> str:
-    """The implementation ``impl="auto"`` runs for this weight, batch size and backend."""
+# What ``auto`` runs on a GPU, by operation and activation dtype: the first (max_rows, impl) whose
+# bound covers M (None: any M). From `benchmarks/bench_ops.py` on an H200 (benchmarks/RESULTS.md,
+# "GPU dispatch"); a path the kernel cannot take falls back to "xla".
+GPU_CHOICES: dict[tuple[str, str], tuple[tuple[int | None, str], ...]] = {
+    ("w4a16", "16-bit"): ((64, "pallas"), (None, "xla")),
+    ("w4a16", "float32"): ((1, "xla"), (None, "blocked")),
+    ("w4a4", "int8"): ((1, "reference"), (64, "pallas"), (None, "xla")),
+}
+
+
+def _dtype_class(dtype, w4a4: bool) -> str:
+    if w4a4:
+        return "int8"
+    return "16-bit" if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "float32"
+
+
+def choose(
+    qt: QTensor,
+    m: int,
+    *,
+    w4a4: bool = False,
+    backend: str | None = None,
+    dtype=jnp.float32,
+) -> str:
+    """The implementation ``impl="auto"`` runs for this weight, M rows of ``dtype`` activations
+    and backend (`GPU_CHOICES` on a GPU)."""
     backend = backend or jax.default_backend()
     gpu = on_gpu(backend)
     if not qt.spec.packed:  # 5..8-bit codes, a byte each
         return "xla" if gpu else "reference"
     if gpu:
-        return "xla" if pallas_gpu.unsupported(qt, m, w4a4=w4a4) else "pallas"
+        rows = GPU_CHOICES[("w4a4" if w4a4 else "w4a16", _dtype_class(dtype, w4a4))]
+        impl = next(impl for bound, impl in rows if bound is None or m <= bound)
+        if impl == "pallas" and pallas_gpu.unsupported(qt, m, w4a4=w4a4):
+            return "xla"
+        return impl
     return "blocked" if backend == "cpu" else "xla"
 
 
-def _resolve(impl: str, qt: QTensor, m: int, *, w4a4: bool) -> str:
+def _resolve(impl: str, qt: QTensor, m: int, *, w4a4: bool, dtype) -> str:
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"impl={impl!r} is unknown; allowed: {', '.join(IMPLEMENTATIONS)}")
     if impl == "auto":
-        return choose(qt, m, w4a4=w4a4)
+        return choose(qt, m, w4a4=w4a4, dtype=dtype)
     if impl in ("blocked", "pallas", "pallas_interpret") and not qt.spec.packed:
         raise ValueError(f"impl={impl!r} needs codes of at most 4 bits, got {qt.spec.describe()}")
     if impl == "pallas" and not on_gpu():
@@ -74,19 +102,28 @@ def _resolve(impl: str, qt: QTensor, m: int, *, w4a4: bool) -> str:
 def w4a16_matmul(x: jax.Array, qt: QTensor, *, impl: str = "auto") -> jax.Array:
     """``x[M, K] @ dequantize(qt)[K, N]`` in float32 without a stored float weight; ``impl``
     picks the implementation (module docstring)."""
-    impl = _resolve(impl, qt, x.shape[0], w4a4=False)
+    impl = _resolve(impl, qt, x.shape[0], w4a4=False, dtype=x.dtype)
     if impl == "blocked":
         return blocked.w4a16_blocked(x, qt)
     if impl in ("pallas", "pallas_interpret"):
         return pallas_gpu.w4a16_pallas(x, qt, interpret=impl == "pallas_interpret")
     if impl == "xla" and qt.scale.shape[0] == 1:  # one scale row: scale after the dot
         codes = centered_weight_codes(qt).astype(x.dtype)
-        y = jnp.dot(halves.permuted_input(x, qt), codes, preferred_element_type=jnp.float32)
+        y = jnp.dot(
+            halves.permuted_input(x, qt),
+            codes,
+            preferred_element_type=jnp.float32,
+            precision=_FLOAT32_PRECISION if x.dtype == jnp.float32 else None,
+        )
         return y * qt.scale.astype(jnp.float32)
     if impl == "xla" and x.dtype in (jnp.bfloat16, jnp.float16):  # a 16-bit GEMM, as the model
         w = dequantize_matrix(qt).astype(x.dtype)  # rounds code * scale to x's precision
         return jnp.dot(x, w, preferred_element_type=jnp.float32)
-    return jnp.dot(x.astype(jnp.float32), dequantize_matrix(qt))
+    return jnp.dot(x.astype(jnp.float32), dequantize_matrix(qt), precision=_FLOAT32_PRECISION)
+
+
+# float32 inputs get float32 products (a GPU's default would round them, as TF32 does)
+_FLOAT32_PRECISION = jax.lax.Precision.HIGHEST
 
 
 def centered_dtype(spec: QuantSpec) -> jnp.dtype:
@@ -134,7 +171,7 @@ def int_matmul(xc: jax.Array, x_scale: jax.Array, qt: QTensor, *, impl: str = "a
     Rows of ``xc`` are in logical order; an act-order permutation is applied here."""
     if xc.dtype != jnp.int8 and impl == "auto":
         impl = "xla"
-    impl = _resolve(impl, qt, xc.shape[0], w4a4=True)
+    impl = _resolve(impl, qt, xc.shape[0], w4a4=True, dtype=xc.dtype)
     if xc.dtype != jnp.int8 and impl not in ("reference", "xla"):
         raise ValueError(f"impl={impl!r} needs int8 activation codes, got {xc.dtype}")
     if impl == "blocked":

@@ -4,11 +4,14 @@ Both kernels read the packed bytes of a column block once, split them into the e
 and odd (high nibble) output columns in registers (`q4lab.ops.halves`), and never write an
 unpacked weight to memory. The XLA forms do (see ``shared/GPU_NOTES.md``: 0.26-0.48x of bf16).
 
-W4A16  grid ``(h / block_n, split_k)``: a program walks its share of K one scale group at a time
-       (``block_k`` rows for per-channel weights), two dots per step (x's dtype, float32
-       accumulation), the group's scales applied to the partial products. ``split_k`` partial
-       sums are added by XLA. For M up to 512 rows (padded to a power of two >= 16: Triton's
-       tensors have power-of-two shapes and its smallest dot is 16).
+W4A16  grid ``(M / block_m, h / block_n, split_k)``: a program walks its share of K one scale
+       group at a time (``block_k`` rows for per-channel weights), two dots per step (x's dtype,
+       float32 accumulation), the group's scales applied to the partial products. ``split_k``
+       partial sums are added by XLA. Rows are tiled in blocks of at most ``block_m`` (a power of
+       two >= 16: Triton's tensors have power-of-two shapes and its smallest dot is 16). The
+       accumulators of a program are ``2 * block_m * block_n`` float32 registers: an untiled
+       512-row block (the harness' evaluation batches) spilled so badly that one tiny layer took
+       minutes to compile on an H200 (``shared/GPU_NOTES.md``).
 W4A4   grid ``(M / block_m, h / block_n)``: int8 activation codes times the weight's centered
        int8 codes, int32 accumulation within a group, then the group scale in float32; the row
        scales of the activations at the end.
@@ -42,12 +45,16 @@ class KernelConfig:
     block_n: int = 128  # output columns per half per program (bytes of codes per row)
     block_k: int = 128  # rows per step for per-channel weights (per-group: the group size)
     split_k: int = 4  # W4A16: programs sharing one column block, each a slice of K
-    block_m: int = 64  # W4A4: activation rows per program
+    block_m: int = 64  # rows of x per program, at most (bounds the accumulator registers)
     num_warps: int = 4
     num_stages: int = 3
 
 
-DEFAULT = KernelConfig()
+# The fastest tilings of the `benchmarks/bench_ops.py --tune` grid on an H200 (RESULTS.md):
+# W4A16 at 8192x28672, M = 1 and 16 (split-K 8: 0.93x / 1.27x of bf16 against 0.77x / 0.96x
+# at split-K 4); W4A4 at 8192x8192, M = 4096 (128 rows x 64 columns: 2.2 ms, 64 x 128: 5.8 ms).
+W4A16_DEFAULT = KernelConfig(block_n=128, split_k=8)
+W4A4_DEFAULT = KernelConfig(block_n=64, block_m=128)
 
 
 def _pow2(v: int) -> bool:
@@ -68,8 +75,12 @@ def _step_rows(qt: QTensor, config: KernelConfig) -> int:
     return rps if rps < qt.k else min(config.block_k, qt.k)
 
 
-def unsupported(qt: QTensor, m: int, config: KernelConfig = DEFAULT, *, w4a4: bool = False):
-    """Why the kernels cannot take this weight and batch (a string), or None when they can."""
+def unsupported(
+    qt: QTensor, m: int, config: KernelConfig | None = None, *, w4a4: bool = False
+) -> str | None:
+    """Why the kernel (W4A16, or W4A4 with ``w4a4``) cannot take this weight and batch under
+    ``config`` (default: the kernel's own), as a string; None when it can."""
+    config = config or (W4A4_DEFAULT if w4a4 else W4A16_DEFAULT)
     if not qt.spec.packed:
         return f"codes of {qt.spec.bits} bits are not nibbles"
     h = qt.codes.shape[1]
@@ -80,8 +91,6 @@ def unsupported(qt: QTensor, m: int, config: KernelConfig = DEFAULT, *, w4a4: bo
         return f"{step} rows per scale step is not a power of two >= {_MIN_DOT} (int8: 32)"
     if qt.k % step:
         return f"K={qt.k} is not a multiple of {step}"
-    if not w4a4 and m > 512:
-        return f"M={m} rows: a GEMM that is compute bound (dequantize once instead)"
     return None
 
 
@@ -90,31 +99,31 @@ def _offset(codes, zero_const):
     return halves.offset_codes(codes, zero_const is not None).astype(jnp.int32)
 
 
+def _centered(nibbles, zero_ref, g, zero_const, dtype):
+    """``u - zero`` of unsigned nibbles (int32) in ``dtype``: integer arithmetic for symmetric
+    codes (constant zero), float32 for stored zero points."""
+    if zero_const is not None:
+        return (nibbles - int(zero_const)).astype(dtype)
+    return (nibbles.astype(jnp.float32) - _scale_row(zero_ref, g)).astype(dtype)
+
+
 def _scale_row(ref, row):
     return ref[pl.ds(row, 1), :].astype(jnp.float32)
-
-
-def _zero(ref, row, constant: float | None):
-    return constant if constant is not None else _scale_row(ref, row)
 
 
 def _w4a16_kernel(
     x_ref, codes_ref, se_ref, so_ref, ze_ref, zo_ref, ye_ref, yo_ref,
     *, step, steps, per_group, zero_const, precision,
 ):  # fmt: skip
-    part = pl.program_id(1)
+    part = pl.program_id(2)
 
     def body(t, acc):
         k0 = (part * steps + t) * step
         xb = x_ref[:, pl.ds(k0, step)]
         b = _offset(codes_ref[pl.ds(k0, step), :], zero_const)
         g = k0 // step if per_group else 0
-        lo = (halves.low_nibbles(b).astype(jnp.float32) - _zero(ze_ref, g, zero_const)).astype(
-            xb.dtype
-        )
-        hi = (halves.high_nibbles(b).astype(jnp.float32) - _zero(zo_ref, g, zero_const)).astype(
-            xb.dtype
-        )
+        lo = _centered(halves.low_nibbles(b), ze_ref, g, zero_const, xb.dtype)
+        hi = _centered(halves.high_nibbles(b), zo_ref, g, zero_const, xb.dtype)
         pe = jnp.dot(xb, lo, preferred_element_type=jnp.float32, precision=precision)
         po = jnp.dot(xb, hi, preferred_element_type=jnp.float32, precision=precision)
         if per_group:
@@ -148,7 +157,7 @@ def _weight_operands(hv: Halves, bn: int, column: Callable[..., jax.Array]):
 
 @functools.partial(jax.jit, static_argnames=("config", "interpret"))
 def w4a16_pallas(
-    x: jax.Array, qt: QTensor, *, config: KernelConfig = DEFAULT, interpret: bool = False
+    x: jax.Array, qt: QTensor, *, config: KernelConfig = W4A16_DEFAULT, interpret: bool = False
 ) -> jax.Array:
     """``x[M, K] @ dequantize(qt)`` (float32 ``[M, N]``) by the W4A16 kernel; see `unsupported`.
 
@@ -160,14 +169,15 @@ def w4a16_pallas(
         raise ValueError(f"w4a16_pallas cannot run this weight: {reason}")
     hv = halves.split(qt)
     dtype = x.dtype if x.dtype in (jnp.bfloat16, jnp.float16) else jnp.float32
-    mp = _rows_tile(m, 512)
+    bm = _rows_tile(m, config.block_m)
+    mp = _round_up(m, bm)
     x = jnp.pad(halves.permuted_input(x, qt).astype(dtype), ((0, mp - m), (0, 0)))
     k, h = hv.codes.shape
     step = _step_rows(qt, config)
     split = max(s for s in range(1, config.split_k + 1) if (k // step) % s == 0)
     bn = config.block_n
-    weight_specs, weights, zero_const = _weight_operands(hv, bn, lambda j, s: j)
-    out_spec = pl.BlockSpec((None, mp, bn), lambda j, s: (s, 0, j))
+    weight_specs, weights, zero_const = _weight_operands(hv, bn, lambda i, j, s: j)
+    out_spec = pl.BlockSpec((None, bm, bn), lambda i, j, s: (s, i, j))
     kernel = functools.partial(
         _w4a16_kernel,
         step=step,
@@ -179,8 +189,8 @@ def w4a16_pallas(
     even, odd = pl.pallas_call(
         kernel,
         out_shape=[jax.ShapeDtypeStruct((split, mp, h), jnp.float32)] * 2,
-        grid=(h // bn, split),
-        in_specs=[pl.BlockSpec((mp, k), lambda j, s: (0, 0)), *weight_specs],
+        grid=(mp // bm, h // bn, split),
+        in_specs=[pl.BlockSpec((bm, k), lambda i, j, s: (i, 0)), *weight_specs],
         out_specs=[out_spec, out_spec],
         interpret=interpret,
         compiler_params=_triton_params(config),
@@ -194,8 +204,7 @@ def _w4a4_kernel(
     *, step, steps, per_group, zero_const,
 ):  # fmt: skip
     def centered(nibbles, zero_ref, g):
-        zero = _zero(zero_ref, g, zero_const)
-        return (nibbles.astype(jnp.float32) - zero).astype(jnp.int32).astype(jnp.int8)
+        return _centered(nibbles, zero_ref, g, zero_const, jnp.int32).astype(jnp.int8)
 
     def body(t, acc):
         k0 = t * step
@@ -231,7 +240,7 @@ def w4a4_pallas(
     x_scale: jax.Array,
     qt: QTensor,
     *,
-    config: KernelConfig = DEFAULT,
+    config: KernelConfig = W4A4_DEFAULT,
     interpret: bool = False,
 ) -> jax.Array:
     """W4A4 by the int8 kernel: centered int8 codes ``xc[M, K]`` (logical order) with row scales

@@ -4,6 +4,8 @@ Tiles are shrunk (16 columns per half, 32 rows) so tiny weights cover several pr
 slices; speed is only measured on a GPU (benchmarks/bench_ops.py).
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 
 from q4lab.core import QuantSpec, dequantize_matrix, quantize
 from q4lab.ops import int_matmul, w4a16_matmul
-from q4lab.ops.pallas_gpu import KernelConfig, unsupported, w4a4_pallas, w4a16_pallas
+from q4lab.ops.pallas_gpu import W4A16_DEFAULT, KernelConfig, unsupported, w4a4_pallas, w4a16_pallas
 from q4lab.quantizers import get_quantizer
 
 TINY = KernelConfig(block_n=16, block_k=32, split_k=2, block_m=16)
@@ -38,9 +40,9 @@ def weights():
 @pytest.mark.parametrize("name", list(SPECS))
 def test_w4a16_kernel_matches_the_reference(weights, name):
     qt = weights[name]
-    x = jax.random.normal(jax.random.key(1), (5, 128))
+    x = jax.random.normal(jax.random.key(1), (20, 128))  # two row blocks of 16
     y = w4a16_pallas(x, qt, config=TINY, interpret=True)
-    assert y.shape == (5, 64) and _rel(y, x @ dequantize_matrix(qt)) < 1e-5
+    assert y.shape == (20, 64) and _rel(y, x @ dequantize_matrix(qt)) < 1e-5
 
 
 @pytest.mark.parametrize("name", list(SPECS))
@@ -82,3 +84,17 @@ def test_shapes_the_kernels_cannot_take_are_named():
     assert "power of two" in unsupported(qt, 1, TINY)
     with pytest.raises(ValueError, match="w4a16_pallas cannot run this weight"):
         w4a16_pallas(jnp.ones((1, 48)), qt, config=TINY, interpret=True)
+
+
+def test_w4a16_kernel_tiles_rows_when_lowered_for_the_gpu():
+    """The harness' evaluation batches (hundreds of float32 rows) go through the kernel in row
+    blocks of at most ``block_m``: one 512-row tile spilled its accumulators and took minutes to
+    compile on an H200. Lowered for CUDA from this CPU, the launch grid shows the tiling."""
+    qt = get_quantizer("minmax").quantize(
+        jax.random.normal(jax.random.key(10), (64, 256)), QuantSpec(group_size=32)
+    )
+    x = jnp.ones((360, 64))  # digits-mlp's test split through its first layer
+    lowered = jax.jit(w4a16_pallas).trace(x, qt).lower(lowering_platforms=("cuda",)).as_text()
+    grid = re.search(r"grid_x = (\d+) : i32, grid_y = (\d+) : i32, grid_z = (\d+)", lowered)
+    rows_blocks, column_blocks, _ = (int(v) for v in grid.groups())
+    assert rows_blocks == -(-360 // W4A16_DEFAULT.block_m) and column_blocks == 1
