@@ -1,4 +1,9 @@
-"""Float training with optax (the baselines every quantized model is compared with)."""
+"""Float training with optax (the baselines every quantized model is compared with).
+
+Both loops show a progress bar with an ETA and the running loss on stderr (``progress=None``:
+only on a terminal). The loss is computed inside the compiled step whether or not a bar shows,
+so the trained parameters never depend on ``progress``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm.auto import tqdm
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -19,13 +25,31 @@ class TrainConfig:
     weight_decay: float = 1e-4
 
 
+def _bar(total: int, desc: str, unit: str, progress: bool | None) -> tqdm:
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=None if progress is None else not progress,
+        dynamic_ncols=True,
+    )
+
+
 def train_classifier(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, *, seed: int, config: TrainConfig
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    seed: int,
+    config: TrainConfig,
+    progress: bool | None = None,
+    desc: str = "train",
 ) -> dict:
     """Cross-entropy training with AdamW and a cosine schedule; returns the ``params`` dict.
 
     Deterministic in ``seed`` (initialisation and batch order). One jitted epoch = a ``lax.scan``
-    over batches, so the whole run compiles once.
+    over batches, so the whole run compiles once. ``progress``: a bar over epochs showing the
+    epoch's mean loss (None: only on a terminal); ``desc`` labels it.
     """
     key = jax.random.key(seed)
     params = model.init(key, jnp.asarray(x[:1]))["params"]
@@ -42,20 +66,24 @@ def train_classifier(
     def epoch(p, s, xs, ys):
         def step(carry, batch):
             p, s = carry
-            grads = jax.grad(loss_fn)(p, *batch)
+            loss, grads = jax.value_and_grad(loss_fn)(p, *batch)
             updates, s = opt.update(grads, s, p)
-            return (optax.apply_updates(p, updates), s), None
+            return (optax.apply_updates(p, updates), s), loss
 
-        (p, s), _ = jax.lax.scan(step, (p, s), (xs, ys))
-        return p, s
+        (p, s), losses = jax.lax.scan(step, (p, s), (xs, ys))
+        return p, s, losses.mean()
 
     rng = np.random.default_rng(seed)
     n = steps_per_epoch * config.batch_size
-    for _ in range(config.epochs):
-        order = rng.permutation(len(x))[:n]
-        xs = jnp.asarray(x[order]).reshape(steps_per_epoch, config.batch_size, *x.shape[1:])
-        ys = jnp.asarray(y[order]).reshape(steps_per_epoch, config.batch_size)
-        params, opt_state = epoch(params, opt_state, xs, ys)
+    with _bar(config.epochs, desc, "epoch", progress) as bar:
+        for _ in range(config.epochs):
+            order = rng.permutation(len(x))[:n]
+            xs = jnp.asarray(x[order]).reshape(steps_per_epoch, config.batch_size, *x.shape[1:])
+            ys = jnp.asarray(y[order]).reshape(steps_per_epoch, config.batch_size)
+            params, opt_state, loss = epoch(params, opt_state, xs, ys)
+            if not bar.disable:
+                bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+            bar.update(1)
     return params
 
 
@@ -70,11 +98,20 @@ class LMTrainConfig:
 
 
 def train_language_model(
-    model: nn.Module, train: np.ndarray, *, context: int, seed: int, config: LMTrainConfig
+    model: nn.Module,
+    train: np.ndarray,
+    *,
+    context: int,
+    seed: int,
+    config: LMTrainConfig,
+    progress: bool | None = None,
+    desc: str = "train",
 ) -> dict:
     """Next-byte cross-entropy on random windows of ``train`` (uint8 bytes); returns params.
 
     Deterministic in ``seed``. Steps run in jitted chunks of a ``lax.scan`` (one compile).
+    ``progress``: a bar over steps, advanced per chunk, showing the chunk's mean loss (None: only
+    on a terminal); ``desc`` labels it.
     """
     key = jax.random.key(seed)
     params = model.init(key, jnp.zeros((1, context), jnp.int32))["params"]
@@ -100,13 +137,18 @@ def train_language_model(
             p, s = carry
             starts = jax.random.randint(key, (config.batch_size,), 0, len(data) - context - 1)
             windows = jax.vmap(lambda i: jax.lax.dynamic_slice(data, (i,), (context + 1,)))(starts)
-            grads = jax.grad(loss_fn)(p, windows)
+            loss, grads = jax.value_and_grad(loss_fn)(p, windows)
             updates, s = opt.update(grads, s, p)
-            return (optax.apply_updates(p, updates), s), None
+            return (optax.apply_updates(p, updates), s), loss
 
-        (p, s), _ = jax.lax.scan(step, (p, s), jax.random.split(key, chunk))
-        return p, s
+        (p, s), losses = jax.lax.scan(step, (p, s), jax.random.split(key, chunk))
+        return p, s, losses.mean()
 
-    for i in range(-(-config.steps // chunk)):
-        params, opt_state = run(params, opt_state, jax.random.fold_in(key, i))
+    chunks = -(-config.steps // chunk)
+    with _bar(chunks * chunk, desc, "step", progress) as bar:
+        for i in range(chunks):
+            params, opt_state, loss = run(params, opt_state, jax.random.fold_in(key, i))
+            if not bar.disable:
+                bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+            bar.update(chunk)
     return params

@@ -1,17 +1,27 @@
 """A `Task` bundles a Flax model, its data, its float baseline and its metric; a registry by name.
 
-Float baselines are trained once per (task, seed) and cached on disk under ``cache_dir()``:
-``$Q4LAB_CACHE`` if set, else ``~/.cache/q4lab``. The cache key includes the model, training
-config and data provenance, so changing any of them retrains instead of reusing a stale file.
+A trained float baseline is found in this order (`baseline_params`):
+
+1. the published baselines shipped with q4lab (``q4lab/baselines/``, see `q4lab.baselines`):
+   files trained by this code on the machine their index names, checked against the sha256
+   in the index. Float training on XLA:CPU is not bitwise portable across instruction sets,
+   so loading them is what lets results tables reproduce on another CPU.
+   ``Q4LAB_PUBLISHED=none`` skips them (train here instead);
+2. the cache under ``cache_dir()``: ``$Q4LAB_CACHE`` if set, else ``~/.cache/q4lab``;
+3. training here (with a progress bar on a terminal), then caching the result.
+
+Published and cached files are named ``<task>-seed<seed>-<digest>.npz``, where the digest hashes
+the baseline's key (model, training config and data provenance), so changing any of them
+trains anew instead of reusing a stale file.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import functools
-import hashlib
 import os
-import tempfile
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +29,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import serialization
+from tqdm.auto import tqdm
+
+from q4lab.baselines.store import (
+    atomic_write_bytes,
+    digest,
+    find_published,
+    params_from_bytes,
+    params_to_bytes,
+    published_dir,
+)
 
 Forward = Callable[[jax.Array], jax.Array]
 
@@ -27,15 +46,6 @@ Forward = Callable[[jax.Array], jax.Array]
 def cache_dir() -> Path:
     """Where baselines are cached: ``$Q4LAB_CACHE`` or ``~/.cache/q4lab``."""
     return Path(os.environ.get("Q4LAB_CACHE", Path.home() / ".cache" / "q4lab"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 class Task(abc.ABC):
@@ -54,7 +64,11 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def baseline(self, seed: int) -> dict:
-        """Float parameters for ``seed`` (trained once and cached, or loaded)."""
+        """Float parameters for ``seed`` (published, cached or trained; or pretrained)."""
+
+    def baseline_training(self, seed: int) -> BaselineTraining | None:
+        """How the float baseline of ``seed`` is trained here; None for a pretrained model."""
+        return None
 
     @abc.abstractmethod
     def calibration_inputs(self, seed: int) -> np.ndarray:
@@ -97,18 +111,60 @@ class Task(abc.ABC):
         return jnp.asarray(self.test_inputs(seed)[: self.eval_batch_size])
 
 
-def cached_params(name: str, seed: int, key: str, template: Callable[[], dict], make) -> dict:
-    """Parameters from ``cache_dir()/baselines``, or ``make()`` once and cached atomically.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BaselineTraining:
+    """A float baseline to train: its identity and the training itself."""
 
-    ``key`` must describe everything the parameters depend on (model, training, data
-    provenance): its hash is in the file name, so a change trains anew instead of reusing.
+    task: str  # the task's registered name
+    seed: int
+    key: str  # everything the parameters depend on: model, training config, data provenance
+    train: Callable[[bool | None], dict]  # progress (None: bar only on a terminal) -> params
+
+    @property
+    def file_name(self) -> str:
+        """``<task>-seed<seed>-<digest of key>.npz``: published and cached files share it."""
+        return f"{self.task}-seed{self.seed}-{digest(self.key)}.npz"
+
+
+_ANNOUNCED: set[str] = set()
+
+
+def _announce(once: str, message: str) -> None:
+    """One line on stderr (printed above any progress bar), once per process per ``once``."""
+    if once not in _ANNOUNCED:
+        _ANNOUNCED.add(once)
+        tqdm.write(f"q4lab: {message}", file=sys.stderr)
+
+
+def baseline_params(training: BaselineTraining, *, progress: bool | None = None) -> dict:
+    """The parameters of ``training``: published, else cached, else trained and cached.
+
+    Published baselines are used only when their index records exactly ``training.key``; one
+    whose file fails its checksum raises `q4lab.baselines.ChecksumError` naming the file.
     """
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    path = cache_dir() / "baselines" / f"{name}-seed{seed}-{digest}.msgpack"
+    label = f"{training.task} seed {training.seed}"
+    found = find_published(training.file_name, training.key, published_dir())
+    if found is not None:
+        params, entry = found
+        made = entry.get("produced", {})
+        _announce(
+            training.file_name,
+            f"{label}: float baseline loaded from the published {training.file_name} "
+            f"(sha256 verified; trained on {made.get('cpu_isa', '?')}, "
+            f"jax {made.get('jax_version', '?')})",
+        )
+        return params
+    path = cache_dir() / "baselines" / training.file_name
     if path.exists():
-        return serialization.from_bytes(template(), path.read_bytes())
-    params = make()
-    atomic_write_bytes(path, serialization.to_bytes(params))
+        _announce(training.file_name, f"{label}: float baseline loaded from the cache {path}")
+        return params_from_bytes(path.read_bytes())
+    _announce(
+        training.file_name,
+        f"{label}: no published or cached float baseline for this configuration; training it "
+        f"here (cached afterwards in {path})",
+    )
+    params = training.train(progress)
+    atomic_write_bytes(path, params_to_bytes(params))
     return params
 
 

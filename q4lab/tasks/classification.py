@@ -7,14 +7,13 @@ import dataclasses
 import functools
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from q4lab import data
 from q4lab.data import Splits
 from q4lab.models import CNN1D, MLP
-from q4lab.tasks.base import Forward, Task, cached_params, register_task
+from q4lab.tasks.base import BaselineTraining, Forward, Task, baseline_params, register_task
 from q4lab.train import TrainConfig, train_classifier
 
 
@@ -41,15 +40,23 @@ class ClassificationTask(Task):
         return self.splits(seed).x_test
 
     def baseline(self, seed: int) -> dict:
-        """Float parameters, trained once with ``seed`` and then read from the cache."""
+        """Float parameters: published, cached, or trained here with ``seed`` (then cached)."""
+        return baseline_params(self.baseline_training(seed))
+
+    def baseline_training(self, seed: int) -> BaselineTraining:
         split = self.splits(seed)
-        return cached_params(
-            self.name,
-            seed,
-            repr((self.model, self.train_config, split.provenance)),
-            lambda: self.model.init(jax.random.key(0), jnp.asarray(split.x_train[:1]))["params"],
-            lambda: train_classifier(
-                self.model, split.x_train, split.y_train, seed=seed, config=self.train_config
+        return BaselineTraining(
+            task=self.name,
+            seed=seed,
+            key=repr((self.model, self.train_config, split.provenance)),
+            train=lambda progress: train_classifier(
+                self.model,
+                split.x_train,
+                split.y_train,
+                seed=seed,
+                config=self.train_config,
+                progress=progress,
+                desc=f"train {self.name} seed {seed}",
             ),
         )
 

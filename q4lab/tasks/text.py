@@ -20,7 +20,7 @@ import optax
 
 from q4lab.data.text import docstring_sentences, provenance, stdlib_source
 from q4lab.models.gpt import GPT, GPTConfig
-from q4lab.tasks.base import Forward, Task, cached_params, register_task
+from q4lab.tasks.base import BaselineTraining, Forward, Task, baseline_params, register_task
 from q4lab.train import LMTrainConfig, train_language_model
 
 _FP_CACHE: dict[tuple, object] = {}  # float-model outputs per (task, seed): fixed, so computed once
@@ -177,14 +177,22 @@ class ByteLMTask(Task):
         return np.stack([data[s : s + span] for s in starts]).astype(np.int32)
 
     def baseline(self, seed: int) -> dict:
-        train, _, _ = self._splits()
-        return cached_params(
-            self.name,
-            seed,
-            repr((self.config, self.train_config, self.provenance())),
-            lambda: self.model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"],
-            lambda: train_language_model(
-                self.model, train, context=self.config.context, seed=seed, config=self.train_config
+        """Float parameters: published, cached, or trained here with ``seed`` (then cached)."""
+        return baseline_params(self.baseline_training(seed))
+
+    def baseline_training(self, seed: int) -> BaselineTraining:
+        return BaselineTraining(
+            task=self.name,
+            seed=seed,
+            key=repr((self.config, self.train_config, self.provenance())),
+            train=lambda progress: train_language_model(
+                self.model,
+                self._splits()[0],
+                context=self.config.context,
+                seed=seed,
+                config=self.train_config,
+                progress=progress,
+                desc=f"train {self.name} seed {seed}",
             ),
         )
 

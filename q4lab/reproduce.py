@@ -1,0 +1,365 @@
+"""`reproduce(results_dir)`: rerun a sample of a published results table and compare it, column
+by column, with what this machine computes now (``q4lab reproduce results/<name>``).
+
+Each sampled row is turned back into its sweep point (its grid fields, checked against the row's
+``config_hash``; else looked up in the experiment file), evaluated exactly as `q4lab run` does
+(`q4lab.sweep.runner.evaluate_point`), and every column both records hold is compared:
+
+``size``        the size ledger (bytes, parameter counts, bits per weight, compression): exact.
+``metric``      the scores (``score``, ``fp_score``, ``delta_score`` and the task's own metrics):
+                absolute difference at most ``tol`` (default 0: a same-platform check).
+``diagnostic``  the real-vs-fake agreement (``fake_*``): shown, never failing; they measure float
+                rounding noise, which is expected to move on another CPU.
+``label``       text and flags (recipe description, granularity, ...): equal.
+
+Timings and the manifest (versions, platform, commit, time) are not compared.
+
+Same CPU instruction set and package versions: every difference should be 0. On another CPU the
+float baselines still match when they are loaded from the published files (`q4lab.baselines`),
+but XLA:CPU may order float sums differently in calibration (e.g. GPTQ's Hessians) and in the
+forward pass, so a weight or activation code at a rounding boundary can flip and a score can
+move by a test example or two (digits: 1/450 = 0.0022; mnist1d: 1/1000).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from q4lab.manifest import PACKAGES
+from q4lab.sweep.spec import FIELDS, Point, config_hash
+
+SIZE_COLUMNS = frozenset(
+    {
+        "total_bytes",
+        "quantized_bytes",
+        "float_bytes",
+        "params",
+        "quantized_params",
+        "fp32_bytes",
+        "bits_per_weight",
+        "ideal_bits_per_weight",
+        "compression",
+        "calib_examples",
+    }
+)
+DIAGNOSTIC_COLUMNS = frozenset({"fake_rel_diff", "fake_rel_diff_max", "fake_agreement"})
+NOT_COMPARED = frozenset(
+    {
+        "experiment",
+        "config_hash",
+        "quantize_seconds",
+        "eval_seconds",
+        "python_version",
+        "platform",
+        "device",
+        "git_commit",
+        "timestamp",
+        *(f"{name}_version" for name in PACKAGES),
+    }
+)
+SHOWN_FIELDS = ("task", "seed", "quantizer", "bits", "group_size", "act_bits")
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """The outcome of `reproduce`.
+
+    ``rows``: one line per rerun row (its fields, the published and the reproduced score).
+    ``columns``: one line per compared column: its kind, the check applied, the largest absolute
+    and relative difference over the rows, the row where the largest one occurred, and ``ok``.
+    """
+
+    source: str
+    total_rows: int
+    rows: pd.DataFrame
+    columns: pd.DataFrame
+    tol: float
+    published_with: str
+    here: str
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.columns["ok"].all())
+
+
+def _python(value: Any) -> Any:
+    """numpy scalars from a parquet row -> Python values (``json`` and hashing need them)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _candidates(row: pd.Series) -> list[Point]:
+    """Points the row's fields may come from. Rows store the evaluated recipe's fields over the
+    grid's: ``quantizer`` is a label (``quantizer_name`` is the name) and ``act_mode`` is
+    "none" for float activations, whatever the grid said."""
+    point: Point = {}
+    for name, (default, _) in FIELDS.items():
+        value = _python(row[name]) if name in row.index else default
+        if isinstance(default, dict) and isinstance(value, str):
+            value = json.loads(value)
+        point[name] = value
+    if "quantizer_name" in row.index:
+        point["quantizer"] = _python(row["quantizer_name"])
+    if point["act_mode"] != "none":
+        return [point]
+    return [point | {"act_mode": mode} for mode in ("dynamic", "static")]
+
+
+def point_of(row: pd.Series, experiment_points: dict[str, Point] | None = None) -> Point:
+    """The sweep point of a results row, checked against its ``config_hash``."""
+    for point in _candidates(row):
+        if config_hash(point) == row["config_hash"]:
+            return point
+    if experiment_points and row["config_hash"] in experiment_points:
+        return experiment_points[row["config_hash"]]
+    raise ValueError(
+        f"cannot rebuild the point of row {row.name} (config_hash {row['config_hash']}) from its "
+        "fields, and the experiment file does not list it; pass --experiment <file>"
+    )
+
+
+def sample_rows(table: pd.DataFrame, n: int, seed: int = 0) -> list[int]:
+    """``n`` row positions drawn with ``seed``, spread over (task, quantizer): one from each
+    group in a shuffled order, then a second from each, and so on."""
+    if n < 1:
+        raise ValueError(f"sample={n} is invalid; allowed: >= 1")
+    rng = np.random.default_rng(seed)
+    keys = [k for k in ("task", "quantizer") if k in table.columns]
+    groups = [rng.permutation(g).tolist() for g in table.groupby(keys, sort=True).indices.values()]
+    groups = [groups[i] for i in rng.permutation(len(groups))]
+    chosen: list[int] = []
+    while len(chosen) < min(n, len(table)):
+        for group in groups:
+            if group and len(chosen) < n:
+                chosen.append(group.pop())
+    return sorted(chosen)
+
+
+def _kind(column: str) -> str:
+    if column in SIZE_COLUMNS:
+        return "size"
+    if column in DIAGNOSTIC_COLUMNS:
+        return "diagnostic"
+    return "metric"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.number) and not isinstance(value, bool | np.bool_)
+
+
+def _compare_column(
+    column: str, published: list[Any], now: list[Any], labels: list[str], tol: float
+) -> dict[str, Any]:
+    if all(_is_number(v) for v in published + now):
+        kind = _kind(column)
+        old, new = np.asarray(published, np.float64), np.asarray(now, np.float64)
+        both_nan = np.isnan(old) & np.isnan(new)
+        diff = np.where(both_nan, 0.0, np.abs(new - old))
+        diff = np.where(np.isnan(diff), np.inf, diff)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(diff == 0, 0.0, diff / np.abs(old))
+        allowed = {"size": 0.0, "metric": tol, "diagnostic": math.inf}[kind]
+        check = {"size": "exact", "metric": "exact" if tol == 0 else f"abs <= {tol:g}"}.get(
+            kind, "shown only"
+        )
+        worst = int(np.argmax(diff))
+        return {
+            "column": column,
+            "kind": kind,
+            "check": check,
+            "max_abs_diff": float(diff.max()),
+            "max_rel_diff": float(rel.max()),
+            "worst_row": labels[worst] if diff.max() > 0 else "",
+            "ok": bool(diff.max() <= allowed),
+        }
+    differ = [i for i, (a, b) in enumerate(zip(published, now, strict=True)) if a != b]
+    return {
+        "column": column,
+        "kind": "label",
+        "check": "equal",
+        "max_abs_diff": math.nan,
+        "max_rel_diff": math.nan,
+        "worst_row": f"{len(differ)} differ, e.g. {labels[differ[0]]}" if differ else "",
+        "ok": not differ,
+    }
+
+
+def _present(record: dict[str, Any], column: str) -> Any:
+    """The record's value, or None where it has none (absent, or NaN in a mixed table)."""
+    value = _python(record.get(column))
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _column(
+    column: str,
+    published: list[dict[str, Any]],
+    records: list[dict[str, Any]],
+    labels: list[str],
+    tol: float,
+) -> dict[str, Any] | None:
+    """The comparison of one column over the rows holding it (None: no row holds it, or only
+    the new records do: a column added since the table was written). A column the table has
+    and a new record lacks (or the reverse, row by row) fails."""
+    pairs = [
+        (_present(p, column), _present(r, column), label)
+        for p, r, label in zip(published, records, labels, strict=True)
+    ]
+    pairs = [t for t in pairs if t[0] is not None or t[1] is not None]
+    if column in FIELDS:  # a grid field: an input, compared only where the record restates it
+        pairs = [t for t in pairs if t[1] is not None]
+    if all(old is None for old, _, _ in pairs):
+        return None
+    absent = [label for old, new, label in pairs if old is None or new is None]
+    if absent:
+        return {
+            "column": column,
+            "kind": _kind(column),
+            "check": "in both",
+            "max_abs_diff": math.nan,
+            "max_rel_diff": math.nan,
+            "worst_row": f"{len(absent)} rows lack it, e.g. {absent[0]}",
+            "ok": False,
+        }
+    old, new, rows = (list(t) for t in zip(*pairs, strict=True))
+    return _compare_column(column, old, new, rows, tol)
+
+
+def _versions(frame: pd.DataFrame) -> str:
+    parts = []
+    for column in ("jax_version", "jaxlib_version", "git_commit"):
+        if column in frame.columns:
+            values = sorted({str(v) for v in frame[column]})
+            short = [v[:12] + ("-dirty" if v.endswith("-dirty") else "") for v in values]
+            parts.append(f"{column.removesuffix('_version')} {', '.join(short)}")
+    return "; ".join(parts)
+
+
+def reproduce(
+    results_dir: str | Path,
+    *,
+    sample: int = 4,
+    rows: str | list[int] | None = None,
+    seed: int = 0,
+    tol: float = 0.0,
+    experiment: str | Path | None = None,
+    progress: bool | None = None,
+) -> Comparison:
+    """Rerun rows of ``results_dir/runs.parquet`` and compare every column with the table.
+
+    ``rows``: ``"all"``, a list of row positions, or None for a ``sample`` of rows drawn with
+    ``seed`` (`sample_rows`). ``tol``: the largest absolute difference allowed in metric columns
+    (sizes are always exact). ``experiment``: the experiment file, needed only when a row's point
+    cannot be rebuilt from its fields (default ``experiments/<experiment>.py`` if it exists).
+    """
+    from tqdm.auto import tqdm
+
+    from q4lab.manifest import manifest
+    from q4lab.sweep import ResultsStore
+    from q4lab.sweep.runner import evaluate_point
+
+    store = ResultsStore(results_dir)
+    if not store.path.exists():
+        raise ValueError(f"no results table at {str(store.path)!r}")
+    if tol < 0:
+        raise ValueError(f"tol={tol} is invalid; allowed: >= 0")
+    table = store.read()
+    if rows == "all":
+        positions = list(range(len(table)))
+    elif rows is None:
+        positions = sample_rows(table, sample, seed)
+    else:
+        bad = [i for i in rows if not 0 <= i < len(table)]
+        if bad:
+            raise ValueError(f"rows={bad} are invalid; allowed: 0..{len(table) - 1} or 'all'")
+        positions = list(rows)
+
+    lookup: dict[str, Point] | None = None
+    points = []
+    for i in positions:
+        row = table.iloc[i]
+        try:
+            points.append(point_of(row))
+        except ValueError:
+            if lookup is None:
+                lookup = _experiment_points(row, experiment)
+            points.append(point_of(row, lookup))
+
+    records = []
+    labels = []
+    bar = tqdm(
+        points, desc="reproduce", unit="row", disable=None if progress is None else not progress
+    )
+    for i, point in zip(positions, bar, strict=True):
+        shown = {k: _python(table.iloc[i].get(k, point[k])) for k in SHOWN_FIELDS}
+        labels.append(f"#{i} " + " ".join(f"{k}={v}" for k, v in shown.items()))
+        records.append(evaluate_point(point))
+
+    published = [table.iloc[i].to_dict() for i in positions]
+    names = list(table.columns) + [c for r in records for c in r if c not in table.columns]
+    compared = [
+        c
+        for name in dict.fromkeys(names)
+        if name not in NOT_COMPARED
+        and (c := _column(name, published, records, labels, tol)) is not None
+        # grid fields are inputs, and equal labels say nothing: shown only when they differ
+        and (not c["ok"] or (c["kind"] != "label" and name not in FIELDS))
+    ]
+    per_row = pd.DataFrame(
+        [
+            {
+                "row": i,
+                **{k: _python(p.get(k, point[k])) for k in SHOWN_FIELDS},
+                "published score": p.get("score"),
+                "score now": r.get("score"),
+                "difference": r.get("score", math.nan) - p.get("score", math.nan),
+            }
+            for i, point, p, r in zip(positions, points, published, records, strict=True)
+        ]
+    )
+    here = manifest()
+    return Comparison(
+        source=str(store.path),
+        total_rows=len(table),
+        rows=per_row,
+        columns=pd.DataFrame(compared),
+        tol=tol,
+        published_with=_versions(table),
+        here=_versions(pd.DataFrame([here])),
+    )
+
+
+def _experiment_points(row: pd.Series, experiment: str | Path | None) -> dict[str, Point]:
+    from q4lab.sweep import load_experiment
+
+    path = Path(experiment or Path("experiments") / f"{row['experiment']}.py")
+    if not path.exists():
+        return {}
+    loaded = load_experiment(path)
+    return dict(zip(loaded.hashes, loaded.points, strict=True))
+
+
+def format_comparison(result: Comparison) -> str:
+    """Markdown: what was rerun, each row's score, and each column's largest difference."""
+    status = "reproduced" if result.ok else "DIFFERS"
+    lines = [
+        f"{result.source}: {len(result.rows)} of {result.total_rows} rows rerun: {status}",
+        f"published with {result.published_with}",
+        f"here:          {result.here}",
+        "",
+        result.rows.to_markdown(index=False, floatfmt=".6g"),
+        "",
+        "Largest difference per column over the rerun rows (size: exact; metric: "
+        + ("exact" if result.tol == 0 else f"absolute <= {result.tol:g}")
+        + "; diagnostic: float noise, shown only):",
+        "",
+        result.columns.assign(
+            ok=result.columns["ok"].map({True: "ok", False: "DIFFERS"})
+        ).to_markdown(index=False, floatfmt=".3g"),
+    ]
+    return "\n".join(lines)

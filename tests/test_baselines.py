@@ -1,0 +1,168 @@
+"""Published float baselines (q4lab/baselines) and `q4lab reproduce`."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from q4lab.baselines import ChecksumError, params_from_bytes, params_to_bytes, read_index
+from q4lab.baselines.publish import check, cpu_flags
+from q4lab.baselines.store import PUBLISHED_DIR, find_published, flatten, write_index
+from q4lab.cli import main
+from q4lab.manifest import manifest
+from q4lab.reproduce import sample_rows
+from q4lab.tasks import get_task
+from q4lab.tasks.base import BaselineTraining, baseline_params
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "results" / "quickstart"
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("Q4LAB_CACHE", str(cache))
+    monkeypatch.delenv("Q4LAB_PUBLISHED", raising=False)
+    return cache
+
+
+def _published_copy(directory: Path, file_name: str) -> None:
+    """``directory`` holding one published file and an index listing only it."""
+    directory.mkdir()
+    shutil.copy(PUBLISHED_DIR / file_name, directory / file_name)
+    write_index(directory, {file_name: read_index(PUBLISHED_DIR)[file_name]})
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    fa, fb = flatten(a), flatten(b)
+    assert fa.keys() == fb.keys()
+    for key in fa:
+        assert fa[key].dtype == fb[key].dtype and np.array_equal(fa[key], fb[key]), key
+
+
+def test_file_format_round_trips_and_is_deterministic():
+    params = {"Dense_0": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3)}, "b": np.ones(2)}
+    data = params_to_bytes(params)
+    assert params_to_bytes(params) == data  # same params, same bytes (fixed zip timestamps)
+    _assert_same(params_from_bytes(data), params)
+    with pytest.raises(ValueError, match="contains '/'"):
+        params_to_bytes({"a/b": np.ones(1)})
+
+
+def test_every_published_file_matches_its_checksum_and_this_install():
+    rows = check()
+    assert {r["file"].split("-seed")[0] for r in rows} >= {"digits-mlp", "mnist1d-cnn"}
+    assert all(r["checksum"] == "ok" for r in rows), rows
+    assert all(r["used here"] == "yes" for r in rows), rows
+
+
+def test_published_baseline_is_loaded_and_equals_training_here(empty_cache):
+    training = get_task("digits-mlp").baseline_training(0)
+    loaded = baseline_params(training)
+    assert not empty_cache.exists()  # loaded from the published file, nothing trained or cached
+    entry = read_index(PUBLISHED_DIR)[training.file_name]
+    produced, here = entry["produced"], manifest()
+    # (the digits MLP also trains bit for bit alike with XLA capped at AVX2 on an AVX-512 CPU)
+    if produced["cpu_flags"] != " ".join(cpu_flags()) or any(
+        produced[k] != here[k] for k in ("jax_version", "jaxlib_version")
+    ):
+        pytest.skip("published on another CPU type or XLA: training need not agree bit for bit")
+    _assert_same(loaded, training.train(False))
+
+
+def test_corrupted_published_file_is_a_clear_error(tmp_path, empty_cache, monkeypatch):
+    training = get_task("digits-mlp").baseline_training(0)
+    published = tmp_path / "published"
+    _published_copy(published, training.file_name)
+    data = bytearray((published / training.file_name).read_bytes())
+    data[-100] ^= 1
+    (published / training.file_name).write_bytes(bytes(data))
+    monkeypatch.setenv("Q4LAB_PUBLISHED", str(published))
+    with pytest.raises(ChecksumError, match=rf"{training.file_name} is corrupt.*sha256"):
+        get_task("digits-mlp").baseline(0)
+    assert not empty_cache.exists()  # never silently retrained
+    assert check(directory=published)[0]["checksum"] == "ChecksumError"
+    with pytest.raises(SystemExit) as exit_:
+        main(["reproduce", str(QUICKSTART), "--rows", "0", "--no-progress"])
+    assert exit_.value.code == 2  # the CLI's one-line error
+
+
+def test_provenance_mismatch_is_not_used(tmp_path, empty_cache, monkeypatch):
+    real = get_task("digits-mlp").baseline_training(0)
+    published = tmp_path / "published"
+    _published_copy(published, real.file_name)
+    assert find_published(real.file_name, real.key, published) is not None
+    # same file name, other key in the index (a digest collision): not used
+    entry = read_index(published)[real.file_name]
+    write_index(published, {real.file_name: entry | {"key": real.key + " (other data)"}})
+    assert find_published(real.file_name, real.key, published) is None
+
+    monkeypatch.setenv("Q4LAB_PUBLISHED", str(PUBLISHED_DIR))
+    trained = {"Dense_0": {"kernel": np.full((2, 2), 7.0, np.float32)}}
+    other = BaselineTraining(
+        task="digits-mlp", seed=0, key=real.key + " changed", train=lambda progress: trained
+    )
+    assert other.file_name != real.file_name
+    _assert_same(baseline_params(other), trained)  # trained, not the published file
+    assert (empty_cache / "baselines" / other.file_name).exists()  # and cached
+    _assert_same(baseline_params(other), trained)  # read back from the cache
+
+    monkeypatch.setenv("Q4LAB_PUBLISHED", "none")  # published files switched off: train
+    calls = []
+    switched_off = BaselineTraining(
+        task="digits-mlp",
+        seed=0,
+        key=real.key,
+        train=lambda progress: calls.append(1) or trained,
+    )
+    _assert_same(baseline_params(switched_off), trained)
+    assert calls == [1]
+
+
+def test_sample_is_spread_over_quantizers():
+    table = pd.read_parquet(QUICKSTART / "runs.parquet")
+    rows = sample_rows(table, 4, seed=0)
+    assert len(set(rows)) == 4 and rows == sample_rows(table, 4, seed=0)
+    assert table.iloc[rows]["quantizer"].nunique() == 4
+
+
+def test_reproduce_a_published_row_exactly_and_flag_a_doctored_one(tmp_path, capsys, empty_cache):
+    table = pd.read_parquet(QUICKSTART / "runs.parquet")
+    pick = table.query("quantizer == 'minmax' and group_size == 0 and act_bits == 16 and seed == 0")
+    row = int(pick.index[0])
+    assert main(["reproduce", str(QUICKSTART), "--rows", str(row), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"1 of {len(table)} rows rerun: reproduced" in out and "DIFFERS" not in out
+    assert not empty_cache.exists()  # the baseline came from the published file
+
+    doctored = tmp_path / "quickstart"
+    doctored.mkdir()
+    table.loc[row, "score"] += 0.01
+    table.loc[row, "total_bytes"] += 1
+    table.to_parquet(doctored / "runs.parquet", index=False)
+    args = ["reproduce", str(doctored), "--rows", str(row), "--no-progress", "--tol", "0.02"]
+    assert main(args) == 1  # the score is within --tol, the size is never
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("| total_bytes") and "DIFFERS" in line for line in lines)
+    assert any(line.startswith("| score ") and "| ok" in line for line in lines)
+
+
+def test_publish_keeps_a_differing_published_file_unless_replaced(tmp_path):
+    from q4lab.baselines.publish import publish
+    from q4lab.baselines.store import add_published
+
+    training = get_task("digits-mlp").baseline_training(0)
+    published = tmp_path / "published"
+    _published_copy(published, training.file_name)
+    entry = read_index(published)[training.file_name]
+    other = params_from_bytes((PUBLISHED_DIR / training.file_name).read_bytes())
+    other["Dense_0"]["bias"] = other["Dense_0"]["bias"] + 1.0  # as if trained on another CPU
+    doctored = add_published(published, training.file_name, other, entry)["sha256"]
+    with pytest.raises(ValueError, match=r"gave other parameters.*pass --replace"):
+        publish("digits-mlp", [0], directory=published, progress=False)
+    assert read_index(published)[training.file_name]["sha256"] == doctored  # kept
+    publish("digits-mlp", [0], directory=published, replace=True, progress=False)
+    assert read_index(published)[training.file_name]["sha256"] != doctored
