@@ -115,8 +115,21 @@ def _cmd_layer_error(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from q4lab.sweep import WandbSettings, load_experiment, run_experiment
+    from q4lab.sweep.runner import missing_points
 
     experiment = load_experiment(args.experiment)  # validated: nothing runs on a bad file
+    directory = Path(args.results) / experiment.name
+    total, missing = len(experiment.points), missing_points(experiment, args.results)
+    if not missing:
+        print(
+            f"All {total} points of {experiment.name!r} are already in "
+            f"{directory / 'runs.parquet'}: nothing to run.\n"
+            f"  To run them afresh: q4lab run {args.experiment} --results <another directory>\n"
+            f"  To see them: q4lab plot {directory} && q4lab report {directory}"
+        )
+        return 0
+    if missing < total:
+        print(f"{total - missing} of {total} points are already in {directory}; running {missing}")
     if args.no_wandb:
         wandb = WandbSettings(mode="disabled")
     elif args.wandb_project:
@@ -131,7 +144,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         wandb=wandb,
         progress=not args.no_progress,
     )
-    print(f"{len(table)} rows in {Path(args.results) / experiment.name / 'runs.parquet'}")
+    print(f"{len(table)} rows in {directory / 'runs.parquet'}; plot: q4lab plot {directory}")
     return 0
 
 
@@ -157,7 +170,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
             hue=args.hue,
             facet=args.facet,
             style=None if args.style == "none" else args.style,
-            title=Path(args.results).name,
+            columns=None if args.columns == "none" else args.columns,
+            title=args.title,
         )
         print("\n".join(str(p) for p in paths))
     return 0
@@ -166,11 +180,38 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from q4lab.report import report
 
-    text = report(_read_results(args.results), y=args.y, title=Path(args.results).name)
+    text = report(_read_results(args.results), y=args.y, x=args.x, title=Path(args.results).name)
     print(text)
     if args.write:
         (Path(args.results) / "report.md").write_text(text)
     return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from q4lab.reproduce import format_comparison, reproduce
+
+    if args.rows is None:
+        rows = None
+    elif args.rows == ["all"]:
+        rows = "all"
+    else:
+        try:
+            rows = [int(r) for r in args.rows]
+        except ValueError:
+            raise ValueError(
+                f"--rows {' '.join(args.rows)} is invalid; allowed: 'all' or row numbers"
+            ) from None
+    result = reproduce(
+        args.results,
+        sample=args.sample,
+        rows=rows,
+        seed=args.seed,
+        tol=args.tol,
+        experiment=args.experiment,
+        progress=False if args.no_progress else None,
+    )
+    print(format_comparison(result))
+    return 0 if result.ok else 1
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
@@ -264,20 +305,52 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument(
         "--x",
         nargs="+",
-        default=["bits_per_weight"],
-        help="x column(s), one figure each (ideal_bits_per_weight: 3-bit codes counted as 3)",
+        default=["bits_per_weight", "ideal_bits_per_weight"],
+        help="x column(s), one figure each (default both: bits_per_weight counts what is stored, "
+        "2- and 3-bit codes in nibbles; ideal_bits_per_weight counts them at their width)",
     )
     plot.add_argument("--y", default="score", help="default: each task's headline metric")
-    plot.add_argument("--hue", default="quantizer", help="one series per value")
-    plot.add_argument("--facet", default=None, help="one panel per value (default: task)")
-    plot.add_argument("--style", default="act_bits", help="marker per value; 'none' to disable")
+    plot.add_argument("--hue", default="quantizer", help="colour per value")
+    plot.add_argument("--facet", default=None, help="a row of panels per value (default: task)")
+    plot.add_argument(
+        "--columns", default="act_bits", help="a panel per value in a row; 'none' to disable"
+    )
+    plot.add_argument("--style", default="bits", help="marker per value; 'none' to disable")
+    plot.add_argument("--title", default=None, help="default: the task, the metric and the x axis")
     plot.set_defaults(func=_cmd_plot)
 
-    rep = sub.add_parser("report", help="markdown table: best point per quantizer and budget")
+    rep = sub.add_parser(
+        "report",
+        help="markdown: the Pareto-best point per bit budget, deltas within seed noise flagged",
+    )
     rep.add_argument("results", help="e.g. results/quickstart")
     rep.add_argument("--y", default="score", help="default: each task's headline metric")
+    rep.add_argument(
+        "--x",
+        default="bits_per_weight",
+        help="the budget's column (ideal_bits_per_weight: 3-bit codes counted as 3)",
+    )
     rep.add_argument("--write", action="store_true", help="also write <results>/report.md")
     rep.set_defaults(func=_cmd_report)
+
+    repro = sub.add_parser(
+        "reproduce",
+        help="rerun a sample of a results table; the largest difference per column",
+        description="Reruns rows of <results>/runs.parquet and compares every column: sizes "
+        "exactly, metrics within --tol, float-noise diagnostics shown only. Exit status 1 if "
+        "a difference exceeds its tolerance. On the same CPU type and package versions every "
+        "difference should be 0; on another CPU scores may move by a test example or two.",
+    )
+    repro.add_argument("results", help="e.g. results/quickstart")
+    repro.add_argument("--sample", type=int, default=4, help="rows, spread over task/quantizer")
+    repro.add_argument("--rows", nargs="+", default=None, help="'all', or row numbers")
+    repro.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    repro.add_argument(
+        "--tol", type=float, default=0.0, help="largest absolute metric difference (default 0)"
+    )
+    repro.add_argument("--experiment", default=None, help="default: experiments/<name>.py")
+    repro.add_argument("--no-progress", action="store_true")
+    repro.set_defaults(func=_cmd_reproduce)
 
     ls = sub.add_parser("ls", help="list tasks, quantizers, experiments and sweep fields")
     ls.add_argument("--experiments", default="experiments")

@@ -1,18 +1,196 @@
-"""Markdown summary of a results table: for each task, the best configuration of every quantizer
-at every bit budget (weight bits x activation bits), with its delta to the float model."""
+"""Markdown summary of a results table.
+
+Glossary:
+  point    one configuration (a grid row without its seed), mean and std of the metric over seeds.
+  budget   an upper bound ``b`` on bits per weight (stored by default, or ideal packed).
+  front    per task and activation width, the best point within each budget ``b``; as ``b``
+           grows the best changes only at the Pareto front, so one row stands for the range of
+           budgets ``a <= b < c`` (`budget_table`).
+  noise    a delta is marked ``≈ noise`` when it is no larger than the seeds' spread (`NOISE_RULE`,
+           `within_noise`).
+
+The report: the budget table of every task and activation width (human-readable configuration
+names), then each quantizer's best point per weight and activation width (`best_points`, raw
+field values as an experiment file spells them).
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from q4lab.plots import aggregate, baseline_column, higher_is_better
+from q4lab.plots import (
+    CONFIG_COLUMNS,
+    activation_label,
+    aggregate,
+    baseline_column,
+    format_value,
+    group_label,
+    higher_is_better,
+    quantizer_label,
+    value_label,
+    y_label,
+)
 
 BUDGET = ("bits", "act_bits")
+NOISE = "≈ noise"
+NOISE_RULE = (
+    f"`{NOISE}` marks a delta no larger than the standard deviation (over seeds, ddof=1) of the "
+    "same difference taken seed by seed: configuration - float model, or configuration - "
+    "configuration on the seeds both ran (each seed has its own float model and data split, "
+    "so differences are paired by seed); with fewer than two such seeds there is no spread "
+    "and nothing is marked"
+)
+X_NAMES = {
+    "bits_per_weight": "stored bits per weight",
+    "ideal_bits_per_weight": "ideal bits/weight",
+}
+
+
+def paired_difference(a: pd.Series, b: pd.Series) -> tuple[float, float, int]:
+    """Mean, std (ddof=1) and count of ``a - b`` over the seeds both hold; ``a``, ``b``: values
+    indexed by seed."""
+    diff = (a - b).dropna()
+    return float(diff.mean()), float(diff.std()), len(diff)
+
+
+def _difference(name: str, mean: float, std: float, seeds: int) -> dict:
+    """Columns ``name``, ``name_std`` (NaN under two seeds) and ``name_noise`` (`within_noise`)."""
+    std = float(std) if seeds > 1 else np.nan
+    return {name: float(mean), f"{name}_std": std, f"{name}_noise": within_noise(mean, std)}
+
+
+def within_noise(delta: float, spread: float) -> bool:
+    """`NOISE_RULE`: ``|delta| <= spread``; False when the spread is unknown (NaN)."""
+    return bool(np.isfinite(spread) and abs(delta) <= spread)
+
+
+def _seed_values(table: pd.DataFrame, points: pd.DataFrame, column: str) -> list[pd.Series]:
+    """Per point of `aggregate`, its ``column`` values indexed by seed."""
+    keys = [c for c in CONFIG_COLUMNS if c in points and c in table]
+    seeds = table["seed"] if "seed" in table else pd.Series(0, index=table.index)
+    by_config = {
+        key if isinstance(key, tuple) else (key,): pd.Series(
+            part[column].to_numpy(), seeds[part.index]
+        )
+        for key, part in table.groupby(keys, dropna=False, sort=False)
+    }
+    return [by_config[tuple(p)] for p in points[keys].itertuples(index=False)]
+
+
+def _flagged(part: pd.DataFrame, name: str) -> list[str]:
+    """``"+0.0022 ± 0.0016 ≈ noise"`` per row: mean, paired std over seeds, flag."""
+    out = []
+    for mean, std, noise in zip(
+        part[name], part[f"{name}_std"], part[f"{name}_noise"], strict=True
+    ):
+        if pd.isna(mean):
+            out.append("")
+            continue
+        spread = f" ± {std:.4f}" if np.isfinite(std) else ""
+        out.append(f"{mean:+.4f}{spread}" + (f" {NOISE}" if noise is True else ""))
+    return out
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
+def configuration_label(point: pd.Series, fields: list[str]) -> str:
+    """``"GPTQ W4 g32"`` plus every other field in ``fields`` (those that vary)."""
+    parts = [quantizer_label(point["quantizer"])] if "quantizer" in point else []
+    if "bits" in point:
+        parts.append(f"W{point['bits']}")
+    if "group_size" in point:
+        parts.append(group_label(point["group_size"]))
+    skip = ("task", "quantizer", "bits", "group_size", "act_bits")
+    parts += [value_label(c, point[c]) for c in fields if c not in skip]
+    return " ".join(parts)
+
+
+def budget_table(table: pd.DataFrame, x: str = "bits_per_weight", y: str = "score") -> pd.DataFrame:
+    """The Pareto-best point per budget of ``x``, per task and activation width.
+
+    One row per point on the front (scanning budgets upwards, a point joins when it is strictly
+    better than every smaller one; ties go to the smaller), with ``budget`` (the range of budgets
+    ``a <= b < c`` over which it is the best point of size <= ``b``), its ``configuration``,
+    ``x``, ``y`` mean and std over ``seeds``; ``delta_float`` (point - float model), ``gain``
+    (point - previous row) and ``runner_up_delta`` (``runner_up``, the best point of another
+    quantizer within the row's budgets, - the row's point), each paired by seed, with its
+    ``*_std`` over seeds and ``*_noise`` flag (`NOISE_RULE`).
+    """
+    points = aggregate(table, x, y)
+    points["_values"] = _seed_values(table, points, y)
+    base = baseline_column(table, y)
+    if base:
+        points["_deltas"] = [
+            v - f for v, f in zip(points["_values"], _seed_values(table, points, base), strict=True)
+        ]
+    sections = [c for c in ("task", "act_bits") if c in points]
+    config = [c for c in CONFIG_COLUMNS if c in points and c not in sections]
+    rows = []
+    for key, part in points.groupby(sections, sort=True) if sections else [((), points)]:
+        key = key if isinstance(key, tuple) else (key,)
+        rows_here = table
+        for column, value in zip(sections, key, strict=True):
+            rows_here = rows_here[rows_here[column] == value]
+        sign = 1.0 if higher_is_better(rows_here, y) else -1.0
+        fields = [c for c in config if part[c].nunique(dropna=False) > 1]
+        part = part.assign(_x=part[x].round(6), _key=sign * part[y]).sort_values(["_x", "_key"])
+        front = []  # (budget, best point, points within the budget)
+        for b in np.sort(part["_x"].unique()):
+            here = part[part["_x"] == b]
+            best = here.loc[here["_key"].idxmax()]
+            if not front or best["_key"] > front[-1][1]["_key"]:
+                front.append((b, best, None))
+            front[-1] = (front[-1][0], front[-1][1], part[part["_x"] <= b])
+        for i, (b, best, within) in enumerate(front):
+            upper = front[i + 1][0] if i + 1 < len(front) else None
+            row = dict(zip(sections, key, strict=True))
+            row |= {
+                "budget": f"{b:.4g} ≤ b < {upper:.4g}" if upper is not None else f"b ≥ {b:.4g}",
+                "configuration": configuration_label(best, fields),
+                x: best[x],
+                y: best[y],
+                f"{y}_std": best[f"{y}_std"] if best["seeds"] > 1 else np.nan,
+                "seeds": int(best["seeds"]),
+            }
+            if base:
+                deltas = best["_deltas"]
+                row |= _difference("delta_float", deltas.mean(), deltas.std(), len(deltas))
+            if i > 0:
+                previous = front[i - 1][1]["_values"]
+                row |= _difference("gain", *paired_difference(best["_values"], previous))
+            if "quantizer" in part:
+                # the best other quantizer at the top of the row's range of budgets
+                others = within[within["quantizer"] != best["quantizer"]]
+                if len(others):
+                    other = others.loc[others["_key"].idxmax()]
+                    row["runner_up"] = configuration_label(other, fields)
+                    delta = paired_difference(other["_values"], best["_values"])
+                    row |= _difference("runner_up_delta", *delta)
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def best_points(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
-    """Best configuration (best mean ``y`` over seeds) per task, quantizer and bit budget."""
+    """Best configuration (best mean ``y`` over seeds) per task, quantizer, weight bits and
+    activation bits, whatever its size (see `budget_table` for the best per size); ``vs_float``
+    is `NOISE` where its ``delta_<y>`` (paired by seed) is within the seeds' spread."""
     agg = aggregate(table, "bits_per_weight", y)
+    base = baseline_column(table, y)
+    if base:
+        deltas = [
+            v - f
+            for v, f in zip(
+                _seed_values(table, agg, y), _seed_values(table, agg, base), strict=True
+            )
+        ]
+        agg[f"delta_{y}"] = [float(d.mean()) for d in deltas]
+        agg["vs_float"] = [
+            NOISE if within_noise(d.mean(), d.std() if len(d) > 1 else np.nan) else ""
+            for d in deltas
+        ]
     keys = [c for c in ("task", "quantizer", *BUDGET) if c in agg]
     parts = []
     for _, rows in agg.groupby("task", sort=True) if "task" in agg else [("", agg)]:
@@ -20,10 +198,8 @@ def best_points(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
         grouped = rows.groupby(keys, dropna=False)[y]
         pick = grouped.idxmax() if higher_is_better(task_rows, y) else grouped.idxmin()
         best = rows.loc[pick].copy()
-        base = baseline_column(table, y)
         if base:
-            best[f"fp_{y}"] = task_rows[base].mean()
-            best[f"delta_{y}"] = (best[y] - best[f"fp_{y}"]).round(6) + 0.0  # no -0
+            best[f"delta_{y}"] = best[f"delta_{y}"].round(6) + 0.0  # no -0
         if "metric" in task_rows:
             best.insert(1, "metric", task_rows["metric"].iloc[0])
         parts.append(best)
@@ -40,21 +216,95 @@ def best_points(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
         "seeds",
         f"fp_{y}",
         f"delta_{y}",
+        "vs_float",
     ]
     return best[[c for c in columns if c in best]].sort_values(keys).reset_index(drop=True)
 
 
-def report(table: pd.DataFrame, y: str = "score", title: str = "") -> str:
-    """The markdown text: a heading per task and a table of `best_points`."""
-    best = best_points(table, y)
+def _budget_markdown(part: pd.DataFrame, x: str, y: str, metric: str) -> str:
+    """One section of `budget_table` as a markdown table of formatted strings."""
+    out = pd.DataFrame({"budget (bits/weight)": part["budget"]})
+    out["best configuration"] = part["configuration"]
+    out[X_NAMES.get(x, x)] = [f"{v:.4g}" for v in part[x]]
+    out[f"{metric} (mean ± std)"] = [
+        format_value(m) + (f" ± {format_value(s)}" if np.isfinite(s) else "")
+        for m, s in zip(part[y], part[f"{y}_std"], strict=True)
+    ]
+    out["seeds"] = part["seeds"]
+    if "delta_float" in part:
+        out["Δ vs float"] = _flagged(part, "delta_float")
+    if "gain" in part:
+        out["Δ vs previous row"] = _flagged(part, "gain")
+    if "runner_up" in part:
+        deltas = _flagged(part, "runner_up_delta")
+        out["runner-up (other quantizer): Δ"] = [
+            "" if pd.isna(r) else f"{r}: {d}"
+            for r, d in zip(part["runner_up"], deltas, strict=True)
+        ]
+    out = out.loc[:, (out != "").any()]  # e.g. no gain column for a one-row front
+    return out.to_markdown(index=False, disable_numparse=True)
+
+
+def report(
+    table: pd.DataFrame, y: str = "score", title: str = "", x: str = "bits_per_weight"
+) -> str:
+    """The markdown text: per task, the float model and a `budget_table` per activation width;
+    then `best_points`."""
+    budgets = budget_table(table, x, y)
+    seeds = table["seed"].nunique() if "seed" in table else 1
+    configs = len(aggregate(table, x, y))
     lines = [f"# {title}", ""] if title else []
-    lines.append(
-        f"Best configuration per quantizer and bit budget (weight bits, activation bits); `{y}` "
-        "is the task's metric (column `metric`), mean over seeds (± std); `delta` is its "
-        f"difference to the float model. {len(table)} runs."
-    )
+    lines += [
+        f"{len(table)} runs: {configs} configurations, {_count(seeds, 'seed')}. Per task and "
+        f"activation width, the best configuration within each budget b of {X_NAMES.get(x, x)} "
+        "(the Pareto front; ties go to the smaller configuration):",
+        "",
+        "- a row holds for every budget in its range; a bigger budget buys a better point only "
+        "where the next row starts;",
+        f"- `{y}` is the task's metric, mean ± standard deviation over seeds;",
+        "- Δ vs float = configuration - float model; Δ vs previous row = the gain bought by the "
+        "bigger budget; runner-up = the best configuration of another quantizer within the "
+        "row's budgets, Δ to the row's best. Each Δ is the mean of the per-seed differences ± "
+        "their standard deviation; for a lower-is-better metric (perplexity) a positive Δ is a "
+        "loss;",
+        f"- noise rule: {NOISE_RULE}.",
+    ]
+    base = baseline_column(table, y)
+    tasks = sorted(table["task"].unique()) if "task" in table else [None]
+    for task in tasks:
+        rows = table if task is None else table[table["task"] == task]
+        metric = y_label(rows, y)
+        direction = "higher" if higher_is_better(rows, y) else "lower"
+        heading = f"## {task}: {metric} ({direction} is better)" if task else f"## {metric}"
+        lines += ["", heading, ""]
+        if base:
+            fp = rows.drop_duplicates("seed")[base] if "seed" in rows else rows[base]
+            spread = f" ± {format_value(fp.std())}" if len(fp) > 1 else ""
+            lines.append(
+                f"Float model: {format_value(fp.mean())}{spread} ({_count(len(fp), 'seed')})."
+            )
+        part = budgets if task is None else budgets[budgets["task"] == task]
+        widths = sorted(part["act_bits"].unique(), reverse=True) if "act_bits" in part else [None]
+        for width in widths:
+            section = part if width is None else part[part["act_bits"] == width]
+            if width is not None:
+                bits = rows["bits"].unique() if "bits" in rows else []
+                at = rows[rows["act_bits"] == width]
+                modes = at["act_mode"].unique() if "act_mode" in at else []
+                label = activation_label(width, bits, modes[0] if len(modes) == 1 else None)
+                lines += ["", f"### {label}", ""]
+            lines.append(_budget_markdown(section, x, y, metric))
+    best = best_points(table, y)
+    lines += [
+        "",
+        "## Best point per quantizer",
+        "",
+        "Each quantizer's best configuration per weight width (`bits`) and activation width "
+        "(`act_bits`) whatever its size, with field values as an experiment file spells them; "
+        f"`vs_float` is `{NOISE}` where `delta_{y}` is within the seeds' spread.",
+    ]
     for task, part in best.groupby("task", sort=True) if "task" in best else [("", best)]:
-        lines += ["", f"## {task}" if task else "", ""]
+        lines += ["", f"### {task}" if task else "", ""]
         part = part.drop(columns="task", errors="ignore")
         lines.append(part.to_markdown(index=False, floatfmt=".4g"))
     return "\n".join(lines).strip() + "\n"

@@ -101,6 +101,12 @@ def _ray(points: list[Point], bar: tqdm, address: str | None) -> Iterator[tuple[
             yield pending.pop(ref), ray.get(ref)
 
 
+def missing_points(experiment: Experiment, results_dir: str | Path = "results") -> int:
+    """How many points of ``experiment`` are not yet in ``results_dir/<name>/runs.parquet``."""
+    done = ResultsStore(Path(results_dir) / experiment.name).done()
+    return sum(h not in done for h in experiment.hashes)
+
+
 def run_experiment(
     experiment: Experiment,
     results_dir: str | Path = "results",

@@ -1,0 +1,225 @@
+"""Plots and reports on tiny synthetic results tables: configurations are never merged, points
+sharing an x are dodged while the ticks stay at the true x, labels read as a paper's, the Pareto
+front needs two points, and the report gives the best point per bit budget with deltas inside
+the seeds' spread flagged."""
+
+import itertools
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+matplotlib.use("Agg")
+
+from q4lab.cli import main
+from q4lab.plots import (
+    activation_label,
+    dodge,
+    pareto_plot,
+    plot_points,
+    quantizer_label,
+    value_label,
+    x_ticks,
+)
+from q4lab.report import NOISE, budget_table, paired_difference, report, within_noise
+
+OVERHEAD = {0: 0.125, 32: 0.5, 16: 1.0}  # bits of scales per weight, per group size
+
+
+def make_table(scores, fp=(0.97, 0.98), metric="accuracy", higher=True) -> pd.DataFrame:
+    """One row per (configuration, seed); ``scores[(quantizer, bits, group_size, act_bits)]``
+    lists the metric per seed; 2..4-bit codes are stored in nibbles (same stored size)."""
+    rows = []
+    for (quantizer, bits, group, act), values in scores.items():
+        for seed, value in enumerate(values):
+            rows.append(
+                {
+                    "experiment": "tiny",
+                    "task": "toy",
+                    "seed": seed,
+                    "quantizer": quantizer,
+                    "bits": bits,
+                    "group_size": group,
+                    "act_bits": act,
+                    "act_mode": "none" if act == 16 else "dynamic",
+                    "metric": metric,
+                    "higher_is_better": higher,
+                    "score": value,
+                    "fp_score": fp[seed],
+                    "bits_per_weight": max(bits, 4) + OVERHEAD[group],
+                    "ideal_bits_per_weight": bits + OVERHEAD[group],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def grid(quantizers, bits, groups, acts, value=lambda *k: [0.95, 0.96]):
+    return {k: value(*k) for k in itertools.product(quantizers, bits, groups, acts)}
+
+
+def test_dodge_spreads_shared_x_around_it_and_leaves_isolated_points():
+    x = np.array([1.0, 1.0, 1.0, 2.0, 5.0, 5.0])
+    p = dodge(x, 0.1)
+    np.testing.assert_allclose(p[:3], [0.9, 1.0, 1.1])
+    np.testing.assert_allclose(p[4:], [4.95, 5.05])
+    assert p[3] == 2.0  # alone: not moved
+    assert np.all(np.diff(p) >= 0.1 - 1e-12)  # order kept, never closer than a step
+    q = dodge([1.0, 1.05], 0.1)  # near neighbours are pushed apart symmetrically
+    np.testing.assert_allclose(q, [0.975, 1.075])
+    with pytest.raises(ValueError, match="sorted"):
+        dodge([2.0, 1.0], 0.1)
+
+
+def test_points_sharing_an_x_are_dodged_and_the_ticks_stay_at_the_true_x():
+    table = make_table(grid(["minmax", "gptq"], [3, 4], [0, 32], [16]))
+    points = plot_points(table)
+    assert len(points) == 8  # 2 quantizers x 2 widths x 2 group sizes
+    for x, part in points.groupby("bits_per_weight"):
+        assert part["x_plot"].is_unique  # every series at this x gets its own offset
+        offsets = part["x_plot"] - x
+        assert offsets.abs().max() < 0.2 * (4.5 - 4.125)  # small: the axis stays honest
+        assert abs(offsets.mean()) < 1e-9  # centred on the true x
+    ticks, labels = x_ticks(points, "bits_per_weight")
+    assert ticks == [4.125, 4.5]
+    assert labels == ["4.125\nW3/4 per-channel", "4.5\nW3/4 g32"]
+
+
+def test_configurations_of_different_bits_or_act_bits_are_never_merged():
+    # W3 and W4 have the same stored size; A4 and A16 the same weights
+    table = make_table(grid(["minmax"], [3, 4], [0], [4, 16]))
+    points = plot_points(table)
+    assert len(points) == 4
+    assert set(points["col"]) == {4, 16}  # a panel per activation width
+    for _, panel in points.groupby("col"):
+        assert panel["series"].nunique() == 2  # W3 and W4 are separate series (markers)
+    fig = pareto_plot(table)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles == ["weights only (float activations)", "A4 activations (dynamic)"]
+
+
+def test_the_pareto_front_needs_two_points():
+    dominated = grid(["minmax", "gptq"], [4], [0, 32], [16])
+    dominated[("gptq", 4, 0, 16)] = [0.99, 0.99]  # best and smallest: a front of one point
+    points = plot_points(make_table(dominated))
+    assert not points["front"].any()
+    legend = [t.get_text() for t in pareto_plot(make_table(dominated)).legends[0].get_texts()]
+    assert "Pareto front" not in legend
+
+    trade_off = dict(dominated)
+    trade_off[("minmax", 4, 32, 16)] = [0.995, 0.995]  # bigger and better: a second point
+    points = plot_points(make_table(trade_off))
+    front = points[points["front"]].sort_values("bits_per_weight")
+    assert front["quantizer"].tolist() == ["gptq", "minmax"]
+    legend = [t.get_text() for t in pareto_plot(make_table(trade_off)).legends[0].get_texts()]
+    assert "Pareto front" in legend
+
+
+def test_lower_is_better_metrics_take_the_lower_front():
+    scores = grid(
+        ["minmax"],
+        [4],
+        [0, 32, 16],
+        [16],
+        value=lambda q, b, g, a: [5 - {0: 0, 32: 1, 16: 2}[g]] * 2,
+    )
+    table = make_table(scores, fp=(3.5, 3.5), metric="perplexity", higher=False)
+    points = plot_points(table)
+    front = points[points["front"]].sort_values("bits_per_weight")
+    assert front["group_size"].tolist() == [0, 32, 16]  # each bigger one is lower
+    ax = pareto_plot(table).axes[0]
+    assert ax.get_ylabel() == "perplexity (lower is better)"
+
+
+def test_labels_are_the_ones_a_reader_uses():
+    assert quantizer_label("gptq") == "GPTQ"
+    assert (
+        quantizer_label("gptq(act_order=True,clipping='mse')") == "GPTQ (act order, clipping MSE)"
+    )
+    assert quantizer_label("minmax") == "min-max"
+    assert value_label("group_size", 0) == "per-channel"
+    assert value_label("group_size", 32) == "g32"
+    assert value_label("bits", 3) == "W3"
+    assert activation_label(16, [4]) == "W4A16 (weights only)"
+    assert activation_label(4, [4], "dynamic") == "W4A4 (dynamic)"
+    assert activation_label(8, [2, 4], "dynamic") == "A8 activations (dynamic)"
+
+    table = make_table(grid(["gptq", "minmax"], [3, 4], [0, 16], [16]))
+    fig = pareto_plot(table)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert {"GPTQ", "min-max", "W3", "W4", "float model"} <= set(legend)
+    assert not [t for t in legend if "=" in t]  # no raw field=value labels
+    texts = [t.get_text() for t in fig.texts]
+    assert "toy: accuracy vs stored bits per weight" in texts  # not the experiment's name
+    ax = fig.axes[0]
+    assert ax.get_xlabel().startswith("stored bits per weight")
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "4.125\nW3/4 per-channel",
+        "5\nW3/4 g16",
+    ]
+    assert "float\n0.9750" in [t.get_text() for t in ax.texts]  # the baseline's value
+
+
+def test_budget_table_gives_the_pareto_best_per_budget():
+    scores = {
+        ("minmax", 4, 0, 16): [0.90, 0.91],
+        ("gptq", 4, 0, 16): [0.93, 0.94],  # best at the smallest size
+        ("minmax", 4, 32, 16): [0.92, 0.93],  # bigger but worse than gptq per-channel
+        ("gptq", 4, 16, 16): [0.96, 0.97],  # the biggest and the best
+    }
+    rows = budget_table(make_table(scores))
+    assert rows["configuration"].tolist() == ["GPTQ W4 per-channel", "GPTQ W4 g16"]
+    assert rows["budget"].tolist() == ["4.125 ≤ b < 5", "b ≥ 5"]
+    assert rows["score"].tolist() == pytest.approx([0.935, 0.965])
+    assert rows["delta_float"].tolist() == pytest.approx([-0.04, -0.01])
+    assert rows["gain"].iloc[1] == pytest.approx(0.03)
+    # the runner-up may sit anywhere within the row's budgets: minmax g32 for b < 5
+    assert rows["runner_up"].tolist() == ["min-max W4 g32", "min-max W4 g32"]
+    assert rows["runner_up_delta"].tolist() == pytest.approx([-0.01, -0.04])
+
+
+def test_the_report_flags_deltas_within_the_seed_spread():
+    scores = {
+        ("gptq", 4, 0, 16): [0.950, 0.960, 0.955],
+        ("mse", 4, 0, 16): [0.955, 0.950, 0.956],  # -0.0013 +- 0.0078 vs gptq: noise
+        ("minmax", 4, 0, 16): [0.900, 0.910, 0.905],  # -0.05 on every seed: real
+    }
+    table = make_table(scores, fp=(0.95, 0.96, 0.955))
+    rows = budget_table(table)
+    row = rows.iloc[0]
+    assert row["configuration"] == "GPTQ W4 per-channel"
+    assert row["delta_float"] == pytest.approx(0.0) and row["delta_float_noise"]
+    assert row["runner_up"] == "MSE W4 per-channel" and row["runner_up_delta_noise"]
+    text = report(table, title="tiny")
+    assert "MSE W4 per-channel: -0.0013 ± 0.0078 ≈ noise" in text
+    assert "no larger than the standard deviation" in text  # the rule is spelled out
+
+    assert within_noise(-0.05, 0.0) is False
+    assert within_noise(0.001, 0.002) is True
+    assert within_noise(0.0, np.nan) is False  # one seed: no spread, no flag
+    seeds = pd.Series([0.900, 0.910, 0.905])
+    gptq = pd.Series(scores[("gptq", 4, 0, 16)])
+    delta, std, n = paired_difference(seeds, gptq)
+    assert (delta, n) == (pytest.approx(-0.05), 3) and std == pytest.approx(0.0, abs=1e-12)
+
+
+def test_one_seed_flags_nothing():
+    scores = {("gptq", 4, 0, 16): [0.95], ("mse", 4, 0, 16): [0.95]}
+    table = make_table(scores)
+    rows = budget_table(table)
+    assert not rows["delta_float_noise"].any() and not rows["runner_up_delta_noise"].any()
+    budgets = report(table).split("noise rule:")[1].split("## Best point per quantizer")[0]
+    assert NOISE not in budgets.split("\n", 1)[1]  # past the rule's own text
+
+
+def test_cli_writes_the_plot_and_the_report(tmp_path, capsys):
+    table = make_table(grid(["minmax", "gptq"], [3, 4], [0, 32], [4, 16]))
+    table.to_parquet(tmp_path / "runs.parquet")
+    assert main(["plot", str(tmp_path), "--x", "bits_per_weight", "ideal_bits_per_weight"]) == 0
+    for name in ("score_vs_bits_per_weight", "score_vs_ideal_bits_per_weight"):
+        for ext in ("png", "svg"):
+            assert (tmp_path / "plots" / f"{name}.{ext}").stat().st_size
+    assert main(["report", str(tmp_path), "--write", "--x", "ideal_bits_per_weight"]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "### weights only (float activations)" in text and "### A4 activations" in text
+    assert "ideal bits/weight" in text and "| gptq" in text
