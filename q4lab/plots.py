@@ -11,20 +11,54 @@ offset (`dodge`) so their error bars do not overlap; the ticks stay at the true 
 and name the configurations there ("4.125" over "W4 per-channel"). The Pareto front of a panel
 (the points no other beats on both axes) is drawn when it has at least two points; the float
 model is a dashed line labelled with its value. `plot_points` returns what is drawn, as a table.
+The labels, ticks, dodge, panel width and legend are in `q4lab.plot_layout`; every public name
+is also importable from here.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.lines import Line2D
+
+from q4lab.plot_layout import (
+    AXES_WIDTH,
+    DODGE_PT,
+    MAX_SPREAD,
+    QUANTIZER_NAMES,
+    TICK_MERGE,
+    X_LABELS,
+    activation_label,
+    axes_width,
+    crowding,
+    default_title,
+    dodge,
+    draw_legend,
+    format_value,
+    group_label,
+    label_width,
+    natural_key,
+    panel_title,
+    quantizer_label,
+    value_label,
+    x_ticks,
+    y_label,
+)
+
+__all__ = [
+    # results -> points -> figure (this module)
+    "CONFIG_COLUMNS", "LOWER_IS_BETTER", "MARKERS", "LINESTYLES",
+    "aggregate", "higher_is_better", "baseline_column", "pareto_front", "plot_points",
+    "pareto_plot", "save_plot",
+    # labels, titles, ticks, dodge, panel width (q4lab.plot_layout)
+    "X_LABELS", "QUANTIZER_NAMES", "DODGE_PT", "TICK_MERGE", "AXES_WIDTH", "MAX_SPREAD",
+    "y_label", "quantizer_label", "group_label", "value_label", "activation_label",
+    "format_value", "default_title", "dodge", "axes_width", "x_ticks",
+]  # fmt: skip
+
 
 # Columns that identify a configuration apart from its seed (those present in a table are used).
 CONFIG_COLUMNS = (
@@ -43,25 +77,8 @@ CONFIG_COLUMNS = (
     "calib_size",
 )
 LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "fp_perplexity", "fp_bits_per_byte")
-X_LABELS = {
-    "bits_per_weight": "stored bits per weight (codes + scales + zeros; 2-3-bit codes in nibbles)",
-    "ideal_bits_per_weight": "ideal packed bits per weight (b-bit codes + scales + zeros)",
-}
-QUANTIZER_NAMES = {
-    "minmax": "min-max",
-    "percentile": "percentile",
-    "mse": "MSE",
-    "gptq": "GPTQ",
-    "awq": "AWQ",
-    "hqq": "HQQ",
-    "rotation": "rotation",
-}
 MARKERS = "osD^vP*Xh<>p"
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 2, 1, 2)))
-DODGE_PT = 5.0  # spacing of dodged points on the page, in points (1/72 inch)
-TICK_MERGE = 0.045  # ticks closer than this fraction of the x span share one label
-AXES_WIDTH = (3.4, 8.0)  # inches: a panel's plotting area grows with its crowd, within these
-MAX_SPREAD = 0.2  # dodged points of one tick span at most this fraction of the panel's x span
 
 
 def aggregate(table: pd.DataFrame, x: str, y: str, extra: Sequence[str] = ()) -> pd.DataFrame:
@@ -102,13 +119,6 @@ def baseline_column(table: pd.DataFrame, y: str) -> str | None:
     return f"fp_{y}" if f"fp_{y}" in table else None
 
 
-def y_label(table: pd.DataFrame, y: str) -> str:
-    if y in ("score", "delta_score") and "metric" in table and table["metric"].nunique() == 1:
-        metric = table["metric"].iloc[0]
-        return metric if y == "score" else f"{metric} - float"
-    return y.replace("_", " ")
-
-
 def pareto_front(points: pd.DataFrame, x: str, y: str, higher: bool = True) -> pd.DataFrame:
     """The points no other beats on both axes (lower or equal ``x``, better ``y``), by ``x``."""
     sign = 1.0 if higher else -1.0
@@ -120,176 +130,6 @@ def pareto_front(points: pd.DataFrame, x: str, y: str, higher: bool = True) -> p
             keep.append(idx)
             best = value
     return ordered.loc[keep].drop(columns="_key")
-
-
-# ----------------------------------------------------------------------------- labels
-
-
-def quantizer_label(name: object) -> str:
-    """``"gptq(act_order=True,clipping='mse')"`` -> ``"GPTQ (act order, clipping MSE)"``."""
-    match = re.fullmatch(r"\s*([\w.-]+)\s*(?:\((.*)\))?\s*", str(name))
-    if not match:
-        return str(name)
-    base, options = match.groups()
-    label = QUANTIZER_NAMES.get(base, base)
-    parts = []
-    for option in filter(None, (o.strip() for o in (options or "").split(","))):
-        key, _, value = option.partition("=")
-        key, value = key.strip().replace("_", " "), value.strip().strip("'\"")
-        if value in ("True", "true", ""):
-            parts.append(key)
-        elif value in ("False", "false"):
-            parts.append(f"no {key}")
-        else:
-            parts.append(f"{key} {QUANTIZER_NAMES.get(value, value)}")
-    return f"{label} ({', '.join(parts)})" if parts else label
-
-
-def group_label(group_size: object) -> str:
-    """0 -> ``"per-channel"``, 32 -> ``"g32"``."""
-    return "per-channel" if int(group_size) == 0 else f"g{int(group_size)}"
-
-
-def _options_label(value: object) -> str:
-    try:
-        options = json.loads(value) if isinstance(value, str) else value
-    except json.JSONDecodeError:
-        return str(value)
-    if isinstance(options, dict):
-        return ", ".join(f"{k} {v}" for k, v in options.items()) or "default"
-    return str(value)
-
-
-def value_label(column: str, value: object) -> str:
-    """A grid value as a reader would name it (``act_bits=16`` -> ``"A16 (weights only)"``)."""
-    if column == "quantizer":
-        return quantizer_label(value)
-    if column == "bits":
-        return f"W{value}"
-    if column == "group_size":
-        return group_label(value)
-    if column == "act_bits":
-        return "A16 (weights only)" if int(value) >= 16 else f"A{value}"
-    if column == "symmetric":
-        return "symmetric" if value else "asymmetric (zero point)"
-    if column == "act_symmetric":
-        return "symmetric act." if value else "asymmetric act."
-    if column == "act_mode":
-        return {"none": "float act.", "dynamic": "dynamic act.", "static": "static act."}.get(
-            str(value), f"act. {value}"
-        )
-    if column == "scale_dtype":
-        return f"{value} scales"
-    if column == "act_clipping":
-        return f"act. clipping {QUANTIZER_NAMES.get(str(value), value)}"
-    if column == "sequential":
-        return "sequential calib." if value else "one-shot calib."
-    if column == "calib_size":
-        return "all calib. data" if int(value) == 0 else f"{value} calib. examples"
-    if column.endswith("options"):
-        return f"{column.replace('_', ' ')}: {_options_label(value)}"
-    if column == "task":
-        return str(value)
-    return f"{column.replace('_', ' ')} {value}"
-
-
-def activation_label(act_bits: object, bits: Sequence[object] = (), mode: object = None) -> str:
-    """A panel's activation setting: ``"W4A16 (weights only)"`` when one weight width is plotted,
-    ``"A8 activations (dynamic)"`` otherwise."""
-    width = f"W{bits[0]}" if len(bits) == 1 else ""
-    if int(act_bits) >= 16:
-        return f"{width}A16 (weights only)" if width else "weights only (float activations)"
-    mode = f" ({mode})" if mode not in (None, "none") else ""
-    return f"{width}A{act_bits}{mode}" if width else f"A{act_bits} activations{mode}"
-
-
-def format_value(value: float) -> str:
-    """A metric value with 4 decimals (accuracy 0.9744, perplexity 3.8588), fewer when large."""
-    return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
-
-
-def _natural(value: object) -> tuple:
-    try:
-        return (0, float(value), "")
-    except (TypeError, ValueError):
-        return (1, 0.0, str(value))
-
-
-def _bits_label(bits: Sequence[object]) -> str:
-    return "W" + "/".join(str(b) for b in sorted(set(bits), key=_natural))
-
-
-# ----------------------------------------------------------------------------- layout
-
-
-def dodge(x: Sequence[float], step: float) -> np.ndarray:
-    """Positions for points given in increasing ``x`` order: as close as possible to ``x`` (least
-    squares) while keeping the order and at least ``step`` apart. Points sharing an ``x`` spread
-    symmetrically around it; isolated points do not move. (Isotonic regression of
-    ``x_i - i*step``, solved by pool-adjacent-violators.)"""
-    x = np.asarray(x, dtype=float)
-    if np.any(np.diff(x) < 0):
-        raise ValueError("dodge: x must be sorted in increasing order")
-    shift = step * np.arange(len(x))
-    blocks: list[list[float]] = []  # [sum, count] of pooled targets
-    for target in x - shift:
-        blocks.append([target, 1])
-        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
-            total, count = blocks.pop()
-            blocks[-1][0] += total
-            blocks[-1][1] += count
-    pooled = np.concatenate([np.full(int(c), s / c) for s, c in blocks]) if blocks else x
-    return pooled + shift
-
-
-def _clusters(values: Sequence[float], merge: float = TICK_MERGE) -> list[list[float]]:
-    """Sorted distinct ``values`` in runs whose neighbours are closer than ``merge`` x span."""
-    values = np.sort(np.unique(np.round(np.asarray(values, dtype=float), 6)))
-    span = float(values[-1] - values[0]) if len(values) > 1 else 1.0
-    clusters: list[list[float]] = []
-    for v in values:
-        if clusters and v - clusters[-1][-1] < merge * span:
-            clusters[-1].append(float(v))
-        else:
-            clusters.append([float(v)])
-    return clusters
-
-
-def _crowding(xs: pd.Series) -> tuple[float, float, int]:
-    """A panel's x span, smallest gap between tick clusters (inf if one) and most points in one
-    cluster: the dodge must fit ``crowd`` points in ``gap``."""
-    clusters = _clusters(xs)
-    span = clusters[-1][-1] - clusters[0][0] if len(clusters) > 1 or len(clusters[0]) > 1 else 0.0
-    gaps = [b[0] - a[-1] for a, b in itertools.pairwise(clusters)]
-    rounded = xs.round(6)
-    crowd = max(int(rounded.isin(c).sum()) for c in clusters)
-    return span, min(gaps, default=np.inf), crowd
-
-
-def axes_width(points: pd.DataFrame, x: str, step_pt: float = DODGE_PT) -> float:
-    """Inches of plotting area per panel so that the most crowded cluster of every panel fits
-    its dodged points ``step_pt`` apart within 70% of the gap to the next cluster and within
-    `MAX_SPREAD` of the span, and neighbouring tick labels do not overlap (within `AXES_WIDTH`)."""
-    need = AXES_WIDTH[0]
-    for _, part in points.groupby(["row", "col"], sort=False):
-        span, gap, crowd = _crowding(part[x])
-        if not (np.isfinite(gap) and span > 0):
-            continue
-        need = max(need, 1.15 * span * crowd * step_pt / 72 / (0.7 * gap))
-        need = max(need, 1.15 * crowd * step_pt / 72 / MAX_SPREAD)
-        need = max(need, _label_width(*x_ticks(part, x), span))
-    return float(min(need, AXES_WIDTH[1]))
-
-
-def _label_width(ticks: list[float], labels: list[str], span: float, step: int = 1) -> float:
-    """Inches of plotting area at which tick labels ``step`` apart do not overlap (7.5 pt font:
-    about 0.06 inch per character)."""
-    chars = [max(len(line) for line in label.split("\n")) for label in labels]
-    need = 0.0
-    for i in range(len(ticks) - step):
-        room = (chars[i] + chars[i + step]) / 2 * 0.06 + 0.08
-        need = max(need, 1.15 * span * room / (ticks[i + step] - ticks[i]))
-    return need
 
 
 def plot_points(
@@ -340,7 +180,7 @@ def plot_points(
         if series_keys
         else [()] * len(agg),
     )
-    out["rank"] = [tuple(_natural(v) for v in key) for key in out["series"]]
+    out["rank"] = [tuple(natural_key(v) for v in key) for key in out["series"]]
     higher = {}
     for row in out["row"].unique():
         rows = table if not facet else table[table[facet] == row]
@@ -350,7 +190,7 @@ def plot_points(
     width = width or axes_width(out, x, step_pt)
     for _, part in out.groupby(["row", "col"], sort=False):
         ordered = part.sort_values([x, "rank"])
-        span, gap, crowd = _crowding(ordered[x])
+        span, gap, crowd = crowding(ordered[x])
         per_pt = 1.15 * (span or 1.0) / width / 72  # data units per point on the page
         step = min(step_pt * per_pt, 0.7 * gap / crowd, MAX_SPREAD * (span or 1.0) / crowd)
         out.loc[ordered.index, "step_pt"] = step / per_pt
@@ -372,38 +212,6 @@ def plot_points(
     return out.drop(columns="rank")
 
 
-def x_ticks(points: pd.DataFrame, x: str, merge: float = TICK_MERGE) -> tuple[list, list]:
-    """Tick positions (the true ``x`` of the points) and labels naming the configurations there,
-    e.g. ``"4.125\\nW4 per-channel"``; values closer than ``merge`` x-span share one tick, at their
-    mean, labelled with their range (``"5 - 5.142"``, an en dash); `pareto_plot` marks each true
-    ``x`` with a minor tick."""
-    ticks, labels = [], []
-    for cluster in _clusters(points[x], merge):
-        rows = points[points[x].round(6).isin(cluster)]
-        number = f"{cluster[0]:.4g}" + (f"\N{EN DASH}{cluster[-1]:.4g}" if len(cluster) > 1 else "")
-        configs = []
-        if "group_size" in rows:
-            for g, part in rows.groupby("group_size", sort=True):
-                width = _bits_label(part["bits"]) + " " if "bits" in part else ""
-                configs.append(width + group_label(g))
-        elif "bits" in rows:
-            configs.append(_bits_label(rows["bits"]))
-        ticks.append(float(np.mean(cluster)))
-        labels.append("\n".join([number, *configs]))
-    return ticks, labels
-
-
-def default_title(table: pd.DataFrame, x: str, y: str) -> str:
-    """``"digits-mlp: accuracy vs stored bits per weight"``."""
-    metric = y_label(table, y)
-    what = "stored" if x == "bits_per_weight" else "ideal" if x.startswith("ideal") else ""
-    against = f"{what} bits per weight".strip() if "bits_per_weight" in x else x.replace("_", " ")
-    title = f"{metric} vs {against}"
-    if "task" in table and table["task"].nunique() == 1:
-        title = f"{table['task'].iloc[0]}: {title}"
-    return title
-
-
 def _subtitle(table: pd.DataFrame, y: str, higher: dict) -> str:
     seeds = table.groupby([c for c in CONFIG_COLUMNS if c in table], dropna=False).size()
     n = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
@@ -417,25 +225,6 @@ def _subtitle(table: pd.DataFrame, y: str, higher: dict) -> str:
     if "experiment" in table and table["experiment"].nunique() == 1:
         parts.append(f"experiment {table['experiment'].iloc[0]!r}, {len(table)} runs")
     return " · ".join(parts)
-
-
-def _header(text: str) -> tuple[Line2D, str]:
-    handle = Line2D([], [], linestyle="none")
-    handle.set_gid("header")  # `_legend` sets these in bold
-    return handle, text
-
-
-def _panel_title(points: pd.DataFrame, data: pd.DataFrame, row: object, col: object) -> str:
-    facet, columns = points.attrs["facet"], points.attrs["columns"]
-    heading = [value_label(facet, row)] if facet else []
-    if columns == "act_bits" and "bits" in data:
-        modes = data["act_mode"].unique() if "act_mode" in data else []
-        heading.append(
-            activation_label(col, data["bits"].unique(), modes[0] if len(modes) == 1 else None)
-        )
-    elif columns:
-        heading.append(value_label(columns, col))
-    return " · ".join(heading)
 
 
 def _draw_panel(
@@ -487,7 +276,7 @@ def _draw_panel(
         )
     ticks, labels = x_ticks(data, x)
     span = float(data[x].max() - data[x].min())
-    if _label_width(ticks, labels, span) > looks["width"]:  # stagger crowded labels
+    if label_width(ticks, labels, span) > looks["width"]:  # stagger crowded labels
         depth = max(label.count("\n") for label in labels) + 1
         labels = [("\n" * depth if i % 2 else "") + t for i, t in enumerate(labels)]
     ax.set_xticks(ticks, labels, fontsize=7.5)
@@ -501,57 +290,6 @@ def _draw_panel(
     direction = "higher" if higher else "lower"
     ax.set_ylabel(f"{y_label(table_rows, y)} ({direction} is better)", fontsize=9)
     ax.grid(alpha=0.25, linewidth=0.6)
-
-
-def _legend(fig: plt.Figure, points: pd.DataFrame, looks: dict, spare: plt.Axes | None) -> None:
-    """Sections: colours (hue), markers (style), line styles (other varying fields), marks."""
-    hue, style, extra = looks["hue"], looks["style"], looks["extra"]
-    handles = [_header(hue.replace("_", " "))]
-    handles += [
-        (Line2D([], [], color=color, marker="o"), value_label(hue, h))
-        for h, color in looks["colors"].items()
-    ]
-    if style:
-        handles.append(_header({"bits": "weight bits"}.get(style, style.replace("_", " "))))
-        handles += [
-            (Line2D([], [], color="dimgrey", marker=m, linestyle="none"), value_label(style, s))
-            for s, m in looks["markers"].items()
-        ]
-    if extra:
-        handles.append(_header(", ".join(c.replace("_", " ") for c in extra)))
-        handles += [
-            (
-                Line2D([], [], color="dimgrey", linestyle=line),
-                ", ".join(value_label(c, v) for c, v in zip(extra, values, strict=True)),
-            )
-            for values, line in looks["lines"].items()
-        ]
-    marks = []
-    if points["front"].any():
-        ring = Line2D([], [], color="black", alpha=0.3, lw=2.5, marker="o", markersize=10)
-        ring.set_markerfacecolor("none")
-        marks.append((ring, "Pareto front"))
-    if looks["base"]:
-        marks.append((Line2D([], [], color="grey", linestyle="--"), "float model"))
-    if marks:
-        handles += [_header(""), *marks]
-    place = (
-        {"loc": "center", "bbox_to_anchor": spare.get_position().bounds}
-        if spare is not None
-        else {"loc": "center left", "bbox_to_anchor": (1.0, 0.5)}
-    )
-    legend = fig.legend(
-        [h for h, _ in handles],
-        [t for _, t in handles],
-        **place,
-        frameon=False,
-        fontsize=8,
-        handlelength=2.2,
-    )
-    for (handle, _), text in zip(handles, legend.get_texts(), strict=True):
-        if handle.get_gid() == "header":
-            text.set_fontweight("bold")
-            text.set_x(-28)  # headers start where the handles do
 
 
 def pareto_plot(
@@ -572,8 +310,8 @@ def pareto_plot(
     defaults to the metric, the x axis and the task. See `plot_points` for what is drawn."""
     points = plot_points(table, x=x, y=y, hue=hue, style=style, facet=facet, columns=columns)
     a = points.attrs
-    rows = sorted(points["row"].unique(), key=_natural)
-    cols = sorted(points["col"].unique(), key=lambda v: (-_natural(v)[1], str(v)))  # A16 first
+    rows = sorted(points["row"].unique(), key=natural_key)
+    cols = sorted(points["col"].unique(), key=lambda v: (-natural_key(v)[1], str(v)))  # A16 first
     # one line of panels per facet value; a single task's panels wrap when they get too wide
     width = a["width"] + 1.3
     grid = [[(row, col) for col in cols] for row in rows]
@@ -586,7 +324,7 @@ def pareto_plot(
     fig, axes = plt.subplots(
         len(grid), n_cols, figsize=(width * n_cols, 3.9 * len(grid) + 0.6), squeeze=False
     )
-    styles = sorted(points[a["style"]].unique(), key=_natural) if a["style"] else []
+    styles = sorted(points[a["style"]].unique(), key=natural_key) if a["style"] else []
     extra = a["extra"]
     extras = sorted({tuple(r) for r in points[extra].itertuples(index=False)}) if extra else []
     looks = {
@@ -599,7 +337,7 @@ def pareto_plot(
         "width": a["width"],
         "colors": {
             h: plt.get_cmap("tab10")(i % 10)
-            for i, h in enumerate(sorted(points[hue].unique(), key=_natural))
+            for i, h in enumerate(sorted(points[hue].unique(), key=natural_key))
         },
         "markers": {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(styles)},
         "lines": {e: LINESTYLES[i % len(LINESTYLES)] for i, e in enumerate(extras)},
@@ -613,14 +351,14 @@ def pareto_plot(
                 continue
             rows_here = table if not a["facet"] else table[table[a["facet"]] == row]
             _draw_panel(ax, data, rows_here, looks, a["higher"][row])
-            ax.set_title(_panel_title(points, data, row, col), fontsize=10)
+            ax.set_title(panel_title(points, data, row, col), fontsize=10)
             if r == len(grid) - 1 or c >= len(grid[-1]):  # no panel below
                 ax.set_xlabel(X_LABELS.get(x, x.replace("_", " ")), fontsize=8)
         for c in range(len(line), n_cols):
             axes[r][c].set_visible(False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.62 / fig.get_figheight()), w_pad=2.0)
     spare = axes[-1][len(grid[-1])] if len(grid[-1]) < n_cols else None
-    _legend(fig, points, looks, spare)
+    draw_legend(fig, points, looks, spare)
     height = fig.get_figheight()
     heading = title or default_title(table, x, y)
     fig.text(0.5, 1 - 0.12 / height, heading, ha="center", va="top", fontsize=12)

@@ -1,4 +1,4 @@
-"""The real tasks end to end (trains the float baselines once per CI run: about a minute)."""
+"""The real tasks end to end, from their published float baselines (q4lab/baselines)."""
 
 import pandas as pd
 import pytest
