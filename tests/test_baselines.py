@@ -18,7 +18,7 @@ from q4lab.reproduce import sample_rows
 from q4lab.tasks import get_task
 from q4lab.tasks.base import BaselineTraining, baseline_params
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "results" / "quickstart"
+DIGITS = Path(__file__).resolve().parents[1] / "results" / "digits"  # small and fast to rerun
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_corrupted_published_file_is_a_clear_error(tmp_path, empty_cache, monkey
     assert not empty_cache.exists()  # never silently retrained
     assert check(directory=published)[0]["checksum"] == "ChecksumError"
     with pytest.raises(SystemExit) as exit_:
-        main(["reproduce", str(QUICKSTART), "--rows", "0", "--no-progress"])
+        main(["reproduce", str(DIGITS), "--rows", "0", "--no-progress"])
     assert exit_.value.code == 2  # the CLI's one-line error
 
 
@@ -123,17 +123,17 @@ def test_provenance_mismatch_is_not_used(tmp_path, empty_cache, monkeypatch):
 
 
 def test_sample_is_spread_over_quantizers():
-    table = pd.read_parquet(QUICKSTART / "runs.parquet")
+    table = pd.read_parquet(DIGITS / "runs.parquet")
     rows = sample_rows(table, 4, seed=0)
     assert len(set(rows)) == 4 and rows == sample_rows(table, 4, seed=0)
     assert table.iloc[rows]["quantizer"].nunique() == 4
 
 
 def test_reproduce_a_published_row_exactly_and_flag_a_doctored_one(tmp_path, capsys, empty_cache):
-    table = pd.read_parquet(QUICKSTART / "runs.parquet")
+    table = pd.read_parquet(DIGITS / "runs.parquet")
     pick = table.query("quantizer == 'minmax' and group_size == 0 and act_bits == 16 and seed == 0")
     row = int(pick.index[0])
-    assert main(["reproduce", str(QUICKSTART), "--rows", str(row), "--no-progress"]) == 0
+    assert main(["reproduce", str(DIGITS), "--rows", str(row), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert f"1 of {len(table)} rows rerun: reproduced" in out and "DIFFERS" not in out
     assert not empty_cache.exists()  # the baseline came from the published file
