@@ -41,16 +41,20 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from q4lab.core import QTensor, QuantSpec, dequantize_matrix, stored_bytes
-from q4lab.hooks import activation_params
+from q4lab.core import (
+    QTensor,
+    QuantSpec,
+    act_codes,
+    act_fake_quant,
+    dequantize_matrix,
+    stored_bytes,
+)
 from q4lab.ops import (
     IMPLEMENTATIONS,
     choose,
-    fake_quantize_rows,
     int_matmul,
     on_gpu,
     pallas_gpu,
-    quantize_rows,
     w4a16_matmul,
 )
 from q4lab.ops.pallas_gpu import KernelConfig
@@ -109,19 +113,19 @@ def stream_bandwidth() -> float:
 
 def _w4a4_layer(x: jax.Array, qt: QTensor, matmul: Callable = int_matmul) -> jax.Array:
     """The whole W4A4 layer: dynamic per-row activation codes, then ``matmul(xc, scale, qt)``."""
-    scale, zero = activation_params(ACT, x.astype(jnp.float32))
-    return matmul(quantize_rows(x, scale, zero, ACT.quant_spec()), scale, qt)
+    scale, zero = ACT.params(x.astype(jnp.float32))
+    return matmul(act_codes(x, scale, zero, ACT.quant_spec()), scale, qt)
 
 
 def _references(x: jax.Array, qt: QTensor) -> dict[str, np.ndarray]:
     """What the W4A16 and W4A4 paths must return, in float32 at full precision."""
     x = x.astype(jnp.float32)
-    scale, zero = activation_params(ACT, x)
+    scale, zero = ACT.params(x)
     with jax.default_matmul_precision("highest"):
         w = dequantize_matrix(qt)
         return {
             "W4A16": np.asarray(x @ w),
-            "W4A4": np.asarray(fake_quantize_rows(x, scale, zero, ACT.quant_spec()) @ w),
+            "W4A4": np.asarray(act_fake_quant(x, scale, zero, ACT.quant_spec()) @ w),
         }
 
 

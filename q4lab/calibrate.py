@@ -3,7 +3,7 @@ statistics its quantizers asked for, accumulated in float32 without keeping all 
 
   "hessian"     ``H = 2 X^T X / n`` over the layer's input rows ``X[n, K]`` (conv: im2col patches)
   "act_sample"  up to ``max_sample_rows`` input rows (conv: whole examples), for static
-                activation ranges chosen by a clipping quantizer
+                activation ranges chosen by a clipping quantizer (`q4lab.core.act_params`)
 
 The model runs with whatever parameters it is given: the float model, or (sequential
 quantization, as in GPTQ's reference) the model whose earlier layers are already quantized.

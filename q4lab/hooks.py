@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from q4lab.core import QTensor
-from q4lab.ops import fake_quantize_rows, int_matmul, quantize_rows, w4a16_matmul
+from q4lab.core import QTensor, act_codes, act_fake_quant
+from q4lab.ops import int_matmul, w4a16_matmul
 from q4lab.recipe import ActSpec
 
 
@@ -64,13 +64,6 @@ def conv_patches(lhs, rhs, window_strides, padding, **kwargs) -> jax.Array:
     channels = lhs.shape[-1]
     patches = patches.reshape(*lead, channels, math.prod(window))
     return jnp.swapaxes(patches, -1, -2).reshape(*lead, -1)
-
-
-def activation_params(act: ActSpec, rows: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-    """Scale (and zero) of activation rows ``[M, K]`` by the spec's clipping quantizer: ``[M, 1]``
-    per row, ``[1, 1]`` per tensor. Rows are seen as the channels of a ``[K, M]`` weight."""
-    scale, zero = act.clipper().params(rows.T.astype(jnp.float32), act.quant_spec())
-    return scale.T, None if zero is None else zero.T
 
 
 def _lax_conv(lhs, rhs, window_strides, padding, **kwargs):
@@ -122,7 +115,8 @@ class QuantHook:
     `q4lab.ops.w4a16_matmul` on the packed codes (W4A16, dense layers; weight-only convs are
     not hooked: the module runs its own op on the kernel dequantized inside jit).
     ``fake=True``: the same values simulated in float (fake-quantized input, float op on the
-    dequantized kernel). ``act_params`` holds calibrated (scale, zero) for static activations.
+    dequantized kernel), differentiable in the input (`q4lab.core.act_fake_quant`).
+    ``act_params`` holds calibrated (scale, zero) for static activations.
     """
 
     qt: QTensor
@@ -131,12 +125,12 @@ class QuantHook:
     fake: bool
 
     def _quantize_act(self, rows: jax.Array) -> tuple[Any, jax.Array]:
+        """Fake-quantized rows (float32, straight-through gradient) or their centered codes,
+        and the scale."""
         static = self.act.mode == "static"
-        scale, zero = self.act_params if static else activation_params(self.act, rows)
-        spec = self.act.quant_spec()
-        if self.fake:
-            return fake_quantize_rows(rows, scale, zero, spec), scale
-        return quantize_rows(rows, scale, zero, spec), scale
+        scale, zero = self.act_params if static else self.act.params(rows)
+        quantize = act_fake_quant if self.fake else act_codes
+        return quantize(rows, scale, zero, self.act.quant_spec()), scale
 
     def dot_general(self, lhs, rhs, dimension_numbers, precision=None, **kwargs):
         x2d, free_shape = dense_rows(lhs, dimension_numbers)

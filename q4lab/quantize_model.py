@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from q4lab.adapters import Adapter, Layer, PyTree, adapt, get_at, set_at
 from q4lab.calibrate import cached_calibrator
 from q4lab.core import Ledger, QTensor, QuantSpec, dequantize, fake_quant, size_ledger
-from q4lab.hooks import QuantHook, activation_params
+from q4lab.hooks import QuantHook
 from q4lab.quantizers import HESSIAN, RangeQuantizer
 from q4lab.recipe import ActSpec, Recipe, Rule
 
@@ -237,7 +237,7 @@ def quantize_model(
         done.add(path)
         fresh &= stages.get(path, frozenset())  # only same-input layers keep valid statistics
         if "act_sample" in needs[path]:
-            act_params[path] = activation_params(p.rule.act, stats[path]["act_sample"])
+            act_params[path] = p.rule.act.params(stats[path]["act_sample"])
     return QuantizedModel(adapter, qparams, params, plans, act_params)
 
 

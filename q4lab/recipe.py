@@ -14,7 +14,9 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from q4lab.core import QuantSpec
+import jax
+
+from q4lab.core import QuantSpec, act_params
 from q4lab.quantizers import RangeQuantizer, get_quantizer
 
 ACT_MODES = ("dynamic", "static")
@@ -27,7 +29,7 @@ def _items(options: Mapping[str, Any] | tuple) -> tuple[tuple[str, Any], ...]:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ActSpec:
-    """Quantization of a layer's input activations.
+    """Quantization of a layer's input activations (the arithmetic: `q4lab.core.act_quant`).
 
     A row is one token of a dense layer's input (all axes but the contracting ones) and one
     example of a convolution's input (a per-position scale cannot be factored out of a conv).
@@ -68,6 +70,12 @@ class ActSpec:
 
     def clipper(self) -> RangeQuantizer:
         return get_quantizer(self.clipping, **dict(self.clipping_options))
+
+    def params(self, rows: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+        """Scale (and zero) of activation rows ``[M, K]``: ``[M, 1]`` per row, ``[1, 1]`` per
+        tensor, by this spec's clipping (`q4lab.core.act_params`; static ranges: on calibration
+        rows)."""
+        return act_params(rows, self.quant_spec(), self.clipper())
 
     def describe(self) -> str:
         return f"A{self.bits} {self.mode}"

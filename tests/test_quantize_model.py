@@ -173,6 +173,31 @@ def test_im2col_patches_follow_the_kernel_layout(linen):
     np.testing.assert_allclose(np.asarray(via_matmul), np.asarray(direct), rtol=1e-5, atol=1e-5)
 
 
+def test_fake_forward_passes_the_straight_through_gradient_to_the_input():
+    """One dense layer, min-max activation ranges (nothing clipped): d/dx of sum(c * y) is
+    ``c @ W_hat^T``, as if the activation quantizer were the identity."""
+    model = nn.Dense(5)
+    x = jax.random.normal(jax.random.key(3), (4, 16))
+    params = model.init(jax.random.key(4), x)["params"]
+    recipe = Recipe.single(weight=QuantSpec(bits=4), act=ActSpec(bits=4))
+    qm = quantize_model(model, params, recipe, sample_input=x)
+    c = jax.random.normal(jax.random.key(5), (4, 5))
+    grad = jax.grad(lambda x: jnp.sum(c * qm.apply(x, fake=True)))(x)
+    w_hat = dequantize(qm.params["kernel"])
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(c @ w_hat.T), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in RECIPES if n != "W4A16 g4"])
+def test_fake_forward_of_quantized_activations_is_differentiable(linen, name):
+    """Through convs, dense layers and static ranges, the input gets a gradient almost
+    everywhere (without the straight-through estimator only dynamic scales carried one, to
+    0 to 22% of these inputs)."""
+    model, params, x = linen
+    qm = quantize_model(model, params, RECIPES[name], sample_input=x, calibration=[x, -x])
+    grad = jax.grad(lambda x: jnp.sum(qm.apply(x, fake=True) ** 2))(x)
+    assert np.mean(np.asarray(grad) != 0) > 0.9
+
+
 def test_static_activation_scales_come_from_calibration(linen):
     model, params, x = linen
     qm = quantize_model(model, params, RECIPES["W8A8 static"], sample_input=x, calibration=[x])

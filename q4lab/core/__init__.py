@@ -1,5 +1,7 @@
-"""The INT4 numerical core: specs, packed tensors, fake quantization and the size ledger."""
+"""The INT4 numerical core: specs, packed tensors, fake quantization (weights and activations)
+and the size ledger."""
 
+from q4lab.core.act_quant import Clipper, act_codes, act_fake_quant, act_params
 from q4lab.core.affine import from_codes, group_view, round_trip, scale_zero_from_range, to_codes
 from q4lab.core.fake_quant import fake_quant
 from q4lab.core.ledger import LeafSize, Ledger, size_ledger
@@ -17,10 +19,14 @@ from q4lab.core.qtensor import (
 from q4lab.core.spec import QuantSpec
 
 __all__ = [
+    "Clipper",
     "LeafSize",
     "Ledger",
     "QTensor",
     "QuantSpec",
+    "act_codes",
+    "act_fake_quant",
+    "act_params",
     "dequantize",
     "dequantize_matrix",
     "fake_quant",

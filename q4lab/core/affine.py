@@ -56,12 +56,21 @@ def scale_zero_from_range(
     return scale, zero.astype(jnp.int32)
 
 
+def _unclipped_codes(wg: jax.Array, scale: jax.Array, zero: jax.Array | None) -> jax.Array:
+    q = jnp.round(wg.astype(jnp.float32) / scale.astype(jnp.float32))
+    return q if zero is None else q + zero.astype(jnp.float32)
+
+
 def to_codes(wg: jax.Array, scale: jax.Array, zero: jax.Array | None, spec: QuantSpec) -> jax.Array:
     """Integer codes (float32 holding integers) of grouped weights ``wg[G, g, N]``."""
-    q = jnp.round(wg.astype(jnp.float32) / scale.astype(jnp.float32))
-    if zero is not None:
-        q = q + zero.astype(jnp.float32)
-    return jnp.clip(q, spec.qmin, spec.qmax)
+    return jnp.clip(_unclipped_codes(wg, scale, zero), spec.qmin, spec.qmax)
+
+
+def in_range(wg: jax.Array, scale: jax.Array, zero: jax.Array | None, spec: QuantSpec) -> jax.Array:
+    """Boolean mask of ``wg``: True where the code before clipping lies in [qmin, qmax], i.e.
+    where `to_codes` does not saturate (the support of a straight-through gradient)."""
+    raw = _unclipped_codes(wg, scale, zero)
+    return (raw >= spec.qmin) & (raw <= spec.qmax)
 
 
 def from_codes(codes: jax.Array, scale: jax.Array, zero: jax.Array | None) -> jax.Array:
@@ -75,3 +84,9 @@ def from_codes(codes: jax.Array, scale: jax.Array, zero: jax.Array | None) -> ja
 def round_trip(wg: jax.Array, scale: jax.Array, zero: jax.Array | None, spec: QuantSpec):
     """``from_codes(to_codes(wg))``: the values a quantized weight takes, in float32."""
     return from_codes(to_codes(wg, scale, zero, spec), scale, zero)
+
+
+def centered_dtype(spec: QuantSpec) -> jnp.dtype:
+    """The narrowest integer type of ``code - zero``: int8, except 8-bit asymmetric codes, whose
+    centered values span [-255, 255] (int16)."""
+    return jnp.dtype(jnp.int16 if spec.bits == 8 and not spec.symmetric else jnp.int8)

@@ -34,10 +34,7 @@ def fake_quant(
     wg = affine.group_view(w2d, spec)
     scale_g = jax.lax.stop_gradient(scale.astype(spec.jnp_scale_dtype))[:, None, :]
     zero_g = None if zero is None else jax.lax.stop_gradient(zero)[:, None, :]
-    raw = jnp.round(wg / scale_g.astype(jnp.float32))
-    if zero_g is not None:
-        raw = raw + zero_g.astype(jnp.float32)
-    inside = (raw >= spec.qmin) & (raw <= spec.qmax)
+    inside = affine.in_range(wg, scale_g, zero_g, spec)
     w_hat = jax.lax.stop_gradient(affine.round_trip(wg, scale_g, zero_g, spec))
     straight_through = (wg - jax.lax.stop_gradient(wg)) * inside
     return from_matrix((w_hat + straight_through).reshape(w2d.shape), w.shape, axes)

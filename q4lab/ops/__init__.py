@@ -5,10 +5,8 @@ from q4lab.ops.matmul import (
     IMPLEMENTATIONS,
     centered_weight_codes,
     choose,
-    fake_quantize_rows,
     int_matmul,
     on_gpu,
-    quantize_rows,
     w4a16_matmul,
 )
 
@@ -17,9 +15,7 @@ __all__ = [
     "IMPLEMENTATIONS",
     "centered_weight_codes",
     "choose",
-    "fake_quantize_rows",
     "int_matmul",
     "on_gpu",
-    "quantize_rows",
     "w4a16_matmul",
 ]

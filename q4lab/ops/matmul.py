@@ -27,7 +27,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from q4lab.core import QTensor, QuantSpec, affine, dequantize_matrix
+from q4lab.core import QTensor, affine, dequantize_matrix
 from q4lab.ops import blocked, halves, pallas_gpu
 
 IMPLEMENTATIONS: tuple[str, ...] = (
@@ -126,48 +126,22 @@ def w4a16_matmul(x: jax.Array, qt: QTensor, *, impl: str = "auto") -> jax.Array:
 _FLOAT32_PRECISION = jax.lax.Precision.HIGHEST
 
 
-def centered_dtype(spec: QuantSpec) -> jnp.dtype:
-    """The narrowest integer type of ``code - zero``: int8, except 8-bit asymmetric codes, whose
-    centered values span [-255, 255] (int16)."""
-    return jnp.dtype(jnp.int16 if spec.bits == 8 and not spec.symmetric else jnp.int8)
-
-
 def centered_weight_codes(qt: QTensor) -> jax.Array:
-    """``w_q - z_w`` ``[K, N]`` (`centered_dtype`) in stored row order (see `QTensor.perm`)."""
+    """``w_q - z_w`` ``[K, N]`` (`q4lab.core.affine.centered_dtype`) in stored row order (see
+    `QTensor.perm`)."""
     codes = qt.int_codes().astype(jnp.int32)
     zero = qt.int_zero()
     if zero is not None:
         codes = affine.group_view(codes, qt.spec) - zero[:, None, :]
         codes = codes.reshape(qt.k, qt.n)
-    return codes.astype(centered_dtype(qt.spec))
-
-
-def quantize_rows(
-    x: jax.Array, scale: jax.Array, zero: jax.Array | None, spec: QuantSpec
-) -> jax.Array:
-    """Centered activation codes ``x_q - z_x`` (`centered_dtype`) of ``x[M, K]``; scale/zero
-    ``[M, 1]`` or ``[1, 1]``. Same arithmetic as `q4lab.core.affine`, rows seen as channels."""
-    codes = affine.to_codes(x.T[None], scale.T[:, None, :], _t(zero), spec)[0].T
-    if zero is not None:
-        codes = codes - zero.astype(jnp.float32)
-    return codes.astype(centered_dtype(spec))
-
-
-def fake_quantize_rows(
-    x: jax.Array, scale: jax.Array, zero: jax.Array | None, spec: QuantSpec
-) -> jax.Array:
-    """The float values `quantize_rows` stands for: ``(x_q - z_x) * s_x``."""
-    return affine.round_trip(x.T[None], scale.T[:, None, :], _t(zero), spec)[0].T
-
-
-def _t(zero: jax.Array | None) -> jax.Array | None:
-    return None if zero is None else zero.T[:, None, :]
+    return codes.astype(affine.centered_dtype(qt.spec))
 
 
 def int_matmul(xc: jax.Array, x_scale: jax.Array, qt: QTensor, *, impl: str = "auto") -> jax.Array:
-    """W4A4: centered activation codes ``xc[M, K]`` (int8; int16 for 8-bit asymmetric ones, which
-    only the reference and xla forms take) with row scales ``x_scale[M or 1, 1]`` times the
-    weight's centered codes, int32 accumulation per group, then both scales. Float32 ``[M, N]``.
+    """W4A4: centered activation codes ``xc[M, K]`` (`q4lab.core.act_codes`: int8; int16 for
+    8-bit asymmetric ones, which only the reference and xla forms take) with row scales
+    ``x_scale[M or 1, 1]`` times the weight's centered codes, int32 accumulation per group, then
+    both scales. Float32 ``[M, N]``.
     Rows of ``xc`` are in logical order; an act-order permutation is applied here."""
     if xc.dtype != jnp.int8 and impl == "auto":
         impl = "xla"

@@ -5,30 +5,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from q4lab.core import QuantSpec, affine, dequantize_matrix, quantize
-from q4lab.ops import (
-    GPU_CHOICES,
-    choose,
-    fake_quantize_rows,
-    int_matmul,
-    on_gpu,
-    quantize_rows,
-    w4a16_matmul,
+from q4lab.core import (
+    QuantSpec,
+    act_codes,
+    act_fake_quant,
+    act_params,
+    dequantize_matrix,
+    quantize,
 )
+from q4lab.ops import GPU_CHOICES, choose, int_matmul, on_gpu, w4a16_matmul
 from q4lab.ops.blocked import block_rows, w4a16_blocked
 from q4lab.quantizers import get_quantizer
 
 
 def _rel(a, b):
     return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
-
-
-def _act_params(x, act):
-    view = affine.group_view(x.T, act)
-    axes = affine.reduce_axes(act)
-    lo, hi = view.min(axis=axes, keepdims=True), view.max(axis=axes, keepdims=True)
-    scale, zero = affine.scale_zero_from_range(lo, hi, act)
-    return scale[0].T, None if zero is None else zero[0].T
 
 
 specs = st.builds(
@@ -61,9 +52,9 @@ def test_int_matmul_equals_the_float_product_of_dequantized_operands(
     qt = get_quantizer("minmax").quantize(w, spec)
     gran = "per_channel" if per_row else "per_tensor"
     act = QuantSpec(bits=act_bits, symmetric=act_symmetric, granularity=gran)
-    scale, zero = _act_params(x, act)
-    y_int = int_matmul(quantize_rows(x, scale, zero, act), scale, qt, impl=impl)
-    y_float = fake_quantize_rows(x, scale, zero, act) @ dequantize_matrix(qt)
+    scale, zero = act_params(x, act, get_quantizer("minmax"))
+    y_int = int_matmul(act_codes(x, scale, zero, act), scale, qt, impl=impl)
+    y_float = act_fake_quant(x, scale, zero, act) @ dequantize_matrix(qt)
     np.testing.assert_allclose(np.asarray(y_int), np.asarray(y_float), rtol=1e-5, atol=1e-5)
 
 
@@ -121,10 +112,10 @@ def test_eight_bit_asymmetric_codes_are_centered_without_overflow():
     qt = get_quantizer("minmax").quantize(w, QuantSpec(bits=8, symmetric=False))
     x = jax.random.uniform(jax.random.key(1), (4, 64)) + 2.0
     act = QuantSpec(bits=8, symmetric=False, granularity="per_channel")
-    scale, zero = _act_params(x, act)
-    xc = quantize_rows(x, scale, zero, act)
+    scale, zero = act_params(x, act, get_quantizer("minmax"))
+    xc = act_codes(x, scale, zero, act)
     assert xc.dtype == jnp.int16
-    expected = fake_quantize_rows(x, scale, zero, act) @ dequantize_matrix(qt)
+    expected = act_fake_quant(x, scale, zero, act) @ dequantize_matrix(qt)
     assert _rel(int_matmul(xc, scale, qt), expected) < 1e-5
     w4 = get_quantizer("minmax").quantize(w, QuantSpec(bits=4))
     with pytest.raises(ValueError, match="needs int8 activation codes"):
