@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime
 import functools
 import importlib.metadata
+import os
 import platform
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -42,6 +44,50 @@ def git_commit(path: Path | None = None) -> str:
         return ""
 
 
+_SIMD_PREFIXES = ("avx", "amx", "fma", "sse4", "f16c")
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's SIMD feature flags that XLA:CPU may generate code for (Linux; else empty)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(_SIMD_PREFIXES))
+    return []
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_isa(flags: Sequence[str] | None = None) -> str:
+    """The widest vector instruction set of this CPU, e.g. ``x86_64 AVX-512 (+AMX)``, and the
+    cap ``XLA_FLAGS=--xla_cpu_max_isa=...`` puts on XLA's code if set."""
+    flags = cpu_flags() if flags is None else flags
+    machine = platform.machine()
+    cap = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_cpu_max_isa" in f]
+    if cap:
+        machine = f"XLA capped at {cap[-1].split('=')[-1]} on {machine}"
+    if "avx512f" in flags:
+        isa = "AVX-512" + (" (+AMX)" if "amx_tile" in flags else "")
+    elif "avx2" in flags:
+        isa = "AVX2"
+    elif "avx" in flags:
+        isa = "AVX"
+    else:
+        return machine
+    return f"{machine} {isa}"
+
+
 def manifest() -> dict[str, str]:
     """Flat manifest fields for a results row."""
     out = {f"{name}_version": _version(name) for name in PACKAGES}
@@ -49,6 +95,7 @@ def manifest() -> dict[str, str]:
     out |= {
         "python_version": platform.python_version(),
         "platform": platform.platform(),
+        "cpu": f"{cpu_name()}, {cpu_isa()}",  # float sums are ordered per CPU (see README)
         "device": f"{device.platform}:{device.device_kind}",
         "git_commit": git_commit(),
         "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

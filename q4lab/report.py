@@ -245,6 +245,26 @@ def _budget_markdown(part: pd.DataFrame, x: str, y: str, metric: str) -> str:
     return out.to_markdown(index=False, disable_numparse=True)
 
 
+def _distinct(table: pd.DataFrame, column: str) -> str:
+    return ", ".join(str(v) for v in sorted(table[column].dropna().unique())) or "?"
+
+
+def _provenance(table: pd.DataFrame) -> list[str]:
+    """Where the rows were computed (their manifest columns) and what may differ elsewhere."""
+    if not {"git_commit", "platform", "jax_version"} <= set(table.columns):
+        return []
+    commits = _distinct(table.assign(git_commit=table["git_commit"].str[:7]), "git_commit")
+    cpu = f"{_distinct(table, 'cpu')}, " if "cpu" in table else ""
+    return [
+        "",
+        f"Computed at commit {commits} on {cpu}{_distinct(table, 'platform')} "
+        f"({_distinct(table, 'device')}), jax {_distinct(table, 'jax_version')}. "
+        "`q4lab reproduce` reruns rows: on the same CPU type and versions every difference is 0; "
+        "on another CPU, from the published float baselines, sizes are exact and a score may "
+        "move where a rounding falls the other way (a flipped test example).",
+    ]
+
+
 def report(
     table: pd.DataFrame, y: str = "score", title: str = "", x: str = "bits_per_weight"
 ) -> str:
@@ -269,6 +289,7 @@ def report(
         "loss;",
         f"- noise rule: {NOISE_RULE}.",
     ]
+    lines += _provenance(table)
     base = baseline_column(table, y)
     tasks = sorted(table["task"].unique()) if "task" in table else [None]
     for task in tasks:

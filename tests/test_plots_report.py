@@ -223,3 +223,18 @@ def test_cli_writes_the_plot_and_the_report(tmp_path, capsys):
     text = (tmp_path / "report.md").read_text()
     assert "### weights only (float activations)" in text and "### A4 activations" in text
     assert "ideal bits/weight" in text and "| gptq" in text
+
+
+def test_the_report_states_where_its_rows_were_computed():
+    table = make_table({("gptq", 4, 0, 16): [0.95, 0.96]})
+    assert "Computed at commit" not in report(table)  # no manifest columns: nothing claimed
+    table = table.assign(
+        git_commit="d436505bae3b-dirty",
+        platform="Linux-x86_64",
+        device="cpu:cpu",
+        jax_version="0.10.2",
+        cpu="Xeon, x86_64 AVX-512",
+    )
+    text = report(table)
+    assert "Computed at commit d436505 on Xeon, x86_64 AVX-512, Linux-x86_64 (cpu:cpu)" in text
+    assert "jax 0.10.2" in text and "another CPU" in text
