@@ -47,7 +47,7 @@ def on_gpu(backend: str | None = None) -> bool:
 
 # What ``auto`` runs on a GPU, by operation and activation dtype: the first (max_rows, impl) whose
 # bound covers M (None: any M). From `benchmarks/bench_ops.py` on an H200 (benchmarks/RESULTS.md,
-# "GPU dispatch"); a path the kernel cannot take falls back to "xla".
+# "Matmul paths and what `auto` picks"); a path the kernel cannot take falls back to "xla".
 GPU_CHOICES: dict[tuple[str, str], tuple[tuple[int | None, str], ...]] = {
     ("w4a16", "16-bit"): ((64, "pallas"), (None, "xla")),
     ("w4a16", "float32"): ((1, "xla"), (None, "blocked")),
