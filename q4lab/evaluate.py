@@ -9,6 +9,8 @@ import jax
 import numpy as np
 
 from q4lab.manifest import manifest
+from q4lab.qat import QATConfig, QATModel
+from q4lab.qat import train as train_qat
 from q4lab.quantize_model import quantize_model
 from q4lab.recipe import Recipe
 from q4lab.tasks import Task, get_task
@@ -25,7 +27,9 @@ def evaluate(
     seed: int = 0,
     *,
     calib_size: int | None = None,
+    qat: QATConfig | None = None,
     progress: bool | None = False,
+    train_progress: bool | None = None,
 ) -> dict[str, object]:
     """The task's metrics of ``recipe`` applied to its float baseline for ``seed``.
 
@@ -41,6 +45,11 @@ def evaluate(
     over examples of the max relative output difference, ``fake_rel_diff_max`` the worst
     example, and ``fake_agreement`` the fraction of identical argmax outputs. ``progress``: a bar
     over the layers being quantized (None: only on a terminal).
+
+    With ``qat``, the quantized model is fine-tuned (`q4lab.qat`) and frozen; the task's metrics
+    are those of the frozen integer model, beside ``ptq_score`` (before training),
+    ``qat_fake_score`` (the training forward at the end) and the training's loss and cost.
+    ``train_progress``: a bar over training steps (None: only on a terminal).
     """
     task = get_task(task) if isinstance(task, str) else task
     params = task.baseline(seed)
@@ -56,8 +65,15 @@ def evaluate(
     )
     quantize_seconds = time.perf_counter() - start
 
+    def fp_forward(x):
+        return _float_forward(task.model, params, x)
+
+    trained = {}
+    if qat is not None:
+        qmodel, trained = _fine_tune(task, qmodel, qat, params, fp_forward, seed, train_progress)
+
     start = time.perf_counter()
-    metrics = task.metrics(qmodel.apply, lambda x: _float_forward(task.model, params, x), seed)
+    metrics = task.metrics(qmodel.apply, fp_forward, seed)
     eval_seconds = time.perf_counter() - start
     score, fp_score = metrics[task.metric], metrics[f"fp_{task.metric}"]
 
@@ -69,6 +85,7 @@ def evaluate(
         "task": task.name,
         "seed": seed,
         **recipe.fields(),
+        "training": "ptq" if qat is None else f"qat {qat.method}",
         "calib_examples": sum(len(b) for b in calibration),
         **metrics,
         "metric": task.metric,
@@ -79,8 +96,39 @@ def evaluate(
         "fake_rel_diff": float(np.median(per_example)),
         "fake_rel_diff_max": float(np.max(per_example)),
         "fake_agreement": float(np.mean(real.argmax(-1) == fake.argmax(-1))),
+        **trained,
         **qmodel.ledger().totals(),
         "quantize_seconds": quantize_seconds,
         "eval_seconds": eval_seconds,
         **manifest(),
+    }
+
+
+def _fine_tune(task, ptq, config, params, fp_forward, seed, progress):
+    """Quantization-aware training of ``ptq``: the frozen model and the record's QAT fields."""
+    metric = task.metric
+    ptq_score = task.metrics(ptq.apply, fp_forward, seed)[metric]
+    model, state = QATModel.start(ptq, config.method)
+    state, log = train_qat(
+        model,
+        state,
+        task.qat_sampler(seed, config.batch_size),
+        task.qat_loss(config.loss),
+        config,
+        fp_params=params,
+        seed=seed,
+        progress=progress,
+        desc=f"qat {task.name} {config.method}",
+    )
+    fake = jax.jit(model.apply)
+    fake_score = task.metrics(lambda x: fake(state, x), fp_forward, seed)[metric]
+    steady = log.losses[1:] if len(log.losses) > 1 else log.losses
+    tail = max(1, len(log.losses) // 10)
+    return model.freeze(state), {
+        "ptq_score": ptq_score,
+        "qat_fake_score": fake_score,
+        "qat_loss_start": float(log.losses[:tail].mean()),
+        "qat_loss_end": float(log.losses[-tail:].mean()),
+        "qat_seconds": log.seconds,
+        "qat_seconds_per_step": (log.seconds - log.compile_seconds) / max(1, len(steady)),
     }

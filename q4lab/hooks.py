@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from q4lab.core import QTensor, act_codes, act_fake_quant
-from q4lab.ops import int_matmul, w4a16_matmul
-from q4lab.recipe import ActSpec
+from q4lab.core import QTensor
+from q4lab.layer_quant import ActState, quantized_dot
+from q4lab.ops import int_matmul
 
 
 def dense_rows(lhs: jax.Array, dimension_numbers) -> tuple[jax.Array, tuple[int, ...]]:
@@ -109,47 +108,32 @@ class CaptureHook:
 
 @dataclasses.dataclass
 class QuantHook:
-    """The quantized layer: weight `QTensor` ``qt`` and, if ``act`` is set, activation codes.
+    """The quantized layer in a Flax module: `q4lab.layer_quant.quantized_dot` on its input rows.
 
-    ``fake=False``: integer codes through `q4lab.ops.int_matmul` (W4A4), or float inputs through
-    `q4lab.ops.w4a16_matmul` on the packed codes (W4A16, dense layers; weight-only convs are
-    not hooked: the module runs its own op on the kernel dequantized inside jit).
-    ``fake=True``: the same values simulated in float (fake-quantized input, float op on the
-    dequantized kernel), differentiable in the input (`q4lab.core.act_fake_quant`).
-    ``act_params`` holds calibrated (scale, zero) for static activations.
+    ``mode="int"``: ``qt`` (the weight `QTensor`) through integer ops; weight-only convs are not
+    hooked (the module runs its own op on the kernel dequantized inside jit). ``"fake"`` /
+    ``"train"``: the module's kernel is already the fake-quantized weight; the hook quantizes
+    the activations (``act``) and runs the float op, differentiable in input, weight and the
+    learned steps.
     """
 
-    qt: QTensor
-    act: ActSpec | None
-    act_params: tuple[jax.Array, jax.Array | None] | None
-    fake: bool
-
-    def _quantize_act(self, rows: jax.Array) -> tuple[Any, jax.Array]:
-        """Fake-quantized rows (float32, straight-through gradient) or their centered codes,
-        and the scale."""
-        static = self.act.mode == "static"
-        scale, zero = self.act_params if static else self.act.params(rows)
-        quantize = act_fake_quant if self.fake else act_codes
-        return quantize(rows, scale, zero, self.act.quant_spec()), scale
+    qt: QTensor | None
+    act: ActState | None
+    mode: str
 
     def dot_general(self, lhs, rhs, dimension_numbers, precision=None, **kwargs):
         x2d, free_shape = dense_rows(lhs, dimension_numbers)
         out_shape = free_shape + tuple(
             rhs.shape[d] for d in range(rhs.ndim) if d not in dimension_numbers[0][1]
         )
-        if self.act is None:
-            return w4a16_matmul(x2d, self.qt).reshape(out_shape).astype(lhs.dtype)
-        xq, scale = self._quantize_act(x2d)
-        if self.fake:
-            y = jnp.dot(xq, rhs.reshape(x2d.shape[1], -1).astype(jnp.float32))
-        else:
-            y = int_matmul(xq, scale, self.qt)
+        weight = self.qt if self.mode == "int" else rhs.reshape(x2d.shape[1], -1)
+        y = quantized_dot(x2d, weight, self.act, self.mode)
         return y.reshape(out_shape).astype(lhs.dtype)
 
     def conv(self, lhs, rhs, window_strides, padding, **kwargs):
         rows = lhs.reshape(lhs.shape[0], -1)  # one row per example, see ActSpec
-        xq, scale = self._quantize_act(rows)
-        if self.fake:
+        xq, scale = self.act.quantize(rows, self.mode)
+        if self.mode != "int":
             x_fake = xq.reshape(lhs.shape).astype(lhs.dtype)
             return _lax_conv(x_fake, rhs, window_strides, padding, **kwargs)
         codes = xq.reshape(lhs.shape).astype(jnp.float32)  # small integers: exact in float32

@@ -75,6 +75,10 @@ CONFIG_COLUMNS = (
     "act_clipping_options",
     "sequential",
     "calib_size",
+    "training",
+    "qat_steps",
+    "qat_lr",
+    "qat_loss",
 )
 LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "fp_perplexity", "fp_bits_per_byte")
 MARKERS = "osD^vP*Xh<>p"

@@ -17,8 +17,9 @@ from q4lab.adapters import Adapter, Layer, PyTree, adapt, get_at, set_at
 from q4lab.calibrate import cached_calibrator
 from q4lab.core import Ledger, QTensor, QuantSpec, dequantize, fake_quant, size_ledger
 from q4lab.hooks import QuantHook
+from q4lab.layer_quant import ActState
 from q4lab.quantizers import HESSIAN, RangeQuantizer
-from q4lab.recipe import ActSpec, Recipe, Rule
+from q4lab.recipe import Recipe, Rule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,11 +87,10 @@ def _needs(p: LayerPlan) -> set[str]:
 @dataclasses.dataclass(frozen=True)
 class _ForwardLayer:
     """What the quantized forward needs to know of a layer (a static jit argument: models with
-    the same layers and activation specs share one compiled forward per weight spec)."""
+    the same layers share one compiled forward per weight and activation spec)."""
 
     path: str
     key: tuple
-    act: ActSpec | None
     rounds_to_nearest: bool
     dense: bool  # a hookable dense layer: weight-only, the real forward runs `w4a16_matmul`
 
@@ -108,13 +108,12 @@ def _weights(layers, fake: bool, params: PyTree, float_params: PyTree) -> PyTree
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _forward(adapter, layers, fake, params, float_params, act_params, x):
+def _forward(adapter, layers, fake, params, float_params, acts, x):
+    mode = "fake" if fake else "int"
     hooks = {
-        layer.path: QuantHook(
-            get_at(params, layer.key), layer.act, act_params.get(layer.path), fake
-        )
+        layer.path: QuantHook(get_at(params, layer.key), acts.get(layer.path), mode)
         for layer in layers
-        if layer.act is not None or (layer.dense and not fake)
+        if layer.path in acts or (layer.dense and not fake)
     }
     return adapter.apply(_weights(layers, fake, params, float_params), x, hooks)
 
@@ -144,7 +143,7 @@ class QuantizedModel:
     params: PyTree  # float leaves and QTensors: exactly what is stored
     float_params: PyTree  # the original weights, for the fake-quant simulation only
     layers: dict[str, LayerPlan]
-    act_params: dict[str, tuple[jax.Array, jax.Array | None]]
+    acts: dict[str, ActState]  # the layers whose activations are quantized
 
     def ledger(self) -> Ledger:
         return size_ledger(self.params)
@@ -155,7 +154,6 @@ class QuantizedModel:
             _ForwardLayer(
                 p.layer.path,
                 p.layer.key,
-                p.rule.act,
                 p.rounds_to_nearest,
                 p.layer.hookable and p.layer.kind == "dense",
             )
@@ -170,7 +168,7 @@ class QuantizedModel:
             fake,
             self.params,
             self.float_params if fake else None,
-            self.act_params,
+            self.acts,
             x,
         )
 
@@ -212,7 +210,7 @@ def quantize_model(
     working = params  # float params, with the layers quantized so far dequantized
     track_working = recipe.sequential and any(needs.values())  # only sequential passes read it
     qparams = params
-    act_params = {}
+    acts = {path: ActState(p.rule.act) for path, p in plans.items() if p.rule.act is not None}
     for path, p in tqdm(
         plans.items(),
         desc="quantize",
@@ -237,8 +235,8 @@ def quantize_model(
         done.add(path)
         fresh &= stages.get(path, frozenset())  # only same-input layers keep valid statistics
         if "act_sample" in needs[path]:
-            act_params[path] = p.rule.act.params(stats[path]["act_sample"])
-    return QuantizedModel(adapter, qparams, params, plans, act_params)
+            acts[path] = ActState(p.rule.act, *p.rule.act.params(stats[path]["act_sample"]))
+    return QuantizedModel(adapter, qparams, params, plans, acts)
 
 
 __all__ = ["LayerPlan", "QuantizedModel", "plan", "quantize_model"]

@@ -201,9 +201,9 @@ def test_fake_forward_of_quantized_activations_is_differentiable(linen, name):
 def test_static_activation_scales_come_from_calibration(linen):
     model, params, x = linen
     qm = quantize_model(model, params, RECIPES["W8A8 static"], sample_input=x, calibration=[x])
-    assert set(qm.act_params) == {"Conv_0", "Conv_1", "head"}
-    scale, zero = qm.act_params["Conv_0"]
-    assert zero is None
+    assert set(qm.acts) == {"Conv_0", "Conv_1", "head"}
+    scale, zero = qm.acts["Conv_0"].scale, qm.acts["Conv_0"].zero
+    assert zero is None and qm.acts["Conv_0"].gain is None
     # percentile 99.9 of |x| over the calibration inputs of the first conv, / 127
     expected = np.percentile(np.abs(np.asarray(x)), 99.9) / 127
     assert float(scale[0, 0]) == pytest.approx(expected, rel=1e-3)

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from q4lab.core import affine
+from q4lab.core.lsq import lsq_grad_scale, lsq_round_trip
 from q4lab.core.spec import QuantSpec
 
 ACT_GRANULARITIES: tuple[str, ...] = ("per_channel", "per_tensor")
@@ -108,3 +109,15 @@ def _fake_quant_jvp(spec, primals, tangents):
     x, scale, zero = primals
     inside = affine.in_range(*_as_groups(x, scale, zero), spec)[0].T
     return _fake_quant(x, scale, zero, spec), tangents[0] * inside
+
+
+def act_lsq_fake_quant(
+    x: jax.Array, scale: jax.Array, zero: jax.Array | None, spec: QuantSpec
+) -> jax.Array:
+    """`act_fake_quant`'s values with LSQ's gradients (`q4lab.core.lsq`): to ``x`` inside the
+    range and to ``scale`` (float32 ``[M, 1]`` or ``[1, 1]``), scaled by ``1 / sqrt(K * Q_P)``
+    (K values of a row per step, the paper's "features" of an activation)."""
+    _check(x, spec)
+    g = lsq_grad_scale(x.shape[1], spec)
+    xg, sg, zg = _as_groups(jnp.asarray(x).astype(jnp.float32), scale, zero)
+    return lsq_round_trip(xg, sg.astype(jnp.float32), zg, spec, g)[0].T

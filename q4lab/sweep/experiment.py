@@ -36,6 +36,8 @@ class Experiment:
 def describe_point(point: Point) -> str:
     """A short label of a point (progress bars, error messages)."""
     keys = ("task", "seed", "quantizer", "bits", "group_size", "act_bits")
+    if point.get("qat_steps"):
+        keys += ("qat_steps", "qat_method")
     return ", ".join(f"{k}={point[k]!r}" for k in keys)
 
 

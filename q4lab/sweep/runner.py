@@ -20,7 +20,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from q4lab.sweep.experiment import Experiment, describe_point
-from q4lab.sweep.spec import Point, recipe_of
+from q4lab.sweep.spec import Point, qat_of, recipe_of
 from q4lab.sweep.store import ResultsStore
 from q4lab.sweep.tracking import WandbLogger, WandbSettings
 
@@ -32,7 +32,11 @@ def evaluate_point(point: Point) -> dict[str, Any]:
     from q4lab.evaluate import evaluate
 
     return evaluate(
-        point["task"], recipe_of(point), point["seed"], calib_size=point["calib_size"] or None
+        point["task"],
+        recipe_of(point),
+        point["seed"],
+        calib_size=point["calib_size"] or None,
+        qat=qat_of(point),
     )
 
 

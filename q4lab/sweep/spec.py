@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from q4lab.core import QuantSpec
+from q4lab.qat import QATConfig
 from q4lab.recipe import ActSpec, Recipe
 
 Point = dict[str, Any]
@@ -37,7 +38,13 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "act_clipping_options": ({}, "its options, e.g. {'percentile': 99.9}"),
     "sequential": (True, "calibrate each layer with the earlier layers already quantized"),
     "calib_size": (0, "calibration examples to use; 0 = the task's whole calibration split"),
+    "qat_steps": (0, "quantization-aware training steps after quantizing; 0 = post-training only"),
+    "qat_lr": (1e-4, "peak learning rate of quantization-aware training (AdamW, cosine)"),
+    "qat_method": ("lsq", "ste (steps frozen) or lsq (steps learned, Esser et al. 2020)"),
+    "qat_loss": ("task", "task (the task's loss, with labels) or distill (to the float model)"),
+    "qat_batch_size": (64, "training batch size of quantization-aware training"),
 }
+QAT_FIELDS = tuple(name for name in FIELDS if name.startswith("qat_"))
 
 
 def with_defaults(point: Point) -> Point:
@@ -54,8 +61,13 @@ def _canonical(value: Any) -> Any:
 
 
 def config_hash(point: Point) -> str:
-    """A stable 16-hex-digit name of a point's full configuration (defaults included)."""
-    text = json.dumps(_canonical(with_defaults(point)), sort_keys=True, default=str)
+    """A stable 16-hex-digit name of a point's full configuration (defaults included). The
+    training fields of a post-training point (``qat_steps=0``) are left out: they change
+    nothing, and the tables published before they existed keep their names."""
+    full = with_defaults(point)
+    if not full["qat_steps"]:
+        full = {k: v for k, v in full.items() if k not in QAT_FIELDS}
+    text = json.dumps(_canonical(full), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -84,6 +96,20 @@ def recipe_of(point: Point) -> Recipe:
         weight=weight,
         act=act,
         sequential=p["sequential"],
+    )
+
+
+def qat_of(point: Point) -> QATConfig | None:
+    """The quantization-aware training of a point, or None (``qat_steps=0``)."""
+    p = with_defaults(point)
+    if p["qat_steps"] == 0:
+        return None
+    return QATConfig(
+        steps=p["qat_steps"],
+        lr=p["qat_lr"],
+        method=p["qat_method"],
+        loss=p["qat_loss"],
+        batch_size=p["qat_batch_size"],
     )
 
 
@@ -164,6 +190,13 @@ def validate_point(point: Point) -> Recipe:
         value = point[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name}={value!r} is invalid; allowed: an int >= 0")
+    steps = point["qat_steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"qat_steps={steps!r} is invalid; allowed: an int >= 0 (0: no training)")
+    if (qat := qat_of(point)) is not None:
+        from q4lab.tasks import get_task
+
+        get_task(point["task"]).qat_loss(qat.loss)  # e.g. minilm has no labels: distill only
     for name in ("options", "act_clipping_options"):
         if not isinstance(point[name], Mapping):
             raise ValueError(f"{name}={point[name]!r} is invalid; allowed: a dict")

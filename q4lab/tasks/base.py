@@ -39,8 +39,10 @@ from q4lab.baselines.store import (
     params_to_bytes,
     published_dir,
 )
+from q4lab.losses import Loss
 
 Forward = Callable[[jax.Array], jax.Array]
+Sampler = Callable[[np.random.Generator], tuple[jax.Array, jax.Array | None]]
 
 
 def cache_dir() -> Path:
@@ -82,6 +84,16 @@ class Task(abc.ABC):
     def metrics(self, forward: Forward, fp_forward: Forward, seed: int) -> dict[str, float]:
         """``metric`` of the quantized ``forward`` and ``fp_<metric>`` of the float one (and
         any further metrics of the task)."""
+
+    def qat_sampler(self, seed: int, batch_size: int) -> Sampler:
+        """Draws training batches ``(inputs, targets or None)`` for quantization-aware training
+        from data disjoint from the test inputs."""
+        raise ValueError(f"task {self.name!r} has no training data for quantization-aware training")
+
+    def qat_loss(self, kind: str) -> Loss:
+        """The training loss: ``"task"`` (the task's own, with labels) or ``"distill"`` (to the
+        float model's outputs)."""
+        raise ValueError(f"task {self.name!r} has no loss for quantization-aware training")
 
     def calibration(self, seed: int, size: int | None = None) -> list[jax.Array]:
         """The first ``size`` calibration inputs (default: all), in batches."""

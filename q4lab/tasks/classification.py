@@ -7,13 +7,22 @@ import dataclasses
 import functools
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from q4lab import data
 from q4lab.data import Splits
+from q4lab.losses import Loss, check_loss, cross_entropy, kl_to_float
 from q4lab.models import CNN1D, MLP
-from q4lab.tasks.base import BaselineTraining, Forward, Task, baseline_params, register_task
+from q4lab.tasks.base import (
+    BaselineTraining,
+    Forward,
+    Sampler,
+    Task,
+    baseline_params,
+    register_task,
+)
 from q4lab.train import TrainConfig, train_classifier
 
 
@@ -59,6 +68,21 @@ class ClassificationTask(Task):
                 desc=f"train {self.name} seed {seed}",
             ),
         )
+
+    def qat_sampler(self, seed: int, batch_size: int) -> Sampler:
+        """Random batches of the training split, with their labels."""
+        split = self.splits(seed)
+
+        def draw(rng: np.random.Generator) -> tuple[jax.Array, jax.Array]:
+            i = rng.integers(0, len(split.x_train), batch_size)
+            return jnp.asarray(split.x_train[i]), jnp.asarray(split.y_train[i])
+
+        return draw
+
+    def qat_loss(self, kind: str) -> Loss:
+        """Cross-entropy with the labels, or KL to the float model's logits."""
+        check_loss(kind, self.name)
+        return cross_entropy if kind == "task" else kl_to_float
 
     def accuracy(self, forward: Forward, seed: int) -> float:
         """Top-1 accuracy of ``forward`` (logits) on the test split."""

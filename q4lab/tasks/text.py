@@ -19,8 +19,16 @@ import numpy as np
 import optax
 
 from q4lab.data.text import docstring_sentences, provenance, stdlib_source
+from q4lab.losses import Loss, check_loss, cosine_distance, cross_entropy, kl_to_float
 from q4lab.models.gpt import GPT, GPTConfig
-from q4lab.tasks.base import BaselineTraining, Forward, Task, baseline_params, register_task
+from q4lab.tasks.base import (
+    BaselineTraining,
+    Forward,
+    Sampler,
+    Task,
+    baseline_params,
+    register_task,
+)
 from q4lab.train import LMTrainConfig, train_language_model
 
 _FP_CACHE: dict[tuple, object] = {}  # float-model outputs per (task, seed): fixed, so computed once
@@ -100,6 +108,42 @@ class SentenceEmbeddingTask(Task):
         from q4lab.models.bert import encode
 
         return encode(self._loaded[2], self.sentences(seed)[0])
+
+    def training_sentences(self, seed: int) -> list[str]:
+        """Every pool sentence not used for evaluation (the calibration ones included): what
+        quantization-aware training may see."""
+        held_out = set(self.sentences(seed)[1])
+        return [s for s in docstring_sentences() if s not in held_out]
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019  (tasks live as long as the process)
+    def _training_buckets(self, seed: int) -> list[np.ndarray]:
+        """Training sentences' token ids grouped by length padded to a multiple of 16 (one
+        compiled training step per bucket)."""
+        from q4lab.models.bert import encode
+
+        sentences = self.training_sentences(seed)
+        tokenizer = self._loaded[2]
+        padded = [-(-len(e.ids) // 16) * 16 for e in tokenizer.encode_batch(sentences)]
+        return [
+            encode(tokenizer, [s for s, p in zip(sentences, padded, strict=True) if p == n], n)
+            for n in sorted(set(padded))
+        ]
+
+    def qat_sampler(self, seed: int, batch_size: int) -> Sampler:
+        """Random training sentences (no labels), from a length bucket drawn by its size."""
+        buckets = self._training_buckets(seed)
+        sizes = np.array([len(b) for b in buckets], np.float64)
+
+        def draw(rng: np.random.Generator) -> tuple[jax.Array, None]:
+            bucket = buckets[rng.choice(len(buckets), p=sizes / sizes.sum())]
+            return jnp.asarray(bucket[rng.integers(0, len(bucket), batch_size)]), None
+
+        return draw
+
+    def qat_loss(self, kind: str) -> Loss:
+        """Only distillation (1 - cosine to the float embeddings): the encoder has no labels."""
+        check_loss(kind, self.name, allowed=("distill",))
+        return cosine_distance
 
     @functools.lru_cache(maxsize=4)  # noqa: B019  (tasks live as long as the process)
     def _evaluation_batches(self, seed: int) -> tuple[list[jax.Array], np.ndarray]:
@@ -198,6 +242,23 @@ class ByteLMTask(Task):
 
     def calibration_inputs(self, seed: int) -> np.ndarray:
         return self._windows(self._splits()[1], self.calib_windows, seed)[:, :-1]
+
+    def qat_sampler(self, seed: int, batch_size: int) -> Sampler:
+        """Random windows of the training bytes: inputs and next-byte targets."""
+        train = self._splits()[0]
+        span = self.config.context + 1
+
+        def draw(rng: np.random.Generator) -> tuple[jax.Array, jax.Array]:
+            starts = rng.integers(0, len(train) - span, batch_size)
+            windows = jnp.asarray(np.stack([train[s : s + span] for s in starts]), jnp.int32)
+            return windows[:, :-1], windows[:, 1:]
+
+        return draw
+
+    def qat_loss(self, kind: str) -> Loss:
+        """Next-byte cross-entropy, or KL to the float model's next-byte distributions."""
+        check_loss(kind, self.name)
+        return cross_entropy if kind == "task" else kl_to_float
 
     @functools.cached_property
     def _validation(self) -> np.ndarray:

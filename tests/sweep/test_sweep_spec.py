@@ -104,3 +104,27 @@ def test_a_file_without_a_sweep(tmp_path):
     path.write_text("x = 1\n")
     with pytest.raises(ValueError, match=r"defines no `sweep = Sweep\(...\)`"):
         load_experiment(path)
+
+
+@pytest.mark.parametrize("name", ["quickstart", "digits", "mnist1d", "charlm"])
+def test_published_tables_hold_every_point_of_their_experiment(name):
+    """Fields added later (quantization-aware training) leave a post-training point's name
+    unchanged, so every published table still knows which points it holds."""
+    from q4lab.sweep.runner import missing_points
+
+    experiment = load_experiment(f"experiments/{name}.py")
+    assert missing_points(experiment, "results") == 0
+    point = experiment.points[0]
+    assert config_hash({**point, "qat_method": "ste"}) == experiment.hashes[0]  # steps = 0
+    assert config_hash({**point, "qat_steps": 10}) != experiment.hashes[0]
+
+
+def test_qat_fields_are_checked_with_the_allowed_values():
+    from q4lab.sweep.spec import validate_point, with_defaults
+
+    with pytest.raises(ValueError, match=r"qat_loss='task' is invalid for task 'minilm'"):
+        validate_point(with_defaults({"task": "minilm", "qat_steps": 5}))
+    with pytest.raises(ValueError, match=r"qat_method='sgd' is invalid; allowed"):
+        validate_point(with_defaults({"task": "digits-mlp", "qat_steps": 5, "qat_method": "sgd"}))
+    with pytest.raises(ValueError, match=r"qat_steps=-1 is invalid"):
+        validate_point(with_defaults({"task": "digits-mlp", "qat_steps": -1}))

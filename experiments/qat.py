@@ -1,0 +1,51 @@
+"""Quantization-aware training: how much of the W4A4 / W3A3 loss does fine-tuning recover?
+
+Each task starts from a post-training quantized model (its row: ``training = ptq``) and is
+fine-tuned with its weights and activations fake-quantized (`q4lab.qat`): ``ste`` trains the
+float master weights with the post-training steps frozen, ``lsq`` also learns every step
+(Esser et al., 2020). The score is the frozen model's, through the real integer path; the
+row also holds the PTQ start (``ptq_score``), the training forward's score at the end
+(``qat_fake_score``) and the cost (``qat_seconds_per_step``, 2 cores).
+
+  digits-mlp, mnist1d-cnn  W4A4 and W3A3 per-channel, min-max start, the task loss (labels)
+  charlm                   W4A4 g128, GPTQ act-order start, next-byte loss
+  minilm                   W4A4 g128, GPTQ act-order start, distillation (no labels: 1 - cosine
+                           to the float embeddings, on sentences disjoint from the evaluation)
+
+    q4lab run experiments/qat.py
+    q4lab plot results/qat --hue training
+    q4lab report results/qat --write
+"""
+
+from q4lab.sweep import Sweep
+
+SMALL = ("digits-mlp", "mnist1d-cnn")
+STEPS = {"digits-mlp": 1000, "mnist1d-cnn": 1000, "charlm": 300, "minilm": 150}
+
+sweep = Sweep(
+    name="qat",
+    grid={
+        "seed": [0, 1],
+        "qat_method": ["ste", "lsq"],
+        "qat_steps": [0, *sorted(set(STEPS.values()))],
+    },
+    zipped=[
+        {
+            "task": ["digits-mlp", "mnist1d-cnn", "charlm", "minilm"],
+            "group_size": [0, 0, 128, 128],
+            "quantizer": ["minmax", "minmax", "gptq", "gptq"],
+            "options": [{}, {}, {"act_order": True}, {"act_order": True}],
+            "sequential": [True, True, True, False],
+            "qat_lr": [3e-3, 3e-3, 3e-4, 1e-4],
+            "qat_batch_size": [64, 64, 16, 32],
+            "qat_loss": ["task", "task", "task", "distill"],
+        },
+        {"bits": [4, 4, 3], "act_bits": [16, 4, 3]},
+    ],
+    # one PTQ row per configuration (its training fields are unused), the task's step count,
+    # W3A3 on the small tasks only
+    where=lambda p: (
+        (p["qat_steps"] == 0 and p["qat_method"] == "lsq" or p["qat_steps"] == STEPS[p["task"]])
+        and (p["bits"] == 4 or p["task"] in SMALL)
+    ),
+)

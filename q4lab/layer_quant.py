@@ -1,0 +1,163 @@
+"""The quantized layer: its weight and activation quantization state, and `quantized_dot`, the
+one function every mode of the forward pass goes through.
+
+Modes:
+  int    packed weight codes (`QTensor`) and integer activation codes through `q4lab.ops`
+  fake   the same values simulated in float (straight-through gradients, steps frozen)
+  train  the fake forward of trainable state: float master weights and, with LSQ, learned
+         steps (`q4lab.core.lsq`)
+
+A learned step is a *gain* on the post-training step: ``s = s0 * gain``, ``gain`` initialised
+to 1. A product rounds the same way in every program (an ``exp`` may not), so `WeightQuant.freeze`
+stores the very steps the training forward used, and Adam's updates of a gain are relative
+changes of the step whatever its magnitude.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from q4lab.core import (
+    QTensor,
+    QuantSpec,
+    act_codes,
+    act_fake_quant,
+    act_lsq_fake_quant,
+    affine,
+    from_matrix,
+    lsq_grad_scale,
+    lsq_round_trip,
+    quantize,
+    stored_scale,
+    to_matrix,
+)
+from q4lab.ops import int_matmul, w4a16_matmul
+from q4lab.recipe import ActSpec
+
+MODES: tuple[str, ...] = ("int", "fake", "train")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ActState:
+    """A layer's activation quantization: the spec, a calibrated step (static ranges) and a gain.
+
+    ``scale``/``zero``: the static range (``[1, 1]``), None for dynamic ranges (computed from
+    each batch's rows). ``gain``: a learned float32 factor on the step (None: 1, no learning).
+    """
+
+    spec: ActSpec = dataclasses.field(metadata={"static": True})
+    scale: jax.Array | None = None
+    zero: jax.Array | None = None
+    gain: jax.Array | None = None
+
+    def step(self, rows: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+        """Scale (and zero) of activation rows ``[M, K]``; a gain multiplies the step found by
+        the static or dynamic range (the range itself gets no gradient)."""
+        if self.scale is None:
+            scale, zero = self.spec.params(rows)
+        else:
+            scale, zero = self.scale, self.zero
+        if self.gain is None:
+            return scale, zero
+        base = jax.lax.stop_gradient(scale.astype(jnp.float32))
+        return stored_scale(base * self.gain, self.spec.quant_spec()), zero
+
+    def quantize(self, rows: jax.Array, mode: str) -> tuple[jax.Array, jax.Array]:
+        """Centered codes (``mode="int"``) or fake-quantized float32 rows, and the step. With a
+        gain in training, LSQ's gradients reach it; otherwise the straight-through estimator."""
+        scale, zero = self.step(rows)
+        qspec = self.spec.quant_spec()
+        if mode == "int":
+            return act_codes(rows, scale, zero, qspec), scale
+        if mode == "train" and self.gain is not None:
+            return act_lsq_fake_quant(rows, scale, zero, qspec), scale
+        return act_fake_quant(rows, scale, zero, qspec), scale
+
+
+def quantized_dot(x2d: jax.Array, weight: QTensor | jax.Array, act: ActState | None, mode: str):
+    """``x2d[M, K]`` times a quantized weight ``[K, N]``, float32 ``[M, N]``.
+
+    ``mode="int"``: ``weight`` is the `QTensor`; activations become integer codes
+    (`q4lab.ops.int_matmul`), or stay float against the packed codes (`w4a16_matmul`).
+    ``"fake"`` / ``"train"``: ``weight`` is the float matrix its fake quantization gives
+    (`WeightQuant.value`, or the dequantized codes) and the activations are fake-quantized.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is invalid; allowed: {', '.join(MODES)}")
+    if mode == "int":
+        if act is None:
+            return w4a16_matmul(x2d, weight)
+        xc, scale = act.quantize(x2d, mode)
+        return int_matmul(xc, scale, weight)
+    if act is not None:
+        x2d, _ = act.quantize(x2d, mode)
+    return jnp.dot(x2d.astype(jnp.float32), weight.astype(jnp.float32))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class WeightQuant:
+    """A quantized weight in training: the float master weight, its post-training steps and
+    zeros on the `QTensor` grid, the row permutation (GPTQ act-order) and a learned gain.
+
+    ``gain`` None: steps frozen (the straight-through estimator trains the master weight only).
+    """
+
+    master: jax.Array  # logical shape, float32
+    scale0: jax.Array  # [G, N] float32: the post-training quantizer's steps
+    zero: jax.Array | None  # [G, N] int32 or None (symmetric)
+    perm: jax.Array | None
+    gain: jax.Array | None
+    spec: QuantSpec = dataclasses.field(metadata={"static": True})
+    in_axes: tuple[int, ...] = dataclasses.field(metadata={"static": True})
+
+    @classmethod
+    def from_qtensor(cls, qt: QTensor, master: jax.Array, *, learn_step: bool) -> WeightQuant:
+        """Training state starting at ``qt``'s steps with ``master`` as the float weight."""
+        scale0 = qt.scale.astype(jnp.float32)
+        return cls(
+            master=jnp.asarray(master, jnp.float32),
+            scale0=scale0,
+            zero=qt.int_zero(),
+            perm=qt.perm,
+            gain=jnp.ones_like(scale0) if learn_step else None,
+            spec=qt.spec,
+            in_axes=qt.in_axes,
+        )
+
+    def steps(self) -> jax.Array:
+        """The ``[G, N]`` steps in the stored dtype, as float32 (gradient to the gain)."""
+        if self.gain is None:
+            return self.scale0.astype(self.spec.jnp_scale_dtype).astype(jnp.float32)
+        return stored_scale(self.scale0 * self.gain, self.spec)
+
+    def value(self) -> jax.Array:
+        """The fake-quantized weight in its logical shape (float32): exactly what `freeze`'s
+        codes dequantize to. Gradients: straight-through to the master weight inside the range
+        and, with a gain, LSQ's to the steps."""
+        w2d = to_matrix(self.master, self.in_axes)
+        if self.perm is not None:
+            w2d = w2d[self.perm]
+        wg = affine.group_view(w2d, self.spec)
+        steps = self.steps()
+        if self.gain is None:
+            steps = jax.lax.stop_gradient(steps)
+        zero = None if self.zero is None else self.zero[:, None, :]
+        g = lsq_grad_scale(wg.size // steps.size, self.spec)
+        w_hat = lsq_round_trip(wg, steps[:, None, :], zero, self.spec, g).reshape(w2d.shape)
+        if self.perm is not None:
+            w_hat = w_hat[jnp.argsort(self.perm)]
+        return from_matrix(w_hat, self.master.shape, self.in_axes)
+
+    def freeze(self) -> QTensor:
+        """The packed `QTensor` of the current master weight and steps."""
+        return quantize(
+            self.master, self.spec, self.steps(), self.zero, in_axes=self.in_axes, perm=self.perm
+        )
+
+
+__all__ = ["MODES", "ActState", "WeightQuant", "quantized_dot"]

@@ -1,0 +1,237 @@
+"""Quantization-aware training (QAT): fine-tune a post-training quantized model with its weights
+and activations fake-quantized in the forward pass, then freeze it to packed integer codes.
+
+  PTQ `QuantizedModel` ──`QATModel.start`──► params (float pytree) ──optax──► params
+                                                                        │ `QATModel.freeze`
+                                                                        ▼
+                                          `QuantizedModel` (QTensors): the same numbers, in int
+
+Training state (``params``, a plain pytree that `jax.grad` and optax see):
+  ``params["model"]``  every parameter of the model, each quantized kernel being its float
+                       master weight: the float kernel for rounding quantizers, GPTQ's
+                       dequantized weight for GPTQ (so training starts exactly at the PTQ model)
+  ``params["steps"]``  per quantized layer, with ``method="lsq"``: ``w_gain`` ``[G, N]`` on the
+                       weight steps and ``act_gain`` (scalar) on the activation step
+
+Methods: ``"ste"`` keeps the post-training steps and trains the master weights through the
+straight-through estimator; ``"lsq"`` also learns every step (Esser et al., 2020;
+`q4lab.core.lsq`), activation steps as a gain on the static or dynamic range.
+`QATModel.freeze` is exact: the frozen model's fake forward is the training forward, value for
+value, and its integer forward agrees with it as any quantized model's does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from q4lab.adapters import Adapter, PyTree, get_at, set_at
+from q4lab.core import QuantSpec, dequantize
+from q4lab.hooks import QuantHook
+from q4lab.layer_quant import ActState, WeightQuant
+from q4lab.losses import LOSSES, Loss
+from q4lab.quantize_model import QuantizedModel
+from q4lab.recipe import ActSpec
+
+METHODS: tuple[str, ...] = ("ste", "lsq")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QATConfig:
+    """How to fine-tune: ``steps`` of AdamW at peak ``lr`` (linear warm-up over the first 10 %,
+    cosine decay), gradients clipped to global norm 1, batches of ``batch_size``."""
+
+    steps: int = 200
+    lr: float = 1e-4
+    method: str = "lsq"
+    loss: str = "task"
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"qat_method={self.method!r} is invalid; allowed: {METHODS}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"qat_loss={self.loss!r} is invalid; allowed: {LOSSES}")
+        for name, value in (("qat_steps", self.steps), ("batch_size", self.batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} is invalid; allowed: an int >= 1")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, int | float) or self.lr <= 0:
+            raise ValueError(f"qat_lr={self.lr!r} is invalid; allowed: a number > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layer:
+    """What the training forward knows of a quantized layer (static)."""
+
+    path: str
+    key: tuple
+    spec: QuantSpec
+    in_axes: tuple[int, ...]
+    act: ActSpec | None
+
+
+@dataclasses.dataclass(frozen=True)
+class QATModel:
+    """The training forward and `freeze` of a post-training quantized model ``start``."""
+
+    ptq: QuantizedModel
+    method: str
+    layers: tuple[_Layer, ...]
+    consts: dict[str, dict[str, jax.Array | None]]  # fixed per layer: PTQ steps, zeros, perm
+
+    @property
+    def adapter(self) -> Adapter:
+        return self.ptq.adapter
+
+    @classmethod
+    def start(cls, ptq: QuantizedModel, method: str = "lsq") -> tuple[QATModel, PyTree]:
+        """The QAT model of ``ptq`` and its initial training state (module docstring)."""
+        if method not in METHODS:
+            raise ValueError(f"qat_method={method!r} is invalid; allowed: {METHODS}")
+        layers, consts = [], {}
+        model = ptq.float_params
+        steps: dict[str, dict[str, jax.Array]] = {}
+        for path, p in ptq.layers.items():
+            qt = get_at(ptq.params, p.layer.key)
+            act = ptq.acts.get(path)
+            layers.append(_Layer(path, p.layer.key, qt.spec, qt.in_axes, act and act.spec))
+            consts[path] = {
+                "scale0": qt.scale.astype(jnp.float32),
+                "zero": qt.int_zero(),
+                "perm": qt.perm,
+                "act_scale": act and act.scale,
+                "act_zero": act and act.zero,
+            }
+            if not p.rounds_to_nearest:  # GPTQ: start from the weights it chose
+                model = set_at(model, p.layer.key, dequantize(qt))
+            if method == "lsq":
+                steps[path] = {"w_gain": jnp.ones_like(consts[path]["scale0"])}
+                if act is not None:
+                    steps[path]["act_gain"] = jnp.ones((), jnp.float32)
+        qat = cls(ptq, method, tuple(layers), consts)
+        return qat, {"model": model, "steps": steps}
+
+    def _weight(self, layer: _Layer, params: PyTree) -> WeightQuant:
+        c = self.consts[layer.path]
+        return WeightQuant(
+            master=get_at(params["model"], layer.key).astype(jnp.float32),
+            scale0=c["scale0"],
+            zero=c["zero"],
+            perm=c["perm"],
+            gain=params["steps"].get(layer.path, {}).get("w_gain"),
+            spec=layer.spec,
+            in_axes=layer.in_axes,
+        )
+
+    def _act(self, layer: _Layer, params: PyTree) -> ActState:
+        c = self.consts[layer.path]
+        gain = params["steps"].get(layer.path, {}).get("act_gain")
+        return ActState(layer.act, c["act_scale"], c["act_zero"], gain)
+
+    def apply(self, params: PyTree, x: jax.Array) -> jax.Array:
+        """The training forward, a pure function of ``params``: fake-quantized weights and
+        activations, differentiable in the master weights and (LSQ) the steps."""
+        weights = params["model"]
+        hooks = {}
+        for layer in self.layers:
+            kernel = get_at(weights, layer.key)
+            value = self._weight(layer, params).value().astype(kernel.dtype)
+            weights = set_at(weights, layer.key, value)
+            if layer.act is not None:
+                hooks[layer.path] = QuantHook(None, self._act(layer, params), "train")
+        return self.adapter.apply(weights, x, hooks)
+
+    def freeze(self, params: PyTree) -> QuantizedModel:
+        """The `QuantizedModel` of ``params``: packed codes of the master weights with the
+        learned steps; static activation steps absorb their gain, dynamic ones keep it."""
+        qparams, acts = params["model"], {}
+        for layer in self.layers:
+            qparams = set_at(qparams, layer.key, self._weight(layer, params).freeze())
+            if layer.act is None:
+                continue
+            act = self._act(layer, params)
+            if act.scale is not None and act.gain is not None:
+                scale, zero = act.step(act.scale)  # static: the range ignores the rows
+                act = ActState(act.spec, scale, zero)
+            acts[layer.path] = act
+        return QuantizedModel(self.adapter, qparams, params["model"], self.ptq.layers, acts)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainLog:
+    losses: np.ndarray  # per step
+    seconds: float  # wall time of the steps (the first one includes compiling)
+    compile_seconds: float  # the first step
+
+
+def train(
+    qat: QATModel,
+    params: PyTree,
+    batch: Callable[[np.random.Generator], tuple[jax.Array, jax.Array | None]],
+    loss: Loss,
+    config: QATConfig,
+    *,
+    fp_params: PyTree,
+    seed: int = 0,
+    progress: bool | None = None,
+    desc: str = "qat",
+) -> tuple[PyTree, TrainLog]:
+    """Fine-tune ``params`` for ``config.steps`` steps on batches drawn by ``batch(rng)``
+    (inputs, targets or None) with ``loss(outputs, targets, float outputs)``; the float outputs
+    (distillation only) come from ``fp_params``, the unquantized model. Deterministic in
+    ``seed``. ``progress``: a bar over steps with the running loss (None: only on a terminal)."""
+    warmup = max(1, config.steps // 10)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, config.lr, warmup, config.steps)
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
+    opt_state = opt.init(params)
+
+    def objective(p, x, y, fp_out):
+        return loss(qat.apply(p, x), y, fp_out)
+
+    @jax.jit
+    def step(p, s, x, y):
+        fp_out = None
+        if config.loss == "distill":
+            fp_out = jax.lax.stop_gradient(qat.adapter.apply(fp_params, x, {}))
+        value, grads = jax.value_and_grad(objective)(p, x, y, fp_out)
+        updates, s = opt.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, value
+
+    rng = np.random.default_rng(seed)
+    losses = np.zeros(config.steps, np.float32)
+    start = time.perf_counter()
+    compile_seconds = 0.0
+    with tqdm(
+        total=config.steps,
+        desc=desc,
+        unit="step",
+        disable=None if progress is None else not progress,
+        dynamic_ncols=True,
+    ) as bar:
+        for i in range(config.steps):
+            x, y = batch(rng)
+            params, opt_state, value = step(params, opt_state, x, y)
+            losses[i] = float(value)  # also waits for the step: honest timings
+            if i == 0:
+                compile_seconds = time.perf_counter() - start
+            if not bar.disable and (i % 10 == 0 or i == config.steps - 1):
+                bar.set_postfix(loss=f"{losses[max(0, i - 9) : i + 1].mean():.4f}", refresh=False)
+            bar.update(1)
+    return params, TrainLog(losses, time.perf_counter() - start, compile_seconds)
+
+
+__all__ = [
+    "LOSSES",
+    "METHODS",
+    "QATConfig",
+    "QATModel",
+    "TrainLog",
+    "train",
+]

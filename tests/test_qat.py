@@ -1,0 +1,171 @@
+"""Quantization-aware training: the training forward, `freeze` exactness, and a real run."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from q4lab.core import QuantSpec
+from q4lab.evaluate import evaluate
+from q4lab.qat import QATConfig, QATModel
+from q4lab.quantize_model import quantize_model
+from q4lab.recipe import ActSpec, Recipe, Rule
+from q4lab.sweep.spec import qat_of, recipe_of
+from tests.test_quantize_model import UserCNN, UserNNX
+
+QAT_RECIPES = {
+    "W4A4 g4 dynamic": Recipe(
+        (
+            Rule(
+                pattern="Conv_.*|Dense_0|conv|fc|head",
+                weight=QuantSpec(group_size=4),
+                act=ActSpec(),
+            ),
+        )
+    ),
+    "W3A4 asym static, gptq act-order g8": Recipe(
+        (
+            Rule(
+                pattern="Conv_1|Dense_0|fc|head",
+                quantizer="gptq",
+                options={"act_order": True},
+                weight=QuantSpec(bits=3, symmetric=False, group_size=8, scale_dtype="float16"),
+                act=ActSpec(mode="static", granularity="per_tensor", symmetric=False),
+            ),
+        )
+    ),
+}
+
+
+def _max(a):
+    return float(jnp.max(jnp.abs(a)))
+
+
+def _rel(a, b):
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
+def _perturbed(state, seed):
+    """Training state after some arbitrary updates: master weights, weight and act gains moved."""
+    leaves, tree = jax.tree_util.tree_flatten(state)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    moved = [
+        leaf * (1 + 0.2 * jax.random.uniform(k, leaf.shape, minval=-1))
+        for k, leaf in zip(keys, leaves, strict=True)
+    ]
+    return jax.tree_util.tree_unflatten(tree, moved)
+
+
+@pytest.fixture(scope="module")
+def linen():
+    x = jax.random.normal(jax.random.key(0), (3, 6, 6, 4))
+    model = UserCNN()
+    return model, model.init(jax.random.key(1), x)["params"], x
+
+
+@pytest.mark.parametrize("method", ["lsq", "ste"])
+@pytest.mark.parametrize("name", list(QAT_RECIPES))
+def test_freeze_is_exact(linen, name, method):
+    """The frozen model's fake forward is the training forward; its integer forward agrees as
+    any quantized model's does (float order only)."""
+    model, params, x = linen
+    ptq = quantize_model(model, params, QAT_RECIPES[name], sample_input=x, calibration=[x, -x])
+    qat, state = QATModel.start(ptq, method)
+    start = jax.jit(qat.apply)(state, x)  # starts at the PTQ model (float order aside)
+    np.testing.assert_allclose(start, ptq.apply(x, fake=True), atol=1e-6 * _max(start))
+    state = _perturbed(state, 0)
+    frozen = qat.freeze(state)
+    train_out = jax.jit(qat.apply)(state, x)
+    np.testing.assert_allclose(
+        frozen.apply(x, fake=True),
+        train_out,
+        rtol=0,
+        atol=1e-6 * float(jnp.max(jnp.abs(train_out))),
+    )
+    assert _rel(frozen.apply(x), train_out) < 1e-5
+
+
+def test_ste_trains_master_weights_and_keeps_the_steps(linen):
+    model, params, x = linen
+    ptq = quantize_model(model, params, QAT_RECIPES["W4A4 g4 dynamic"], sample_input=x)
+    qat, state = QATModel.start(ptq, "ste")
+    assert state["steps"] == {}
+    grads = jax.grad(lambda p: jnp.sum(qat.apply(p, x) ** 2))(state)
+    kernel = grads["model"]["Conv_0"]["kernel"]
+    assert float(jnp.mean(kernel != 0)) > 0.5
+    frozen = qat.freeze(_perturbed(state, 1))
+    for plan in ptq.layers.values():
+        key = plan.layer.key
+        np.testing.assert_array_equal(_at(frozen.params, key).scale, _at(ptq.params, key).scale)
+
+
+def test_lsq_steps_get_gradients(linen):
+    model, params, x = linen
+    ptq = quantize_model(model, params, QAT_RECIPES["W4A4 g4 dynamic"], sample_input=x)
+    qat, state = QATModel.start(ptq, "lsq")
+    grads = jax.grad(lambda p: jnp.sum(qat.apply(p, x) ** 2))(state)
+    for path, g in grads["steps"].items():
+        assert float(jnp.mean(g["w_gain"] != 0)) > 0.5, path
+        assert float(g["act_gain"]) != 0.0, path
+
+
+def test_nnx_model_trains_and_freezes(linen):
+    from flax import nnx
+
+    model = UserNNX(nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(2), (3, 10, 4))
+    ptq = quantize_model(model, None, QAT_RECIPES["W4A4 g4 dynamic"], sample_input=x)
+    qat, state = QATModel.start(ptq, "lsq")
+    opt = optax.adam(1e-2)
+    opt_state = opt.init(state)
+    target = jnp.zeros((3, 5))
+
+    def loss(p):
+        return jnp.mean((qat.apply(p, x) - target) ** 2)
+
+    first = float(loss(state))
+    for _ in range(20):
+        grads = jax.grad(loss)(state)
+        updates, opt_state = opt.update(grads, opt_state)
+        state = optax.apply_updates(state, updates)
+    assert float(loss(state)) < 0.5 * first
+    frozen = qat.freeze(state)
+    out = qat.apply(state, x)
+    np.testing.assert_allclose(
+        frozen.apply(x, fake=True), out, atol=1e-6 * float(jnp.max(jnp.abs(out)))
+    )
+
+
+def _at(tree, key):
+    for k in key:
+        tree = tree[k]
+    return tree
+
+
+def test_qat_config_names_the_bad_field():
+    with pytest.raises(
+        ValueError, match=r"qat_method='adam' is invalid; allowed: \('ste', 'lsq'\)"
+    ):
+        QATConfig(method="adam")
+    with pytest.raises(ValueError, match="qat_loss='kl' is invalid"):
+        QATConfig(loss="kl")
+    with pytest.raises(ValueError, match="qat_lr=0 is invalid"):
+        QATConfig(lr=0)
+
+
+def test_a_short_qat_run_lowers_the_loss_and_beats_its_ptq_start(task_cache):
+    """digits-mlp at W3A3: LSQ fine-tuning for 150 steps, frozen and scored in integers."""
+    point = {
+        "task": "digits-mlp",
+        "bits": 3,
+        "act_bits": 3,
+        "qat_steps": 150,
+        "qat_lr": 1e-3,
+        "qat_method": "lsq",
+    }
+    row = evaluate("digits-mlp", recipe_of(point), 0, qat=qat_of(point), train_progress=False)
+    assert row["qat_loss_end"] < 0.5 * row["qat_loss_start"]
+    assert row["score"] > row["ptq_score"] + 0.01
+    assert row["score"] == row["qat_fake_score"]  # frozen integers == the training forward
+    assert row["fake_agreement"] == 1.0
