@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from test_quantize_model import UserCNN, UserNNX  # pytest puts tests/ on the path
 
 from q4lab.core import QuantSpec
 from q4lab.evaluate import evaluate
@@ -12,7 +13,6 @@ from q4lab.qat import QATConfig, QATModel
 from q4lab.quantize_model import quantize_model
 from q4lab.recipe import ActSpec, Recipe, Rule
 from q4lab.sweep.spec import qat_of, recipe_of
-from tests.test_quantize_model import UserCNN, UserNNX
 
 QAT_RECIPES = {
     "W4A4 g4 dynamic": Recipe(
