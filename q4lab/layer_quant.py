@@ -115,25 +115,11 @@ class WeightQuant:
     spec: QuantSpec = dataclasses.field(metadata={"static": True})
     in_axes: tuple[int, ...] = dataclasses.field(metadata={"static": True})
 
-    @classmethod
-    def from_qtensor(cls, qt: QTensor, master: jax.Array, *, learn_step: bool) -> WeightQuant:
-        """Training state starting at ``qt``'s steps with ``master`` as the float weight."""
-        scale0 = qt.scale.astype(jnp.float32)
-        return cls(
-            master=jnp.asarray(master, jnp.float32),
-            scale0=scale0,
-            zero=qt.int_zero(),
-            perm=qt.perm,
-            gain=jnp.ones_like(scale0) if learn_step else None,
-            spec=qt.spec,
-            in_axes=qt.in_axes,
-        )
-
     def steps(self) -> jax.Array:
         """The ``[G, N]`` steps in the stored dtype, as float32 (gradient to the gain)."""
-        if self.gain is None:
-            return self.scale0.astype(self.spec.jnp_scale_dtype).astype(jnp.float32)
-        return stored_scale(self.scale0 * self.gain, self.spec)
+        return stored_scale(
+            self.scale0 if self.gain is None else self.scale0 * self.gain, self.spec
+        )
 
     def value(self) -> jax.Array:
         """The fake-quantized weight in its logical shape (float32): exactly what `freeze`'s
