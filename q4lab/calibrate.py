@@ -4,6 +4,7 @@ statistics its quantizers asked for, accumulated in float32 without keeping all 
   "hessian"     ``H = 2 X^T X / n`` over the layer's input rows ``X[n, K]`` (conv: im2col patches)
   "act_sample"  up to ``max_sample_rows`` input rows (conv: whole examples), for static
                 activation ranges chosen by a clipping quantizer (`q4lab.core.act_params`)
+  "act_absmax"  ``max |X|`` per input column (float32 ``[K]``), for SmoothQuant's scales
 
 The model runs with whatever parameters it is given: the float model, or (sequential
 quantization, as in GPTQ's reference) the model whose earlier layers are already quantized.
@@ -30,13 +31,15 @@ def _merge_calls(records: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
         out["xtx"] = sum(r["xtx"] for r in records)
     if "sample" in records[0]:
         out["sample"] = jnp.concatenate([r["sample"] for r in records])
+    if "absmax" in records[0]:
+        out["absmax"] = functools.reduce(jnp.maximum, [r["absmax"] for r in records])
     return out
 
 
 class Calibrator:
-    """Collects the statistics of ``needs`` (path -> {"hessian", "act_sample"}) with one compiled
-    forward, reused across calls: sequential quantization reruns it after each layer with the
-    parameters changed, never with a new trace."""
+    """Collects the statistics of ``needs`` (path -> {"hessian", "act_sample", "act_absmax"}) with
+    one compiled forward, reused across calls: sequential quantization reruns it after each layer
+    with the parameters changed, never with a new trace."""
 
     def __init__(
         self, adapter: Adapter, needs: Mapping[str, set[str]], *, max_sample_rows: int = 2048
@@ -50,6 +53,7 @@ class Calibrator:
                 path: CaptureHook(
                     hessian="hessian" in n,
                     sample_rows=per_batch * ("act_sample" in n),
+                    absmax="act_absmax" in n,
                     active=active[path],
                 )
                 for path, n in self.wanted.items()
@@ -81,6 +85,9 @@ class Calibrator:
                 acc["rows"] += float(rec["rows"])
                 if "xtx" in rec:
                     acc["xtx"] = acc.get("xtx", 0.0) + np.asarray(rec["xtx"], np.float64)
+                if "absmax" in rec:
+                    seen = np.asarray(rec["absmax"])
+                    acc["absmax"] = np.maximum(acc.get("absmax", seen), seen)
                 taken = sum(len(s) for s in acc["samples"])
                 if "sample" in rec and taken < self.max_sample_rows:
                     acc["samples"].append(np.asarray(rec["sample"]))
@@ -92,6 +99,8 @@ class Calibrator:
             out: dict[str, jax.Array] = {}
             if "xtx" in acc:
                 out["hessian"] = jnp.asarray(2.0 * acc["xtx"] / acc["rows"], jnp.float32)
+            if "absmax" in acc:
+                out["act_absmax"] = jnp.asarray(acc["absmax"])
             if acc["samples"]:
                 samples = np.concatenate(acc["samples"])[: self.max_sample_rows]
                 out["act_sample"] = jnp.asarray(samples)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from q4lab.core import QTensor
+from q4lab.core.transforms import InputTransform
 from q4lab.layer_quant import ActState, quantized_dot
 from q4lab.ops import int_matmul
 
@@ -73,10 +74,12 @@ def _lax_conv(lhs, rhs, window_strides, padding, **kwargs):
 class CaptureHook:
     """Runs the layer in float and records, per call, what calibration asked for:
     ``xtx`` (sum of X^T X, float32 [K, K]), ``rows`` (count), ``sample`` (a few input rows for
-    static activation ranges; for convolutions whole input examples flattened)."""
+    static activation ranges; for convolutions whole input examples flattened), ``absmax``
+    (per input column, for smoothing)."""
 
     hessian: bool
     sample_rows: int
+    absmax: bool = False
     active: jax.Array | bool = True  # False (at run time): skip the X^T X product
     records: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
 
@@ -91,6 +94,8 @@ class CaptureHook:
                 lambda x: jnp.zeros((k, k), jnp.float32),
                 x32,
             )
+        if self.absmax:
+            rec["absmax"] = jnp.max(jnp.abs(x2d.astype(jnp.float32)), axis=0)
         if self.sample_rows:
             rec["sample"] = act_rows[: self.sample_rows].astype(jnp.float32)
         self.records.append(rec)
@@ -114,12 +119,14 @@ class QuantHook:
     hooked (the module runs its own op on the kernel dequantized inside jit). ``"fake"`` /
     ``"train"``: the module's kernel is already the fake-quantized weight; the hook quantizes
     the activations (``act``) and runs the float op, differentiable in input, weight and the
-    learned steps.
+    learned steps. ``transform``: the input transform of the training forward (int and fake
+    take the `QTensor`'s).
     """
 
     qt: QTensor | None
     act: ActState | None
     mode: str
+    transform: InputTransform | None = None
 
     def dot_general(self, lhs, rhs, dimension_numbers, precision=None, **kwargs):
         x2d, free_shape = dense_rows(lhs, dimension_numbers)
@@ -127,7 +134,8 @@ class QuantHook:
             rhs.shape[d] for d in range(rhs.ndim) if d not in dimension_numbers[0][1]
         )
         weight = self.qt if self.mode == "int" else rhs.reshape(x2d.shape[1], -1)
-        y = quantized_dot(x2d, weight, self.act, self.mode)
+        transform = self.transform if self.qt is None else self.qt.transform
+        y = quantized_dot(x2d, weight, self.act, self.mode, transform)
         return y.reshape(out_shape).astype(lhs.dtype)
 
     def conv(self, lhs, rhs, window_strides, padding, **kwargs):

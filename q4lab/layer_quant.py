@@ -16,6 +16,7 @@ changes of the step whatever its magnitude.
 from __future__ import annotations
 
 import dataclasses
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,8 @@ from q4lab.core import (
     act_fake_quant,
     act_lsq_fake_quant,
     affine,
+    dequantize,
+    dequantize_matrix,
     from_matrix,
     lsq_grad_scale,
     lsq_round_trip,
@@ -34,8 +37,9 @@ from q4lab.core import (
     stored_scale,
     to_matrix,
 )
+from q4lab.core.transforms import InputTransform, smoothing_scales
 from q4lab.ops import int_matmul, w4a16_matmul
-from q4lab.recipe import ActSpec
+from q4lab.recipe import ActSpec, TransformSpec
 
 MODES: tuple[str, ...] = ("int", "fake", "train")
 
@@ -78,16 +82,28 @@ class ActState:
         return act_fake_quant(rows, scale, zero, qspec), scale
 
 
-def quantized_dot(x2d: jax.Array, weight: QTensor | jax.Array, act: ActState | None, mode: str):
+def quantized_dot(
+    x2d: jax.Array,
+    weight: QTensor | jax.Array,
+    act: ActState | None,
+    mode: str,
+    transform: InputTransform | None = None,
+):
     """``x2d[M, K]`` times a quantized weight ``[K, N]``, float32 ``[M, N]``.
 
     ``mode="int"``: ``weight`` is the `QTensor`; activations become integer codes
     (`q4lab.ops.int_matmul`), or stay float against the packed codes (`w4a16_matmul`).
     ``"fake"`` / ``"train"``: ``weight`` is the float matrix its fake quantization gives
     (`WeightQuant.value`, or the dequantized codes) and the activations are fake-quantized.
+    The input transform (int: the `QTensor`'s; else ``transform``) is applied to ``x2d`` first:
+    activations are quantized in the basis the weight was folded into.
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is invalid; allowed: {', '.join(MODES)}")
+    if mode == "int" and weight.transform is not None:
+        transform, weight = weight.transform, dataclasses.replace(weight, transform=None)
+    if transform is not None:
+        x2d = transform.apply(x2d)
     if mode == "int":
         if act is None:
             return w4a16_matmul(x2d, weight)
@@ -102,7 +118,9 @@ def quantized_dot(x2d: jax.Array, weight: QTensor | jax.Array, act: ActState | N
 @dataclasses.dataclass(frozen=True)
 class WeightQuant:
     """A quantized weight in training: the float master weight, its post-training steps and
-    zeros on the `QTensor` grid, the row permutation (GPTQ act-order) and a learned gain.
+    zeros on the `QTensor` grid, the row permutation (GPTQ act-order), a learned gain and the
+    input transform (the master weight is in the layer's original basis; the codes are those of
+    its fold).
 
     ``gain`` None: steps frozen (the straight-through estimator trains the master weight only).
     """
@@ -114,6 +132,7 @@ class WeightQuant:
     gain: jax.Array | None
     spec: QuantSpec = dataclasses.field(metadata={"static": True})
     in_axes: tuple[int, ...] = dataclasses.field(metadata={"static": True})
+    transform: InputTransform | None = None
 
     def steps(self) -> jax.Array:
         """The ``[G, N]`` steps in the stored dtype, as float32 (gradient to the gain)."""
@@ -121,11 +140,16 @@ class WeightQuant:
             self.scale0 if self.gain is None else self.scale0 * self.gain, self.spec
         )
 
-    def value(self) -> jax.Array:
-        """The fake-quantized weight in its logical shape (float32): exactly what `freeze`'s
-        codes dequantize to. Gradients: straight-through to the master weight inside the range
-        and, with a gain, LSQ's to the steps."""
+    def _matrix(self) -> jax.Array:
+        """The master weight as the ``[K, N]`` matrix the codes quantize (folded)."""
         w2d = to_matrix(self.master, self.in_axes)
+        return w2d if self.transform is None else self.transform.fold(w2d)
+
+    def value(self) -> jax.Array:
+        """The fake-quantized weight in its logical shape (float32; with a transform, folded):
+        exactly what `freeze`'s codes dequantize to. Gradients: straight-through to the master
+        weight inside the range and, with a gain, LSQ's to the steps."""
+        w2d = self._matrix()
         if self.perm is not None:
             w2d = w2d[self.perm]
         wg = affine.group_view(w2d, self.spec)
@@ -141,9 +165,57 @@ class WeightQuant:
 
     def freeze(self) -> QTensor:
         """The packed `QTensor` of the current master weight and steps."""
-        return quantize(
-            self.master, self.spec, self.steps(), self.zero, in_axes=self.in_axes, perm=self.perm
-        )
+        w = from_matrix(self._matrix(), self.master.shape, self.in_axes)
+        qt = quantize(w, self.spec, self.steps(), self.zero, in_axes=self.in_axes, perm=self.perm)
+        return dataclasses.replace(qt, transform=self.transform)
 
 
-__all__ = ["MODES", "ActState", "WeightQuant", "quantized_dot"]
+def unfolded_weight(qt: QTensor) -> jax.Array:
+    """The dequantized weight in the layer's original basis (what a float forward multiplies):
+    ``transform.unfold`` of the dequantized codes."""
+    if qt.transform is None:
+        return dequantize(qt)
+    return from_matrix(qt.transform.unfold(dequantize_matrix(qt)), qt.shape, qt.in_axes)
+
+
+def _layer_seed(seed: int, path: str) -> jax.Array:
+    """A layer's rotation seed: the recipe's seed mixed with the layer path (uint32)."""
+    return jnp.asarray((seed * 1_000_003 + zlib.crc32(path.encode())) % 2**32, jnp.uint32)
+
+
+def make_transform(
+    spec: TransformSpec, path: str, w2d: jax.Array, stats: dict[str, jax.Array] | None
+) -> InputTransform:
+    """The input transform of layer ``path`` (float weight ``w2d[K, N]``) by ``spec``;
+    smoothing reads the calibrated per-channel ``act_absmax``."""
+    smooth = None
+    if spec.smooth_alpha is not None:
+        w_absmax = jnp.max(jnp.abs(w2d.astype(jnp.float32)), axis=1)
+        smooth = smoothing_scales(stats["act_absmax"], w_absmax, spec.smooth_alpha)
+    seed = _layer_seed(spec.seed, path) if spec.rotates else None
+    return InputTransform(smooth=smooth, seed=seed)
+
+
+def transform_stats(
+    transform: InputTransform, stats: dict[str, jax.Array] | None
+) -> dict[str, jax.Array] | None:
+    """Calibration statistics of ``transform.apply(x)`` from those of ``x``."""
+    if stats is None:
+        return None
+    out = {k: v for k, v in stats.items() if k != "act_absmax"}
+    if "hessian" in out:
+        out["hessian"] = transform.covariance(out["hessian"])
+    if "act_sample" in out:
+        out["act_sample"] = transform.apply(out["act_sample"])
+    return out
+
+
+__all__ = [
+    "MODES",
+    "ActState",
+    "WeightQuant",
+    "make_transform",
+    "quantized_dot",
+    "transform_stats",
+    "unfolded_weight",
+]

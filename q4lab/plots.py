@@ -73,6 +73,8 @@ CONFIG_COLUMNS = (
     "act_symmetric",
     "act_clipping",
     "act_clipping_options",
+    "rotation",
+    "smooth_alpha",
     "sequential",
     "calib_size",
     "training",

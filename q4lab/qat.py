@@ -9,7 +9,8 @@ and activations fake-quantized in the forward pass, then freeze it to packed int
 Training state (``params``, a plain pytree that `jax.grad` and optax see):
   ``params["model"]``  every parameter of the model, each quantized kernel being its float
                        master weight: the float kernel for rounding quantizers, GPTQ's
-                       dequantized weight for GPTQ (so training starts exactly at the PTQ model)
+                       dequantized weight for GPTQ (so training starts exactly at the PTQ model),
+                       in the layer's original basis (an input transform is folded each step)
   ``params["steps"]``  per quantized layer, with ``method="lsq"``: ``w_gain`` ``[G, N]`` on the
                        weight steps and ``act_gain`` (scalar) on the activation step
 
@@ -33,9 +34,9 @@ import optax
 from tqdm.auto import tqdm
 
 from q4lab.adapters import Adapter, PyTree, get_at, set_at
-from q4lab.core import QuantSpec, dequantize
+from q4lab.core import QuantSpec
 from q4lab.hooks import QuantHook
-from q4lab.layer_quant import ActState, WeightQuant
+from q4lab.layer_quant import ActState, WeightQuant, unfolded_weight
 from q4lab.losses import LOSSES, Loss
 from q4lab.quantize_model import QuantizedModel
 from q4lab.recipe import ActSpec
@@ -84,7 +85,7 @@ class QATModel:
     ptq: QuantizedModel
     method: str
     layers: tuple[_Layer, ...]
-    consts: dict[str, dict[str, jax.Array | None]]  # fixed per layer: PTQ steps, zeros, perm
+    consts: dict[str, dict]  # fixed per layer: PTQ steps, zeros, perm, transform
 
     @property
     def adapter(self) -> Adapter:
@@ -106,11 +107,12 @@ class QATModel:
                 "scale0": qt.scale.astype(jnp.float32),
                 "zero": qt.int_zero(),
                 "perm": qt.perm,
+                "transform": qt.transform,
                 "act_scale": act and act.scale,
                 "act_zero": act and act.zero,
             }
             if not p.rounds_to_nearest:  # GPTQ: start from the weights it chose
-                model = set_at(model, p.layer.key, dequantize(qt))
+                model = set_at(model, p.layer.key, unfolded_weight(qt))
             if method == "lsq":
                 steps[path] = {"w_gain": jnp.ones_like(consts[path]["scale0"])}
                 if act is not None:
@@ -128,6 +130,7 @@ class QATModel:
             gain=params["steps"].get(layer.path, {}).get("w_gain"),
             spec=layer.spec,
             in_axes=layer.in_axes,
+            transform=c["transform"],
         )
 
     def _act(self, layer: _Layer, params: PyTree) -> ActState:
@@ -144,8 +147,10 @@ class QATModel:
             kernel = get_at(weights, layer.key)
             value = self._weight(layer, params).value().astype(kernel.dtype)
             weights = set_at(weights, layer.key, value)
-            if layer.act is not None:
-                hooks[layer.path] = QuantHook(None, self._act(layer, params), "train")
+            transform = self.consts[layer.path]["transform"]
+            if layer.act is not None or transform is not None:
+                act = None if layer.act is None else self._act(layer, params)
+                hooks[layer.path] = QuantHook(None, act, "train", transform)
         return self.adapter.apply(weights, x, hooks)
 
     def freeze(self, params: PyTree) -> QuantizedModel:

@@ -15,9 +15,18 @@ from tqdm.auto import tqdm
 
 from q4lab.adapters import Adapter, Layer, PyTree, adapt, get_at, set_at
 from q4lab.calibrate import cached_calibrator
-from q4lab.core import Ledger, QTensor, QuantSpec, dequantize, fake_quant, size_ledger
+from q4lab.core import (
+    Ledger,
+    QTensor,
+    QuantSpec,
+    dequantize,
+    fake_quant,
+    from_matrix,
+    size_ledger,
+    to_matrix,
+)
 from q4lab.hooks import QuantHook
-from q4lab.layer_quant import ActState
+from q4lab.layer_quant import ActState, make_transform, transform_stats, unfolded_weight
 from q4lab.quantizers import HESSIAN, RangeQuantizer
 from q4lab.recipe import Recipe, Rule
 
@@ -72,6 +81,11 @@ def plan(recipe: Recipe, layers: list[Layer]) -> dict[str, LayerPlan]:
                 f"{where}: activation quantization is not supported on a {p.layer.kind} layer; "
                 "allowed: dense (Dense, DenseGeneral without batch dims, Linear) and conv layers"
             )
+        if p.rule.transform is not None and not (p.layer.hookable and p.layer.kind == "dense"):
+            raise ValueError(
+                f"{where}: an input transform is not supported on a {p.layer.kind} layer; "
+                "allowed: dense layers (Dense, DenseGeneral without batch dims, Linear)"
+            )
     return chosen
 
 
@@ -81,6 +95,8 @@ def _needs(p: LayerPlan) -> set[str]:
         needs.add("hessian")
     if p.rule.act is not None and p.rule.act.mode == "static":
         needs.add("act_sample")
+    if p.rule.transform is not None and p.rule.transform.smooth_alpha is not None:
+        needs.add("act_absmax")
     return needs
 
 
@@ -93,6 +109,7 @@ class _ForwardLayer:
     key: tuple
     rounds_to_nearest: bool
     dense: bool  # a hookable dense layer: weight-only, the real forward runs `w4a16_matmul`
+    transformed: bool  # an input transform: the hook applies it in every mode
 
 
 def _weights(layers, fake: bool, params: PyTree, float_params: PyTree) -> PyTree:
@@ -100,6 +117,8 @@ def _weights(layers, fake: bool, params: PyTree, float_params: PyTree) -> PyTree
         qt: QTensor = get_at(params, layer.key)
         if fake and layer.rounds_to_nearest:
             w = get_at(float_params, layer.key)
+            if qt.transform is not None:
+                w = from_matrix(qt.transform.fold(to_matrix(w, qt.in_axes)), w.shape, qt.in_axes)
             value = fake_quant(w, qt.spec, qt.scale, qt.int_zero(), in_axes=qt.in_axes)
         else:  # from the packed codes, inside jit (and the weights GPTQ chose)
             value = dequantize(qt)
@@ -113,7 +132,7 @@ def _forward(adapter, layers, fake, params, float_params, acts, x):
     hooks = {
         layer.path: QuantHook(get_at(params, layer.key), acts.get(layer.path), mode)
         for layer in layers
-        if layer.path in acts or (layer.dense and not fake)
+        if layer.path in acts or layer.transformed or (layer.dense and not fake)
     }
     return adapter.apply(_weights(layers, fake, params, float_params), x, hooks)
 
@@ -156,6 +175,7 @@ class QuantizedModel:
                 p.layer.key,
                 p.rounds_to_nearest,
                 p.layer.hookable and p.layer.kind == "dense",
+                p.rule.transform is not None,
             )
             for p in self.layers.values()
         )
@@ -171,6 +191,23 @@ class QuantizedModel:
             self.acts,
             x,
         )
+
+
+def _quantize_layer(
+    p: LayerPlan, w: jax.Array, stats: dict[str, jax.Array] | None
+) -> tuple[QTensor, dict[str, jax.Array] | None]:
+    """The layer's `QTensor` and the statistics it was quantized with: with an input transform,
+    the folded weight and the statistics of the transformed input."""
+    transform = None
+    if p.rule.transform is not None:
+        w2d = to_matrix(w, p.layer.in_axes)
+        transform = make_transform(p.rule.transform, p.layer.path, w2d, stats)
+        w = from_matrix(transform.fold(w2d), w.shape, p.layer.in_axes)
+        stats = transform_stats(transform, stats)
+    qt = p.rule.build_quantizer().quantize(
+        w, p.spec, in_axes=p.layer.in_axes, stats=stats, name=p.layer.path
+    )
+    return dataclasses.replace(qt, transform=transform), stats
 
 
 def quantize_model(
@@ -226,16 +263,14 @@ def quantize_model(
             stats |= calibrator(working, batches, only=stage)
             fresh = set(stage)
         w = get_at(params, p.layer.key)
-        qt = p.rule.build_quantizer().quantize(
-            w, p.spec, in_axes=p.layer.in_axes, stats=stats.get(path), name=path
-        )
+        qt, layer_stats = _quantize_layer(p, w, stats.get(path))
         qparams = set_at(qparams, p.layer.key, qt)
         if track_working:
-            working = set_at(working, p.layer.key, dequantize(qt).astype(w.dtype))
+            working = set_at(working, p.layer.key, unfolded_weight(qt).astype(w.dtype))
         done.add(path)
         fresh &= stages.get(path, frozenset())  # only same-input layers keep valid statistics
         if "act_sample" in needs[path]:
-            acts[path] = ActState(p.rule.act, *p.rule.act.params(stats[path]["act_sample"]))
+            acts[path] = ActState(p.rule.act, *p.rule.act.params(layer_stats["act_sample"]))
     return QuantizedModel(adapter, qparams, params, plans, acts)
 
 

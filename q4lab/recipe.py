@@ -21,6 +21,7 @@ from q4lab.quantizers import RangeQuantizer, get_quantizer
 
 ACT_MODES = ("dynamic", "static")
 ACT_GRANULARITIES = ("per_row", "per_tensor")
+ROTATIONS = ("none", "hadamard")
 
 
 def _items(options: Mapping[str, Any] | tuple) -> tuple[tuple[str, Any], ...]:
@@ -82,6 +83,41 @@ class ActSpec:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class TransformSpec:
+    """An input transform folded into the weight before quantization and applied to the layer's
+    input at run time (`q4lab.core.transforms`): exact in float, it reshapes what is rounded.
+    Dense layers only. Smoothing comes first, then the rotation."""
+
+    rotation: Literal["none", "hadamard"] = "none"  # "hadamard": randomised block Hadamard
+    smooth_alpha: float | None = None  # SmoothQuant's migration strength in (0, 1]; None: off
+    seed: int = 0  # the rotation's signs (a layer's seed mixes this with its path)
+
+    def __post_init__(self) -> None:
+        if self.rotation not in ROTATIONS:
+            raise ValueError(
+                f"TransformSpec.rotation={self.rotation!r} is invalid; allowed: {ROTATIONS}"
+            )
+        alpha = self.smooth_alpha
+        if alpha is not None and (
+            isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha <= 1
+        ):
+            raise ValueError(
+                f"TransformSpec.smooth_alpha={alpha!r} is invalid; allowed: None or a number "
+                "in (0, 1]"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"TransformSpec.seed={self.seed!r} is invalid; allowed: an int >= 0")
+
+    @property
+    def rotates(self) -> bool:
+        return self.rotation != "none"
+
+    def describe(self) -> str:
+        parts = [] if self.smooth_alpha is None else [f"smooth{self.smooth_alpha:g}"]
+        return "+".join(parts + ([self.rotation] if self.rotates else []))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Rule:
     """Layers whose path matches ``pattern`` get ``quantizer`` with ``weight`` (and ``act``)."""
 
@@ -90,6 +126,7 @@ class Rule:
     options: tuple[tuple[str, Any], ...] | Mapping[str, Any] = ()  # the quantizer's options
     weight: QuantSpec = dataclasses.field(default_factory=QuantSpec)  # weight spec
     act: ActSpec | None = None  # None keeps activations in float (weight-only, "A16")
+    transform: TransformSpec | None = None  # smoothing / rotation of the input (dense layers)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", _items(self.options))
@@ -103,6 +140,10 @@ class Rule:
             raise ValueError(f"Rule(pattern={self.pattern!r}).quantizer: {err}") from None
         if not isinstance(self.weight, QuantSpec):
             raise ValueError(f"Rule.weight={self.weight!r} is invalid; allowed: a QuantSpec")
+        if self.transform is not None and not isinstance(self.transform, TransformSpec):
+            raise ValueError(
+                f"Rule.transform={self.transform!r} is invalid; allowed: None or a TransformSpec"
+            )
 
     def matches(self, path: str) -> bool:
         return re.fullmatch(self.pattern, path) is not None
@@ -187,6 +228,8 @@ class Recipe:
             "act_bits": r.act.bits if r.act else 16,
             "act_mode": r.act.mode if r.act else "none",
         }
+        if r.transform is not None:
+            out["transform"] = r.transform.describe()
         if any(r.build_quantizer().needs for r in self.rules):
             out["sequential"] = self.sequential
         if len(self.rules) > 1:
@@ -196,4 +239,5 @@ class Recipe:
     def describe(self) -> str:
         r = self.rules[0]
         act = r.act.describe() if r.act else "A16"
-        return f"{r.quantizer_label()} {r.weight.describe()} {act}"
+        text = f"{r.quantizer_label()} {r.weight.describe()} {act}"
+        return text if r.transform is None else f"{text} {r.transform.describe()}"

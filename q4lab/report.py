@@ -70,12 +70,17 @@ def _seed_values(table: pd.DataFrame, points: pd.DataFrame, column: str) -> list
     keys = [c for c in CONFIG_COLUMNS if c in points and c in table]
     seeds = table["seed"] if "seed" in table else pd.Series(0, index=table.index)
     by_config = {
-        key if isinstance(key, tuple) else (key,): pd.Series(
+        _key(key if isinstance(key, tuple) else (key,)): pd.Series(
             part[column].to_numpy(), seeds[part.index]
         )
         for key, part in table.groupby(keys, dropna=False, sort=False)
     }
-    return [by_config[tuple(p)] for p in points[keys].itertuples(index=False)]
+    return [by_config[_key(tuple(p))] for p in points[keys].itertuples(index=False)]
+
+
+def _key(values: tuple) -> tuple:
+    """A configuration key whose missing values compare equal (NaN != NaN)."""
+    return tuple(None if pd.isna(v) else v for v in values)
 
 
 def _flagged(part: pd.DataFrame, name: str) -> list[str]:

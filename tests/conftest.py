@@ -33,3 +33,24 @@ def task_cache(tmp_path_factory):
     mp.setenv("Q4LAB_CACHE", str(tmp_path_factory.mktemp("q4lab-cache")))
     yield
     mp.undo()
+
+
+@pytest.fixture(scope="module")
+def linen():
+    """A Linen CNN (`user_models.UserCNN`), its params and an input batch."""
+    import jax
+    from user_models import UserCNN
+
+    x = jax.random.normal(jax.random.key(0), (3, 6, 6, 4))
+    model = UserCNN()
+    return model, model.init(jax.random.key(1), x)["params"], x
+
+
+@pytest.fixture(scope="module")
+def nnx_model():
+    """An NNX model (`user_models.UserNNX`) and an input batch."""
+    import jax
+    from flax import nnx
+    from user_models import UserNNX
+
+    return UserNNX(nnx.Rngs(0)), jax.random.normal(jax.random.key(2), (3, 10, 4))

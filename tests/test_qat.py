@@ -5,13 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_quantize_model import UserCNN, UserNNX  # pytest puts tests/ on the path
+from user_models import UserNNX  # pytest puts tests/ on the path
 
 from q4lab.core import QuantSpec
 from q4lab.evaluate import evaluate
 from q4lab.qat import QATConfig, QATModel
 from q4lab.quantize_model import quantize_model
-from q4lab.recipe import ActSpec, Recipe, Rule
+from q4lab.recipe import ActSpec, Recipe, Rule, TransformSpec
 from q4lab.sweep.spec import qat_of, recipe_of
 
 QAT_RECIPES = {
@@ -35,6 +35,18 @@ QAT_RECIPES = {
             ),
         )
     ),
+    "W4A4 gptq act-order g8, smooth + hadamard": Recipe(
+        (
+            Rule(
+                pattern="Dense_0|split|head",
+                quantizer="gptq",
+                options={"act_order": True},
+                weight=QuantSpec(group_size=8),
+                act=ActSpec(),
+                transform=TransformSpec(rotation="hadamard", smooth_alpha=0.5),
+            ),
+        )
+    ),
 }
 
 
@@ -55,13 +67,6 @@ def _perturbed(state, seed):
         for k, leaf in zip(keys, leaves, strict=True)
     ]
     return jax.tree_util.tree_unflatten(tree, moved)
-
-
-@pytest.fixture(scope="module")
-def linen():
-    x = jax.random.normal(jax.random.key(0), (3, 6, 6, 4))
-    model = UserCNN()
-    return model, model.init(jax.random.key(1), x)["params"], x
 
 
 @pytest.mark.parametrize("method", ["lsq", "ste"])

@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from q4lab.adapters import adapt
 from q4lab.calibrate import Calibrator, calibrate
@@ -14,33 +13,6 @@ from q4lab.hooks import conv_patches
 from q4lab.quantize_model import quantize_model
 from q4lab.quantizers import get_quantizer
 from q4lab.recipe import ActSpec, Recipe, Rule
-
-
-class UserCNN(nn.Module):
-    """A Linen model that knows nothing of q4lab: 2-D conv, Dense, DenseGeneral and Einsum."""
-
-    @nn.compact
-    def __call__(self, x):
-        x = nn.relu(nn.Conv(8, (3, 3), padding="SAME")(x))  # K = 3*3*4
-        x = nn.relu(nn.Conv(8, (3, 3), strides=(2, 2), padding="VALID")(x))
-        x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(16)(x))
-        x = nn.DenseGeneral((2, 8), name="split")(x)
-        x = nn.relu(x).reshape(x.shape[0], -1)
-        x = nn.Einsum((16, 8), "bi,io->bo", name="mix")(x)
-        return nn.Dense(5, name="head")(x)
-
-
-class UserNNX(nnx.Module):
-    def __init__(self, rngs: nnx.Rngs):
-        self.conv = nnx.Conv(4, 8, kernel_size=(3,), rngs=rngs)
-        self.fc = nnx.Linear(8 * 10, 16, rngs=rngs)
-        self.head = nnx.Linear(16, 5, rngs=rngs)
-
-    def __call__(self, x):
-        h = nnx.relu(self.conv(x)).reshape(x.shape[0], -1)
-        return self.head(nnx.relu(self.fc(h)))
-
 
 RECIPES = {
     "W4A16 g4": Recipe((Rule(weight=QuantSpec(group_size=4)),)),
@@ -75,18 +47,6 @@ RECIPES = {
         )
     ),
 }
-
-
-@pytest.fixture(scope="module")
-def linen():
-    x = jax.random.normal(jax.random.key(0), (3, 6, 6, 4))
-    model = UserCNN()
-    return model, model.init(jax.random.key(1), x)["params"], x
-
-
-@pytest.fixture(scope="module")
-def nnx_model():
-    return UserNNX(nnx.Rngs(0)), jax.random.normal(jax.random.key(2), (3, 10, 4))
 
 
 def _rel(a, b):

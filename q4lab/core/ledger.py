@@ -1,10 +1,11 @@
 """The size ledger: exact bytes of a parameter pytree in which some leaves are `QTensor`s.
 
 Two figures per quantized leaf, never mixed silently:
-  stored  the bytes really held (``nbytes`` of codes, scales, zeros, permutation). 2- and 3-bit
+  stored  the bytes really held (``nbytes`` of codes, scales, zeros, permutation, and the input
+          transform's smoothing scales and rotation seed). 2- and 3-bit
           codes sit in 4-bit nibbles and 5..8-bit codes in bytes, so stored >= ideal.
-  ideal   the packed size: ``bits`` per code and per zero point, plus scales and permutation as
-          stored. Equal to stored for 4-bit codes with an even output size.
+  ideal   the packed size: ``bits`` per code and per zero point, plus scales, permutation and
+          transform as stored. Equal to stored for 4-bit codes with an even output size.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ class LeafSize:
     scales: int = 0
     zeros: int = 0
     perm: int = 0
+    transform: int = 0
     float_bytes: int = 0
     ideal_bits: float = 0.0  # packed size in bits (see module docstring)
 
     @property
     def stored(self) -> int:
-        return self.codes + self.scales + self.zeros + self.perm + self.float_bytes
+        return self.codes + self.scales + self.zeros + self.perm + self.transform + self.float_bytes
 
     @property
     def quantized(self) -> bool:
@@ -45,7 +47,8 @@ def _leaf_size(path: str, leaf: object) -> LeafSize:
     if isinstance(leaf, QTensor):
         held = {name: int(a.nbytes) for name, a in leaf.arrays().items()}
         zero_count = 0 if leaf.zero is None else math.prod(leaf.scale.shape)
-        meta_bits = 8 * (held["scale"] + held.get("perm", 0))
+        transform = held.get("smooth", 0) + held.get("seed", 0)
+        meta_bits = 8 * (held["scale"] + held.get("perm", 0) + transform)
         return LeafSize(
             path=path,
             params=leaf.size,
@@ -54,6 +57,7 @@ def _leaf_size(path: str, leaf: object) -> LeafSize:
             scales=held["scale"],
             zeros=held.get("zero", 0),
             perm=held.get("perm", 0),
+            transform=transform,
             ideal_bits=leaf.spec.bits * (leaf.size + zero_count) + meta_bits,
         )
     arr = np.asarray(leaf) if not hasattr(leaf, "nbytes") else leaf
@@ -88,7 +92,7 @@ class Ledger:
 
     @property
     def bits_per_weight(self) -> float:
-        """Stored bits per quantized weight (codes + scales + zeros + perm); NaN if none."""
+        """Stored bits per quantized weight (codes, scales, zeros, perm, transform); NaN if none."""
         n = self.quantized_params
         return 8 * self.quantized_bytes / n if n else float("nan")
 

@@ -19,6 +19,7 @@ import numpy as np
 from q4lab.core import affine
 from q4lab.core.packing import pack, unpack
 from q4lab.core.spec import QuantSpec
+from q4lab.core.transforms import InputTransform
 
 InAxes = int | Sequence[int]
 
@@ -70,6 +71,9 @@ class QTensor:
     zero: integer zero points, same grid as ``scale``, stored like the codes; None if symmetric.
     perm: optional int row permutation of the ``[K, N]`` matrix (GPTQ act-order): row ``i`` of the
         stored codes is row ``perm[i]`` of the logical matrix. None when rows are in order.
+    transform: the layer's input transform (`q4lab.core.transforms`), or None. With one, the
+        codes are those of ``transform.fold(W)`` and meet ``transform.apply(x)``;
+        `dequantize` gives the folded weight.
     """
 
     codes: jax.Array
@@ -79,6 +83,7 @@ class QTensor:
     spec: QuantSpec = dataclasses.field(metadata={"static": True})
     shape: tuple[int, ...] = dataclasses.field(metadata={"static": True})
     in_axes: tuple[int, ...] = dataclasses.field(metadata={"static": True})
+    transform: InputTransform | None = None
 
     @property
     def k(self) -> int:
@@ -108,11 +113,13 @@ class QTensor:
     def arrays(self) -> dict[str, jax.Array]:
         """The arrays actually held, by role (what `stored_bytes` and the ledger count)."""
         held = {"codes": self.codes, "scale": self.scale, "zero": self.zero, "perm": self.perm}
+        if self.transform is not None:
+            held |= self.transform.arrays()
         return {name: a for name, a in held.items() if a is not None}
 
 
 def stored_bytes(qt: QTensor) -> int:
-    """Bytes of every array a QTensor holds (codes, scales, zeros, permutation)."""
+    """Bytes of every array a QTensor holds (codes, scales, zeros, permutation, transform)."""
     return sum(int(a.nbytes) for a in qt.arrays().values())
 
 
@@ -172,5 +179,6 @@ def dequantize_matrix(qt: QTensor) -> jax.Array:
 
 
 def dequantize(qt: QTensor, dtype: jnp.dtype = jnp.float32) -> jax.Array:
-    """The weight a QTensor stands for, in its logical shape: ``(codes - zero) * scale``."""
+    """The weight a QTensor stands for, in its logical shape: ``(codes - zero) * scale`` (with a
+    `QTensor.transform`, the folded weight that meets ``transform.apply(x)``)."""
     return from_matrix(dequantize_matrix(qt), qt.shape, qt.in_axes).astype(dtype)

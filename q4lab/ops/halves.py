@@ -104,5 +104,12 @@ def interleave(even: jax.Array, odd: jax.Array, n: int) -> jax.Array:
 
 
 def permuted_input(x: jax.Array, qt: QTensor) -> jax.Array:
-    """Input columns in the weight's stored row order (GPTQ act-order, see `QTensor.perm`)."""
+    """Input columns in the weight's stored row order (GPTQ act-order, see `QTensor.perm`).
+
+    The ops take inputs already transformed: `q4lab.layer_quant.quantized_dot` applies a
+    `QTensor.transform` before activation quantization, and passes the weight without it."""
+    if qt.transform is not None:
+        raise ValueError(
+            "this QTensor has an input transform; apply it first (q4lab.layer_quant.quantized_dot)"
+        )
     return x if qt.perm is None else x[:, qt.perm]

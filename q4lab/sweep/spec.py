@@ -17,7 +17,7 @@ from typing import Any
 
 from q4lab.core import QuantSpec
 from q4lab.qat import QATConfig
-from q4lab.recipe import ActSpec, Recipe
+from q4lab.recipe import ActSpec, Recipe, TransformSpec
 
 Point = dict[str, Any]
 
@@ -36,6 +36,8 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "act_symmetric": (True, "signed activation codes, or with a zero point"),
     "act_clipping": ("minmax", "the clipping quantizer choosing activation ranges"),
     "act_clipping_options": ({}, "its options, e.g. {'percentile': 99.9}"),
+    "rotation": ("none", "input rotation folded into each dense layer: none, hadamard"),
+    "smooth_alpha": (0.0, "SmoothQuant's migration strength in (0, 1] (dense layers); 0 = off"),
     "sequential": (True, "calibrate each layer with the earlier layers already quantized"),
     "calib_size": (0, "calibration examples to use; 0 = the task's whole calibration split"),
     "qat_steps": (0, "quantization-aware training steps after quantizing; 0 = post-training only"),
@@ -45,6 +47,8 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "qat_batch_size": (64, "training batch size of quantization-aware training"),
 }
 QAT_FIELDS = tuple(name for name in FIELDS if name.startswith("qat_"))
+# fields added after tables were published: left out of the hash at their default
+LATE_FIELDS = ("rotation", "smooth_alpha")
 
 
 def with_defaults(point: Point) -> Point:
@@ -62,11 +66,13 @@ def _canonical(value: Any) -> Any:
 
 def config_hash(point: Point) -> str:
     """A stable 16-hex-digit name of a point's full configuration (defaults included). The
-    training fields of a post-training point (``qat_steps=0``) are left out: they change
-    nothing, and the tables published before they existed keep their names."""
+    training fields of a post-training point (``qat_steps=0``) and the `LATE_FIELDS` at their
+    default are left out: they change nothing, and the tables published before they existed
+    keep their names."""
     full = with_defaults(point)
     if not full["qat_steps"]:
         full = {k: v for k, v in full.items() if k not in QAT_FIELDS}
+    full = {k: v for k, v in full.items() if k not in LATE_FIELDS or v != FIELDS[k][0]}
     text = json.dumps(_canonical(full), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -90,11 +96,17 @@ def recipe_of(point: Point) -> Recipe:
             clipping=p["act_clipping"],
             clipping_options=p["act_clipping_options"],
         )
+    transform = None
+    if p["rotation"] != "none" or p["smooth_alpha"]:
+        transform = TransformSpec(
+            rotation=p["rotation"], smooth_alpha=p["smooth_alpha"] or None, seed=p["seed"]
+        )
     return Recipe.single(
         quantizer=p["quantizer"],
         options=p["options"],
         weight=weight,
         act=act,
+        transform=transform,
         sequential=p["sequential"],
     )
 
