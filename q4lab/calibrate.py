@@ -5,6 +5,7 @@ statistics its quantizers asked for, accumulated in float32 without keeping all 
   "act_sample"  up to ``max_sample_rows`` input rows (conv: whole examples), for static
                 activation ranges chosen by a clipping quantizer (`q4lab.core.act_params`)
   "act_absmax"  ``max |X|`` per input column (float32 ``[K]``), for SmoothQuant's scales
+  "act_absmean" mean ``|X|`` per input column (float32 ``[K]``), for AWQ's scales
 
 The model runs with whatever parameters it is given: the float model, or (sequential
 quantization, as in GPTQ's reference) the model whose earlier layers are already quantized.
@@ -33,12 +34,14 @@ def _merge_calls(records: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
         out["sample"] = jnp.concatenate([r["sample"] for r in records])
     if "absmax" in records[0]:
         out["absmax"] = functools.reduce(jnp.maximum, [r["absmax"] for r in records])
+    if "absum" in records[0]:
+        out["absum"] = sum(r["absum"] for r in records)
     return out
 
 
 class Calibrator:
-    """Collects the statistics of ``needs`` (path -> {"hessian", "act_sample", "act_absmax"}) with
-    one compiled forward, reused across calls: sequential quantization reruns it after each layer
+    """Collects the statistics of ``needs`` (path -> names in the module docstring) with one
+    compiled forward, reused across calls: sequential quantization reruns it after each layer
     with the parameters changed, never with a new trace."""
 
     def __init__(
@@ -54,6 +57,7 @@ class Calibrator:
                     hessian="hessian" in n,
                     sample_rows=per_batch * ("act_sample" in n),
                     absmax="act_absmax" in n,
+                    absum="act_absmean" in n,
                     active=active[path],
                 )
                 for path, n in self.wanted.items()
@@ -85,6 +89,8 @@ class Calibrator:
                 acc["rows"] += float(rec["rows"])
                 if "xtx" in rec:
                     acc["xtx"] = acc.get("xtx", 0.0) + np.asarray(rec["xtx"], np.float64)
+                if "absum" in rec:
+                    acc["absum"] = acc.get("absum", 0.0) + np.asarray(rec["absum"], np.float64)
                 if "absmax" in rec:
                     seen = np.asarray(rec["absmax"])
                     acc["absmax"] = np.maximum(acc.get("absmax", seen), seen)
@@ -101,6 +107,8 @@ class Calibrator:
                 out["hessian"] = jnp.asarray(2.0 * acc["xtx"] / acc["rows"], jnp.float32)
             if "absmax" in acc:
                 out["act_absmax"] = jnp.asarray(acc["absmax"])
+            if "absum" in acc:
+                out["act_absmean"] = jnp.asarray(acc["absum"] / acc["rows"], jnp.float32)
             if acc["samples"]:
                 samples = np.concatenate(acc["samples"])[: self.max_sample_rows]
                 out["act_sample"] = jnp.asarray(samples)

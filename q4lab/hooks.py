@@ -74,12 +74,13 @@ def _lax_conv(lhs, rhs, window_strides, padding, **kwargs):
 class CaptureHook:
     """Runs the layer in float and records, per call, what calibration asked for:
     ``xtx`` (sum of X^T X, float32 [K, K]), ``rows`` (count), ``sample`` (a few input rows for
-    static activation ranges; for convolutions whole input examples flattened), ``absmax``
-    (per input column, for smoothing)."""
+    static activation ranges; for convolutions whole input examples flattened), ``absmax`` and
+    ``absum`` (max and sum of ``|x|`` per input column: smoothing, AWQ)."""
 
     hessian: bool
     sample_rows: int
     absmax: bool = False
+    absum: bool = False
     active: jax.Array | bool = True  # False (at run time): skip the X^T X product
     records: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
 
@@ -96,6 +97,8 @@ class CaptureHook:
             )
         if self.absmax:
             rec["absmax"] = jnp.max(jnp.abs(x2d.astype(jnp.float32)), axis=0)
+        if self.absum:
+            rec["absum"] = jnp.sum(jnp.abs(x2d.astype(jnp.float32)), axis=0)
         if self.sample_rows:
             rec["sample"] = act_rows[: self.sample_rows].astype(jnp.float32)
         self.records.append(rec)

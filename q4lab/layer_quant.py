@@ -202,7 +202,7 @@ def transform_stats(
     """Calibration statistics of ``transform.apply(x)`` from those of ``x``."""
     if stats is None:
         return None
-    out = {k: v for k, v in stats.items() if k != "act_absmax"}
+    out = {k: v for k, v in stats.items() if k not in ("act_absmax", "act_absmean")}
     if "hessian" in out:
         out["hessian"] = transform.covariance(out["hessian"])
     if "act_sample" in out:

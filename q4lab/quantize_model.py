@@ -27,7 +27,7 @@ from q4lab.core import (
 )
 from q4lab.hooks import QuantHook
 from q4lab.layer_quant import ActState, make_transform, transform_stats, unfolded_weight
-from q4lab.quantizers import HESSIAN, RangeQuantizer
+from q4lab.quantizers import ACTIVATIONS, HESSIAN, RangeQuantizer
 from q4lab.recipe import Recipe, Rule
 
 
@@ -81,18 +81,29 @@ def plan(recipe: Recipe, layers: list[Layer]) -> dict[str, LayerPlan]:
                 f"{where}: activation quantization is not supported on a {p.layer.kind} layer; "
                 "allowed: dense (Dense, DenseGeneral without batch dims, Linear) and conv layers"
             )
-        if p.rule.transform is not None and not (p.layer.hookable and p.layer.kind == "dense"):
+        scales_inputs = ACTIVATIONS in p.rule.build_quantizer().needs  # AWQ: its own transform
+        if (p.rule.transform is not None or scales_inputs) and not (
+            p.layer.hookable and p.layer.kind == "dense"
+        ):
             raise ValueError(
                 f"{where}: an input transform is not supported on a {p.layer.kind} layer; "
                 "allowed: dense layers (Dense, DenseGeneral without batch dims, Linear)"
+            )
+        if p.rule.transform is not None and scales_inputs:
+            raise ValueError(
+                f"{where}: quantizer {p.rule.quantizer!r} chooses its own input scales; "
+                "allowed: transform=None"
             )
     return chosen
 
 
 def _needs(p: LayerPlan) -> set[str]:
     needs = set()
-    if HESSIAN in p.rule.build_quantizer().needs:
+    quantizer_needs = p.rule.build_quantizer().needs
+    if HESSIAN in quantizer_needs:
         needs.add("hessian")
+    if ACTIVATIONS in quantizer_needs:
+        needs.add("act_absmean")
     if p.rule.act is not None and p.rule.act.mode == "static":
         needs.add("act_sample")
     if p.rule.transform is not None and p.rule.transform.smooth_alpha is not None:
@@ -175,7 +186,7 @@ class QuantizedModel:
                 p.layer.key,
                 p.rounds_to_nearest,
                 p.layer.hookable and p.layer.kind == "dense",
-                p.rule.transform is not None,
+                get_at(self.params, p.layer.key).transform is not None,
             )
             for p in self.layers.values()
         )
@@ -207,7 +218,9 @@ def _quantize_layer(
     qt = p.rule.build_quantizer().quantize(
         w, p.spec, in_axes=p.layer.in_axes, stats=stats, name=p.layer.path
     )
-    return dataclasses.replace(qt, transform=transform), stats
+    if transform is not None:
+        qt = dataclasses.replace(qt, transform=transform)
+    return qt, stats
 
 
 def quantize_model(

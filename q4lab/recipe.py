@@ -25,7 +25,10 @@ ROTATIONS = ("none", "hadamard")
 
 
 def _items(options: Mapping[str, Any] | tuple) -> tuple[tuple[str, Any], ...]:
-    return tuple(sorted(dict(options).items()))
+    """Options as sorted ``(key, value)`` pairs, nested mappings too (hashable)."""
+    return tuple(
+        (k, _items(v) if isinstance(v, Mapping) else v) for k, v in sorted(dict(options).items())
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -1,5 +1,6 @@
 """Pluggable weight quantizers, registered by name (``get_quantizer("mse", p=2.4)``)."""
 
+from q4lab.quantizers.awq import AWQ
 from q4lab.quantizers.base import (
     ACTIVATIONS,
     HESSIAN,
@@ -20,6 +21,7 @@ from q4lab.quantizers.percentile import Percentile
 
 __all__ = [
     "ACTIVATIONS",
+    "AWQ",
     "GPTQ",
     "HESSIAN",
     "MSE",

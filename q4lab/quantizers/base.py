@@ -3,7 +3,7 @@
 A quantizer turns one float weight into a `QTensor` for a given `QuantSpec`. It declares which
 calibration statistics it needs (``needs``) so calibration collects only those:
   HESSIAN      the proxy ``H = 2 X^T X / n`` of the layer's inputs ``X[n, K]`` (GPTQ)
-  ACTIVATIONS  samples of the layer's inputs (activation-aware methods)
+  ACTIVATIONS  the mean ``|x|`` of each input channel (activation-aware scaling, AWQ)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from q4lab.core import QTensor, QuantSpec, affine, normalize_in_axes, quantize, 
 from q4lab.core.qtensor import InAxes
 
 HESSIAN = "hessian"
-ACTIVATIONS = "activations"
+ACTIVATIONS = "act_absmean"
 Stats = Mapping[str, jax.Array]
 
 

@@ -1,0 +1,40 @@
+"""Weight-only INT4 and INT3 on the transformers: round to nearest, clipping, GPTQ and AWQ.
+
+  minmax, mse                  round to nearest over the full / the MSE-optimal range
+  gptq act-order (+ mse)       GPTQ with act-order (and MSE-clipped group ranges)
+  awq                          activation-aware channel scales searched on the output error
+                               (Lin et al. 2024), round to nearest; + mse: clipped ranges
+  awq + gptq                   AWQ's scales, then GPTQ act-order on the scaled weight
+
+at 4 and 3 bits, per-channel and g128, on minilm (36 linear layers, float calibration inputs)
+and charlm (sequential calibration), seed 0. AWQ's channel scales are stored (float32, one per
+input channel) and counted in bits_per_weight.
+
+    q4lab run experiments/w4a16.py
+    q4lab plot results/w4a16 --x bits_per_weight
+    q4lab report results/w4a16 --write
+"""
+
+from q4lab.sweep import Sweep
+
+AO = {"act_order": True}
+sweep = Sweep(
+    name="w4a16",
+    grid={"bits": [4, 3], "group_size": [0, 128]},
+    zipped=[
+        {"task": ["minilm", "charlm"], "sequential": [False, True]},
+        {
+            "quantizer": ["minmax", "mse", "gptq", "gptq", "awq", "awq", "awq"],
+            "options": [
+                {},
+                {},
+                AO,
+                AO | {"clipping": "mse"},
+                {},
+                {"quantizer": "mse"},
+                {"quantizer": "gptq", "quantizer_options": AO},
+            ],
+        },
+    ],
+    description="weight-only W4/W3: round to nearest, clipping, GPTQ, AWQ",
+)
