@@ -5,6 +5,7 @@
   awq                          activation-aware channel scales searched on the output error
                                (Lin et al. 2024), round to nearest; + mse: clipped ranges
   awq + gptq                   AWQ's scales, then GPTQ act-order on the scaled weight
+  hadamard + gptq act-order + mse   the weight rotated first (its outliers spread, as in QuaRot)
 
 at 4 and 3 bits, per-channel and g128, on minilm (36 linear layers, float calibration inputs)
 and charlm (sequential calibration), seed 0. AWQ's channel scales are stored (float32, one per
@@ -24,7 +25,7 @@ sweep = Sweep(
     zipped=[
         {"task": ["minilm", "charlm"], "sequential": [False, True]},
         {
-            "quantizer": ["minmax", "mse", "gptq", "gptq", "awq", "awq", "awq"],
+            "quantizer": ["minmax", "mse", "gptq", "gptq", "awq", "awq", "awq", "gptq"],
             "options": [
                 {},
                 {},
@@ -33,7 +34,9 @@ sweep = Sweep(
                 {},
                 {"quantizer": "mse"},
                 {"quantizer": "gptq", "quantizer_options": AO},
+                AO | {"clipping": "mse"},
             ],
+            "rotation": ["none"] * 7 + ["hadamard"],
         },
     ],
     description="weight-only W4/W3: round to nearest, clipping, GPTQ, AWQ",
