@@ -11,11 +11,12 @@ Variants (4-bit weights, g128 where a layer is wider, 4-bit activations):
   + gptq           the transform, then GPTQ on the transformed weight and Hessian
   hadamard + gptq + clipped   the three together
 each with dynamic per-row ranges and static per-tensor ranges (calibrated), seeds 0 and 1 (the
-seed also draws the rotation's signs). Tasks: minilm (all 36 linear layers), charlm, digits-mlp;
-mnist1d-cnn is left out (its convolutions take no transform).
+seed also draws the rotation's signs; results/w4a4 holds seed 0 so far, seed 1 resumes).
+Tasks: minilm (all 36 linear layers), charlm, digits-mlp; mnist1d-cnn is left out (its
+convolutions take no transform).
 
     q4lab run experiments/w4a4.py
-    q4lab plot results/w4a4 --hue recipe
+    q4lab plot results/w4a4 --hue rotation --columns act_mode --x bits_per_weight
     q4lab report results/w4a4 --write
 """
 

@@ -82,7 +82,9 @@ class ActSpec:
         return act_params(rows, self.quant_spec(), self.clipper())
 
     def describe(self) -> str:
-        return f"A{self.bits} {self.mode}"
+        """``"A4 dynamic"``, with the clipping when it is not min-max (``"A4 dynamic mse"``)."""
+        clipping = "" if self.clipping == "minmax" else f" {self.clipping}"
+        return f"A{self.bits} {self.mode}{clipping}"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

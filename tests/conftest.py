@@ -35,7 +35,7 @@ def task_cache(tmp_path_factory):
     mp.undo()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def linen():
     """A Linen CNN (`user_models.UserCNN`), its params and an input batch."""
     import jax
@@ -46,7 +46,7 @@ def linen():
     return model, model.init(jax.random.key(1), x)["params"], x
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def nnx_model():
     """An NNX model (`user_models.UserNNX`) and an input batch."""
     import jax

@@ -81,6 +81,8 @@ def test_integer_and_fake_paths_agree_with_transforms(linen, nnx_model, name):
     real, fake = qm.apply(x), qm.apply(x, fake=True)
     assert _rel(real, fake) < 1e-5
     assert _rel(real, model.apply({"params": params}, x)) < 0.5
+    if "gptq" in name:  # NNX: the other recipes (one model kind is enough for GPTQ)
+        return
     model, x = nnx_model
     qm = quantize_model(model, None, recipe, sample_input=x, calibration=[x])
     real, fake = qm.apply(x), qm.apply(x, fake=True)

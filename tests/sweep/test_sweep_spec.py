@@ -66,7 +66,10 @@ def test_bad_sweeps_name_the_field(grid, message):
 
 
 BAD_FILES = {
-    "unknown quantizer": ('"quantizer": ["gptqq"]', r"unknown quantizer 'gptqq'; registered: gptq"),
+    "unknown quantizer": (
+        '"quantizer": ["gptqq"]',
+        r"unknown quantizer 'gptqq'; registered: awq, gptq",
+    ),
     "bad group size": ('"group_size": [7]', r"group_size=7 does not divide.*allowed group sizes"),
     "typo in a field": ('"act_bit": [4]', r"unknown field 'act_bit' \(did you mean 'act_bits'"),
     "unknown task": ('"seed": [0]', None),
