@@ -12,7 +12,8 @@ row also holds the PTQ start (``ptq_score``), the training forward's score at th
   charlm                   W4A4 g128, GPTQ act-order start, next-byte loss, seed 0
   minilm                   W4A4 g128, GPTQ act-order start, distillation (no labels: 1 - cosine
                            to the float embeddings, on sentences disjoint from the evaluation),
-                           seed 0
+                           seed 0; also from the best post-training start of results/w4a4
+                           (Hadamard rotation, MSE-clipped activation ranges)
 
     q4lab run experiments/qat.py
     q4lab plot results/qat --hue training
@@ -30,6 +31,8 @@ sweep = Sweep(
         "seed": [0, 1],
         "qat_method": ["ste", "lsq"],
         "qat_steps": [0, *sorted(set(STEPS.values()))],
+        "rotation": ["none", "hadamard"],
+        "act_clipping": ["minmax", "mse"],
     },
     zipped=[
         {
@@ -45,9 +48,12 @@ sweep = Sweep(
         {"bits": [4, 4, 3], "act_bits": [16, 4, 3]},
     ],
     # one PTQ row per configuration (its training fields are unused), the task's step count;
-    # the transformers (minutes per run on 2 cores) at W4A4 and seed 0 only
+    # the transformers (minutes per run on 2 cores) at W4A4 and seed 0 only; MiniLM also from
+    # the best post-training start of results/w4a4 (Hadamard rotation, MSE-clipped ranges)
     where=lambda p: (
         ((p["qat_steps"] == 0 and p["qat_method"] == "lsq") or p["qat_steps"] == STEPS[p["task"]])
         and (p["task"] in SMALL or (p["act_bits"], p["seed"]) == (4, 0))
+        and (p["rotation"] == "none" or p["task"] == "minilm")
+        and p["act_clipping"] == ("mse" if p["rotation"] == "hadamard" else "minmax")
     ),
 )
