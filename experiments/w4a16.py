@@ -5,7 +5,8 @@
   awq                          activation-aware channel scales searched on the output error
                                (Lin et al. 2024), round to nearest; + mse: clipped ranges
   awq + gptq                   AWQ's scales, then GPTQ act-order on the scaled weight
-  hadamard + gptq act-order + mse   the weight rotated first (its outliers spread, as in QuaRot)
+  hadamard + gptq act-order + mse   the weight rotated first (its outliers spread, as in QuaRot),
+                               with symmetric codes and with a zero point (asymmetric)
 
 at 4 and 3 bits, per-channel and g128, on minilm (36 linear layers, float calibration inputs)
 and charlm (sequential calibration), seed 0. AWQ's channel scales are stored (float32, one per
@@ -25,7 +26,7 @@ sweep = Sweep(
     zipped=[
         {"task": ["minilm", "charlm"], "sequential": [False, True]},
         {
-            "quantizer": ["minmax", "mse", "gptq", "gptq", "awq", "awq", "awq", "gptq"],
+            "quantizer": ["minmax", "mse", "gptq", "gptq", "awq", "awq", "awq", "gptq", "gptq"],
             "options": [
                 {},
                 {},
@@ -35,8 +36,10 @@ sweep = Sweep(
                 {"quantizer": "mse"},
                 {"quantizer": "gptq", "quantizer_options": AO},
                 AO | {"clipping": "mse"},
+                AO | {"clipping": "mse"},
             ],
-            "rotation": ["none"] * 7 + ["hadamard"],
+            "rotation": ["none"] * 7 + ["hadamard"] * 2,
+            "symmetric": [True] * 8 + [False],
         },
     ],
     description="weight-only W4/W3: round to nearest, clipping, GPTQ, AWQ",

@@ -157,13 +157,26 @@ class Rule:
         return get_quantizer(self.quantizer, **dict(self.options))
 
     def options_label(self) -> str:
-        """The quantizer's options as ``key=value`` pairs, e.g. ``"act_order=True"``."""
-        return ",".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in self.options)
+        """The quantizer's options as ``key=value`` pairs, e.g. ``"act_order=True"``; nested
+        options in braces (``"quantizer='gptq',quantizer_options={act_order=True}"``)."""
+        return _label(self.options)
 
     def quantizer_label(self) -> str:
         """``name`` or ``name(options)``, e.g. ``"gptq(act_order=True)"``."""
         options = self.options_label()
         return f"{self.quantizer}({options})" if options else self.quantizer
+
+
+def _label(options: tuple[tuple[str, Any], ...]) -> str:
+    def value(v: Any) -> str:
+        if isinstance(v, str):
+            return repr(v)
+        nested = isinstance(v, tuple) and all(
+            isinstance(i, tuple) and len(i) == 2 and isinstance(i[0], str) for i in v
+        )
+        return "{" + _label(v) + "}" if nested and v else str(v)
+
+    return ",".join(f"{k}={value(v)}" for k, v in options)
 
 
 def _literal(value: str) -> Any:

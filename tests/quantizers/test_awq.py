@@ -102,3 +102,10 @@ def test_awq_in_a_recipe_runs_integer_and_fake_alike(linen):
             model, params, Recipe((Rule(pattern="Conv_0", quantizer="awq"),)), sample_input=x
         )
     jax.clear_caches()
+
+
+def test_nested_options_are_labelled_readably():
+    rule = Rule(
+        quantizer="awq", options={"quantizer": "gptq", "quantizer_options": {"act_order": True}}
+    )
+    assert rule.quantizer_label() == "awq(quantizer='gptq',quantizer_options={act_order=True})"
