@@ -120,3 +120,15 @@ def test_sweep_fields_build_the_transform_and_keep_old_hashes():
         recipe_of(old | {"rotation": "givens"})
     with pytest.raises(ValueError, match=r"smooth_alpha=1\.5 is invalid"):
         recipe_of(old | {"smooth_alpha": 1.5})
+
+
+def test_rows_from_before_the_transform_fields_read_as_their_defaults(tmp_path):
+    """A table extended with rotated rows still groups, plots and reports (no NaN mixed in)."""
+    from q4lab.sweep.store import ResultsStore
+
+    store = ResultsStore(tmp_path)
+    store.append({"config_hash": "a", "task": "t"})
+    store.append({"config_hash": "b", "task": "t", "rotation": "hadamard", "smooth_alpha": 0.5})
+    table = store.read()
+    assert list(table["rotation"]) == ["none", "hadamard"]
+    assert list(table["smooth_alpha"]) == [0.0, 0.5]

@@ -17,6 +17,15 @@ import pandas as pd
 RUNS = "runs.parquet"
 
 
+def _with_field_defaults(table: pd.DataFrame) -> pd.DataFrame:
+    from q4lab.sweep.spec import FIELDS, LATE_FIELDS
+
+    for name in LATE_FIELDS:
+        if name in table and table[name].isna().any():
+            table[name] = table[name].fillna(FIELDS[name][0])
+    return table
+
+
 class ResultsStore:
     """Rows of one experiment, keyed by ``config_hash``."""
 
@@ -26,10 +35,11 @@ class ResultsStore:
 
     def read(self) -> pd.DataFrame:
         """The table as it is now. The file is read in one go and parsed from memory: a reader
-        that opened the path twice could mix an old footer with a newer file."""
+        that opened the path twice could mix an old footer with a newer file. Rows written
+        before a sweep field existed get its default (they ran with it)."""
         if not self.path.exists():
             return pd.DataFrame()
-        return pd.read_parquet(io.BytesIO(self.path.read_bytes()))
+        return _with_field_defaults(pd.read_parquet(io.BytesIO(self.path.read_bytes())))
 
     def done(self) -> set[str]:
         """Config hashes already in the table."""
