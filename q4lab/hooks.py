@@ -86,8 +86,8 @@ class CaptureHook:
 
     def _record(self, x2d: jax.Array, act_rows: jax.Array) -> None:
         rec: dict[str, jax.Array] = {"rows": jnp.asarray(x2d.shape[0], jnp.float32)}
+        x32 = x2d.astype(jnp.float32)
         if self.hessian:
-            x32 = x2d.astype(jnp.float32)
             k = x32.shape[1]
             rec["xtx"] = lax.cond(
                 self.active,
@@ -96,9 +96,9 @@ class CaptureHook:
                 x32,
             )
         if self.absmax:
-            rec["absmax"] = jnp.max(jnp.abs(x2d.astype(jnp.float32)), axis=0)
+            rec["absmax"] = jnp.max(jnp.abs(x32), axis=0)
         if self.absum:
-            rec["absum"] = jnp.sum(jnp.abs(x2d.astype(jnp.float32)), axis=0)
+            rec["absum"] = jnp.sum(jnp.abs(x32), axis=0)
         if self.sample_rows:
             rec["sample"] = act_rows[: self.sample_rows].astype(jnp.float32)
         self.records.append(rec)

@@ -170,6 +170,11 @@ class WeightQuant:
         return dataclasses.replace(qt, transform=self.transform)
 
 
+def folded_weight(transform: InputTransform, w: jax.Array, in_axes: tuple[int, ...]) -> jax.Array:
+    """``transform.fold`` of a weight in its logical shape (float32): what its codes quantize."""
+    return from_matrix(transform.fold(to_matrix(w, in_axes)), w.shape, in_axes)
+
+
 def unfolded_weight(qt: QTensor) -> jax.Array:
     """The dequantized weight in the layer's original basis (what a float forward multiplies):
     ``transform.unfold`` of the dequantized codes."""
@@ -214,6 +219,7 @@ __all__ = [
     "MODES",
     "ActState",
     "WeightQuant",
+    "folded_weight",
     "make_transform",
     "quantized_dot",
     "transform_stats",

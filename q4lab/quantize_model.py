@@ -21,12 +21,17 @@ from q4lab.core import (
     QuantSpec,
     dequantize,
     fake_quant,
-    from_matrix,
     size_ledger,
     to_matrix,
 )
 from q4lab.hooks import QuantHook
-from q4lab.layer_quant import ActState, make_transform, transform_stats, unfolded_weight
+from q4lab.layer_quant import (
+    ActState,
+    folded_weight,
+    make_transform,
+    transform_stats,
+    unfolded_weight,
+)
 from q4lab.quantizers import ACTIVATIONS, HESSIAN, RangeQuantizer
 from q4lab.recipe import Recipe, Rule
 
@@ -129,7 +134,7 @@ def _weights(layers, fake: bool, params: PyTree, float_params: PyTree) -> PyTree
         if fake and layer.rounds_to_nearest:
             w = get_at(float_params, layer.key)
             if qt.transform is not None:
-                w = from_matrix(qt.transform.fold(to_matrix(w, qt.in_axes)), w.shape, qt.in_axes)
+                w = folded_weight(qt.transform, w, qt.in_axes)
             value = fake_quant(w, qt.spec, qt.scale, qt.int_zero(), in_axes=qt.in_axes)
         else:  # from the packed codes, inside jit (and the weights GPTQ chose)
             value = dequantize(qt)
@@ -213,7 +218,7 @@ def _quantize_layer(
     if p.rule.transform is not None:
         w2d = to_matrix(w, p.layer.in_axes)
         transform = make_transform(p.rule.transform, p.layer.path, w2d, stats)
-        w = from_matrix(transform.fold(w2d), w.shape, p.layer.in_axes)
+        w = folded_weight(transform, w, p.layer.in_axes)
         stats = transform_stats(transform, stats)
     qt = p.rule.build_quantizer().quantize(
         w, p.spec, in_axes=p.layer.in_axes, stats=stats, name=p.layer.path

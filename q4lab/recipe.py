@@ -93,7 +93,7 @@ class TransformSpec:
     input at run time (`q4lab.core.transforms`): exact in float, it reshapes what is rounded.
     Dense layers only. Smoothing comes first, then the rotation."""
 
-    rotation: Literal["none", "hadamard"] = "none"  # "hadamard": randomised block Hadamard
+    rotation: Literal["none", "hadamard"] = "none"  # "hadamard": randomised Hadamard
     smooth_alpha: float | None = None  # SmoothQuant's migration strength in (0, 1]; None: off
     seed: int = 0  # the rotation's signs (a layer's seed mixes this with its path)
 
