@@ -2,10 +2,12 @@
 
 Two figures per quantized leaf, never mixed silently:
   stored  the bytes really held (``nbytes`` of codes, scales, zeros, permutation, and the input
-          transform's smoothing scales and rotation seed). 2- and 3-bit
-          codes sit in 4-bit nibbles and 5..8-bit codes in bytes, so stored >= ideal.
+          transform's smoothing scales and rotation seed). 2-, 3- and 4-bit codes are packed at
+          their width (`q4lab.core.packing`), each row of N padded to whole words (4, 8 and 2
+          codes); 5..8-bit codes take a byte each. So stored >= ideal.
   ideal   the packed size: ``bits`` per code and per zero point, plus scales, permutation and
-          transform as stored. Equal to stored for 4-bit codes with an even output size.
+          transform as stored. Equal to stored for 2..4-bit codes when every row of codes and of
+          zero points fills whole words (e.g. 3-bit codes with N a multiple of 8).
 """
 
 from __future__ import annotations

@@ -64,11 +64,14 @@ def from_matrix(w2d: jax.Array, shape: tuple[int, ...], in_axes: tuple[int, ...]
 class QTensor:
     """A quantized weight. A pytree: the arrays are leaves, the rest is static.
 
-    codes: ``uint8[K, ceil(N/2)]`` two codes per byte when ``spec.bits <= 4`` (nibble order in
-        `q4lab.core.packing`), else ``int8``/``uint8[K, N]``.
+    codes: each row of N codes packed at its width (`q4lab.core.packing`): ``uint8[K, L]`` with
+        ``L = spec.packed_length(N)``, i.e. ``ceil(N/4)`` bytes at 2 bits (four codes per byte),
+        ``3 * ceil(N/8)`` at 3 bits (eight codes per 24-bit word), ``ceil(N/2)`` at 4 bits (XLA
+        int4 nibbles); ``int8`` (symmetric) / ``uint8`` (asymmetric) ``[K, N]`` at 5..8 bits.
     scale: ``[G, N]`` (per-group), ``[1, N]`` (per-channel) or ``[1, 1]`` (per-tensor), in
         ``spec.scale_dtype``.
-    zero: integer zero points, same grid as ``scale``, stored like the codes; None if symmetric.
+    zero: integer zero points, same grid as ``scale``, packed like the codes (unsigned, along N:
+        ``uint8[G, spec.packed_length(N)]``); None if symmetric.
     perm: optional int row permutation of the ``[K, N]`` matrix (GPTQ act-order): row ``i`` of the
         stored codes is row ``perm[i]`` of the logical matrix. None when rows are in order.
     transform: the layer's input transform (`q4lab.core.transforms`), or None. With one, the
@@ -99,7 +102,8 @@ class QTensor:
         return math.prod(self.shape)
 
     def int_codes(self) -> jax.Array:
-        """Codes as ``[K, N]`` in their narrow integer dtype (stored row order)."""
+        """Codes as ``[K, N]`` in their narrow integer dtype (stored row order): int4/uint4 at 4
+        bits, int8/uint8 otherwise."""
         return unpack(self.codes, bits=self.spec.bits, signed=self.spec.symmetric, n=self.n)
 
     def int_zero(self) -> jax.Array | None:

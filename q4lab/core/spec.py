@@ -14,6 +14,8 @@ from typing import Literal
 import jax.numpy as jnp
 import numpy as np
 
+from q4lab.core import packing
+
 Granularity = Literal["per_tensor", "per_channel", "per_group"]
 GRANULARITIES: tuple[str, ...] = ("per_tensor", "per_channel", "per_group")
 SCALE_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
@@ -71,9 +73,29 @@ class QuantSpec:
         return 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
 
     @property
-    def packed(self) -> bool:
-        """True when codes are stored two per byte (bits <= 4); wider codes take a byte each."""
-        return self.bits <= 4
+    def codes_per_word(self) -> int:
+        """Codes in one stored word (`q4lab.core.packing`): 4 at 2 bits, 8 at 3, 2 at 4, else 1."""
+        return packing.codes_per_word(self.bits)
+
+    @property
+    def word_bytes(self) -> int:
+        """Bytes of one stored word: 3 for 3-bit codes (8 codes), else 1."""
+        return packing.word_bytes(self.bits)
+
+    @property
+    def stored_bits(self) -> int:
+        """Bits one code takes in storage, padding aside: ``bits`` for 2..4, 8 for 5..8."""
+        return packing.stored_bits(self.bits)
+
+    @property
+    def nibbles(self) -> bool:
+        """True when codes are stored two per byte as XLA's int4 nibbles (bits == 4): the only
+        layout the half-column kernels of `q4lab.ops` read."""
+        return self.bits == 4
+
+    def packed_length(self, n: int) -> int:
+        """Bytes of one stored row of ``n`` codes (or zero points): whole words, zero-padded."""
+        return packing.packed_length(n, self.bits)
 
     @property
     def jnp_scale_dtype(self) -> jnp.dtype:

@@ -1,4 +1,5 @@
-"""CPU paths: the packed weight is unpacked one block of K rows at a time, never whole.
+"""CPU paths: the packed weight is unpacked one block of K rows at a time, never whole. They read
+4-bit nibbles (`q4lab.ops.halves`); other widths are refused by `halves.split`.
 
 XLA on CPU lowers ``x @ dequantize(W)`` by writing the full float32 weight to memory and then
 running the GEMM on it: 8x the bytes of the packed codes written and read again, about 10x slower

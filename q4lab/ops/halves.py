@@ -1,7 +1,8 @@
 """A packed 4-bit weight seen as two halves: its even and its odd output columns.
 
-A `QTensor` with ``bits <= 4`` stores byte ``[k, j]`` = code ``[k, 2j]`` (low nibble) and code
-``[k, 2j + 1]`` (high nibble), see `q4lab.core.packing`. Unpacking a whole byte row into
+A 4-bit `QTensor` stores byte ``[k, j]`` = code ``[k, 2j]`` (low nibble) and code
+``[k, 2j + 1]`` (high nibble), see `q4lab.core.packing`; 2- and 3-bit codes are packed otherwise
+and are refused here (`split`). Unpacking a whole byte row into
 interleaved columns is a shuffle that XLA (and Triton) do slowly; instead the fast paths multiply
 by the low nibbles and by the high nibbles separately, producing the even and the odd output
 columns, and interleave only the ``[M, N]`` result. Scales and zero points are split the same way
@@ -69,9 +70,10 @@ def high_nibbles(b: jax.Array) -> jax.Array:
 
 def split(qt: QTensor) -> Halves:
     """The halves of a 4-bit `QTensor` (rows in stored order: apply ``qt.perm`` to the input)."""
-    if not qt.spec.packed:
+    if not qt.spec.nibbles:
         raise ValueError(
-            f"half-column paths need codes of at most 4 bits, got {qt.spec.describe()}"
+            f"half-column paths read 4-bit nibbles only; got {qt.spec.bits}-bit codes "
+            f"({qt.spec.describe()}); allowed widths: 4"
         )
     h = qt.codes.shape[1]
 

@@ -18,8 +18,13 @@ Implementations (``impl=``), all equal to the reference up to the order of float
   blocked    K walked in cache-sized blocks, see `q4lab.ops.blocked` (the CPU path).
   pallas     the Triton kernels of `q4lab.ops.pallas_gpu` (GPU only; ``pallas_interpret`` runs
              them through Pallas' interpreter anywhere, for tests).
-  auto       on GPU the path measured fastest for the operation, dtype and M (`GPU_CHOICES`),
-             blocked on CPU, else xla (wider codes: xla on GPU, reference elsewhere).
+  auto       for 4-bit codes: on GPU the path measured fastest for the operation, dtype and M
+             (`GPU_CHOICES`), blocked on CPU, else xla. Other widths: xla on GPU, reference
+             elsewhere.
+
+Widths (`WIDTHS`): reference and xla read codes through `QTensor.int_codes` and take every width
+(2..8); blocked and the Pallas kernels read the stored bytes as 4-bit nibbles
+(`q4lab.ops.halves`) and take only ``bits=4``. Asked for by name with another width, they raise.
 """
 
 from __future__ import annotations
@@ -38,6 +43,16 @@ IMPLEMENTATIONS: tuple[str, ...] = (
     "pallas",
     "pallas_interpret",
 )
+
+
+# The code widths each implementation reads correctly ("auto" picks one that does).
+WIDTHS: dict[str, tuple[int, ...]] = {
+    "reference": tuple(range(2, 9)),
+    "xla": tuple(range(2, 9)),
+    "blocked": (4,),
+    "pallas": (4,),
+    "pallas_interpret": (4,),
+}
 
 
 def on_gpu(backend: str | None = None) -> bool:
@@ -73,7 +88,7 @@ def choose(
     and backend (`GPU_CHOICES` on a GPU)."""
     backend = backend or jax.default_backend()
     gpu = on_gpu(backend)
-    if not qt.spec.packed:  # 5..8-bit codes, a byte each
+    if not qt.spec.nibbles:  # 2-, 3- and 5..8-bit codes: the paths that unpack any width
         return "xla" if gpu else "reference"
     if gpu:
         rows = GPU_CHOICES[("w4a4" if w4a4 else "w4a16", _dtype_class(dtype, w4a4))]
@@ -89,8 +104,12 @@ def _resolve(impl: str, qt: QTensor, m: int, *, w4a4: bool, dtype) -> str:
         raise ValueError(f"impl={impl!r} is unknown; allowed: {', '.join(IMPLEMENTATIONS)}")
     if impl == "auto":
         return choose(qt, m, w4a4=w4a4, dtype=dtype)
-    if impl in ("blocked", "pallas", "pallas_interpret") and not qt.spec.packed:
-        raise ValueError(f"impl={impl!r} needs codes of at most 4 bits, got {qt.spec.describe()}")
+    if qt.spec.bits not in WIDTHS[impl]:
+        allowed = ", ".join(map(str, WIDTHS[impl]))
+        raise ValueError(
+            f"impl={impl!r} cannot read {qt.spec.bits}-bit codes ({qt.spec.describe()}); "
+            f"allowed widths: {allowed} (reference and xla take 2..8)"
+        )
     if impl == "pallas" and not on_gpu():
         raise ValueError(
             f"impl='pallas' needs a GPU (backend is {jax.default_backend()!r}); "

@@ -1,4 +1,5 @@
-"""Pallas (Triton backend) kernels for packed 4-bit weights on NVIDIA GPUs.
+"""Pallas (Triton backend) kernels for packed 4-bit weights on NVIDIA GPUs (4-bit only: other
+widths are packed otherwise, see `unsupported`).
 
 Both kernels read the packed bytes of a column block once, split them into the even (low nibble)
 and odd (high nibble) output columns in registers (`q4lab.ops.halves`), and never write an
@@ -81,8 +82,8 @@ def unsupported(
     """Why the kernel (W4A16, or W4A4 with ``w4a4``) cannot take this weight and batch under
     ``config`` (default: the kernel's own), as a string; None when it can."""
     config = config or (W4A4_DEFAULT if w4a4 else W4A16_DEFAULT)
-    if not qt.spec.packed:
-        return f"codes of {qt.spec.bits} bits are not nibbles"
+    if not qt.spec.nibbles:
+        return f"{qt.spec.bits}-bit codes are not nibbles; allowed widths: 4"
     h = qt.codes.shape[1]
     if h % config.block_n:
         return f"ceil(N/2)={h} is not a multiple of block_n={config.block_n}"

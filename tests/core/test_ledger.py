@@ -34,6 +34,9 @@ def mixed_params():
             "odd": get_quantizer("minmax").quantize(
                 jax.random.normal(key, (8, 5)), QuantSpec(bits=3)
             ),
+            "two": get_quantizer("minmax").quantize(
+                jax.random.normal(key, (16, 7)), QuantSpec(bits=2, symmetric=False, group_size=8)
+            ),
         },
     }
 
@@ -48,7 +51,7 @@ def test_ledger_equals_the_bytes_actually_held(mixed_params):
     ]
     assert ledger.quantized_bytes == sum(stored_bytes(qt) for qt in quantized)
     assert ledger.float_bytes == 64 * 4 + 32 * 2 + 64 * 10 * 4
-    assert ledger.params == 256 * 64 + 64 + 3 * 16 * 32 + 32 + 640 + 40
+    assert ledger.params == 256 * 64 + 64 + 3 * 16 * 32 + 32 + 640 + 40 + 112
     paths = [leaf.path for leaf in ledger.leaves]
     assert "['dense']['kernel']" in paths and "['conv']['bias']" in paths
 
@@ -62,13 +65,34 @@ def test_4bit_g128_fp16_symmetric_is_4_125_bits_per_weight():
     assert ledger.total_bytes == 512 * 96 // 2 + 4 * 96 * 2
 
 
-def test_narrow_codes_report_stored_and_ideal_sizes_apart():
-    w = jax.random.normal(jax.random.key(2), (64, 32))
-    three = size_ledger(
-        get_quantizer("minmax").quantize(w, QuantSpec(bits=3, group_size=32, scale_dtype="float16"))
+def test_3bit_g128_fp16_symmetric_is_3_125_bits_per_weight():
+    w = jax.random.normal(jax.random.key(1), (256, 64))
+    qt = get_quantizer("minmax").quantize(
+        w, QuantSpec(bits=3, group_size=128, scale_dtype="float16")
     )
-    assert three.bits_per_weight == 4.5  # 3-bit codes sit in nibbles
-    assert three.ideal_bits_per_weight == 3.5
+    ledger = size_ledger({"w": qt})
+    assert ledger.bits_per_weight == ledger.ideal_bits_per_weight == 3.125
+    assert ledger.total_bytes == 256 * 64 * 3 // 8 + 2 * 64 * 2
+
+
+@pytest.mark.parametrize("bits", [2, 3])
+def test_narrow_codes_are_stored_at_their_width_up_to_whole_words(bits):
+    w = jax.random.normal(jax.random.key(2), (64, 32))
+    spec = QuantSpec(bits=bits, symmetric=False, group_size=32, scale_dtype="float16")
+    whole = size_ledger({"w": get_quantizer("minmax").quantize(w, spec)})
+    # N = 32 fills whole words: codes and zero points take exactly `bits` each
+    assert whole.total_bytes == (64 + 2) * 32 * bits // 8 + 2 * 32 * 2
+    assert whole.bits_per_weight == whole.ideal_bits_per_weight
+    odd = size_ledger({"w": get_quantizer("minmax").quantize(w[:, :5], spec)})
+    # N = 5 pads each row of codes and zero points to one word (4 or 8 codes)
+    row = spec.packed_length(5)
+    assert row == {2: 2, 3: 3}[bits]
+    assert odd.total_bytes == (64 + 2) * row + 2 * 5 * 2
+    assert odd.bits_per_weight > odd.ideal_bits_per_weight
+
+
+def test_wide_codes_report_stored_and_ideal_sizes_apart():
+    w = jax.random.normal(jax.random.key(2), (64, 32))
     six = size_ledger(get_quantizer("minmax").quantize(w, QuantSpec(bits=6, symmetric=False)))
     # 6-bit codes in bytes; zero points one byte each per channel; float32 scales per channel
     assert six.total_bytes == 64 * 32 + 32 + 32 * 4

@@ -53,6 +53,8 @@ def test_codes_lie_in_the_valid_range(args):
     qt = get_quantizer("minmax").quantize(w, spec)
     codes = _codes(qt)
     assert codes.min() >= spec.qmin and codes.max() <= spec.qmax
+    k, n = w.shape
+    assert qt.codes.shape == (k, spec.packed_length(n) if spec.bits <= 4 else n)
     if qt.zero is not None:
         zero = np.asarray(qt.int_zero())
         assert zero.min() >= spec.qmin and zero.max() <= spec.qmax
@@ -90,6 +92,20 @@ def test_per_group_specs_quantize_every_group_independently(args):
     for start in range(0, w.shape[0], g):
         part = get_quantizer("minmax").quantize(w[start : start + g], per_channel)
         np.testing.assert_array_equal(whole[start : start + g], np.asarray(dequantize(part)))
+
+
+@pytest.mark.parametrize("bits", [2, 3])
+def test_2_and_3_bit_weights_are_packed_at_their_width_and_dequantize_as_fake_quant(bits):
+    w = np.asarray(jax.random.normal(jax.random.key(bits), (16, 3)))
+    for symmetric in (True, False):
+        spec = QuantSpec(bits=bits, symmetric=symmetric, group_size=8)
+        qt = get_quantizer("minmax").quantize(w, spec)
+        assert qt.codes.shape == (16, {2: 1, 3: 3}[bits])  # one word per row: 4 or 8 codes
+        if not symmetric:
+            assert qt.zero.shape == (2, qt.codes.shape[1])  # zero points packed like the codes
+        fake = fake_quant(jnp.asarray(w), spec, qt.scale, qt.int_zero())
+        np.testing.assert_array_equal(np.asarray(fake), np.asarray(dequantize(qt)))
+        assert _codes(qt).min() >= spec.qmin and _codes(qt).max() <= spec.qmax
 
 
 def test_fake_quant_gradient_is_straight_through_inside_the_range_and_zero_outside():

@@ -50,3 +50,20 @@ def test_group_size_must_divide_the_input_axis():
 
 def test_spec_is_hashable_for_jit():
     assert hash(QuantSpec(group_size=32)) == hash(QuantSpec(group_size=32))
+
+
+@pytest.mark.parametrize(
+    ("bits", "per_word", "word_bytes", "stored_bits", "row_of_10"),
+    [(2, 4, 1, 2, 3), (3, 8, 3, 3, 6), (4, 2, 1, 4, 5), (5, 1, 1, 8, 10), (8, 1, 1, 8, 10)],
+)
+def test_the_spec_tells_how_its_codes_are_stored(
+    bits, per_word, word_bytes, stored_bits, row_of_10
+):
+    spec = QuantSpec(bits=bits)
+    assert (spec.codes_per_word, spec.word_bytes, spec.stored_bits) == (
+        per_word,
+        word_bytes,
+        stored_bits,
+    )
+    assert spec.packed_length(10) == row_of_10  # whole words: 10 codes pad to 12 / 16 / 10
+    assert spec.nibbles == (bits == 4)

@@ -13,8 +13,9 @@ from q4lab.core import (
     dequantize_matrix,
     quantize,
 )
-from q4lab.ops import GPU_CHOICES, choose, int_matmul, on_gpu, w4a16_matmul
+from q4lab.ops import GPU_CHOICES, choose, halves, int_matmul, on_gpu, w4a16_matmul
 from q4lab.ops.blocked import block_rows, w4a16_blocked
+from q4lab.ops.matmul import WIDTHS
 from q4lab.quantizers import get_quantizer
 
 
@@ -65,7 +66,7 @@ def test_every_w4a16_path_is_x_times_the_dequantized_weight(seed, spec, n, m):
     qt = get_quantizer("mse").quantize(w, spec)
     x = jax.random.normal(kx, (m, 32))
     expected = x @ dequantize_matrix(qt)
-    impls = ["reference", "xla", "auto"] + (["blocked"] if spec.bits <= 4 else [])
+    impls = ["reference", "xla", "auto"] + (["blocked"] if spec.bits == 4 else [])
     for impl in impls:
         assert _rel(w4a16_matmul(x, qt, impl=impl), expected) < 1e-5, impl
 
@@ -177,5 +178,33 @@ def test_bad_implementation_names_the_allowed_ones():
         with pytest.raises(ValueError, match=r"needs a GPU.*pallas_interpret"):
             w4a16_matmul(jnp.ones((1, 16)), qt, impl="pallas")
     q8 = get_quantizer("minmax").quantize(jnp.ones((16, 4)), QuantSpec(bits=8))
-    with pytest.raises(ValueError, match="at most 4 bits"):
+    with pytest.raises(ValueError, match=r"impl='blocked' cannot read 8-bit codes.*widths: 4"):
         w4a16_matmul(jnp.ones((1, 16)), q8, impl="blocked")
+
+
+def test_2_and_3_bit_weights_route_to_paths_that_unpack_them():
+    """Their bytes are not nibbles: auto picks a path that reads them through `int_codes`, and
+    the nibble paths asked for by name refuse them, naming the widths they take."""
+    kx, kw = jax.random.split(jax.random.key(0))
+    w = jax.random.normal(kw, (32, 8))
+    x = jax.random.normal(kx, (3, 32))
+    xc = jnp.asarray(np.random.default_rng(0).integers(-7, 8, (3, 32)), jnp.int8)
+    for bits in (2, 3):
+        qt = get_quantizer("minmax").quantize(
+            w, QuantSpec(bits=bits, symmetric=False, group_size=16)
+        )
+        assert choose(qt, 1, backend="cpu") == "reference"
+        assert all(choose(qt, m, backend="gpu", dtype=jnp.bfloat16) == "xla" for m in (1, 4096))
+        assert choose(qt, 16, backend="gpu", w4a4=True, dtype=jnp.int8) == "xla"
+        for impl in (impl for impl, widths in WIDTHS.items() if bits not in widths):
+            refused = rf"impl='{impl}' cannot read {bits}-bit.*widths: 4"
+            with pytest.raises(ValueError, match=refused):
+                w4a16_matmul(x, qt, impl=impl)
+            with pytest.raises(ValueError, match=refused):
+                int_matmul(xc, jnp.ones((1, 1)), qt, impl=impl)
+        with pytest.raises(ValueError, match=rf"nibbles only; got {bits}-bit.*widths: 4"):
+            halves.split(qt)
+    # the 3-bit weight through auto (the hypothesis tests above cover 2..8 bits at random)
+    assert _rel(w4a16_matmul(x, qt), x @ dequantize_matrix(qt)) < 1e-6
+    expected = xc.astype(jnp.float32) @ dequantize_matrix(qt)
+    assert _rel(int_matmul(xc, jnp.ones((1, 1)), qt), expected) < 1e-6

@@ -23,7 +23,6 @@ SPECS = {
     "sym per-channel": QuantSpec(),
     "asym per-channel": QuantSpec(symmetric=False),
     "asym per-tensor": QuantSpec(granularity="per_tensor", symmetric=False),
-    "W3 asym g64": QuantSpec(bits=3, group_size=64, symmetric=False),
 }
 
 
@@ -84,6 +83,10 @@ def test_shapes_the_kernels_cannot_take_are_named():
     assert "power of two" in unsupported(qt, 1, TINY)
     with pytest.raises(ValueError, match="w4a16_pallas cannot run this weight"):
         w4a16_pallas(jnp.ones((1, 48)), qt, config=TINY, interpret=True)
+    w3 = get_quantizer("minmax").quantize(jnp.ones((64, 32)), QuantSpec(bits=3, group_size=32))
+    assert "3-bit codes are not nibbles; allowed widths: 4" in unsupported(w3, 1, TINY)
+    with pytest.raises(ValueError, match="w4a4_pallas cannot run this weight: 3-bit"):
+        w4a4_pallas(jnp.ones((1, 64), jnp.int8), jnp.ones((1, 1)), w3, config=TINY, interpret=True)
 
 
 def test_w4a16_kernel_tiles_rows_when_lowered_for_the_gpu():
