@@ -7,6 +7,10 @@ Works through Flax's own injection points, never by patching ``jax.lax``:
          modules' ``dot_general`` / ``conv_general_dilated`` attributes are set on that copy.
 Parameters are handled as a plain nested dict (Linen: ``variables["params"]``; NNX: the pure
 dict of the module's state); each layer's kernel sits at ``Layer.key``.
+
+A model's input is one array, a tuple of positional inputs (``model(ids, mask)``) or a dict of
+keyword inputs (``model(ids=..., mask=...)``); a model taking one dict argument gets it wrapped in
+a 1-tuple.
 """
 
 from __future__ import annotations
@@ -21,6 +25,17 @@ import jax
 from flax import nnx
 
 PyTree = Any
+Inputs = Any  # an array, a tuple of positional inputs or a dict of keyword inputs
+
+
+def call_with(fn: Any, inputs: Inputs, *leading: Any) -> Any:
+    """``fn(*leading, *inputs)`` for a tuple, ``fn(*leading, **inputs)`` for a dict, else
+    ``fn(*leading, inputs)``."""
+    if isinstance(inputs, tuple):
+        return fn(*leading, *inputs)
+    if isinstance(inputs, Mapping):
+        return fn(*leading, **inputs)
+    return fn(*leading, inputs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +124,7 @@ class LinenAdapter:
 
     module: nn.Module
 
-    def layers(self, params: PyTree, sample_input: jax.Array) -> list[Layer]:
+    def layers(self, params: PyTree, sample_input: Inputs) -> list[Layer]:
         found: dict[str, Layer] = {}
 
         def record(next_fun, args, kwargs, context):
@@ -124,12 +139,14 @@ class LinenAdapter:
             return out
 
         with nn.intercept_methods(record):
-            jax.eval_shape(lambda p, x: self.module.apply({"params": p}, x), params, sample_input)
+            jax.eval_shape(
+                lambda p, x: call_with(self.module.apply, x, {"params": p}), params, sample_input
+            )
         return list(found.values())
 
-    def apply(self, params: PyTree, x: jax.Array, hooks: Mapping[str, Hook]) -> jax.Array:
+    def apply(self, params: PyTree, x: Inputs, hooks: Mapping[str, Hook]) -> jax.Array:
         if not hooks:
-            return self.module.apply({"params": params}, x)
+            return call_with(self.module.apply, x, {"params": params})
 
         def intercept(next_fun, args, kwargs, context):
             mod = context.module
@@ -140,7 +157,7 @@ class LinenAdapter:
             return next_fun(*args, **kwargs)
 
         with nn.intercept_methods(intercept):
-            return self.module.apply({"params": params}, x)
+            return call_with(self.module.apply, x, {"params": params})
 
 
 class NNXAdapter:
@@ -158,19 +175,19 @@ class NNXAdapter:
         nnx.replace_by_pure_dict(state, params)
         return nnx.merge(self.graphdef, state)
 
-    def layers(self, params: PyTree, sample_input: jax.Array) -> list[Layer]:
+    def layers(self, params: PyTree, sample_input: Inputs) -> list[Layer]:
         module = self._merge(params)
         found = [_nnx_layer(tuple(p), node) for p, node in nnx.iter_graph(module)]
         return [layer for layer in found if layer is not None]
 
-    def apply(self, params: PyTree, x: jax.Array, hooks: Mapping[str, Hook]) -> jax.Array:
+    def apply(self, params: PyTree, x: Inputs, hooks: Mapping[str, Hook]) -> jax.Array:
         module = self._merge(params)
         if hooks:
             for path, node in nnx.iter_graph(module):
                 hook = hooks.get("/".join(str(p) for p in path))
                 if hook is not None and isinstance(node, nnx.Module):
                     _install(node, hook)
-        return module(x)
+        return call_with(module, x)
 
 
 Adapter = LinenAdapter | NNXAdapter

@@ -21,6 +21,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 SHOWN = [
+    "config_hash",
     "task",
     "seed",
     "quantizer",
@@ -41,48 +42,43 @@ SHOWN = [
 ]
 
 
-def _recipes(args: argparse.Namespace):
-    """The recipes of every combination of the recipe flags, in flag order."""
+def _points(args: argparse.Namespace) -> list[dict]:
+    """The sweep points of every combination of the field flags, in flag order, validated with
+    the sweep's own codec (`q4lab.sweep.fields`): a command line and an experiment file given
+    the same fields make the same recipe, config hash and row."""
     import itertools
 
-    from q4lab.core import QuantSpec
-    from q4lab.recipe import ActSpec, Recipe, parse_quantizer
+    from q4lab.recipe import parse_quantizer
+    from q4lab.sweep.fields import FIELDS, validate_point, with_defaults
 
-    for quantizer, bits, group, act_bits in itertools.product(
-        args.quantizer, args.bits, args.group, args.act_bits
-    ):
-        weight = QuantSpec(
-            bits=bits,
-            symmetric=not args.asym,
-            group_size=group or None,
-            scale_dtype=args.scale_dtype,
-        )
-        act = None
-        if act_bits < 16:
-            gran = "per_row" if args.act_mode == "dynamic" else "per_tensor"
-            act = ActSpec(bits=act_bits, mode=args.act_mode, granularity=gran)
-        name, options = parse_quantizer(quantizer)
-        yield Recipe.single(
-            quantizer=name,
-            options=options,
-            weight=weight,
-            act=act,
-            sequential=not args.float_inputs,
-        )
+    axes = [
+        [(name, value) for value in getattr(args, name)]
+        for name in FIELDS
+        if getattr(args, name, None) is not None
+    ]
+    points = []
+    for combo in itertools.product(*axes):
+        point = dict(combo)
+        if args.asym:
+            point["symmetric"] = False
+        if args.float_inputs:
+            point["sequential"] = False
+        if isinstance(point.get("quantizer"), str):
+            point["quantizer"], options = parse_quantizer(point["quantizer"])
+            point["options"] = {**point.get("options", {}), **options}
+        point = with_defaults(point)
+        validate_point(point)
+        points.append(point)
+    return points
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from q4lab.evaluate import evaluate
+    from q4lab.sweep.runner import evaluate_point, point_row
 
-    recipes = list(_recipes(args))  # validated before any task runs
-    rows = [
-        evaluate(task, recipe, seed, progress=None)  # a bar over layers on a terminal
-        for task in args.task
-        for seed in args.seed
-        for recipe in recipes
-    ]
+    points = _points(args)  # validated before any task runs
+    rows = [point_row(p, evaluate_point(p, progress=None)) for p in points]  # a bar on a terminal
     print(pd.DataFrame(rows)[SHOWN].to_markdown(index=False, floatfmt=".4g"))
     return 0
 
@@ -91,10 +87,14 @@ def _cmd_layer_error(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from q4lab.sensitivity import layer_errors
+    from q4lab.sweep.fields import recipe_of
 
-    recipes = list(_recipes(args))
+    points = _points(args)
+    runs = {(p["task"], p["seed"]): [] for p in points}  # first-seen order
+    for p in points:
+        runs[p["task"], p["seed"]].append(recipe_of(p))
     rows = [
-        row for task in args.task for seed in args.seed for row in layer_errors(task, recipes, seed)
+        row for (task, seed), recipes in runs.items() for row in layer_errors(task, recipes, seed)
     ]
     table = pd.DataFrame(rows).pivot_table(
         index=["task", "layer", "k", "n", "bits", "group_size"],
@@ -110,6 +110,36 @@ def _cmd_layer_error(args: argparse.Namespace) -> int:
         "(float-model inputs)\n"
     )
     print(table.reset_index().to_markdown(index=False, floatfmt=".4g"))
+    return 0
+
+
+def _cmd_sensitivity(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from q4lab.plot_sensitivity import save_heatmap, sensitivity_table
+    from q4lab.sweep.mixed import sensitivity_rows
+
+    groups: dict[str, dict] = {}  # the points of each configuration but its width
+    for p in _points(args):
+        key = repr({k: v for k, v in p.items() if k != "bits"})
+        groups.setdefault(key, {**p, "budget_widths": []})["budget_widths"].append(p["bits"])
+    for point in groups.values():
+        rows = sensitivity_rows(point, progress=None)  # cached: a rerun only prints
+        stem = f"{point['task']}-seed{point['seed']}-sensitivity"
+        frame = pd.DataFrame(rows)
+        directory = Path(args.out)
+        directory.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(directory / f"{stem}.csv", index=False)
+        paths = save_heatmap(frame, directory, stem)
+        table = sensitivity_table(frame).join(
+            sensitivity_table(frame, "stored_bytes").add_suffix(" bytes")
+        )
+        print(
+            f"{point['task']} seed {point['seed']}: {frame['metric'].iloc[0]} loss with only one "
+            f"layer quantized (float {frame['fp_score'].iloc[0]:.6g}; worse > 0)\n"
+        )
+        print(table.reset_index().to_markdown(index=False, floatfmt=".4g"))
+        print(f"\nwritten: {directory / (stem + '.csv')}, {paths[0]}\n")
     return 0
 
 
@@ -230,33 +260,32 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags whose every combination is a recipe (one rule for every layer)."""
-    parser.add_argument("--task", nargs="+", default=["digits-mlp"], help="task name(s)")
-    parser.add_argument(
-        "--quantizer",
-        nargs="+",
-        default=["minmax"],
-        help="quantizer name(s), each optionally with options: gptq:act_order=true,percdamp=0.1",
-    )
-    parser.add_argument("--bits", nargs="+", type=int, default=[4], help="weight bits")
-    parser.add_argument(
-        "--group", nargs="+", type=int, default=[0], help="group size(s); 0 = per-channel"
-    )
-    parser.add_argument(
-        "--act-bits", nargs="+", type=int, default=[16], help="activation bits; 16 = float"
-    )
-    parser.add_argument("--act-mode", choices=["dynamic", "static"], default="dynamic")
-    parser.add_argument("--asym", action="store_true", help="asymmetric weights (zero points)")
-    parser.add_argument(
-        "--scale-dtype", default="float16", choices=["float32", "bfloat16", "float16"]
-    )
+    """One flag per sweep field (`q4lab ls`), each taking one or more values; every combination
+    is a point. Values are Python literals (``true``/``false`` accepted), e.g. ``--options
+    "{'act_order': True}"``; ``--quantizer gptq:act_order=true`` sets the options too."""
+    from q4lab.recipe import literal_value
+    from q4lab.sweep.fields import FIELDS
+
+    for name, (default, meaning) in FIELDS.items():
+        if name == "task":
+            meaning, default = "registered task name(s)", "digits-mlp"
+        flags = [f"--{name.replace('_', '-')}"]
+        if name == "group_size":
+            flags.append("--group")
+        parser.add_argument(
+            *flags,
+            dest=name,
+            nargs="+",
+            type=str if name in ("task", "quantizer") else literal_value,
+            default=["digits-mlp"] if name == "task" else None,
+            help=f"{meaning} (default {default!r})",
+        )
+    parser.add_argument("--asym", action="store_true", help="asymmetric weights: --symmetric false")
     parser.add_argument(
         "--float-inputs",
         action="store_true",
-        help="calibrate every layer on the float model's activations (default: sequential, "
-        "with earlier layers already quantized)",
+        help="calibrate every layer on the float model's activations: --sequential false",
     )
-    parser.add_argument("--seed", nargs="+", type=int, default=[0])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,6 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_flags(layer_error)
     layer_error.set_defaults(func=_cmd_layer_error, float_inputs=True)
 
+    sens = sub.add_parser(
+        "sensitivity",
+        help="per-layer sensitivity: the task metric with only one layer quantized, per width",
+        description="Every --bits value is a candidate width; other flags as `q4lab quantize`. "
+        "Writes a table (CSV) and a heat map; the measurements are cached for bits_budget sweeps.",
+    )
+    _add_recipe_flags(sens)
+    sens.add_argument("--out", default="results/sensitivity", help="directory of the outputs")
+    sens.set_defaults(func=_cmd_sensitivity)
+
     run = sub.add_parser(
         "run",
         help="run an experiment file's sweep into results/<experiment>/runs.parquet (resumable)",
@@ -307,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["bits_per_weight", "ideal_bits_per_weight"],
         help="x column(s), one figure each (default both: bits_per_weight counts what is stored, "
-        "2- and 3-bit codes in nibbles; ideal_bits_per_weight counts them at their width)",
+        "5- to 8-bit codes in bytes; ideal_bits_per_weight counts every code at its width)",
     )
     plot.add_argument("--y", default="score", help="default: each task's headline metric")
     plot.add_argument("--hue", default="quantizer", help="colour per value")

@@ -8,16 +8,18 @@ import time
 import jax
 import numpy as np
 
+from q4lab.adapters import Layer, adapt
 from q4lab.manifest import manifest
 from q4lab.qat import QATConfig, QATModel
 from q4lab.qat import train as train_qat
-from q4lab.quantize_model import quantize_model
+from q4lab.quantize_model import QuantizedModel, quantize_model
 from q4lab.recipe import Recipe
 from q4lab.tasks import Task, get_task
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _float_forward(model, params, x):
+def float_forward(model, params, x):
+    """The float model's output (one compile per model, reused for any params of its shapes)."""
     return model.apply({"params": params}, x)
 
 
@@ -50,23 +52,27 @@ def evaluate(
     are those of the frozen integer model, beside ``ptq_score`` (before training),
     ``qat_fake_score`` (the training forward at the end) and the training's loss and cost.
     ``train_progress``: a bar over training steps (None: only on a terminal).
+
+    ``layers`` holds one dict per quantizable layer (`layer_rows`): the runner stores them in
+    the experiment's side table ``layers.parquet``.
     """
     task = get_task(task) if isinstance(task, str) else task
     params = task.baseline(seed)
     calibration = task.calibration(seed, calib_size)
+    sample = task.sample_input(seed)
     start = time.perf_counter()
     qmodel = quantize_model(
         task.model,
         params,
         recipe,
-        sample_input=task.sample_input(seed),
+        sample_input=sample,
         calibration=calibration,
         progress=progress,
     )
     quantize_seconds = time.perf_counter() - start
 
     def fp_forward(x):
-        return _float_forward(task.model, params, x)
+        return float_forward(task.model, params, x)
 
     trained = {}
     if qat is not None:
@@ -101,7 +107,45 @@ def evaluate(
         "quantize_seconds": quantize_seconds,
         "eval_seconds": eval_seconds,
         **manifest(),
+        "layers": layer_rows(qmodel, recipe, _layers(task, params, sample)),
     }
+
+
+_LAYERS: dict[tuple, list[Layer]] = {}
+
+
+def _layers(task: Task, params, sample) -> list[Layer]:
+    """The task model's quantizable layers (traced once per model and input shape)."""
+    key = (task.model, tuple(sample.shape), str(sample.dtype))
+    if key not in _LAYERS:
+        _LAYERS[key] = adapt(task.model).layers(params, sample)
+    return _LAYERS[key]
+
+
+def layer_rows(qmodel: QuantizedModel, recipe: Recipe, layers: list[Layer]) -> list[dict]:
+    """One dict per quantizable layer: the rule that matched it (``rule`` -1: none), what it
+    got, and the bytes its kernel stores (the ledger's count; float layers count as float)."""
+    stored = {leaf.path: leaf for leaf in qmodel.ledger().leaves}
+    rows = []
+    for layer in layers:
+        match = recipe.match(layer.path)
+        rule = None if match is None or match[1].keeps_float else match[1]
+        leaf = stored[jax.tree_util.keystr(tuple(jax.tree_util.DictKey(k) for k in layer.key))]
+        rows.append(
+            {
+                "layer": layer.path,
+                "k": layer.k,
+                "n": leaf.params // layer.k,
+                "rule": -1 if match is None else match[0],
+                "quantizer": "float" if rule is None else rule.quantizer_label(),
+                "bits": 16 if rule is None else rule.weight.bits,
+                "group_size": 0 if rule is None else rule.weight.group_size or 0,
+                "act_bits": rule.act.bits if rule is not None and rule.act else 16,
+                "stored_bytes": leaf.stored,
+                "bits_per_weight": 8 * leaf.stored / leaf.params,
+            }
+        )
+    return rows
 
 
 def _fine_tune(task, ptq, config, params, fp_forward, seed, progress):

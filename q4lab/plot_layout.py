@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 X_LABELS = {
-    "bits_per_weight": "stored bits per weight (codes + scales + zeros; 2-3-bit codes in nibbles)",
+    "bits_per_weight": "stored bits per weight (codes + scales + zeros; 5-8-bit codes in bytes)",
     "ideal_bits_per_weight": "ideal packed bits per weight (b-bit codes + scales + zeros)",
 }
 QUANTIZER_NAMES = {

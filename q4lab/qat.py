@@ -166,7 +166,8 @@ class QATModel:
                 scale, zero = act.step(act.scale)  # static: the range ignores the rows
                 act = ActState(act.spec, scale, zero)
             acts[layer.path] = act
-        return QuantizedModel(self.adapter, qparams, params["model"], self.ptq.layers, acts)
+        ptq = self.ptq
+        return QuantizedModel(self.adapter, qparams, params["model"], ptq.layers, acts, ptq.recipe)
 
 
 @dataclasses.dataclass(frozen=True)

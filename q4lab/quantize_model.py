@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -13,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from q4lab.adapters import Adapter, Layer, PyTree, adapt, get_at, set_at
+from q4lab.adapters import Adapter, Inputs, Layer, PyTree, adapt, get_at, set_at
 from q4lab.calibrate import cached_calibrator
 from q4lab.core import (
     Ledger,
@@ -60,12 +62,14 @@ def _effective_spec(spec: QuantSpec, k: int) -> QuantSpec:
 def plan(recipe: Recipe, layers: list[Layer]) -> dict[str, LayerPlan]:
     """Match rules to layers and check every combination before any work is done.
 
-    A per-group spec whose group size is at least a layer's input size K quantizes that layer
-    per-channel (one group); a group size smaller than K must divide it.
+    Layers matched first by a float rule, or by none, stay float. A per-group spec whose group
+    size is at least a layer's input size K quantizes that layer per-channel (one group); a group
+    size smaller than K must divide it.
     """
     chosen: dict[str, LayerPlan] = {}
     for layer in layers:
-        if (match := recipe.match(layer.path)) is not None:
+        match = recipe.match(layer.path)
+        if match is not None and not match[1].keeps_float:
             i, rule = match
             chosen[layer.path] = LayerPlan(layer, rule, i, _effective_spec(rule.weight, layer.k))
     paths = [layer.path for layer in layers]
@@ -179,6 +183,7 @@ class QuantizedModel:
     float_params: PyTree  # the original weights, for the fake-quant simulation only
     layers: dict[str, LayerPlan]
     acts: dict[str, ActState]  # the layers whose activations are quantized
+    recipe: Recipe | None = None  # what it was quantized by (every rule, float ones too)
 
     def ledger(self) -> Ledger:
         return size_ledger(self.params)
@@ -196,8 +201,10 @@ class QuantizedModel:
             for p in self.layers.values()
         )
 
-    def apply(self, x: jax.Array, *, fake: bool = False) -> jax.Array:
-        """Quantized forward; ``fake=True`` runs the float simulation of the same recipe."""
+    def apply(self, x: Inputs, *, fake: bool = False) -> jax.Array:
+        """Quantized forward of ``x`` (an array, a tuple of positional inputs or a dict of
+        keyword inputs, as ``sample_input``); ``fake=True`` runs the float simulation of the
+        same recipe."""
         return _forward(
             self.adapter,
             self._forward_layers,
@@ -207,6 +214,14 @@ class QuantizedModel:
             self.acts,
             x,
         )
+
+    def save(self, directory: str | os.PathLike, *, task: str | None = None) -> Path:
+        """Write the packed model to ``directory`` (`q4lab.export.save`: safetensors + JSON);
+        ``q4lab.load(directory, model)`` rebuilds its integer forward. ``task``: the q4lab task
+        the model came from, so that loading needs no ``model``."""
+        from q4lab.export import save
+
+        return save(self, directory, task=task)
 
 
 def _quantize_layer(
@@ -233,18 +248,19 @@ def quantize_model(
     params: PyTree | None,
     recipe: Recipe,
     *,
-    sample_input: jax.Array,
-    calibration: Iterable[jax.Array] = (),
+    sample_input: Inputs,
+    calibration: Iterable[Inputs] = (),
     progress: bool | None = False,
 ) -> QuantizedModel:
     """Quantize ``model`` (Linen with its ``params``; NNX with ``params=None``) by ``recipe``.
 
-    ``calibration``: batches of inputs, needed when a quantizer asks for statistics or an
-    activation spec is static. Layers are quantized one at a time in the order the model calls
-    them; with ``recipe.sequential`` the statistics of each layer are captured from the model
-    whose earlier layers are already quantized (weights only), else from the float model.
-    ``progress`` shows a bar over layers (None: only on a terminal). Errors in the recipe are
-    raised before any work.
+    ``sample_input`` and each calibration batch: one array, a tuple of positional inputs or a
+    dict of keyword inputs (`q4lab.adapters.call_with`). ``calibration``: batches, needed when
+    a quantizer asks for statistics or an activation spec is static. Layers are quantized one at
+    a time in the order the model calls them; with ``recipe.sequential`` the statistics of each
+    layer are captured from the model whose earlier layers are already quantized (weights
+    only), else from the float model. ``progress`` shows a bar over layers (None: only on a
+    terminal). Errors in the recipe are raised before any work.
     """
     adapter = adapt(model)
     if params is None:
@@ -289,7 +305,7 @@ def quantize_model(
         fresh &= stages.get(path, frozenset())  # only same-input layers keep valid statistics
         if "act_sample" in needs[path]:
             acts[path] = ActState(p.rule.act, *p.rule.act.params(layer_stats["act_sample"]))
-    return QuantizedModel(adapter, qparams, params, plans, acts)
+    return QuantizedModel(adapter, qparams, params, plans, acts, recipe)
 
 
 __all__ = ["LayerPlan", "QuantizedModel", "plan", "quantize_model"]

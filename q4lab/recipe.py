@@ -3,7 +3,9 @@
 A `Recipe` is an ordered list of `Rule`s. A rule's ``pattern`` is a regular expression matched
 (``re.fullmatch``) against a layer's path, its module names joined by "/" (Linen:
 ``"Dense_0"``, ``"encoder/layers_1/attn/query"``; NNX: attribute names, ``"blocks/0/fc1"``).
-The first matching rule wins; unmatched layers stay in float and are counted as float.
+The first matching rule wins; unmatched layers stay in float and are counted as float, and so do
+layers matched by a float rule (``Rule.float(pattern)``: ``quantizer=None``) — put one ahead of
+a catch-all rule to keep, say, the first and last layers float.
 """
 
 from __future__ import annotations
@@ -124,10 +126,11 @@ class TransformSpec:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Rule:
-    """Layers whose path matches ``pattern`` get ``quantizer`` with ``weight`` (and ``act``)."""
+    """Layers whose path matches ``pattern`` get ``quantizer`` with ``weight`` (and ``act``);
+    ``quantizer=None`` keeps them float (`Rule.float`)."""
 
     pattern: str = ".*"  # regex, full match on the layer path
-    quantizer: str = "minmax"  # a registered quantizer name
+    quantizer: str | None = "minmax"  # a registered quantizer name; None: the layers stay float
     options: tuple[tuple[str, Any], ...] | Mapping[str, Any] = ()  # the quantizer's options
     weight: QuantSpec = dataclasses.field(default_factory=QuantSpec)  # weight spec
     act: ActSpec | None = None  # None keeps activations in float (weight-only, "A16")
@@ -139,6 +142,13 @@ class Rule:
             re.compile(self.pattern)
         except re.error as err:
             raise ValueError(f"Rule.pattern={self.pattern!r} is not a valid regex: {err}") from None
+        if self.quantizer is None:
+            if self.options or self.act is not None or self.transform is not None:
+                raise ValueError(
+                    f"Rule(pattern={self.pattern!r}, quantizer=None) keeps its layers float; "
+                    "allowed: no options, act=None, transform=None"
+                )
+            return
         try:
             get_quantizer(self.quantizer, **dict(self.options))
         except ValueError as err:
@@ -150,10 +160,21 @@ class Rule:
                 f"Rule.transform={self.transform!r} is invalid; allowed: None or a TransformSpec"
             )
 
+    @classmethod
+    def float(cls, pattern: str) -> Rule:
+        """A rule that keeps the layers matching ``pattern`` in float."""
+        return cls(pattern=pattern, quantizer=None)
+
+    @property
+    def keeps_float(self) -> bool:
+        return self.quantizer is None
+
     def matches(self, path: str) -> bool:
         return re.fullmatch(self.pattern, path) is not None
 
     def build_quantizer(self):
+        if self.quantizer is None:
+            raise ValueError(f"Rule(pattern={self.pattern!r}) keeps its layers float")
         return get_quantizer(self.quantizer, **dict(self.options))
 
     def options_label(self) -> str:
@@ -164,7 +185,15 @@ class Rule:
     def quantizer_label(self) -> str:
         """``name`` or ``name(options)``, e.g. ``"gptq(act_order=True)"``."""
         options = self.options_label()
-        return f"{self.quantizer}({options})" if options else self.quantizer
+        return f"{self.quantizer}({options})" if options else str(self.quantizer)
+
+    def describe(self) -> str:
+        """``"gptq(act_order=True) W4 g128 A4 dynamic hadamard"``, or ``"float"``."""
+        if self.quantizer is None:
+            return "float"
+        act = self.act.describe() if self.act else "A16"
+        text = f"{self.quantizer_label()} {self.weight.describe()} {act}"
+        return text if self.transform is None else f"{text} {self.transform.describe()}"
 
 
 def _label(options: tuple[tuple[str, Any], ...]) -> str:
@@ -179,7 +208,8 @@ def _label(options: tuple[tuple[str, Any], ...]) -> str:
     return ",".join(f"{k}={value(v)}" for k, v in options)
 
 
-def _literal(value: str) -> Any:
+def literal_value(value: str) -> Any:
+    """``"true"`` -> True, ``"0.5"`` -> 0.5, ``"{'a': 1}"`` -> a dict; other text stays text."""
     if value.lower() in ("true", "false"):
         return value.lower() == "true"
     try:
@@ -201,7 +231,7 @@ def parse_quantizer(text: str) -> tuple[str, dict[str, Any]]:
             raise ValueError(
                 f"quantizer option {item!r} in {text!r} is invalid; allowed: key=value"
             )
-        options[key] = _literal(value)
+        options[key] = literal_value(value)
     return name.strip(), options
 
 
@@ -229,10 +259,19 @@ class Recipe:
         """The first rule matching ``path`` and its index, or None (the layer stays float)."""
         return next(((i, r) for i, r in enumerate(self.rules) if r.matches(path)), None)
 
+    @property
+    def base(self) -> Rule:
+        """The rule the flat fields of a results row describe: the last one that quantizes
+        (the catch-all after any per-layer exceptions)."""
+        quantizing = [r for r in self.rules if not r.keeps_float]
+        if not quantizing:
+            raise ValueError("Recipe.rules keep every layer float; allowed: at least one quantizer")
+        return quantizing[-1]
+
     def fields(self) -> dict[str, Any]:
-        """Flat description for a results row (from the first rule; multi-rule recipes add
-        ``rules``)."""
-        r = self.rules[0]
+        """Flat description for a results row: the fields of the `base` rule; a recipe of several
+        rules adds ``recipe_rules``, every rule in the text form of `describe`."""
+        r = self.base
         out: dict[str, Any] = {
             "recipe": self.name or self.describe(),
             "quantizer": r.quantizer_label(),
@@ -248,14 +287,15 @@ class Recipe:
         }
         if r.transform is not None:
             out["transform"] = r.transform.describe()
-        if any(r.build_quantizer().needs for r in self.rules):
+        if any(r.build_quantizer().needs for r in self.rules if not r.keeps_float):
             out["sequential"] = self.sequential
         if len(self.rules) > 1:
-            out["rules"] = len(self.rules)
+            out["recipe_rules"] = self.describe()
         return out
 
     def describe(self) -> str:
-        r = self.rules[0]
-        act = r.act.describe() if r.act else "A16"
-        text = f"{r.quantizer_label()} {r.weight.describe()} {act}"
-        return text if r.transform is None else f"{text} {r.transform.describe()}"
+        """One rule: its description (``"minmax W4 g128 A16"``); several: ``"pattern: rule"``
+        for each, joined by ``" | "`` in order (a stable text form)."""
+        if len(self.rules) == 1:
+            return self.rules[0].describe()
+        return " | ".join(f"{r.pattern}: {r.describe()}" for r in self.rules)

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from q4lab.manifest import PACKAGES
-from q4lab.sweep.spec import FIELDS, Point, config_hash
+from q4lab.sweep.fields import FIELDS, Point, config_hash
 
 SIZE_COLUMNS = frozenset(
     {
@@ -101,7 +101,7 @@ def _candidates(row: pd.Series) -> list[Point]:
     point: Point = {}
     for name, (default, _) in FIELDS.items():
         value = _python(row[name]) if name in row.index else default
-        if isinstance(default, dict) and isinstance(value, str):
+        if isinstance(default, dict | list) and isinstance(value, str):
             value = json.loads(value)
         point[name] = value
     if "quantizer_name" in row.index:

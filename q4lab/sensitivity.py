@@ -1,4 +1,6 @@
-"""Per-layer output error of quantized weights on the calibration data of a task.
+"""How much each layer's quantization costs: its output error on the calibration data
+(`layer_errors`) and the task metric with only that layer quantized (`layer_sensitivity`), the
+measured losses a mixed-precision allocator (`q4lab.allocate`) spends a bit budget on.
 
 For a layer with inputs ``X[n, K]`` and weight ``W[K, N]`` the error of ``W_hat`` is
 ``||X (W - W_hat)||^2 / n`` (`q4lab.quantizers.output_error`), measured on the float model's
@@ -8,14 +10,18 @@ inputs so that every recipe is judged on the same data; ``relative_error`` divid
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 
 import jax.numpy as jnp
+from tqdm.auto import tqdm
 
-from q4lab.adapters import adapt, get_at
+from q4lab.adapters import adapt, get_at, set_at
 from q4lab.calibrate import calibrate
-from q4lab.core import QTensor, to_matrix
+from q4lab.core import QTensor, stored_bytes, to_matrix
 from q4lab.core.qtensor import dequantize_matrix
+from q4lab.evaluate import float_forward
+from q4lab.layer_quant import unfolded_weight
 from q4lab.quantize_model import quantize_model
 from q4lab.quantizers import output_error
 from q4lab.recipe import Recipe
@@ -52,6 +58,73 @@ def layer_errors(task: Task | str, recipes: Sequence[Recipe], seed: int = 0) -> 
                     **{key: fields[key] for key in ("recipe", "quantizer", "bits", "group_size")},
                     "output_error": err,
                     "relative_error": err / float(output_error(w2d, 0 * w2d, h)),
+                }
+            )
+    return rows
+
+
+def layer_sensitivity(
+    task: Task | str,
+    candidates: Mapping[str, Recipe],
+    seed: int = 0,
+    *,
+    progress: bool | None = False,
+) -> list[dict]:
+    """One row per (candidate, quantized layer): the task's metric with only that layer's weight
+    quantized by the candidate recipe, every other layer float.
+
+    Each candidate (a label -> a recipe for every layer, e.g. ``{"W3": ..., "W4": ...}``)
+    quantizes the model once, from the float model's inputs (``sequential=False``, so a layer's
+    weights do not depend on the others'); then each layer's dequantized weight alone replaces
+    the float one and the float forward runs the task's metric (one compile for all probes).
+    Activations stay float: this is the weight's sensitivity. ``progress``: a bar over layers
+    (None: only on a terminal). ``loss`` is the metric's change
+    for the worse (``fp - score`` when higher is better, else ``score - fp``); ``stored_bytes``
+    the layer's bytes in the ledger at that candidate.
+    """
+    task = get_task(task) if isinstance(task, str) else task
+    params = task.baseline(seed)
+    batches = task.calibration(seed)
+    sample = task.sample_input(seed)
+
+    def forward_of(p):
+        return lambda x: float_forward(task.model, p, x)
+
+    fp_forward = forward_of(params)
+    sign = 1.0 if task.higher_is_better else -1.0
+    rows = []
+    for label, recipe in candidates.items():
+        qmodel = quantize_model(
+            task.model,
+            params,
+            dataclasses.replace(recipe, sequential=False),
+            sample_input=sample,
+            calibration=batches,
+        )
+        for path, p in tqdm(
+            qmodel.layers.items(),
+            desc=f"{task.name} {label}",
+            unit="layer",
+            disable=None if progress is None else not progress,
+        ):
+            qt: QTensor = get_at(qmodel.params, p.layer.key)
+            w = get_at(params, p.layer.key)
+            probe = set_at(params, p.layer.key, unfolded_weight(qt).astype(w.dtype))
+            metrics = task.metrics(forward_of(probe), fp_forward, seed)
+            score, fp = metrics[task.metric], metrics[f"fp_{task.metric}"]
+            rows.append(
+                {
+                    "task": task.name,
+                    "seed": seed,
+                    "candidate": label,
+                    "layer": path,
+                    "params": qt.size,
+                    "bits": qt.spec.bits,
+                    "stored_bytes": stored_bytes(qt),
+                    "metric": task.metric,
+                    "score": score,
+                    "fp_score": fp,
+                    "loss": sign * (fp - score),
                 }
             )
     return rows

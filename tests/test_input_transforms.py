@@ -11,7 +11,7 @@ from q4lab.core.transforms import InputTransform
 from q4lab.hooks import QuantHook
 from q4lab.quantize_model import quantize_model
 from q4lab.recipe import ActSpec, Recipe, Rule, TransformSpec
-from q4lab.sweep.spec import config_hash, recipe_of
+from q4lab.sweep.fields import config_hash, recipe_of
 
 ROTATE = TransformSpec(rotation="hadamard", seed=3)
 BOTH = TransformSpec(rotation="hadamard", smooth_alpha=0.5)

@@ -29,7 +29,7 @@ OVERHEAD = {0: 0.125, 32: 0.5, 16: 1.0}  # bits of scales per weight, per group 
 
 def make_table(scores, fp=(0.97, 0.98), metric="accuracy", higher=True) -> pd.DataFrame:
     """One row per (configuration, seed); ``scores[(quantizer, bits, group_size, act_bits)]``
-    lists the metric per seed; 2..4-bit codes are stored in nibbles (same stored size)."""
+    lists the metric per seed; stored sizes are synthetic (2..4-bit codes at one size)."""
     rows = []
     for (quantizer, bits, group, act), values in scores.items():
         for seed, value in enumerate(values):

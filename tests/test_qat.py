@@ -12,7 +12,7 @@ from q4lab.evaluate import evaluate
 from q4lab.qat import QATConfig, QATModel
 from q4lab.quantize_model import quantize_model
 from q4lab.recipe import ActSpec, Recipe, Rule, TransformSpec
-from q4lab.sweep.spec import qat_of, recipe_of
+from q4lab.sweep.fields import qat_of, recipe_of
 
 QAT_RECIPES = {
     "W4A4 g4 dynamic": Recipe(

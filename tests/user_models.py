@@ -28,3 +28,34 @@ class UserNNX(nnx.Module):
     def __call__(self, x):
         h = nnx.relu(self.conv(x)).reshape(x.shape[0], -1)
         return self.head(nnx.relu(self.fc(h)))
+
+
+class UserBERT(nn.Module):
+    """A BERT-style Linen encoder called as ``model.apply(params, ids, mask)``."""
+
+    vocab: int = 50
+    width: int = 32
+
+    @nn.compact
+    def __call__(self, ids, mask):
+        x = nn.Embed(self.vocab, self.width, name="embed")(ids)
+        x = nn.Dense(self.width, name="stem")(x)
+        q, k, v = (nn.Dense(self.width, name=n)(x) for n in ("query", "key", "value"))
+        logits = (q @ k.transpose(0, 2, 1)) / self.width**0.5
+        logits = logits + (1.0 - mask[:, None, :]) * -1e9
+        x = x + nn.Dense(self.width, name="out")(nn.softmax(logits) @ v)
+        x = x + nn.Dense(self.width, name="down")(nn.gelu(nn.Dense(64, name="up")(x)))
+        return nn.Dense(3, name="head")(x[:, 0])
+
+
+class UserNNXKeywords(nnx.Module):
+    """An NNX MLP called with keyword inputs: ``model(features=x, scale=s)``."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.first = nnx.Linear(16, 32, rngs=rngs)
+        self.middle = nnx.Linear(32, 32, rngs=rngs)
+        self.last = nnx.Linear(32, 4, rngs=rngs)
+
+    def __call__(self, *, features, scale):
+        h = nnx.relu(self.first(features * scale))
+        return self.last(nnx.relu(self.middle(h)))

@@ -67,10 +67,10 @@ def _training(task, seed: int):
 
 def fp_metric(task, params: dict, seed: int) -> dict[str, float]:
     """The task's headline metric of the float model, computed as `q4lab.evaluate` does."""
-    from q4lab.evaluate import _float_forward
+    from q4lab.evaluate import float_forward
 
     def forward(x):
-        return _float_forward(task.model, params, x)
+        return float_forward(task.model, params, x)
 
     return {task.metric: task.metrics(forward, forward, seed)[task.metric]}
 

@@ -1,8 +1,9 @@
 """Sweeps: experiment files -> validated points -> resumable runs -> a results table."""
 
 from q4lab.sweep.experiment import Experiment, load_experiment
+from q4lab.sweep.fields import FIELDS, Point, config_hash, recipe_of
 from q4lab.sweep.runner import EXECUTORS, evaluate_point, run_experiment
-from q4lab.sweep.spec import FIELDS, Point, Sweep, config_hash, recipe_of
+from q4lab.sweep.spec import Sweep
 from q4lab.sweep.store import ResultsStore
 from q4lab.sweep.tracking import WandbSettings
 

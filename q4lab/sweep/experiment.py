@@ -16,7 +16,8 @@ import jax
 
 from q4lab.adapters import adapt
 from q4lab.quantize_model import plan
-from q4lab.sweep.spec import Point, Sweep, config_hash, validate_point
+from q4lab.sweep.fields import Point, config_hash, validate_point
+from q4lab.sweep.spec import Sweep
 
 
 @dataclasses.dataclass(frozen=True)

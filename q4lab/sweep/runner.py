@@ -20,31 +20,42 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from q4lab.sweep.experiment import Experiment, describe_point
-from q4lab.sweep.spec import Point, qat_of, recipe_of
+from q4lab.sweep.fields import Point, config_hash, qat_of, recipe_of
 from q4lab.sweep.store import ResultsStore
 from q4lab.sweep.tracking import WandbLogger, WandbSettings
 
 EXECUTORS = ("local", "ray")
 
 
-def evaluate_point(point: Point) -> dict[str, Any]:
-    """The results record of one point (runs wherever the executor puts it)."""
+def evaluate_point(point: Point, progress: bool | None = False) -> dict[str, Any]:
+    """The results record of one point (runs wherever the executor puts it); ``progress``: a
+    bar over the layers being quantized (None: only on a terminal)."""
     from q4lab.evaluate import evaluate
 
-    return evaluate(
+    allocation = {"allocation": "rules" if point["rules"] else "uniform"}
+    if point["bits_budget"]:  # mixed precision: the allocation becomes the point's rules
+        from q4lab.sweep.mixed import allocated_point
+
+        point, allocation = allocated_point(point, progress)
+    record = evaluate(
         point["task"],
         recipe_of(point),
         point["seed"],
         calib_size=point["calib_size"] or None,
         qat=qat_of(point),
+        progress=progress,
     )
+    return record | allocation
 
 
-def _row(experiment: Experiment, point: Point, config_hash: str, record: dict) -> dict:
+def point_row(point: Point, record: dict, experiment: str = "") -> dict:
+    """The results row of ``point`` evaluated to ``record`` (`evaluate_point`): what `q4lab run`
+    appends to a table and `q4lab quantize` prints. Dict and list fields are stored as JSON."""
     fields = {
-        k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for k, v in point.items()
+        k: json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v
+        for k, v in point.items()
     }
-    return {"experiment": experiment.name, "config_hash": config_hash, **fields, **record}
+    return {"experiment": experiment, "config_hash": config_hash(point), **fields, **record}
 
 
 def _local(points: list[Point], bar: tqdm) -> Iterator[tuple[int, dict]]:
@@ -147,9 +158,9 @@ def run_experiment(
     ) as bar:
         results = _local(points, bar) if executor == "local" else _ray(points, bar, address)
         for i, record in results:
-            point, config_hash = todo[i]
-            row = _row(experiment, point, config_hash, record)
-            store.append(row)
+            layers = record.pop("layers", None)
+            row = point_row(todo[i][0], record, experiment.name)
+            store.append(row, layers)
             logger.log(row)
             bar.update(1)
     return store.read()

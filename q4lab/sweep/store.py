@@ -1,4 +1,5 @@
-"""The results table of an experiment: ``results/<experiment>/runs.parquet``, one row per point.
+"""The results table of an experiment: ``results/<experiment>/runs.parquet``, one row per point,
+and its side table ``layers.parquet``, one row per (point, quantizable layer).
 
 Every append rewrites the table to a temporary file in the same directory and renames it over
 the old one (`os.replace`), so a crash at any moment leaves the previous complete table: no
@@ -8,6 +9,7 @@ finished row is ever lost and no half-written file is ever read.
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -15,14 +17,17 @@ from pathlib import Path
 import pandas as pd
 
 RUNS = "runs.parquet"
+LAYERS = "layers.parquet"
 
 
 def _with_field_defaults(table: pd.DataFrame) -> pd.DataFrame:
-    from q4lab.sweep.spec import FIELDS, LATE_FIELDS
+    from q4lab.sweep.fields import FIELDS, LATE_FIELDS
 
     for name in LATE_FIELDS:
         if name in table and table[name].isna().any():
-            table[name] = table[name].fillna(FIELDS[name][0])
+            default = FIELDS[name][0]
+            stored = json.dumps(default) if isinstance(default, dict | list) else default
+            table[name] = table[name].fillna(stored)
     return table
 
 
@@ -51,15 +56,32 @@ class ResultsStore:
         for tmp in self.directory.glob(".runs-*.parquet"):
             tmp.unlink(missing_ok=True)
 
-    def append(self, row: dict) -> None:
-        """Add one row, atomically."""
+    def layers(self) -> pd.DataFrame:
+        """The per-layer side table (``config_hash``, ``layer``, the rule it got, its bytes)."""
+        path = self.directory / LAYERS
+        if not path.exists():
+            return pd.DataFrame()
+        return pd.read_parquet(io.BytesIO(path.read_bytes()))
+
+    def append(self, row: dict, layers: list[dict] | None = None) -> None:
+        """Add one row, atomically; its ``layers`` first (a crash between the two leaves layer
+        rows without a run row, replaced when the point reruns)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        table = pd.concat([self.read(), pd.DataFrame([row])], ignore_index=True)
+        if layers:
+            key = row["config_hash"]
+            old = self.layers()
+            if "config_hash" in old:
+                old = old[old["config_hash"] != key]
+            new = pd.DataFrame([{"config_hash": key, **layer} for layer in layers])
+            self._write(pd.concat([old, new], ignore_index=True), LAYERS)
+        self._write(pd.concat([self.read(), pd.DataFrame([row])], ignore_index=True), RUNS)
+
+    def _write(self, table: pd.DataFrame, name: str) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".runs-", suffix=".parquet")
         os.close(fd)
         try:
             table.to_parquet(tmp, index=False)
-            os.replace(tmp, self.path)
+            os.replace(tmp, self.directory / name)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)

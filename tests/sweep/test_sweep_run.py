@@ -1,6 +1,7 @@
 """Sweeps end to end: experiment file -> results table -> plot, report and notebook; resuming
 after SIGKILL; the Ray executor; compiled functions shared between points."""
 
+import json
 import os
 import signal
 import subprocess
@@ -81,6 +82,61 @@ def test_experiment_file_to_table_plot_report_and_notebook(tmp_path, capsys):
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the plots were drawn
+
+
+def test_a_mixed_recipe_from_a_file_and_from_the_cli_gives_one_row(tmp_path, capsys):
+    """8-bit first layer, float last layer, 3-bit elsewhere: the rules field in an experiment
+    file and on the command line name the same point and measure the same thing."""
+    rules = [{"pattern": "Dense_0", "bits": 8}, {"pattern": "Dense_2", "quantizer": None}]
+    path = write_experiment(
+        tmp_path, "mixed", f'{{"task": ["digits-mlp"], "bits": [3], "rules": [{rules!r}]}}'
+    )
+    results = tmp_path / "results"
+    assert main(["run", str(path), "--results", str(results), "--no-progress", "--no-wandb"]) == 0
+    store = ResultsStore(results / "mixed")
+    row = store.read().iloc[0]
+    assert row["recipe_rules"] == (
+        "Dense_0: minmax W8 sym per-channel f16 A16 | Dense_2: float | "
+        ".*: minmax W3 sym per-channel f16 A16"
+    )
+    layers = store.layers().set_index("layer")
+    assert (layers["config_hash"] == row["config_hash"]).all()
+    assert layers["bits"].to_dict() == {"Dense_0": 8, "Dense_1": 3, "Dense_2": 16}
+    assert layers["rule"].to_dict() == {"Dense_0": 0, "Dense_1": 2, "Dense_2": 1}
+    assert layers["stored_bytes"].sum() < row["total_bytes"]  # biases are not layers
+
+    capsys.readouterr()
+    args = ["quantize", "--task", "digits-mlp", "--bits", "3", "--rules", repr(rules)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert row["config_hash"] in printed and f"{row['score']:.4g}" in printed
+
+
+def test_a_bits_budget_point_allocates_widths_by_measured_sensitivity(tmp_path, capsys):
+    path = tmp_path / "budget.py"
+    path.write_text(
+        "from q4lab.sweep import Sweep\n"
+        "sweep = Sweep(name='budget', grid={'task': ['digits-mlp'], 'bits': [3], "
+        "'group_size': [16], 'bits_budget': [0.0, 3.6]})\n"
+    )
+    results = tmp_path / "results"
+    assert main(["run", str(path), "--results", str(results), "--no-progress", "--no-wandb"]) == 0
+    store = ResultsStore(results / "budget")
+    uniform, mixed = (row for _, row in store.read().iterrows())
+    assert uniform["allocation"] == "uniform" and pd.isna(uniform["recipe_rules"])
+    assert mixed["allocation"] == "sensitivity knapsack"
+    assert mixed["bits_per_weight"] <= 3.6 < uniform["bits_per_weight"]
+    layers = store.layers()
+    chosen = layers[layers["config_hash"] == mixed["config_hash"]].set_index("layer")["bits"]
+    assert chosen.to_dict() == {
+        k: int(v[1:]) for k, v in json.loads(mixed["allocation_layers"]).items()
+    }
+    assert set(chosen) > {3}  # mixed widths
+    capsys.readouterr()
+    args = ["sensitivity", "--task", "digits-mlp", "--bits", "2", "3", "4", "--group-size", "16"]
+    assert main([*args, "--out", str(tmp_path / "sens")]) == 0  # cached by the sweep: no rerun
+    assert "| Dense_0 |" in capsys.readouterr().out
+    assert (tmp_path / "sens" / "digits-mlp-seed0-sensitivity.png").exists()
 
 
 def test_a_killed_sweep_resumes_with_every_point_exactly_once(tmp_path):

@@ -50,6 +50,13 @@ def test_point_recipe():
     assert rule.weight.bits == 3 and rule.weight.group_size == 32
     assert rule.act.bits == 4 and rule.act.mode == "dynamic" and not recipe.sequential
     assert recipe.fields()["quantizer"] == "gptq(act_order=True)"
+    assert len(recipe.rules) == 1 and "recipe_rules" not in recipe.fields()
+    point = {"task": "t", "bits": 4}
+    assert config_hash({**point, "rules": []}) == config_hash(point)  # published names kept
+    mixed = recipe_of({**point, "rules": [{"pattern": "head", "bits": 8, "act_bits": 8}]})
+    head, rest = mixed.rules
+    assert (head.pattern, head.weight.bits, head.act.bits) == ("head", 8, 8)
+    assert (rest.pattern, rest.weight.bits, rest.act) == (".*", 4, None)
 
 
 @pytest.mark.parametrize(
@@ -75,6 +82,14 @@ BAD_FILES = {
     "unknown task": ('"seed": [0]', None),
     "bad option": ('"options": [{"act_oder": True}], "quantizer": ["gptq"]', r"act_oder"),
     "bad act bits": ('"act_bits": [1]', r"QuantSpec.bits=1 is invalid; allowed: an int in 2..8"),
+    "typo in a rule": (
+        '"rules": [[{"pattern": "Dense_0", "bit": 8}]]',
+        r"rules\[0\]: unknown field 'bit' \(did you mean 'bits'\?\); allowed: pattern, quantizer",
+    ),
+    "bad value in a rule": (
+        '"rules": [[{"pattern": "Dense_0", "group_size": 7}]]',
+        r"recipe rule 0 \(pattern 'Dense_0'\), layer 'Dense_0': QuantSpec.group_size=7 does not",
+    ),
 }
 
 
@@ -123,7 +138,7 @@ def test_published_tables_hold_every_point_of_their_experiment(name):
 
 
 def test_qat_fields_are_checked_with_the_allowed_values():
-    from q4lab.sweep.spec import validate_point, with_defaults
+    from q4lab.sweep.fields import validate_point, with_defaults
 
     with pytest.raises(ValueError, match=r"qat_loss='task' is invalid for task 'minilm'"):
         validate_point(with_defaults({"task": "minilm", "qat_steps": 5}))

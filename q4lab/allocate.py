@@ -1,0 +1,156 @@
+"""Mixed precision: pick each layer's candidate width under a bits-per-weight budget from the
+measured per-layer losses of `q4lab.sensitivity.layer_sensitivity`.
+
+The problem is a multiple-choice knapsack: each layer takes exactly one candidate, costing its
+stored bytes and its measured loss; the total bytes may not exceed ``budget_bits / 8`` per
+quantized weight; the summed loss (losses taken as additive) is minimised. ``knapsack`` solves
+it by dynamic programming over bytes counted in units of ``unit_bytes`` (each cost rounded up,
+so the budget always holds; exact when costs are whole units); ``greedy`` starts from every
+layer's cheapest candidate and buys the upgrade with the largest loss reduction per extra byte
+while it fits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+METHODS = ("knapsack", "greedy")
+
+
+@dataclasses.dataclass(frozen=True)
+class Allocation:
+    """Each layer's chosen candidate, with what the choice costs and predicts."""
+
+    choice: dict[str, str]  # layer path -> candidate label
+    stored_bytes: int  # of the quantized layers, from the sensitivity table's ledger bytes
+    params: int  # quantized weights
+    predicted_loss: float  # the sum of the chosen layers' measured losses
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.stored_bytes / self.params
+
+
+def _table(rows: Sequence[dict[str, Any]]):
+    """layers, candidates, and ``[L, C]`` arrays of bytes and losses (NaN where a candidate
+    was not measured on a layer)."""
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    candidates = list(dict.fromkeys(r["candidate"] for r in rows))
+    cost = np.full((len(layers), len(candidates)), np.nan)
+    loss = np.full_like(cost, np.nan)
+    params = {}
+    for r in rows:
+        i, j = layers.index(r["layer"]), candidates.index(r["candidate"])
+        cost[i, j], loss[i, j] = r["stored_bytes"], r["loss"]
+        params[r["layer"]] = r["params"]
+    missing = [layers[i] for i in np.unique(np.nonzero(np.isnan(cost))[0])]
+    if missing:
+        raise ValueError(
+            f"layers {missing} lack a measurement for some candidate; allowed: rows "
+            "for every (layer, candidate)"
+        )
+    return layers, candidates, cost, loss, np.array([params[p] for p in layers])
+
+
+def allocate(
+    rows: Sequence[dict[str, Any]],
+    budget_bits: float,
+    *,
+    method: str = "knapsack",
+    unit_bytes: int | None = None,
+) -> Allocation:
+    """The allocation of least summed loss whose bytes fit ``budget_bits`` per quantized weight.
+
+    ``rows``: `layer_sensitivity` rows of one task and seed (``layer``, ``candidate``,
+    ``params``, ``stored_bytes``, ``loss``). Raises a ValueError when even the cheapest
+    candidates exceed the budget, naming the smallest budget that fits. ``unit_bytes``: the
+    knapsack's unit of bytes (default: the smallest that keeps the budget within 2**17 units;
+    one byte for models up to about 128 KiB).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is invalid; allowed: {', '.join(METHODS)}")
+    layers, candidates, cost, loss, params = _table(rows)
+    capacity = budget_bits * params.sum() / 8
+    floor = cost.min(axis=1).sum()
+    if floor > capacity:
+        least = 8 * floor / params.sum()
+        raise ValueError(
+            f"budget_bits={budget_bits} is below the cheapest allocation; allowed: >= {least:.4f}"
+        )
+    if method == "knapsack":
+        unit_bytes = unit_bytes or max(1, math.ceil(capacity / 2**17))
+        units = np.ceil(cost / unit_bytes).astype(np.int64)
+        picks = _knapsack(units, loss, int(capacity // unit_bytes))
+    else:
+        picks = _greedy(cost, loss, capacity)
+    rows_of = np.arange(len(layers))
+    return Allocation(
+        choice={path: candidates[j] for path, j in zip(layers, picks, strict=True)},
+        stored_bytes=int(cost[rows_of, picks].sum()),
+        params=int(params.sum()),
+        predicted_loss=float(loss[rows_of, picks].sum()),
+    )
+
+
+def _knapsack(units: np.ndarray, loss: np.ndarray, capacity: int) -> np.ndarray:
+    """Exact multiple-choice knapsack over integer costs: ``best[c]`` = least loss of the
+    layers so far within ``c`` units; one choice per layer recorded for the walk back."""
+    n_layers, n_choices = units.shape
+    best = np.zeros(capacity + 1)
+    taken = np.zeros((n_layers, capacity + 1), np.int8)
+    for i in range(n_layers):
+        options = np.full((n_choices, capacity + 1), np.inf)
+        for j in range(n_choices):
+            u = units[i, j]
+            if u <= capacity:
+                options[j, u:] = best[: capacity + 1 - u] + loss[i, j]
+        taken[i] = np.argmin(options, axis=0)
+        best = options[taken[i], np.arange(capacity + 1)]
+    if not np.isfinite(best[capacity]):
+        raise ValueError(
+            "no allocation fits once costs are rounded up to units; allowed: a smaller unit_bytes"
+        )
+    picks = np.zeros(n_layers, np.int64)
+    c = capacity
+    for i in range(n_layers - 1, -1, -1):
+        picks[i] = taken[i, c]
+        c -= units[i, picks[i]]
+    return picks
+
+
+def _greedy(cost: np.ndarray, loss: np.ndarray, capacity: float) -> np.ndarray:
+    picks = np.argmin(cost, axis=1)
+    rows = np.arange(len(picks))
+    while True:
+        spent = cost[rows, picks].sum()
+        extra = cost - cost[rows, picks][:, None]
+        gain = loss[rows, picks][:, None] - loss
+        fits = (extra > 0) & (gain > 0) & (spent + extra <= capacity)
+        ratio = np.where(fits, gain / np.where(extra > 0, extra, 1), -np.inf)
+        if not np.isfinite(ratio.max()):
+            return picks
+        i, j = np.unravel_index(np.argmax(ratio), ratio.shape)
+        picks[i] = j
+
+
+def rules_for(allocation: Allocation, fields: dict[str, dict[str, Any]], base: str) -> list[dict]:
+    """Sweep ``rules`` (`q4lab.sweep.fields`) giving each layer its chosen candidate: one rule
+    per candidate other than ``base`` (the catch-all), matching its layers by exact path;
+    ``fields``: each candidate's recipe fields (e.g. ``{"bits": 3}``)."""
+    layers: dict[str, list[str]] = {}
+    for path, label in allocation.choice.items():
+        if label != base:
+            layers.setdefault(label, []).append(path)
+    return [
+        {"pattern": "|".join(re.escape(p) for p in paths), **fields[label]}
+        for label, paths in layers.items()
+    ]
+
+
+__all__ = ["METHODS", "Allocation", "allocate", "rules_for"]

@@ -1,0 +1,530 @@
+"""Packed export: write a `QuantizedModel` to a directory, and `load` it back without its float
+weights or calibration data.
+
+A saved model is a directory of two files:
+
+  ``weights.safetensors``  every array the model holds, bytes as held (safetensors has no int4:
+      packed codes and zero points are the QTensor's ``uint8`` bytes): per quantized layer its
+      codes, scales, zeros, act-order permutation, input transform (smoothing scales, rotation
+      seed) and activation state (static scale / zero, learned gain); every float leaf (biases,
+      embeddings, layers left float). bfloat16 arrays are stored as their ``uint16`` bits.
+  ``q4lab.json``  ``format`` / ``format_version``; ``model``: how to rebuild the module (Linen or
+      NNX, its class, the q4lab task it came from if any); ``rules``: each rule that quantized a
+      layer, by its index in the recipe (pattern, quantizer and options, ``QuantSpec``,
+      ``ActSpec``, ``TransformSpec``, and its text form; every rule, float ones too, with the
+      recipe's ``name`` and ``sequential`` in ``recipe``); ``layers``: each quantized layer (its
+      kernel's key, kind, shape, input axes, rule and effective spec, activation spec); ``tensors``:
+      each array by name (role, layer, parameter key, dtype, shape, sha256 of its bytes);
+      ``ledger`` totals; the ``manifest`` (versions, device, git commit).
+
+Tensor names: a parameter leaf is its key joined by "/" (``Dense_0/bias``); a quantized kernel's
+arrays add their role (``Dense_0/kernel.codes``, ``.scale``, ``.zero``, ``.perm``, ``.smooth``,
+``.seed``); activation states are ``acts/<layer>.scale`` (``.zero``, ``.gain``).
+
+The safetensors file is the ledger's bytes (`QuantizedModel.ledger`) plus its header and the few
+bytes of activation states (which the ledger does not count).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import safetensors
+import safetensors.numpy
+from flax import nnx
+
+from q4lab.adapters import (
+    Adapter,
+    Layer,
+    LinenAdapter,
+    NNXAdapter,
+    PyTree,
+    adapt,
+    get_at,
+    set_at,
+)
+from q4lab.core import QTensor, QuantSpec
+from q4lab.core.transforms import InputTransform
+from q4lab.layer_quant import ActState
+from q4lab.manifest import manifest
+from q4lab.quantize_model import LayerPlan, QuantizedModel
+from q4lab.recipe import ActSpec, Recipe, Rule, TransformSpec
+
+FORMAT = "q4lab.packed"
+FORMAT_VERSION = 1  # raise when a reader of the previous version would misread a new file
+CONFIG_FILE = "q4lab.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+_QTENSOR_ROLES = ("codes", "scale", "zero", "perm")
+_TRANSFORM_ROLES = ("smooth", "seed")
+_ACT_ROLES = ("scale", "zero", "gain")
+# dtypes safetensors' numpy API reads back as themselves; others are stored as unsigned bits
+_INTS = (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64)
+_NATIVE = {np.dtype(t) for t in (np.bool_, *_INTS, np.float16, np.float32, np.float64)}
+
+
+class LoadedModel(QuantizedModel):
+    """A `QuantizedModel` read back by `load`: packed weights and activation states, no float
+    weights. ``apply(x)`` is the integer forward of the saved model, bit for bit; the
+    fake-quant simulation needs the float weights, so ``fake=True`` raises a ValueError
+    (quantization-aware training, `q4lab.qat`, starts from them too: not from a loaded model).
+    ``config`` is the ``q4lab.json`` it was read from, with ``source``: the directory."""
+
+    def __init__(self, *, config: dict[str, Any], **fields: Any):
+        super().__init__(**fields)
+        self.config = config
+
+    def apply(self, x: Any, *, fake: bool = False) -> jax.Array:
+        if fake:
+            source = self.config.get("source", "a saved model")
+            raise ValueError(
+                f"fake=True is invalid for a model loaded from {source}: the fake-quant "
+                "simulation needs the float weights, which a saved model does not hold; "
+                "allowed: fake=False (the integer forward)"
+            )
+        return super().apply(x)
+
+
+# ---------------------------------------------------------------------------------- encoding
+
+
+def _is_pairs(value: Any) -> bool:
+    return (
+        isinstance(value, tuple)
+        and bool(value)
+        and all(isinstance(i, tuple) and len(i) == 2 and isinstance(i[0], str) for i in value)
+    )
+
+
+def _to_json(value: Any) -> Any:
+    """Dataclasses as objects of their fields, option pairs as objects, tuples as lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if _is_pairs(value):
+        return {k: _to_json(v) for k, v in value}
+    if isinstance(value, Mapping):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_to_json(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """JSON back to hashable Python: lists become tuples (objects stay dicts: options)."""
+    if isinstance(value, list):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _quant_spec(d: dict) -> QuantSpec:
+    return QuantSpec(**_plain(d))
+
+
+def _rule_to_json(rule: Rule) -> dict[str, Any]:
+    out = _to_json(rule)
+    out["options"] = _to_json(dict(rule.options))
+    if rule.act is not None:
+        out["act"]["clipping_options"] = _to_json(dict(rule.act.clipping_options))
+    return out
+
+
+def _act_spec(d: dict | None) -> ActSpec | None:
+    return None if d is None else ActSpec(**_plain(d))
+
+
+def _rule_from_json(d: dict) -> Rule:
+    d = dict(d)
+    d.pop("text", None)
+    d.pop("index", None)
+    transform = d.pop("transform", None)
+    return Rule(
+        **_plain({k: v for k, v in d.items() if k not in ("weight", "act")}),
+        weight=_quant_spec(d["weight"]),
+        act=_act_spec(d.get("act")),
+        transform=None if transform is None else TransformSpec(**_plain(transform)),
+    )
+
+
+def _layer_to_json(p: LayerPlan, qt: QTensor, act: ActState | None) -> dict[str, Any]:
+    """A quantized layer: its `Layer` fields, rule, effective spec, the static fields of its
+    `QTensor` (whose arrays are tensors ``<key>.<role>``) and its activation spec."""
+    return {
+        **_to_json(p.layer),
+        "rule_index": p.rule_index,
+        "spec": _to_json(p.spec),
+        "qtensor": {
+            "spec": _to_json(qt.spec),
+            "shape": list(qt.shape),
+            "in_axes": list(qt.in_axes),
+            "transform": qt.transform is not None,
+        },
+        "act": None if act is None else _to_json(act.spec),
+    }
+
+
+# ------------------------------------------------------------------------------------ arrays
+
+
+def _name(key: tuple) -> str:
+    return "/".join(str(k) for k in key)
+
+
+def _key_of(path: tuple) -> tuple:
+    """A `jax.tree_util` key path of a nested dict as a plain tuple of its keys."""
+    key = []
+    for entry in path:
+        if not isinstance(entry, jax.tree_util.DictKey):
+            raise ValueError(
+                f"parameter at {jax.tree_util.keystr(path)} is not in a nested dict; "
+                "allowed: parameters as nested dicts (Linen params, NNX pure dicts)"
+            )
+        key.append(entry.key if isinstance(entry.key, int) else str(entry.key))
+    return tuple(key)
+
+
+def _stored(a: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """The array safetensors holds and the entry describing it (dtype, shape, sha256)."""
+    info: dict[str, Any] = {}
+    if jax.dtypes.issubdtype(getattr(a, "dtype", None), jax.dtypes.prng_key):
+        info["key_impl"] = str(jax.random.key_impl(a))
+        a = jax.random.key_data(a)
+    a = np.asarray(a, order="C")  # (not ascontiguousarray: it makes a scalar 1-d)
+    info |= {"dtype": a.dtype.name, "shape": list(a.shape)}
+    if a.dtype not in _NATIVE:
+        a = a.view(f"uint{8 * a.dtype.itemsize}")
+        info["stored_as"] = a.dtype.name
+    info["sha256"] = hashlib.sha256(a.tobytes()).hexdigest()
+    return a, info
+
+
+def _collect(qmodel: QuantizedModel) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """Every array of ``qmodel`` by tensor name, and its entry in ``q4lab.json``."""
+    arrays: dict[str, np.ndarray] = {}
+    entries: dict[str, dict] = {}
+    layer_of = {p.layer.key: path for path, p in qmodel.layers.items()}
+
+    def put(name: str, value: Any, **entry: Any) -> None:
+        if name in arrays:
+            raise ValueError(f"two arrays would be saved as tensor {name!r}; rename a module")
+        arrays[name], info = _stored(value)
+        entries[name] = entry | info
+
+    flat, _ = jax.tree_util.tree_flatten_with_path(
+        qmodel.params, is_leaf=lambda x: isinstance(x, QTensor)
+    )
+    for path, leaf in flat:
+        key = _key_of(path)
+        if not isinstance(leaf, QTensor):
+            put(_name(key), leaf, role="float", key=list(key), layer=None)
+            continue
+        held = {"codes": leaf.codes, "scale": leaf.scale, "zero": leaf.zero, "perm": leaf.perm}
+        if leaf.transform is not None:
+            held |= {"smooth": leaf.transform.smooth, "seed": leaf.transform.seed}
+        for role, a in held.items():
+            if a is not None:
+                put(f"{_name(key)}.{role}", a, role=role, key=list(key), layer=layer_of.get(key))
+    for path, act in qmodel.acts.items():
+        for role in _ACT_ROLES:
+            if (a := getattr(act, role)) is not None:
+                put(f"acts/{path}.{role}", a, role=f"act_{role}", key=None, layer=path)
+    return arrays, entries
+
+
+def _model_json(adapter: Adapter, task: str | None) -> dict[str, Any]:
+    module = adapter.module
+    framework = "nnx" if isinstance(adapter, NNXAdapter) else "linen"
+    if task is not None:
+        from q4lab.tasks import get_task
+
+        if framework != "linen" or get_task(task).model != module:
+            raise ValueError(
+                f"task={task!r} is invalid: the model is not that task's model "
+                f"(get_task({task!r}).model); allowed: the name of the task the model came "
+                "from, or None"
+            )
+    cls = type(module)
+    how = (
+        "q4lab.load(dir)"
+        if task is not None
+        else f"q4lab.load(dir, model=<a {cls.__name__} instance"
+        + (">)" if framework == "linen" else " of the same architecture>)")
+    )
+    return {
+        "framework": framework,
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "task": task,
+        "load": how,
+    }
+
+
+def save(qmodel: QuantizedModel, directory: str | os.PathLike, *, task: str | None = None) -> Path:
+    """Write ``qmodel`` to ``directory`` (created if needed): ``weights.safetensors`` and
+    ``q4lab.json`` (module docstring). Returns the directory.
+
+    ``task``: the registered name of the q4lab task the model came from
+    (``get_task(task).model``, checked), so that ``load(directory)`` rebuilds the module itself;
+    otherwise `load` needs the module (``model=``). Raises a ValueError if a rule does not
+    survive the JSON round trip (options that are not JSON values).
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    arrays, entries = _collect(qmodel)
+    if qmodel.recipe is not None:  # every rule, float ones too
+        rules = dict(enumerate(qmodel.recipe.rules))
+    else:
+        rules = {p.rule_index: p.rule for p in qmodel.layers.values()}
+    rules_json = []
+    for i, rule in sorted(rules.items()):
+        d = {"index": i, "text": rule.describe(), **_rule_to_json(rule)}
+        try:
+            back = _rule_from_json(json.loads(json.dumps(d)))
+        except (TypeError, ValueError) as err:
+            back = err
+        if back != rule:
+            raise ValueError(
+                f"recipe rule {i} (pattern {rule.pattern!r}) cannot be saved: its options do not "
+                f"survive JSON ({back!r} != {rule!r}); allowed: numbers, strings, bools, None, "
+                "lists and mappings of those"
+            )
+        rules_json.append(d)
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "weights_file": WEIGHTS_FILE,
+        "model": _model_json(qmodel.adapter, task),
+        "rules": rules_json,
+        "recipe": None
+        if qmodel.recipe is None
+        else {"name": qmodel.recipe.name, "sequential": qmodel.recipe.sequential},
+        "layers": [
+            _layer_to_json(p, get_at(qmodel.params, p.layer.key), qmodel.acts.get(path))
+            for path, p in qmodel.layers.items()
+        ],
+        "tensors": entries,
+        "ledger": qmodel.ledger().totals(),
+        "manifest": manifest(),
+    }
+    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION)}
+    weights = out / WEIGHTS_FILE
+    tmp = weights.with_name(weights.name + ".tmp")
+    safetensors.numpy.save_file(arrays, tmp, metadata=meta)
+    config["weights_bytes"] = tmp.stat().st_size
+    tmp.replace(weights)
+    tmp = out / (CONFIG_FILE + ".tmp")
+    tmp.write_text(json.dumps(config, indent=1) + "\n")
+    tmp.replace(out / CONFIG_FILE)
+    return out
+
+
+# ------------------------------------------------------------------------------------ load
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise ValueError(
+            f"{path} is missing: {directory} is not a saved q4lab model "
+            "(written by QuantizedModel.save)"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a q4lab export: its format is not {FORMAT!r}")
+    version = config.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"{path}: format_version={version!r} is invalid; allowed: an int")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format version {version}, newer than this q4lab reads (versions up to "
+            f"{FORMAT_VERSION}); upgrade q4lab to load it"
+        )
+    return config
+
+
+def _read_arrays(directory: Path, config: dict[str, Any]) -> dict[str, jax.Array]:
+    """Every tensor of ``config["tensors"]``, checked against its entry (dtype, shape, sha256)."""
+    path = directory / config.get("weights_file", WEIGHTS_FILE)
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: the weights of the model saved in {directory}")
+    try:
+        raw = safetensors.numpy.load_file(path)
+    except (safetensors.SafetensorError, OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file: {err}") from None
+    entries: dict[str, dict] = config["tensors"]
+    if missing := sorted(set(entries) - set(raw)):
+        raise ValueError(f"{path} lacks tensor(s) {missing} that {CONFIG_FILE} describes")
+    if extra := sorted(set(raw) - set(entries)):
+        raise ValueError(f"{path} holds tensor(s) {extra} that {CONFIG_FILE} does not describe")
+    out = {}
+    for name, entry in entries.items():
+        a = raw[name]
+        where = f"tensor {name!r} ({entry['role']}" + (
+            f" of layer {entry['layer']!r})" if entry.get("layer") else ")"
+        )
+        want = np.dtype(entry.get("stored_as", entry["dtype"]))
+        if a.dtype != want or list(a.shape) != entry["shape"]:
+            raise ValueError(
+                f"{where} in {path} is {a.dtype}{list(a.shape)}; {CONFIG_FILE} records "
+                f"{want}{entry['shape']}"
+            )
+        if hashlib.sha256(a.tobytes()).hexdigest() != entry["sha256"]:
+            raise ValueError(f"{where} in {path} is corrupted: its sha256 differs from the record")
+        if "stored_as" in entry:
+            a = a.view(jnp.dtype(entry["dtype"]))
+        value = jnp.asarray(a)
+        if "key_impl" in entry:
+            value = jax.random.wrap_key_data(value, impl=entry["key_impl"])
+        out[name] = value
+    return out
+
+
+def _adapter(config: dict[str, Any], model: nn.Module | nnx.Module | None, where: Path) -> Adapter:
+    info = config["model"]
+    framework, cls = info["framework"], info["class"]
+    if model is None:
+        if info.get("task") is None:
+            raise ValueError(
+                f"model=None is invalid for {where}: it was saved from a {framework} model "
+                f"({cls}) that is not a q4lab task; allowed: model=<a {cls.rsplit('.', 1)[-1]} "
+                "instance>" + (" of the same architecture" if framework == "nnx" else "")
+            )
+        from q4lab.tasks import get_task
+
+        model = get_task(info["task"]).model
+    is_nnx = isinstance(model, nnx.Module)
+    if not is_nnx and not isinstance(model, nn.Module):
+        raise ValueError(
+            f"model={type(model).__name__} is invalid; allowed: a flax.linen.Module or a "
+            "flax.nnx.Module instance"
+        )
+    if ("nnx" if is_nnx else "linen") != framework:
+        raise ValueError(
+            f"model={type(model).__name__} is invalid for {where}: it was saved from a "
+            f"{framework} model ({cls}); allowed: a {framework} model"
+        )
+    return adapt(model)
+
+
+def _params(adapter: Adapter, config: dict[str, Any], arrays: dict[str, jax.Array]) -> PyTree:
+    """The parameter dict: float leaves and rebuilt `QTensor`s at their keys."""
+    entries = config["tensors"]
+    leaves: dict[tuple, Any] = {}
+    for name, entry in entries.items():
+        if entry["role"] == "float":
+            leaves[tuple(entry["key"])] = arrays[name]
+    for d in config["layers"]:
+        key, q = tuple(d["key"]), d["qtensor"]
+        held = {r: arrays.get(f"{_name(key)}.{r}") for r in (*_QTENSOR_ROLES, *_TRANSFORM_ROLES)}
+        transform = None
+        if q["transform"]:
+            transform = InputTransform(smooth=held["smooth"], seed=held["seed"])
+        leaves[key] = QTensor(
+            codes=held["codes"],
+            scale=held["scale"],
+            zero=held["zero"],
+            perm=held["perm"],
+            spec=_quant_spec(q["spec"]),
+            shape=tuple(q["shape"]),
+            in_axes=tuple(q["in_axes"]),
+            transform=transform,
+        )
+    if isinstance(adapter, LinenAdapter):
+        params: PyTree = {}
+        for key, leaf in leaves.items():
+            node = params
+            for k in key[:-1]:
+                node = node.setdefault(k, {})
+            node[key[-1]] = leaf
+        return params
+    # NNX: the same leaves as the given model's state, each replaced
+    template = adapter.params()
+    flat, _ = jax.tree_util.tree_flatten_with_path(template)
+    shapes = {_key_of(path): tuple(np.shape(v)) for path, v in flat}
+    if set(shapes) != set(leaves):
+        extra, missing = sorted(set(shapes) - set(leaves)), sorted(set(leaves) - set(shapes))
+        raise ValueError(
+            "model is not of the saved architecture: "
+            + (f"it has parameters the file lacks: {[_name(k) for k in extra]}; " if extra else "")
+            + (
+                f"the file has parameters it lacks: {[_name(k) for k in missing]}"
+                if missing
+                else ""
+            )
+        )
+    for key, leaf in leaves.items():
+        shape = leaf.shape if isinstance(leaf, QTensor) else tuple(leaf.shape)
+        if shape != shapes[key]:
+            raise ValueError(
+                f"model is not of the saved architecture: parameter {_name(key)!r} has shape "
+                f"{shapes[key]}, the file {shape}"
+            )
+        template = set_at(template, key, leaf)
+    return template
+
+
+def load(directory: str | os.PathLike, model: nn.Module | nnx.Module | None = None) -> LoadedModel:
+    """The model saved in ``directory`` by `QuantizedModel.save`, without float weights:
+    ``load(d).apply(x)`` equals the saved model's ``apply(x)`` (integer forward) bit for bit on
+    the same backend, and ``ledger()`` is the same.
+
+    ``model``, the module definition the weights belong to:
+      Linen  the module (``model=UserCNN()``; no params: they all come from the file), or None
+             when the model was saved with ``task=``: the task's module is rebuilt by name.
+      NNX    an instance of the same architecture (``UserNNX(nnx.Rngs(0))``): its own weights
+             are not read, every parameter comes from the file (shapes checked).
+
+    Raises a ValueError naming the file, the tensor or the versions when a file is missing, was
+    written by a newer format version, or a tensor's dtype, shape or sha256 differs from
+    ``q4lab.json``; a saved rule whose quantizer is not registered here is named too.
+    """
+    where = Path(directory)
+    config = _read_config(where)
+    arrays = _read_arrays(where, config)
+    adapter = _adapter(config, model, where)
+    rules = {}
+    for d in config["rules"]:
+        try:
+            rules[d["index"]] = _rule_from_json(d)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where / CONFIG_FILE}: recipe rule {d['index']}: {err}") from None
+    layers, acts = {}, {}
+    for d in config["layers"]:
+        layer = Layer(**{f.name: _plain(d[f.name]) for f in dataclasses.fields(Layer)})
+        i = d["rule_index"]
+        layers[layer.path] = LayerPlan(
+            layer=layer, rule=rules[i], rule_index=i, spec=_quant_spec(d["spec"])
+        )
+        if d["act"] is not None:
+            held = {r: arrays.get(f"acts/{layer.path}.{r}") for r in _ACT_ROLES}
+            acts[layer.path] = ActState(_act_spec(d["act"]), **held)
+    recipe = None
+    if config.get("recipe") is not None:
+        recipe = Recipe(tuple(rules[i] for i in sorted(rules)), **config["recipe"])
+    return LoadedModel(
+        adapter=adapter,
+        params=_params(adapter, config, arrays),
+        float_params=None,
+        layers=layers,
+        acts=acts,
+        recipe=recipe,
+        config=config | {"source": str(where)},
+    )
+
+
+__all__ = ["CONFIG_FILE", "FORMAT", "FORMAT_VERSION", "WEIGHTS_FILE", "LoadedModel", "load", "save"]

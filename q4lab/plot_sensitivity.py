@@ -1,0 +1,53 @@
+"""The per-layer sensitivity heat map: a task's metric loss when only one layer is quantized, for
+each layer (rows, in the model's order) and each candidate width (columns)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+
+def sensitivity_table(rows: Sequence[dict] | pd.DataFrame, value: str = "loss") -> pd.DataFrame:
+    """Layers x candidates of ``value``, layers in the order they were measured."""
+    table = pd.DataFrame(rows)
+    return table.pivot_table(index="layer", columns="candidate", values=value, sort=False)
+
+
+def sensitivity_heatmap(rows: Sequence[dict] | pd.DataFrame, title: str = "") -> plt.Figure:
+    """Loss per (layer, candidate), coloured on a symmetric log scale (losses may be slightly
+    negative: quantizing one layer can help by chance), each cell labelled with its value."""
+    frame = pd.DataFrame(rows)
+    table = sensitivity_table(frame)
+    values = table.to_numpy()
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * table.shape[1], 0.9 + 0.24 * table.shape[0]))
+    bound = float(np.nanmax(np.abs(values))) or 1.0
+    tiny = max(bound * 1e-3, 1e-12)
+    norm = plt.matplotlib.colors.SymLogNorm(linthresh=tiny, vmin=-bound, vmax=bound)
+    image = ax.imshow(values, aspect="auto", cmap="RdBu_r", norm=norm)
+    ax.set_xticks(range(table.shape[1]), table.columns)
+    ax.set_yticks(range(table.shape[0]), table.index, fontsize=7)
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=6)
+    metric = frame["metric"].iloc[0] if "metric" in frame else "metric"
+    fig.colorbar(image, ax=ax, label=f"{metric} loss vs float (worse > 0)")
+    ax.set_xlabel("only this layer quantized, at")
+    ax.set_title(title or f"{frame['task'].iloc[0]}: per-layer sensitivity", fontsize=10)
+    return fig
+
+
+def save_heatmap(
+    rows: Sequence[dict] | pd.DataFrame, directory: str | Path, stem: str
+) -> list[Path]:
+    """Write the heat map as PNG and SVG under ``directory``; returns the paths."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    fig = sensitivity_heatmap(rows)
+    paths = [out / f"{stem}.png", out / f"{stem}.svg"]
+    fig.savefig(paths[0], dpi=200, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    return paths

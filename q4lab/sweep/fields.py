@@ -1,0 +1,248 @@
+"""The codec between flat fields and a `Recipe`: one point of a sweep, one `q4lab quantize`
+command line, one results row — the same fields, the same recipe, the same config hash.
+
+A point is a flat dict of the fields in `FIELDS`; missing fields take their defaults. The recipe
+fields describe one rule for every layer; ``rules`` puts exceptions ahead of it, each a dict
+``{"pattern": regex, field: value, ...}`` overriding any of `RULE_FIELDS` (the rest inherit the
+point's values) or ``{"pattern": regex, "quantizer": None}`` to keep the matching layers float.
+First match wins, as in `Recipe`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from q4lab.core import QuantSpec
+from q4lab.qat import QATConfig
+from q4lab.recipe import ActSpec, Recipe, Rule, TransformSpec
+
+Point = dict[str, Any]
+
+# field -> (default, what it means); the order is the column order of a point
+FIELDS: dict[str, tuple[Any, str]] = {
+    "task": (None, "a registered task name (required)"),
+    "seed": (0, "the float baseline's and the data split's seed"),
+    "quantizer": ("minmax", "a registered quantizer name"),
+    "options": ({}, "the quantizer's options, e.g. {'act_order': True}"),
+    "bits": (4, "weight bits, 2..8"),
+    "symmetric": (True, "signed weight codes, or unsigned with a zero point"),
+    "group_size": (0, "weight group size along the input axis; 0 = per-channel"),
+    "scale_dtype": ("float16", "dtype of the stored scales"),
+    "act_bits": (16, "activation bits; 16 keeps activations in float"),
+    "act_mode": ("dynamic", "activation ranges at run time or from calibration: dynamic, static"),
+    "act_symmetric": (True, "signed activation codes, or with a zero point"),
+    "act_clipping": ("minmax", "the clipping quantizer choosing activation ranges"),
+    "act_clipping_options": ({}, "its options, e.g. {'percentile': 99.9}"),
+    "rotation": ("none", "input rotation folded into each dense layer: none, hadamard"),
+    "smooth_alpha": (0.0, "SmoothQuant's migration strength in (0, 1] (dense layers); 0 = off"),
+    "rules": (
+        [],
+        "per-layer rules ahead of the fields above, first match wins: [{'pattern': regex, "
+        "'bits': 8, ...}] overrides recipe fields; {'pattern': regex, 'quantizer': None} "
+        "keeps layers float",
+    ),
+    "bits_budget": (
+        0.0,
+        "mixed precision: average stored bits per quantized weight; each layer's width is "
+        "allocated from its measured sensitivity (0 = every layer at `bits`)",
+    ),
+    "budget_widths": ([2, 3, 4], "the weight widths a bits_budget allocation chooses from"),
+    "budget_method": ("knapsack", "the allocator: knapsack (exact) or greedy"),
+    "sequential": (True, "calibrate each layer with the earlier layers already quantized"),
+    "calib_size": (0, "calibration examples to use; 0 = the task's whole calibration split"),
+    "qat_steps": (0, "quantization-aware training steps after quantizing; 0 = post-training only"),
+    "qat_lr": (1e-4, "peak learning rate of quantization-aware training (AdamW, cosine)"),
+    "qat_method": ("lsq", "ste (steps frozen) or lsq (steps learned, Esser et al. 2020)"),
+    "qat_loss": ("task", "task (the task's loss, with labels) or distill (to the float model)"),
+    "qat_batch_size": (64, "training batch size of quantization-aware training"),
+}
+QAT_FIELDS = tuple(name for name in FIELDS if name.startswith("qat_"))
+# fields added after tables were published: left out of the hash at their default
+LATE_FIELDS = ("rotation", "smooth_alpha", "rules", "bits_budget", "budget_widths", "budget_method")
+BUDGET_FIELDS = ("bits_budget", "budget_widths", "budget_method")
+# the fields a per-layer rule may override
+RULE_FIELDS = (
+    "quantizer",
+    "options",
+    "bits",
+    "symmetric",
+    "group_size",
+    "scale_dtype",
+    "act_bits",
+    "act_mode",
+    "act_symmetric",
+    "act_clipping",
+    "act_clipping_options",
+    "rotation",
+    "smooth_alpha",
+)
+
+
+def with_defaults(point: Point) -> Point:
+    """Every field of `FIELDS`, in order; missing ones take their defaults."""
+    return {name: point.get(name, default) for name, (default, _) in FIELDS.items()}
+
+
+def check_field_names(names: Sequence[str], where: str, allowed: Sequence[str] = ()) -> None:
+    """Raise a ValueError naming the first unknown field (with a close match) and the allowed."""
+    allowed = list(allowed or FIELDS)
+    for name in names:
+        if name not in allowed:
+            close = difflib.get_close_matches(name, allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"{where}: unknown field {name!r}{hint}; allowed: {', '.join(allowed)}"
+            )
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(value.items())}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def config_hash(point: Point) -> str:
+    """A stable 16-hex-digit name of a point's full configuration (defaults included). The
+    training fields of a post-training point (``qat_steps=0``), the budget fields of a uniform
+    one (``bits_budget=0``) and the `LATE_FIELDS` at their default are left out: they change
+    nothing, and the tables published before they existed keep their names."""
+    full = with_defaults(point)
+    if not full["qat_steps"]:
+        full = {k: v for k, v in full.items() if k not in QAT_FIELDS}
+    if not full["bits_budget"]:
+        full = {k: v for k, v in full.items() if k not in BUDGET_FIELDS}
+    full = {k: v for k, v in full.items() if k not in LATE_FIELDS or v != FIELDS[k][0]}
+    text = json.dumps(_canonical(full), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _rule(p: Point, pattern: str) -> Rule:
+    """The rule of the recipe fields of ``p`` (a point with defaults) for ``pattern``."""
+    if p["quantizer"] is None:
+        return Rule.float(pattern)
+    weight = QuantSpec(
+        bits=p["bits"],
+        symmetric=p["symmetric"],
+        group_size=p["group_size"] or None,
+        scale_dtype=p["scale_dtype"],
+    )
+    act = None
+    if p["act_bits"] != 16:
+        act = ActSpec(
+            bits=p["act_bits"],
+            mode=p["act_mode"],
+            granularity="per_row" if p["act_mode"] == "dynamic" else "per_tensor",
+            symmetric=p["act_symmetric"],
+            clipping=p["act_clipping"],
+            clipping_options=p["act_clipping_options"],
+        )
+    transform = None
+    if p["rotation"] != "none" or p["smooth_alpha"]:
+        transform = TransformSpec(
+            rotation=p["rotation"], smooth_alpha=p["smooth_alpha"] or None, seed=p["seed"]
+        )
+    return Rule(
+        pattern=pattern,
+        quantizer=p["quantizer"],
+        options=p["options"],
+        weight=weight,
+        act=act,
+        transform=transform,
+    )
+
+
+def rules_of(point: Point) -> tuple[Rule, ...]:
+    """The point's ``rules`` as `Rule`s (without the catch-all rule of its flat fields)."""
+    p = with_defaults(point)
+    rules = p["rules"]
+    if isinstance(rules, str | Mapping) or not isinstance(rules, Sequence):
+        raise ValueError(f"rules={rules!r} is invalid; allowed: a list of dicts with a 'pattern'")
+    out = []
+    for i, override in enumerate(rules):
+        where = f"rules[{i}]"
+        if not isinstance(override, Mapping) or not isinstance(override.get("pattern"), str):
+            raise ValueError(f"{where}={override!r} is invalid; allowed: a dict with a 'pattern'")
+        fields = {k: v for k, v in override.items() if k != "pattern"}
+        check_field_names(list(fields), where, ["pattern", *RULE_FIELDS])
+        try:
+            out.append(_rule(p | fields, override["pattern"]))
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+    return tuple(out)
+
+
+def recipe_of(point: Point) -> Recipe:
+    """The recipe of a point: its ``rules``, then one rule of its flat fields for every layer."""
+    p = with_defaults(point)
+    return Recipe((*rules_of(p), _rule(p, ".*")), sequential=p["sequential"])
+
+
+def qat_of(point: Point) -> QATConfig | None:
+    """The quantization-aware training of a point, or None (``qat_steps=0``)."""
+    p = with_defaults(point)
+    if p["qat_steps"] == 0:
+        return None
+    return QATConfig(
+        steps=p["qat_steps"],
+        lr=p["qat_lr"],
+        method=p["qat_method"],
+        loss=p["qat_loss"],
+        batch_size=p["qat_batch_size"],
+    )
+
+
+def validate_point(point: Point) -> Recipe:
+    """Check a point's fields (task, calibration size, recipe); return its recipe."""
+    from q4lab.tasks import available_tasks
+
+    if point["task"] not in available_tasks():
+        raise ValueError(
+            f"task={point['task']!r} is unknown; allowed: {', '.join(available_tasks())}"
+        )
+    for name in ("seed", "calib_size"):
+        value = point[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name}={value!r} is invalid; allowed: an int >= 0")
+    steps = point["qat_steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"qat_steps={steps!r} is invalid; allowed: an int >= 0 (0: no training)")
+    if (qat := qat_of(point)) is not None:
+        from q4lab.tasks import get_task
+
+        get_task(point["task"]).qat_loss(qat.loss)  # e.g. minilm has no labels: distill only
+    budget = point["bits_budget"]
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or budget < 0:
+        raise ValueError(f"bits_budget={budget!r} is invalid; allowed: 0 (off) or a number > 0")
+    if budget:
+        from q4lab.allocate import METHODS
+
+        widths = point["budget_widths"]
+        if not widths or any(isinstance(w, bool) or w not in range(2, 9) for w in widths):
+            raise ValueError(
+                f"budget_widths={widths!r} is invalid; allowed: a list of ints in 2..8"
+            )
+        if point["bits"] not in widths:
+            raise ValueError(
+                f"bits={point['bits']} is invalid with budget_widths={widths}; "
+                "allowed: one of the widths (the rule of the layers given it)"
+            )
+        if point["budget_method"] not in METHODS:
+            raise ValueError(
+                f"budget_method={point['budget_method']!r} is invalid; allowed: "
+                + ", ".join(METHODS)
+            )
+        if point["rules"]:
+            raise ValueError(
+                "rules are invalid with a bits_budget (the allocation writes them); "
+                "allowed: rules=[]"
+            )
+    for name in ("options", "act_clipping_options"):
+        if not isinstance(point[name], Mapping):
+            raise ValueError(f"{name}={point[name]!r} is invalid; allowed: a dict")
+    return recipe_of(point)

@@ -1,0 +1,64 @@
+"""A ``bits_budget`` point becomes per-layer rules: each layer's sensitivity is measured at every
+width of ``budget_widths`` (`q4lab.sensitivity.layer_sensitivity`, cached on disk), an allocator
+(`q4lab.allocate`) picks the widths under the budget, and the choice is written as the point's
+``rules`` (exact layer paths; the layers at the point's own ``bits`` take its catch-all rule).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from q4lab.allocate import allocate, rules_for
+from q4lab.sweep.fields import Point, config_hash, recipe_of, with_defaults
+
+CACHE_VERSION = 1
+
+
+def candidates(point: Point) -> dict[str, Point]:
+    """The uniform points the sensitivity is measured at: the point at each budget width, from
+    the float model's inputs (as `layer_sensitivity` measures whatever ``sequential`` says)."""
+    p = with_defaults(point)
+    uniform = {**p, "bits_budget": 0.0, "rules": [], "sequential": False}
+    return {f"W{w}": {**uniform, "bits": w} for w in p["budget_widths"]}
+
+
+def sensitivity_rows(point: Point, progress: bool | None = False) -> list[dict[str, Any]]:
+    """`layer_sensitivity` rows of the point's candidates, from the cache when measured before
+    (``$Q4LAB_CACHE/sensitivity/``, keyed by the candidates' config hashes)."""
+    from q4lab.sensitivity import layer_sensitivity
+    from q4lab.tasks import cache_dir
+
+    points = candidates(point)
+    key = hashlib.sha256("|".join(config_hash(c) for c in points.values()).encode()).hexdigest()
+    path = cache_dir() / "sensitivity" / f"{point['task']}-v{CACHE_VERSION}-{key[:16]}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    rows = layer_sensitivity(
+        point["task"],
+        {label: recipe_of(c) for label, c in points.items()},
+        point["seed"],
+        progress=progress,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows))
+    tmp.replace(path)
+    return rows
+
+
+def allocated_point(point: Point, progress: bool | None = False) -> tuple[Point, dict[str, Any]]:
+    """The point with the budget's allocation as its rules, and the record fields that describe
+    the allocation (method, predicted loss, bits per weight)."""
+    p = with_defaults(point)
+    allocation = allocate(
+        sensitivity_rows(p, progress), p["bits_budget"], method=p["budget_method"]
+    )
+    widths = {f"W{w}": {"bits": w} for w in p["budget_widths"]}
+    rules = rules_for(allocation, widths, base=f"W{p['bits']}")
+    return {**p, "rules": rules}, {
+        "allocation": f"sensitivity {p['budget_method']}",
+        "allocation_predicted_loss": allocation.predicted_loss,
+        "allocation_layers": json.dumps(allocation.choice),
+    }

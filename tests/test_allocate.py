@@ -1,0 +1,83 @@
+"""Mixed-precision allocation: the knapsack is exact, the greedy one fits, the rules say it."""
+
+import itertools
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from q4lab.allocate import allocate, rules_for
+
+
+def _rows(losses, params):
+    """Sensitivity rows: candidate ``W{b}`` costs ``b`` bits per weight (bytes = params*b/8)."""
+    return [
+        {
+            "layer": f"layer{i}",
+            "candidate": f"W{b}",
+            "params": n,
+            "stored_bytes": n * b // 8,
+            "loss": loss,
+        }
+        for i, (n, by_width) in enumerate(zip(params, losses, strict=True))
+        for b, loss in by_width.items()
+    ]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n_layers=st.integers(1, 5),
+    budget=st.floats(2.0, 4.0),
+)
+def test_the_knapsack_finds_the_best_allocation_within_the_budget(seed, n_layers, budget):
+    rng = np.random.default_rng(seed)
+    params = [int(rng.integers(1, 9)) * 64 for _ in range(n_layers)]
+    losses = [
+        dict(zip((2, 3, 4), np.sort(rng.exponential(size=3))[::-1], strict=True))
+        for _ in range(n_layers)
+    ]
+    rows = _rows(losses, params)
+    capacity = budget * sum(params) / 8
+    best = min(
+        (
+            sum(loss[b] for loss, b in zip(losses, widths, strict=True))
+            for widths in itertools.product((2, 3, 4), repeat=n_layers)
+            if sum(n * b // 8 for n, b in zip(params, widths, strict=True)) <= capacity
+        ),
+    )
+    exact = allocate(rows, budget, unit_bytes=8)  # every cost is a multiple of 8 bytes
+    assert exact.predicted_loss == pytest.approx(best)
+    assert exact.bits_per_weight <= budget + 1e-9
+    greedy = allocate(rows, budget, method="greedy")
+    assert greedy.bits_per_weight <= budget + 1e-9 and greedy.predicted_loss >= best - 1e-9
+
+
+def test_budget_errors_name_the_smallest_budget_and_the_methods():
+    rows = _rows([{2: 1.0, 4: 0.0}], [64])
+    with pytest.raises(
+        ValueError,
+        match=r"budget_bits=1.5 is below the cheapest allocation; "
+        r"allowed: >= 2.0000",
+    ):
+        allocate(rows, 1.5)
+    with pytest.raises(ValueError, match=r"method='dp' is invalid; allowed: knapsack, greedy"):
+        allocate(rows, 3.0, method="dp")
+    with pytest.raises(ValueError, match=r"layers \['layer0', 'x'\] lack a measurement"):
+        allocate([rows[0], {**rows[1], "layer": "x"}], 3.0)
+
+
+def test_rules_give_each_layer_its_width_by_exact_path():
+    rows = _rows([{2: 9.0, 4: 0.0}, {2: 0.1, 4: 0.0}, {2: 5.0, 4: 0.0}], [64, 64, 64])
+    for i, name in enumerate(("blocks/0.fc", "blocks/1.fc", "head")):
+        for r in rows:
+            if r["layer"] == f"layer{i}":
+                r["layer"] = name
+    allocation = allocate(rows, 10 / 3)  # two layers can afford 4 bits
+    assert allocation.choice == {"blocks/0.fc": "W4", "blocks/1.fc": "W2", "head": "W4"}
+    rules = rules_for(allocation, {"W2": {"bits": 2}, "W4": {"bits": 4}}, base="W4")
+    assert rules == [{"pattern": re.escape("blocks/1.fc"), "bits": 2}]
+    assert re.fullmatch(rules[0]["pattern"], "blocks/1.fc")
+    assert not re.fullmatch(rules[0]["pattern"], "blocks/1xfc")

@@ -1,0 +1,193 @@
+"""Packed export: save -> load gives the same integer forward bit for bit, the file is the ledger's
+bytes, and a newer, missing or corrupted file is refused with an error naming what is wrong."""
+
+import dataclasses
+import json
+import shutil
+import struct
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from user_models import UserCNN, UserNNX  # pytest puts tests/ on the path
+
+from q4lab.core import QuantSpec
+from q4lab.export import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, load
+from q4lab.quantize_model import quantize_model
+from q4lab.recipe import ActSpec, Recipe, Rule, TransformSpec
+
+# One recipe per framework covers every kind of stored array (one quantization each). The rules
+# are those of tests/test_qat.py, whose compiled shapes the suite then shares.
+W4A4_G4 = Rule(weight=QuantSpec(group_size=4), act=ActSpec())
+W3_STATIC = Rule(  # GPTQ act-order (perm), asymmetric W3 (zeros), static asymmetric activations
+    quantizer="gptq",
+    options={"act_order": True},
+    weight=QuantSpec(bits=3, symmetric=False, group_size=8, scale_dtype="float16"),
+    act=ActSpec(mode="static", granularity="per_tensor", symmetric=False),
+)
+ROTATED = Rule(  # smoothing + Hadamard rotation (smooth, seed) under GPTQ act-order
+    quantizer="gptq",
+    options={"act_order": True},
+    weight=QuantSpec(group_size=8),
+    act=ActSpec(),
+    transform=TransformSpec(rotation="hadamard", smooth_alpha=0.5),
+)
+LINEN = Recipe(
+    (
+        dataclasses.replace(W4A4_G4, pattern="Conv_0|head"),
+        dataclasses.replace(W3_STATIC, pattern="Conv_1"),
+        dataclasses.replace(ROTATED, pattern="Dense_0"),
+        Rule(pattern="split", weight=QuantSpec(symmetric=False, group_size=4)),  # weight-only
+        Rule(pattern="mix", weight=QuantSpec(scale_dtype="bfloat16")),  # einsum, bf16 scales
+        Rule.float("split|head"),  # saved with the recipe though it quantizes nothing here
+    )
+)
+NNX = Recipe(
+    (
+        dataclasses.replace(W4A4_G4, pattern="conv"),
+        dataclasses.replace(W3_STATIC, pattern="fc"),
+        dataclasses.replace(ROTATED, pattern="head"),
+    )
+)
+
+
+@pytest.fixture(scope="module")
+def saved_linen(linen, tmp_path_factory):
+    model, params, x = linen
+    qm = quantize_model(model, params, LINEN, sample_input=x, calibration=[x, -x])
+    return qm, qm.save(tmp_path_factory.mktemp("linen")), x
+
+
+@pytest.fixture(scope="module")
+def saved_nnx(nnx_model, tmp_path_factory):
+    model, x = nnx_model
+    qm = quantize_model(model, None, NNX, sample_input=x, calibration=[x, -x])
+    return qm, qm.save(tmp_path_factory.mktemp("nnx")), x
+
+
+def _roles(directory):
+    return {
+        e["role"] for e in json.loads((directory / CONFIG_FILE).read_text())["tensors"].values()
+    }
+
+
+def test_linen_round_trip_is_bit_for_bit(saved_linen):
+    qm, directory, x = saved_linen
+    assert {"perm", "smooth", "seed", "zero", "act_scale", "act_zero", "float"} <= _roles(directory)
+    loaded = load(directory, UserCNN())
+    np.testing.assert_array_equal(np.asarray(loaded.apply(x)), np.asarray(qm.apply(x)))
+    assert loaded.ledger() == qm.ledger()
+    assert {p: lp.rule for p, lp in loaded.layers.items()} == {
+        p: lp.rule for p, lp in qm.layers.items()
+    }
+    assert loaded.recipe == qm.recipe == LINEN
+    with pytest.raises(ValueError, match=r"fake=True is invalid.*float weights"):
+        loaded.apply(x, fake=True)
+
+
+def test_nnx_round_trip_replaces_the_given_models_weights(saved_nnx):
+    qm, directory, x = saved_nnx
+    assert {"perm", "smooth", "seed", "zero", "act_scale", "act_zero", "float"} <= _roles(directory)
+    loaded = load(directory, UserNNX(nnx.Rngs(7)))  # other float weights: none are read
+    np.testing.assert_array_equal(np.asarray(loaded.apply(x)), np.asarray(qm.apply(x)))
+    assert loaded.ledger() == qm.ledger()
+    # a loaded model saves again to the same tensors
+    again = json.loads((loaded.save(directory.parent / "again") / CONFIG_FILE).read_text())
+    first = json.loads((directory / CONFIG_FILE).read_text())
+    assert again["tensors"] == first["tensors"] and again["layers"] == first["layers"]
+
+
+def test_file_bytes_are_the_ledgers(saved_linen, saved_nnx):
+    for qm, directory, _ in (saved_linen, saved_nnx):
+        data = (directory / WEIGHTS_FILE).read_bytes()
+        header = 8 + struct.unpack("<Q", data[:8])[0]
+        acts = sum(
+            int(getattr(a, r).nbytes)
+            for a in qm.acts.values()
+            for r in ("scale", "zero")
+            if getattr(a, r) is not None
+        )
+        assert len(data) - header == qm.ledger().total_bytes + acts
+        assert len(data) <= 1.01 * qm.ledger().total_bytes + 64 * 1024
+
+
+def _copy(directory, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(directory, out)
+    return out
+
+
+def test_newer_version_missing_file_and_wrong_model_are_refused(saved_linen, tmp_path):
+    _, directory, _ = saved_linen
+    bad = _copy(directory, tmp_path)
+    config = json.loads((bad / CONFIG_FILE).read_text())
+    (bad / CONFIG_FILE).write_text(json.dumps(config | {"format_version": FORMAT_VERSION + 1}))
+    with pytest.raises(
+        ValueError, match=f"format version {FORMAT_VERSION + 1}.*up to {FORMAT_VERSION}"
+    ):
+        load(bad, UserCNN())
+    (bad / CONFIG_FILE).unlink()
+    with pytest.raises(ValueError, match=f"{CONFIG_FILE} is missing"):
+        load(bad, UserCNN())
+    shutil.copy(directory / CONFIG_FILE, bad / CONFIG_FILE)
+    (bad / WEIGHTS_FILE).unlink()
+    with pytest.raises(ValueError, match=f"{WEIGHTS_FILE} is missing"):
+        load(bad, UserCNN())
+    with pytest.raises(ValueError, match=r"model=None is invalid.*UserCNN"):
+        load(directory)
+    with pytest.raises(ValueError, match="saved from a linen model"):
+        load(directory, UserNNX(nnx.Rngs(0)))
+
+
+def _tensor_span(path, name):
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    start, end = json.loads(data[8 : 8 + n])[name]["data_offsets"]
+    return 8 + n + start, 8 + n + end
+
+
+def test_corrupted_or_reshaped_tensor_is_named(saved_linen, saved_nnx, tmp_path):
+    _, directory, _ = saved_linen
+    bad = _copy(directory, tmp_path)
+    start, _ = _tensor_span(bad / WEIGHTS_FILE, "Dense_0/kernel.codes")
+    data = bytearray((bad / WEIGHTS_FILE).read_bytes())
+    data[start] ^= 0x10
+    (bad / WEIGHTS_FILE).write_bytes(bytes(data))
+    with pytest.raises(
+        ValueError, match=r"'Dense_0/kernel.codes' \(codes of layer 'Dense_0'\).*corrupted"
+    ):
+        load(bad, UserCNN())
+    (bad / WEIGHTS_FILE).write_bytes(b"\x00" * 16)
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        load(bad, UserCNN())
+    shutil.copy(directory / WEIGHTS_FILE, bad / WEIGHTS_FILE)
+    config = json.loads((bad / CONFIG_FILE).read_text())
+    config["tensors"]["head/bias"]["shape"] = [6]
+    (bad / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"'head/bias' \(float\).*records float32\[6\]"):
+        load(bad, UserCNN())
+
+    class Wider(UserNNX):
+        def __init__(self, rngs):
+            super().__init__(rngs)
+            self.head = nnx.Linear(16, 6, rngs=rngs)
+
+    with pytest.raises(
+        ValueError, match=r"parameter 'head/bias' has shape \(6,\), the file \(5,\)"
+    ):
+        load(saved_nnx[1], Wider(nnx.Rngs(0)))
+
+
+def test_a_task_model_loads_by_name(tmp_path):
+    from q4lab.tasks import get_task
+
+    task = get_task("digits-mlp")
+    x = task.sample_input(0)
+    params = task.model.init(jax.random.key(0), x)["params"]
+    qm = quantize_model(task.model, params, Recipe.single(), sample_input=x)
+    loaded = load(qm.save(tmp_path, task="digits-mlp"))
+    np.testing.assert_array_equal(np.asarray(loaded.apply(x)), np.asarray(qm.apply(x)))
+    assert json.loads((tmp_path / CONFIG_FILE).read_text())["model"]["task"] == "digits-mlp"
+    with pytest.raises(ValueError, match="task='charlm' is invalid"):
+        qm.save(tmp_path / "other", task="charlm")

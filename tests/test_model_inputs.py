@@ -1,0 +1,88 @@
+"""Models with several inputs (positional or keyword) and rules that keep layers float."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from user_models import UserBERT, UserNNXKeywords
+
+from q4lab.core import QuantSpec
+from q4lab.quantize_model import quantize_model
+from q4lab.recipe import ActSpec, Recipe, Rule
+
+
+def _bert_inputs(seed: int, batch: int = 4, length: int = 6):
+    ids = jax.random.randint(jax.random.key(seed), (batch, length), 0, 50)
+    mask = jnp.ones((batch, length)).at[:, length - 2 :].set(0.0)
+    return ids, mask
+
+
+def _kernel_bits(qmodel) -> dict[str, int | None]:
+    return {
+        leaf.path: leaf.bits for leaf in qmodel.ledger().leaves if leaf.path.endswith("['kernel']")
+    }
+
+
+def test_a_bert_style_linen_model_called_with_ids_and_mask():
+    model = UserBERT()
+    inputs = _bert_inputs(0)
+    params = model.init(jax.random.key(1), *inputs)["params"]
+    recipe = Recipe(
+        (
+            Rule.float("stem|head"),
+            Rule(  # static ranges: calibration batches are (ids, mask) tuples
+                pattern=".*",
+                weight=QuantSpec(bits=4, group_size=16),
+                act=ActSpec(bits=8, mode="static", granularity="per_tensor"),
+            ),
+        )
+    )
+    calibration = [_bert_inputs(s) for s in (2, 3)]
+    qmodel = quantize_model(model, params, recipe, sample_input=inputs, calibration=calibration)
+
+    bits = _kernel_bits(qmodel)
+    assert bits.pop("['stem']['kernel']") is None and bits.pop("['head']['kernel']") is None
+    assert set(bits.values()) == {4} and len(bits) == 6  # query key value out up down
+    real, fake = qmodel.apply(inputs), qmodel.apply(inputs, fake=True)
+    reference = model.apply({"params": params}, *inputs)
+    np.testing.assert_allclose(real, fake, rtol=1e-4, atol=1e-5)
+    assert 0 < float(jnp.max(jnp.abs(real - reference))) < 0.1 * float(jnp.max(jnp.abs(reference)))
+    unmasked = (inputs[0], jnp.ones_like(inputs[1]))
+    assert not np.allclose(qmodel.apply(unmasked), real)  # the mask reaches the model
+
+
+def test_an_nnx_model_called_with_keyword_inputs():
+    model = UserNNXKeywords(nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (8, 16))
+    inputs = {"features": x, "scale": jnp.float32(2.0)}
+    recipe = Recipe(
+        (
+            Rule.float("first"),
+            Rule.float("last"),
+            Rule(pattern=".*", quantizer="mse", act=ActSpec(bits=4)),
+        )
+    )
+    qmodel = quantize_model(model, None, recipe, sample_input=inputs)
+    assert _kernel_bits(qmodel) == {
+        "['first']['kernel']": None,
+        "['last']['kernel']": None,
+        "['middle']['kernel']": 4,
+    }
+    np.testing.assert_allclose(
+        qmodel.apply(inputs), qmodel.apply(inputs, fake=True), rtol=1e-4, atol=1e-5
+    )
+    ledger = qmodel.ledger()
+    float_kernels = (16 * 32 + 32 * 4) * 4
+    assert ledger.float_bytes == float_kernels + (32 + 32 + 4) * 4  # and the biases
+
+
+def test_a_float_rule_is_checked_and_described():
+    with pytest.raises(ValueError, match=r"quantizer=None\) keeps its layers float; allowed"):
+        Rule(pattern="head", quantizer=None, act=ActSpec(bits=4))
+    recipe = Recipe((Rule.float("head"), Rule(pattern=".*", weight=QuantSpec(bits=3))))
+    assert recipe.describe() == "head: float | .*: minmax W3 sym per-channel A16"
+    fields = recipe.fields()
+    assert fields["bits"] == 3 and fields["recipe_rules"] == recipe.describe()
+    with pytest.raises(ValueError, match="keep every layer float"):
+        Recipe((Rule.float(".*"),)).fields()
