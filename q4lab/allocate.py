@@ -49,6 +49,10 @@ def _table(rows: Sequence[dict[str, Any]]):
         i, j = layers.index(r["layer"]), candidates.index(r["candidate"])
         cost[i, j], loss[i, j] = r["stored_bytes"], r["loss"]
         params[r["layer"]] = r["params"]
+    bad = [(r["layer"], r["candidate"]) for r in rows if np.isnan(r["loss"])]
+    if bad:
+        raise ValueError(f"the loss of {bad} is NaN; allowed: numbers (inf: never choose)")
+    loss = np.where(np.isinf(loss), np.sign(loss) * 1e300, loss)  # inf - inf would be NaN
     missing = [layers[i] for i in np.unique(np.nonzero(np.isnan(cost))[0])]
     if missing:
         raise ValueError(

@@ -135,8 +135,8 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
             sensitivity_table(frame, "stored_bytes").add_suffix(" bytes")
         )
         print(
-            f"{point['task']} seed {point['seed']}: {frame['metric'].iloc[0]} loss with only one "
-            f"layer quantized (float {frame['fp_score'].iloc[0]:.6g}; worse > 0)\n"
+            f"{point['task']} seed {point['seed']}: {frame['loss_kind'].iloc[0]}, with only one "
+            "layer quantized at each width (and its stored bytes)\n"
         )
         print(table.reset_index().to_markdown(index=False, floatfmt=".4g"))
         print(f"\nwritten: {directory / (stem + '.csv')}, {paths[0]}\n")
@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sens = sub.add_parser(
         "sensitivity",
-        help="per-layer sensitivity: the task metric with only one layer quantized, per width",
+        help="per-layer sensitivity: the loss to float with only one layer quantized, per width",
         description="Every --bits value is a candidate width; other flags as `q4lab quantize`. "
         "Writes a table (CSV) and a heat map; the measurements are cached for bits_budget sweeps.",
     )

@@ -92,7 +92,7 @@ def evaluate(
         "seed": seed,
         **recipe.fields(),
         "training": "ptq" if qat is None else f"qat {qat.method}",
-        "calib_examples": sum(len(b) for b in calibration),
+        "calib_examples": sum(len(jax.tree.leaves(b)[0]) for b in calibration),
         **metrics,
         "metric": task.metric,
         "higher_is_better": task.higher_is_better,
@@ -116,7 +116,7 @@ _LAYERS: dict[tuple, list[Layer]] = {}
 
 def _layers(task: Task, params, sample) -> list[Layer]:
     """The task model's quantizable layers (traced once per model and input shape)."""
-    key = (task.model, tuple(sample.shape), str(sample.dtype))
+    key = (task.model, str(jax.tree.map(lambda a: (a.shape, a.dtype), sample)))
     if key not in _LAYERS:
         _LAYERS[key] = adapt(task.model).layers(params, sample)
     return _LAYERS[key]

@@ -1,5 +1,6 @@
-"""The per-layer sensitivity heat map: a task's metric loss when only one layer is quantized, for
-each layer (rows, in the model's order) and each candidate width (columns)."""
+"""The per-layer sensitivity heat map: the loss to the float model when only one layer is
+quantized (`q4lab.sensitivity.layer_sensitivity`), for each layer (rows, in the model's order)
+and each candidate width (columns)."""
 
 from __future__ import annotations
 
@@ -18,22 +19,21 @@ def sensitivity_table(rows: Sequence[dict] | pd.DataFrame, value: str = "loss") 
 
 
 def sensitivity_heatmap(rows: Sequence[dict] | pd.DataFrame, title: str = "") -> plt.Figure:
-    """Loss per (layer, candidate), coloured on a symmetric log scale (losses may be slightly
-    negative: quantizing one layer can help by chance), each cell labelled with its value."""
+    """Loss per (layer, candidate), coloured on a log scale, each cell labelled with its value."""
     frame = pd.DataFrame(rows)
     table = sensitivity_table(frame)
     values = table.to_numpy()
     fig, ax = plt.subplots(figsize=(1.6 + 1.1 * table.shape[1], 0.9 + 0.24 * table.shape[0]))
-    bound = float(np.nanmax(np.abs(values))) or 1.0
-    tiny = max(bound * 1e-3, 1e-12)
-    norm = plt.matplotlib.colors.SymLogNorm(linthresh=tiny, vmin=-bound, vmax=bound)
-    image = ax.imshow(values, aspect="auto", cmap="RdBu_r", norm=norm)
+    top = float(np.nanmax(values)) if np.nanmax(values) > 0 else 1.0
+    floor = max(float(np.nanmin(np.where(values > 0, values, np.inf))), top * 1e-6)
+    norm = plt.matplotlib.colors.LogNorm(vmin=min(floor, top), vmax=top, clip=True)
+    image = ax.imshow(np.maximum(values, floor), aspect="auto", cmap="magma_r", norm=norm)
     ax.set_xticks(range(table.shape[1]), table.columns)
     ax.set_yticks(range(table.shape[0]), table.index, fontsize=7)
     for (i, j), v in np.ndenumerate(values):
         ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=6)
-    metric = frame["metric"].iloc[0] if "metric" in frame else "metric"
-    fig.colorbar(image, ax=ax, label=f"{metric} loss vs float (worse > 0)")
+    kind = frame["loss_kind"].iloc[0] if "loss_kind" in frame else "loss"
+    fig.colorbar(image, ax=ax, label=kind.replace(", ", "\n"))
     ax.set_xlabel("only this layer quantized, at")
     ax.set_title(title or f"{frame['task'].iloc[0]}: per-layer sensitivity", fontsize=10)
     return fig

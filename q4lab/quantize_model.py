@@ -73,12 +73,24 @@ def plan(recipe: Recipe, layers: list[Layer]) -> dict[str, LayerPlan]:
             i, rule = match
             chosen[layer.path] = LayerPlan(layer, rule, i, _effective_spec(rule.weight, layer.k))
     paths = [layer.path for layer in layers]
+    winners = {recipe.match(p)[0] for p in paths if recipe.match(p) is not None}
     for i, rule in enumerate(recipe.rules):
         if not any(rule.matches(p) for p in paths):
             raise ValueError(
                 f"recipe rule {i} (pattern {rule.pattern!r}) matches no quantizable layer; "
                 f"the model's layers are: {paths}"
             )
+        if i not in winners:
+            taken = sorted({recipe.match(p)[0] for p in paths if rule.matches(p)})
+            raise ValueError(
+                f"recipe rule {i} (pattern {rule.pattern!r}) applies to no layer: every layer "
+                f"it matches is taken by the earlier rule(s) {taken}; allowed: a rule that is "
+                "the first match of at least one layer"
+            )
+    if not chosen:
+        raise ValueError(
+            f"the recipe quantizes no layer (its rules keep every layer float): {paths}"
+        )
     for path, p in chosen.items():
         where = f"recipe rule {p.rule_index} (pattern {p.rule.pattern!r}), layer {path!r}"
         try:

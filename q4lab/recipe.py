@@ -269,11 +269,14 @@ class Recipe:
         return quantizing[-1]
 
     def fields(self) -> dict[str, Any]:
-        """Flat description for a results row: the fields of the `base` rule; a recipe of several
-        rules adds ``recipe_rules``, every rule in the text form of `describe`."""
+        """Flat description for a results row: the fields of the `base` rule (``recipe``: its
+        text, ``+ n rules`` when there are others); a recipe of several rules adds
+        ``recipe_rules``, every rule in the text form of `describe`."""
         r = self.base
+        extra = len(self.rules) - 1
+        short = f"{r.describe()} + {extra} rule{'s' * (extra > 1)}" if extra else r.describe()
         out: dict[str, Any] = {
-            "recipe": self.name or self.describe(),
+            "recipe": self.name or short,
             "quantizer": r.quantizer_label(),
             "quantizer_name": r.quantizer,
             "quantizer_options": r.options_label(),

@@ -1,6 +1,7 @@
 """How much each layer's quantization costs: its output error on the calibration data
-(`layer_errors`) and the task metric with only that layer quantized (`layer_sensitivity`), the
-measured losses a mixed-precision allocator (`q4lab.allocate`) spends a bit budget on.
+(`layer_errors`) and the model's distillation loss to float with only that layer quantized
+(`layer_sensitivity`), the measured losses a mixed-precision allocator (`q4lab.allocate`)
+spends a bit budget on.
 
 For a layer with inputs ``X[n, K]`` and weight ``W[K, N]`` the error of ``W_hat`` is
 ``||X (W - W_hat)||^2 / n`` (`q4lab.quantizers.output_error`), measured on the float model's
@@ -13,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from tqdm.auto import tqdm
 
 from q4lab.adapters import adapt, get_at, set_at
@@ -68,30 +71,38 @@ def layer_sensitivity(
     candidates: Mapping[str, Recipe],
     seed: int = 0,
     *,
+    calib_size: int | None = None,
     progress: bool | None = False,
 ) -> list[dict]:
-    """One row per (candidate, quantized layer): the task's metric with only that layer's weight
-    quantized by the candidate recipe, every other layer float.
+    """One row per (candidate, quantized layer): how far the model's outputs move from the float
+    model's when only that layer's weight is quantized by the candidate recipe.
 
     Each candidate (a label -> a recipe for every layer, e.g. ``{"W3": ..., "W4": ...}``)
     quantizes the model once, from the float model's inputs (``sequential=False``, so a layer's
     weights do not depend on the others'); then each layer's dequantized weight alone replaces
-    the float one and the float forward runs the task's metric (one compile for all probes).
-    Activations stay float: this is the weight's sensitivity. ``progress``: a bar over layers
-    (None: only on a terminal). ``loss`` is the metric's change
-    for the worse (``fp - score`` when higher is better, else ``score - fp``); ``stored_bytes``
-    the layer's bytes in the ledger at that candidate.
+    the float one and the float forward runs on the calibration split (one compile for all
+    probes). ``loss`` is the task's distillation loss to the float outputs there (KL of the
+    output distributions for classifiers and the byte LM, ``1 - cos`` for MiniLM; the loss of
+    ``qat_loss="distill"``), averaged over calibration inputs: held-out data, never the test
+    split the recipes are scored on. Activations stay float: this is the weights' sensitivity.
+    ``stored_bytes``: the layer's bytes in the ledger at that candidate. ``progress``: a bar
+    over layers (None: only on a terminal).
     """
     task = get_task(task) if isinstance(task, str) else task
     params = task.baseline(seed)
-    batches = task.calibration(seed)
+    batches = task.calibration(seed, calib_size)
     sample = task.sample_input(seed)
+    distill = jax.jit(task.qat_loss("distill"))
+    fp_outputs = [float_forward(task.model, params, b) for b in batches]
+    sizes = np.array([len(b) for b in batches], np.float64)
 
-    def forward_of(p):
-        return lambda x: float_forward(task.model, p, x)
+    def loss_of(p) -> float:
+        losses = [
+            float(distill(float_forward(task.model, p, b), None, fp))
+            for b, fp in zip(batches, fp_outputs, strict=True)
+        ]
+        return float(np.dot(losses, sizes) / sizes.sum())
 
-    fp_forward = forward_of(params)
-    sign = 1.0 if task.higher_is_better else -1.0
     rows = []
     for label, recipe in candidates.items():
         qmodel = quantize_model(
@@ -110,8 +121,6 @@ def layer_sensitivity(
             qt: QTensor = get_at(qmodel.params, p.layer.key)
             w = get_at(params, p.layer.key)
             probe = set_at(params, p.layer.key, unfolded_weight(qt).astype(w.dtype))
-            metrics = task.metrics(forward_of(probe), fp_forward, seed)
-            score, fp = metrics[task.metric], metrics[f"fp_{task.metric}"]
             rows.append(
                 {
                     "task": task.name,
@@ -121,10 +130,8 @@ def layer_sensitivity(
                     "params": qt.size,
                     "bits": qt.spec.bits,
                     "stored_bytes": stored_bytes(qt),
-                    "metric": task.metric,
-                    "score": score,
-                    "fp_score": fp,
-                    "loss": sign * (fp - score),
+                    "loss": loss_of(probe),
+                    "loss_kind": "distillation to float, calibration split",
                 }
             )
     return rows

@@ -67,6 +67,11 @@ def test_budget_errors_name_the_smallest_budget_and_the_methods():
         allocate(rows, 3.0, method="dp")
     with pytest.raises(ValueError, match=r"layers \['layer0', 'x'\] lack a measurement"):
         allocate([rows[0], {**rows[1], "layer": "x"}], 3.0)
+    with pytest.raises(ValueError, match=r"the loss of \[\('layer0', 'W2'\)\] is NaN"):
+        allocate([{**rows[0], "loss": float("nan")}, rows[1]], 3.0)
+    diverging = [{**rows[0], "loss": float("inf")}, rows[1]]  # e.g. perplexity overflow at W2
+    for method in ("knapsack", "greedy"):
+        assert allocate(diverging, 4.0, method=method).choice == {"layer0": "W4"}
 
 
 def test_rules_give_each_layer_its_width_by_exact_path():

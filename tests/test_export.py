@@ -35,12 +35,12 @@ ROTATED = Rule(  # smoothing + Hadamard rotation (smooth, seed) under GPTQ act-o
 )
 LINEN = Recipe(
     (
+        Rule.float("head"),  # saved with the recipe, counted as float
         dataclasses.replace(W4A4_G4, pattern="Conv_0|head"),
         dataclasses.replace(W3_STATIC, pattern="Conv_1"),
         dataclasses.replace(ROTATED, pattern="Dense_0"),
         Rule(pattern="split", weight=QuantSpec(symmetric=False, group_size=4)),  # weight-only
         Rule(pattern="mix", weight=QuantSpec(scale_dtype="bfloat16")),  # einsum, bf16 scales
-        Rule.float("split|head"),  # saved with the recipe though it quantizes nothing here
     )
 )
 NNX = Recipe(

@@ -86,3 +86,16 @@ def test_a_float_rule_is_checked_and_described():
     assert fields["bits"] == 3 and fields["recipe_rules"] == recipe.describe()
     with pytest.raises(ValueError, match="keep every layer float"):
         Recipe((Rule.float(".*"),)).fields()
+
+
+def test_a_rule_that_applies_to_no_layer_or_a_recipe_that_quantizes_none_is_refused(nnx_model):
+    model, x = nnx_model
+    shadowed = Recipe((Rule(pattern=".*", weight=QuantSpec(bits=8)), Rule(pattern="fc")))
+    with pytest.raises(
+        ValueError,
+        match=r"rule 1 \(pattern 'fc'\) applies to no layer: every "
+        r"layer it matches is taken by the earlier rule\(s\) \[0\]",
+    ):
+        quantize_model(model, None, shadowed, sample_input=x)
+    with pytest.raises(ValueError, match="the recipe quantizes no layer"):
+        quantize_model(model, None, Recipe((Rule.float("conv|fc|head"),)), sample_input=x)

@@ -39,6 +39,10 @@ def describe_point(point: Point) -> str:
     keys = ("task", "seed", "quantizer", "bits", "group_size", "act_bits")
     if point.get("qat_steps"):
         keys += ("qat_steps", "qat_method")
+    if point.get("bits_budget"):
+        keys += ("bits_budget",)
+    if point.get("rules"):
+        keys += ("rules",)
     return ", ".join(f"{k}={point[k]!r}" for k in keys)
 
 

@@ -117,7 +117,11 @@ def config_hash(point: Point) -> str:
         full = {k: v for k, v in full.items() if k not in QAT_FIELDS}
     if not full["bits_budget"]:
         full = {k: v for k, v in full.items() if k not in BUDGET_FIELDS}
-    full = {k: v for k, v in full.items() if k not in LATE_FIELDS or v != FIELDS[k][0]}
+    full = {
+        k: v
+        for k, v in full.items()
+        if k not in LATE_FIELDS or _canonical(v) != _canonical(FIELDS[k][0])
+    }
     text = json.dumps(_canonical(full), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -170,6 +174,13 @@ def rules_of(point: Point) -> tuple[Rule, ...]:
             raise ValueError(f"{where}={override!r} is invalid; allowed: a dict with a 'pattern'")
         fields = {k: v for k, v in override.items() if k != "pattern"}
         check_field_names(list(fields), where, ["pattern", *RULE_FIELDS])
+        if "quantizer" in fields and fields["quantizer"] is None and len(fields) > 1:
+            raise ValueError(
+                f"{where}={dict(override)!r} is invalid: 'quantizer': None keeps the layers "
+                "float; allowed: only 'pattern' beside it"
+            )
+        if "quantizer" in fields and "options" not in fields:
+            fields["options"] = {}  # another quantizer: the point's options are not its own
         try:
             out.append(_rule(p | fields, override["pattern"]))
         except ValueError as err:
@@ -223,14 +234,20 @@ def validate_point(point: Point) -> Recipe:
         from q4lab.allocate import METHODS
 
         widths = point["budget_widths"]
-        if not widths or any(isinstance(w, bool) or w not in range(2, 9) for w in widths):
+        if not widths or any(type(w) is not int or not 2 <= w <= 8 for w in widths):
             raise ValueError(
                 f"budget_widths={widths!r} is invalid; allowed: a list of ints in 2..8"
+            )
+        if budget < min(widths):
+            raise ValueError(
+                f"bits_budget={budget} is invalid with budget_widths={widths}; allowed: at least "
+                f"the narrowest width, {min(widths)} (plus its scales: the allocator names the "
+                "exact floor)"
             )
         if point["bits"] not in widths:
             raise ValueError(
                 f"bits={point['bits']} is invalid with budget_widths={widths}; "
-                "allowed: one of the widths (the rule of the layers given it)"
+                "allowed: one of the widths"
             )
         if point["budget_method"] not in METHODS:
             raise ValueError(

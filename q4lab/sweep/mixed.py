@@ -10,10 +10,13 @@ import hashlib
 import json
 from typing import Any
 
+import jax
+import numpy as np
+
 from q4lab.allocate import allocate, rules_for
 from q4lab.sweep.fields import Point, config_hash, recipe_of, with_defaults
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: losses measured on the calibration split
 
 
 def candidates(point: Point) -> dict[str, Point]:
@@ -26,12 +29,16 @@ def candidates(point: Point) -> dict[str, Point]:
 
 def sensitivity_rows(point: Point, progress: bool | None = False) -> list[dict[str, Any]]:
     """`layer_sensitivity` rows of the point's candidates, from the cache when measured before
-    (``$Q4LAB_CACHE/sensitivity/``, keyed by the candidates' config hashes)."""
+    (``$Q4LAB_CACHE/sensitivity/``, keyed by the candidates' config hashes and the bytes of the
+    float baseline they quantize)."""
     from q4lab.sensitivity import layer_sensitivity
-    from q4lab.tasks import cache_dir
+    from q4lab.tasks import cache_dir, get_task
 
     points = candidates(point)
-    key = hashlib.sha256("|".join(config_hash(c) for c in points.values()).encode()).hexdigest()
+    key = hashlib.sha256("|".join(config_hash(c) for c in points.values()).encode())
+    for leaf in jax.tree.leaves(get_task(point["task"]).baseline(point["seed"])):
+        key.update(np.asarray(leaf).tobytes())
+    key = key.hexdigest()
     path = cache_dir() / "sensitivity" / f"{point['task']}-v{CACHE_VERSION}-{key[:16]}.json"
     if path.exists():
         return json.loads(path.read_text())
@@ -39,6 +46,7 @@ def sensitivity_rows(point: Point, progress: bool | None = False) -> list[dict[s
         point["task"],
         {label: recipe_of(c) for label, c in points.items()},
         point["seed"],
+        calib_size=point["calib_size"] or None,
         progress=progress,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,15 +57,21 @@ def sensitivity_rows(point: Point, progress: bool | None = False) -> list[dict[s
 
 
 def allocated_point(point: Point, progress: bool | None = False) -> tuple[Point, dict[str, Any]]:
-    """The point with the budget's allocation as its rules, and the record fields that describe
-    the allocation (method, predicted loss, bits per weight)."""
+    """The point as evaluated: the width most weights got is its ``bits`` (its catch-all rule),
+    the other layers' widths its rules; and the record fields that describe the allocation
+    (method, the predicted loss: the sum of the chosen layers' measured losses, each layer's
+    width)."""
     p = with_defaults(point)
-    allocation = allocate(
-        sensitivity_rows(p, progress), p["bits_budget"], method=p["budget_method"]
-    )
+    rows = sensitivity_rows(p, progress)
+    allocation = allocate(rows, p["bits_budget"], method=p["budget_method"])
+    params = {r["layer"]: r["params"] for r in rows}
+    weights: dict[str, int] = {}
+    for path, label in allocation.choice.items():
+        weights[label] = weights.get(label, 0) + params[path]
+    base = max(weights, key=weights.get)
     widths = {f"W{w}": {"bits": w} for w in p["budget_widths"]}
-    rules = rules_for(allocation, widths, base=f"W{p['bits']}")
-    return {**p, "rules": rules}, {
+    rules = rules_for(allocation, widths, base=base)
+    return {**p, "bits": widths[base]["bits"], "rules": rules}, {
         "allocation": f"sensitivity {p['budget_method']}",
         "allocation_predicted_loss": allocation.predicted_loss,
         "allocation_layers": json.dumps(allocation.choice),

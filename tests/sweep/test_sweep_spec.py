@@ -57,6 +57,12 @@ def test_point_recipe():
     head, rest = mixed.rules
     assert (head.pattern, head.weight.bits, head.act.bits) == ("head", 8, 8)
     assert (rest.pattern, rest.weight.bits, rest.act) == (".*", 4, None)
+    gptq = {"task": "t", "quantizer": "gptq", "options": {"act_order": True}}
+    (head, _) = recipe_of({**gptq, "rules": [{"pattern": "head", "quantizer": "minmax"}]}).rules
+    assert (head.quantizer, head.options) == ("minmax", ())  # not gptq's options
+    with pytest.raises(ValueError, match=r"'quantizer': None keeps the layers float; allowed"):
+        recipe_of({**point, "rules": [{"pattern": "head", "quantizer": None, "bits": 8}]})
+    assert config_hash({**point, "rules": ()}) == config_hash(point)
 
 
 @pytest.mark.parametrize(
