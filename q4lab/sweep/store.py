@@ -21,13 +21,17 @@ LAYERS = "layers.parquet"
 
 
 def _with_field_defaults(table: pd.DataFrame) -> pd.DataFrame:
-    from q4lab.sweep.fields import FIELDS, LATE_FIELDS
+    from q4lab.sweep.fields import FIELDS, LATE_FIELDS, QAT_FIELDS
 
-    for name in LATE_FIELDS:
+    for name in (*LATE_FIELDS, *QAT_FIELDS):
         if name in table and table[name].isna().any():
             default = FIELDS[name][0]
             stored = json.dumps(default) if isinstance(default, dict | list) else default
             table[name] = table[name].fillna(stored)
+    if "training" in table:  # a record column: rows from before training existed were PTQ
+        table["training"] = table["training"].fillna("ptq")
+    if "allocation" in table:  # likewise rows from before mixed precision: uniform or rules
+        table["allocation"] = table["allocation"].fillna("uniform")
     return table
 
 
