@@ -31,7 +31,8 @@ def sensitivity_heatmap(rows: Sequence[dict] | pd.DataFrame, title: str = "") ->
     ax.set_xticks(range(table.shape[1]), table.columns)
     ax.set_yticks(range(table.shape[0]), table.index, fontsize=7)
     for (i, j), v in np.ndenumerate(values):
-        ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=6)
+        dark = norm(max(v, floor)) > 0.6
+        ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=6, color="w" if dark else "k")
     kind = frame["loss_kind"].iloc[0] if "loss_kind" in frame else "loss"
     fig.colorbar(image, ax=ax, label=kind.replace(", ", "\n"))
     ax.set_xlabel("only this layer quantized, at")

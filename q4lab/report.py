@@ -270,6 +270,47 @@ def _provenance(table: pd.DataFrame) -> list[str]:
     ]
 
 
+def mixed_comparison(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
+    """Per task and sensitivity-allocated point (``allocation`` other than uniform / rules):
+    its stored bits per weight and ``y``, the next uniform point up in size and whether the
+    mixed one beats it, and the best uniform point within its budget (seed 0 or the mean)."""
+    x = "bits_per_weight"
+    points = (
+        table.groupby(
+            [c for c in ("task", "allocation", "bits_budget", "bits", "group_size") if c in table],
+            dropna=False,
+        )[[x, y, "higher_is_better"]]
+        .mean()
+        .reset_index()
+    )
+    rows = []
+    for task, part in points.groupby("task", sort=False):
+        higher = bool(part["higher_is_better"].iloc[0])
+        uniform = part[part["allocation"] == "uniform"].sort_values(x)
+
+        def label(p: pd.Series) -> str:
+            return f"W{p['bits']} g{p['group_size']} ({p[x]:.3f}): {format_value(p[y])}"
+
+        mixed = part[part["allocation"].str.startswith("sensitivity")].sort_values("bits_budget")
+        for _, m in mixed.iterrows():
+            up = uniform[uniform[x] >= m[x]]
+            fits = uniform[uniform[x] <= m["bits_budget"]]
+            best = fits.loc[fits[y].idxmax() if higher else fits[y].idxmin()] if len(fits) else None
+            beats = None if up.empty else (m[y] > up[y].iloc[0]) == higher
+            rows.append(
+                {
+                    "task": task,
+                    "budget": m["bits_budget"],
+                    "mixed: bits/weight": round(m[x], 3),
+                    f"mixed: {y}": format_value(m[y]),
+                    "next uniform up": "" if up.empty else label(up.iloc[0]),
+                    "mixed better": beats,
+                    "best uniform within budget": "" if best is None else label(best),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 def report(
     table: pd.DataFrame, y: str = "score", title: str = "", x: str = "bits_per_weight"
 ) -> str:
@@ -333,4 +374,14 @@ def report(
         lines += ["", f"### {task}" if task else "", ""]
         part = part.drop(columns="task", errors="ignore")
         lines.append(part.to_markdown(index=False, floatfmt=".4g"))
+    if "allocation" in table and table["allocation"].str.startswith("sensitivity").any():
+        lines += [
+            "",
+            "## Mixed precision against uniform recipes",
+            "",
+            "Each sensitivity-allocated point against the smallest uniform point at least as "
+            "large (stored bits per weight) and the best uniform point within its budget.",
+            "",
+            mixed_comparison(table, y).to_markdown(index=False),
+        ]
     return "\n".join(lines).strip() + "\n"

@@ -132,6 +132,13 @@ def test_a_bits_budget_point_allocates_widths_by_measured_sensitivity(tmp_path, 
         k: int(v[1:]) for k, v in json.loads(mixed["allocation_layers"]).items()
     }
     assert set(chosen) > {3}  # mixed widths
+    from q4lab.report import mixed_comparison
+
+    (versus,) = mixed_comparison(store.read()).to_dict("records")
+    assert versus["next uniform up"].startswith("W3 g16") and versus["mixed better"] in (
+        True,
+        False,
+    )
     capsys.readouterr()
     args = ["sensitivity", "--task", "digits-mlp", "--bits", "2", "3", "4", "--group-size", "16"]
     assert main([*args, "--out", str(tmp_path / "sens")]) == 0  # cached by the sweep: no rerun
