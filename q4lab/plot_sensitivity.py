@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from q4lab.plots import save_figure
+
 
 def sensitivity_table(rows: Sequence[dict] | pd.DataFrame, value: str = "loss") -> pd.DataFrame:
     """Layers x candidates of ``value``, layers in the order they were measured."""
@@ -46,9 +48,4 @@ def save_heatmap(
     """Write the heat map as PNG and SVG under ``directory``; returns the paths."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    fig = sensitivity_heatmap(rows)
-    paths = [out / f"{stem}.png", out / f"{stem}.svg"]
-    fig.savefig(paths[0], dpi=200, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
-    plt.close(fig)
-    return paths
+    return save_figure(sensitivity_heatmap(rows), out, stem)

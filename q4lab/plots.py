@@ -52,7 +52,7 @@ __all__ = [
     # results -> points -> figure (this module)
     "CONFIG_COLUMNS", "LOWER_IS_BETTER", "MARKERS", "LINESTYLES",
     "aggregate", "higher_is_better", "baseline_column", "pareto_front", "plot_points",
-    "pareto_plot", "save_plot",
+    "pareto_plot", "save_figure", "save_plot",
     # labels, titles, ticks, dodge, panel width (q4lab.plot_layout)
     "X_LABELS", "QUANTIZER_NAMES", "DODGE_PT", "TICK_MERGE", "AXES_WIDTH", "MAX_SPREAD",
     "y_label", "quantizer_label", "group_label", "value_label", "activation_label",
@@ -394,7 +394,13 @@ def save_plot(
         stem += f"_by_{kwargs['hue']}"
     if kwargs.get("facet"):
         stem += f"_per_{kwargs['facet']}"
-    paths = [out / f"{stem}.png", out / f"{stem}.svg"]
+    return save_figure(fig, out, stem)
+
+
+def save_figure(fig: plt.Figure, directory: Path, stem: str) -> list[Path]:
+    """``directory/stem.png`` (200 dpi) and ``.svg`` (no date: reruns give the same bytes);
+    closes the figure; returns the paths."""
+    paths = [directory / f"{stem}.png", directory / f"{stem}.svg"]
     fig.savefig(paths[0], dpi=200, bbox_inches="tight")
     fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)

@@ -66,14 +66,15 @@ def plan(recipe: Recipe, layers: list[Layer]) -> dict[str, LayerPlan]:
     size is at least a layer's input size K quantizes that layer per-channel (one group); a group
     size smaller than K must divide it.
     """
+    first = {layer.path: recipe.match(layer.path) for layer in layers}  # (index, rule) or None
     chosen: dict[str, LayerPlan] = {}
     for layer in layers:
-        match = recipe.match(layer.path)
+        match = first[layer.path]
         if match is not None and not match[1].keeps_float:
             i, rule = match
             chosen[layer.path] = LayerPlan(layer, rule, i, _effective_spec(rule.weight, layer.k))
-    paths = [layer.path for layer in layers]
-    winners = {recipe.match(p)[0] for p in paths if recipe.match(p) is not None}
+    paths = list(first)
+    winners = {match[0] for match in first.values() if match is not None}
     for i, rule in enumerate(recipe.rules):
         if not any(rule.matches(p) for p in paths):
             raise ValueError(
@@ -81,7 +82,7 @@ def plan(recipe: Recipe, layers: list[Layer]) -> dict[str, LayerPlan]:
                 f"the model's layers are: {paths}"
             )
         if i not in winners:
-            taken = sorted({recipe.match(p)[0] for p in paths if rule.matches(p)})
+            taken = sorted({first[p][0] for p in paths if rule.matches(p)})
             raise ValueError(
                 f"recipe rule {i} (pattern {rule.pattern!r}) applies to no layer: every layer "
                 f"it matches is taken by the earlier rule(s) {taken}; allowed: a rule that is "
