@@ -26,6 +26,8 @@ the bit stream) for files and tests.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,6 +77,7 @@ def _pad_to_words(codes, per: int, xp):
     return xp.pad(codes, [(0, 0)] * (codes.ndim - 1) + [(0, extra)])
 
 
+@functools.partial(jax.jit, static_argnames=("bits", "signed"))  # one program, not op by op
 def pack(codes: jax.Array, *, bits: int, signed: bool) -> jax.Array:
     """Store integer ``codes[..., n]`` in their container (module docstring).
 
@@ -98,6 +101,7 @@ def pack(codes: jax.Array, *, bits: int, signed: bool) -> jax.Array:
     return out.reshape(*codes.shape[:-1], -1)
 
 
+@functools.partial(jax.jit, static_argnames=("bits", "signed", "n"))
 def unpack(packed: jax.Array, *, bits: int, signed: bool, n: int) -> jax.Array:
     """Inverse of `pack`: codes ``[..., n]`` in a narrow dtype: XLA's native int4/uint4 at 4
     bits, int8/uint8 otherwise.

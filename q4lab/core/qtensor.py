@@ -9,6 +9,7 @@ has ``in_axes=(0, 1, 2)`` (K = kh*kw*in, groups then run along that flattened ax
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 
@@ -156,12 +157,9 @@ def quantize(
             f"zero must be {'None' if spec.symmetric else 'given'} for symmetric={spec.symmetric}"
         )
     scale = scale.astype(spec.jnp_scale_dtype)
-    zero_grid = None if zero is None else _grid(zero)
-    codes = affine.to_codes(affine.group_view(w2d, spec), _grid(scale), zero_grid, spec)
-    codes = codes.reshape(w2d.shape).astype(jnp.int32)
     packed_zero = None if zero is None else pack(zero, bits=spec.bits, signed=False)
     return QTensor(
-        codes=pack(codes, bits=spec.bits, signed=spec.symmetric),
+        codes=_packed_codes(w2d, scale, zero, spec),
         scale=scale,
         zero=packed_zero,
         perm=perm,
@@ -171,6 +169,16 @@ def quantize(
     )
 
 
+@functools.partial(jax.jit, static_argnums=3)  # one program when called eagerly
+def _packed_codes(
+    w2d: jax.Array, scale: jax.Array, zero: jax.Array | None, spec: QuantSpec
+) -> jax.Array:
+    zero_grid = None if zero is None else _grid(zero)
+    codes = affine.to_codes(affine.group_view(w2d, spec), _grid(scale), zero_grid, spec)
+    return pack(codes.reshape(w2d.shape).astype(jnp.int32), bits=spec.bits, signed=spec.symmetric)
+
+
+@jax.jit
 def dequantize_matrix(qt: QTensor) -> jax.Array:
     """The float32 ``[K, N]`` matrix of a QTensor, rows in logical order."""
     codes = affine.group_view(qt.int_codes(), qt.spec)

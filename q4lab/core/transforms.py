@@ -17,6 +17,7 @@ the smoothing costs ``K`` float32 scales. Both are counted by the ledger (`QTens
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -31,6 +32,7 @@ def hadamard_block(k: int) -> int:
     return k & -k
 
 
+@functools.partial(jax.jit, static_argnums=1)  # one program when called eagerly, not op by op
 def fwht(x: jax.Array, block: int) -> jax.Array:
     """The normalised Walsh-Hadamard transform of each ``block`` of the last axis (Sylvester
     order: ``fwht(x, b) == x @ H_b / sqrt(b)`` blockwise), in ``log2(block)`` butterflies."""
@@ -94,6 +96,7 @@ def hadamard(x: jax.Array, *, transpose: bool = False) -> jax.Array:
     return jnp.einsum("...ij,ik->...kj", y, h, precision=jax.lax.Precision.HIGHEST).reshape(x.shape)
 
 
+@functools.partial(jax.jit, static_argnums=1)  # one program when called eagerly, not op by op
 def random_signs(seed: jax.Array, k: int) -> jax.Array:
     """``k`` random ±1 (float32) from a uint32 seed; the same on every backend (threefry)."""
     return jax.random.rademacher(jax.random.key(seed), (k,), dtype=jnp.float32)

@@ -150,7 +150,7 @@ def test_a_killed_sweep_resumes_with_every_point_exactly_once(tmp_path):
     path = write_experiment(
         tmp_path,
         "killed",
-        '{"task": ["digits-mlp"], "quantizer": ["mse", "gptq"], "bits": [2, 3, 4, 5, 6, 8]}',
+        '{"task": ["digits-mlp"], "quantizer": ["mse", "gptq"], "bits": [3, 4, 8]}',
     )
     results = tmp_path / "results"
     store = ResultsStore(results / "killed")
@@ -163,11 +163,11 @@ def test_a_killed_sweep_resumes_with_every_point_exactly_once(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finished = store.done()
-    assert 3 <= len(finished) < 12, proc.stderr.read().decode()[-2000:]
+    assert 3 <= len(finished) < 6, proc.stderr.read().decode()[-2000:]
 
     subprocess.run(command, check=True, capture_output=True)
     table = store.read()
-    assert len(table) == 12 and table["config_hash"].is_unique
+    assert len(table) == 6 and table["config_hash"].is_unique
     assert set(table["config_hash"]) == set(load_experiment(path).hashes)
     assert finished <= set(table["config_hash"])
     assert not list(store.directory.glob(".runs-*"))  # a half-written file of the kill is gone
