@@ -63,6 +63,11 @@ def _points(args: argparse.Namespace) -> list[dict]:
             point["symmetric"] = False
         if args.float_inputs:
             point["sequential"] = False
+        if not isinstance(point.get("options", {}), dict):
+            raise ValueError(
+                f"--options {point['options']!r} is invalid; allowed: a dict, e.g. "
+                "'{\"act_order\": true}' or \"{'act_order': True}\""
+            )
         if isinstance(point.get("quantizer"), str):
             point["quantizer"], options = parse_quantizer(point["quantizer"])
             point["options"] = {**point.get("options", {}), **options}
@@ -119,11 +124,16 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     from q4lab.plot_sensitivity import save_heatmap, sensitivity_table
     from q4lab.sweep.mixed import sensitivity_rows
 
-    groups: dict[str, dict] = {}  # the points of each configuration but its width
+    configs: dict[str, dict] = {}  # the points of each configuration but its width and group
     for p in _points(args):
-        key = repr({k: v for k, v in p.items() if k != "bits"})
-        groups.setdefault(key, {**p, "budget_widths": []})["budget_widths"].append(p["bits"])
-    for point in groups.values():
+        key = repr({k: v for k, v in p.items() if k not in ("bits", "group_size")})
+        config = configs.setdefault(key, {**p, "budget_widths": [], "budget_groups": []})
+        for field, value in (("budget_widths", p["bits"]), ("budget_groups", p["group_size"])):
+            if value not in config[field]:
+                config[field].append(value)
+    for point in configs.values():
+        if len(point["budget_groups"]) == 1:  # one group size: candidates named by width
+            point["budget_groups"] = []
         rows = sensitivity_rows(point, progress=None)  # cached: a rerun only prints
         stem = f"{point['task']}-seed{point['seed']}-sensitivity"
         frame = pd.DataFrame(rows)

@@ -78,6 +78,7 @@ CONFIG_COLUMNS = (
     "rules",
     "bits_budget",
     "budget_widths",
+    "budget_groups",
     "budget_method",
     "sequential",
     "calib_size",

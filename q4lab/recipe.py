@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -209,12 +210,17 @@ def _label(options: tuple[tuple[str, Any], ...]) -> str:
 
 
 def literal_value(value: str) -> Any:
-    """``"true"`` -> True, ``"0.5"`` -> 0.5, ``"{'a': 1}"`` -> a dict; other text stays text."""
+    """``"true"`` -> True, ``"0.5"`` -> 0.5, ``"{'a': 1}"`` or JSON ``'{"a": true}'`` -> a dict;
+    other text stays text."""
     if value.lower() in ("true", "false"):
         return value.lower() == "true"
     try:
         return ast.literal_eval(value)
     except (ValueError, SyntaxError):
+        pass
+    try:
+        return json.loads(value)
+    except ValueError:
         return value
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from q4lab.core import QuantSpec
 from q4lab.quantize_model import quantize_model
-from q4lab.recipe import ActSpec, Recipe, Rule
+from q4lab.recipe import ActSpec, Recipe, Rule, literal_value
 
 
 class Tiny(nn.Module):
@@ -112,3 +112,13 @@ def test_a_group_as_large_as_the_layer_is_per_channel(tiny):
     )
     assert qm.layers["fc1"].spec.granularity == "per_channel"  # K=12 <= 12
     assert qm.layers["mix"].spec.granularity == "per_group"  # K=24
+
+
+def test_command_line_values_are_python_or_json_literals():
+    """`q4lab quantize --options` / `--rules` take what a user pastes from Python or JSON."""
+    python = literal_value("{'act_order': True, 'clipping_options': {'p': 2.4}}")
+    assert python == literal_value('{"act_order": true, "clipping_options": {"p": 2.4}}')
+    assert literal_value('[{"pattern": "head", "quantizer": null}]') == [
+        {"pattern": "head", "quantizer": None}
+    ]
+    assert literal_value("false") is False and literal_value("mse") == "mse"

@@ -51,6 +51,11 @@ FIELDS: dict[str, tuple[Any, str]] = {
         "allocated from its measured sensitivity (0 = every layer at `bits`)",
     ),
     "budget_widths": ([2, 3, 4], "the weight widths a bits_budget allocation chooses from"),
+    "budget_groups": (
+        [],
+        "the group sizes a bits_budget allocation chooses from (0 = per-channel), with every "
+        "width; [] = the point's group_size only",
+    ),
     "budget_method": ("knapsack", "the allocator: knapsack (exact) or greedy"),
     "sequential": (True, "calibrate each layer with the earlier layers already quantized"),
     "calib_size": (0, "calibration examples to use; 0 = the task's whole calibration split"),
@@ -62,8 +67,8 @@ FIELDS: dict[str, tuple[Any, str]] = {
 }
 QAT_FIELDS = tuple(name for name in FIELDS if name.startswith("qat_"))
 # fields added after tables were published: left out of the hash at their default
-LATE_FIELDS = ("rotation", "smooth_alpha", "rules", "bits_budget", "budget_widths", "budget_method")
-BUDGET_FIELDS = ("bits_budget", "budget_widths", "budget_method")
+BUDGET_FIELDS = ("bits_budget", "budget_widths", "budget_groups", "budget_method")
+LATE_FIELDS = ("rotation", "smooth_alpha", "rules", *BUDGET_FIELDS)
 # the fields a per-layer rule may override
 RULE_FIELDS = (
     "quantizer",
@@ -248,6 +253,17 @@ def validate_point(point: Point) -> Recipe:
             raise ValueError(
                 f"bits={point['bits']} is invalid with budget_widths={widths}; "
                 "allowed: one of the widths"
+            )
+        groups = point["budget_groups"]
+        if not isinstance(groups, list | tuple) or any(type(g) is not int or g < 0 for g in groups):
+            raise ValueError(
+                f"budget_groups={groups!r} is invalid; allowed: a list of ints >= 0 "
+                "(0 = per-channel), or [] for the point's group_size"
+            )
+        if groups and point["group_size"] not in groups:
+            raise ValueError(
+                f"group_size={point['group_size']} is invalid with budget_groups={list(groups)}; "
+                "allowed: one of the group sizes"
             )
         if point["budget_method"] not in METHODS:
             raise ValueError(

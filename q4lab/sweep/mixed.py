@@ -1,7 +1,8 @@
 """A ``bits_budget`` point becomes per-layer rules: each layer's sensitivity is measured at every
-width of ``budget_widths`` (`q4lab.sensitivity.layer_sensitivity`, cached on disk), an allocator
-(`q4lab.allocate`) picks the widths under the budget, and the choice is written as the point's
-``rules`` (exact layer paths; the layers at the point's own ``bits`` take its catch-all rule).
+candidate, each width of ``budget_widths`` (at each group size of ``budget_groups``)
+(`q4lab.sensitivity.layer_sensitivity`, cached on disk), an allocator (`q4lab.allocate`) picks
+one per layer under the budget, and the choice is written as the point's ``rules`` (exact layer
+paths; the layers of the candidate most weights got take the point's catch-all rule).
 """
 
 from __future__ import annotations
@@ -19,12 +20,25 @@ from q4lab.sweep.fields import Point, config_hash, recipe_of, with_defaults
 CACHE_VERSION = 2  # 2: losses measured on the calibration split
 
 
+def candidate_fields(point: Point) -> dict[str, dict[str, int]]:
+    """Each candidate's label and recipe fields: every budget width (``W3``), and with
+    ``budget_groups`` every width at every group size (``W3 g128``, ``W3 per-channel``)."""
+    p = with_defaults(point)
+    if not p["budget_groups"]:
+        return {f"W{w}": {"bits": w} for w in p["budget_widths"]}
+    return {
+        f"W{w} " + (f"g{g}" if g else "per-channel"): {"bits": w, "group_size": g}
+        for w in p["budget_widths"]
+        for g in p["budget_groups"]
+    }
+
+
 def candidates(point: Point) -> dict[str, Point]:
-    """The uniform points the sensitivity is measured at: the point at each budget width, from
-    the float model's inputs (as `layer_sensitivity` measures whatever ``sequential`` says)."""
+    """The uniform points the sensitivity is measured at: the point at each candidate, from the
+    float model's inputs (as `layer_sensitivity` measures whatever ``sequential`` says)."""
     p = with_defaults(point)
     uniform = {**p, "bits_budget": 0.0, "rules": [], "sequential": False}
-    return {f"W{w}": {**uniform, "bits": w} for w in p["budget_widths"]}
+    return {label: {**uniform, **fields} for label, fields in candidate_fields(p).items()}
 
 
 def sensitivity_rows(point: Point, progress: bool | None = False) -> list[dict[str, Any]]:
@@ -69,9 +83,9 @@ def allocated_point(point: Point, progress: bool | None = False) -> tuple[Point,
     for path, label in allocation.choice.items():
         weights[label] = weights.get(label, 0) + params[path]
     base = max(weights, key=weights.get)
-    widths = {f"W{w}": {"bits": w} for w in p["budget_widths"]}
-    rules = rules_for(allocation, widths, base=base)
-    return {**p, "bits": widths[base]["bits"], "rules": rules}, {
+    fields = candidate_fields(p)
+    rules = rules_for(allocation, fields, base=base)
+    return {**p, **fields[base], "rules": rules}, {
         "allocation": f"sensitivity {p['budget_method']}",
         "allocation_predicted_loss": allocation.predicted_loss,
         "allocation_layers": json.dumps(allocation.choice),

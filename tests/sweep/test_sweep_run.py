@@ -117,12 +117,23 @@ def test_a_bits_budget_point_allocates_widths_by_measured_sensitivity(tmp_path, 
     path.write_text(
         "from q4lab.sweep import Sweep\n"
         "sweep = Sweep(name='budget', grid={'task': ['digits-mlp'], 'bits': [3], "
-        "'group_size': [16], 'bits_budget': [0.0, 3.6]})\n"
+        "'group_size': [16]}, zipped=[{'bits_budget': [0.0, 3.6, 3.6], "
+        "'budget_groups': [[], [], [0, 16]]}])\n"
     )
     results = tmp_path / "results"
     assert main(["run", str(path), "--results", str(results), "--no-progress", "--no-wandb"]) == 0
     store = ResultsStore(results / "budget")
-    uniform, mixed = (row for _, row in store.read().iterrows())
+    uniform, mixed, grouped = (row for _, row in store.read().iterrows())
+    # with budget_groups, each layer also gets its group size (0: per-channel)
+    labels = json.loads(grouped["allocation_layers"])
+    assert set(labels.values()) <= {f"W{w} {g}" for w in (2, 3, 4) for g in ("g16", "per-channel")}
+    assert grouped["bits_per_weight"] <= 3.6
+    layers = store.layers()
+    rows = layers[layers["config_hash"] == grouped["config_hash"]].set_index("layer")
+    assert {
+        k: f"W{r.bits} " + (f"g{int(r.group_size)}" if r.group_size else "per-channel")
+        for k, r in rows.iterrows()
+    } == labels
     assert uniform["allocation"] == "uniform" and pd.isna(uniform["recipe_rules"])
     assert mixed["allocation"] == "sensitivity knapsack"
     assert mixed["bits_per_weight"] <= 3.6 < uniform["bits_per_weight"]
@@ -134,7 +145,7 @@ def test_a_bits_budget_point_allocates_widths_by_measured_sensitivity(tmp_path, 
     assert set(chosen) > {3}  # mixed widths
     from q4lab.report import mixed_comparison
 
-    (versus,) = mixed_comparison(store.read()).to_dict("records")
+    (versus, _) = mixed_comparison(store.read()).to_dict("records")
     assert versus["next uniform up"].startswith("W3 g16") and versus["mixed better"] in (
         True,
         False,

@@ -96,6 +96,10 @@ BAD_FILES = {
         '"rules": [[{"pattern": "Dense_0", "group_size": 7}]]',
         r"recipe rule 0 \(pattern 'Dense_0'\), layer 'Dense_0': QuantSpec.group_size=7 does not",
     ),
+    "budget groups without the point's": (
+        '"bits_budget": [3.5], "group_size": [16], "budget_groups": [[0, 32]]',
+        r"group_size=16 is invalid with budget_groups=\[0, 32\]; allowed: one of the group sizes",
+    ),
 }
 
 
