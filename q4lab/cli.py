@@ -136,6 +136,8 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
             point["budget_groups"] = []
         rows = sensitivity_rows(point, progress=None)  # cached: a rerun only prints
         stem = f"{point['task']}-seed{point['seed']}-sensitivity"
+        if point["budget_groups"]:  # beside the widths-only table of the same task
+            stem += "-" + "-".join(f"g{g}" if g else "pc" for g in point["budget_groups"])
         frame = pd.DataFrame(rows)
         directory = Path(args.out)
         directory.mkdir(parents=True, exist_ok=True)

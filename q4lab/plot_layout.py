@@ -112,6 +112,9 @@ def value_label(column: str, value: object) -> str:
         return "all calib. data" if int(value) == 0 else f"{value} calib. examples"
     if column.endswith("options"):
         return f"{column.replace('_', ' ')}: {_options_label(value)}"
+    if column == "budget_groups":  # what a bits_budget allocation chose group sizes from
+        groups = json.loads(value) if isinstance(value, str) else list(value)
+        return "groups " + "/".join(map(group_label, groups)) if groups else "one group size"
     if column == "task":
         return str(value)
     return f"{column.replace('_', ' ')} {value}"

@@ -30,7 +30,10 @@ def sensitivity_heatmap(rows: Sequence[dict] | pd.DataFrame, title: str = "") ->
     floor = max(float(np.nanmin(np.where(values > 0, values, np.inf))), top * 1e-6)
     norm = plt.matplotlib.colors.LogNorm(vmin=min(floor, top), vmax=top, clip=True)
     image = ax.imshow(np.maximum(values, floor), aspect="auto", cmap="magma_r", norm=norm)
-    ax.set_xticks(range(table.shape[1]), table.columns)
+    wide = table.shape[1] > 4  # width x group labels would overlap side by side
+    ax.set_xticks(range(table.shape[1]), table.columns, rotation=30 if wide else 0)
+    if wide:
+        plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
     ax.set_yticks(range(table.shape[0]), table.index, fontsize=7)
     for (i, j), v in np.ndenumerate(values):
         dark = norm(max(v, floor)) > 0.6

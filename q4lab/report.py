@@ -16,6 +16,8 @@ field values as an experiment file spells them).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 
@@ -270,6 +272,16 @@ def _provenance(table: pd.DataFrame) -> list[str]:
     ]
 
 
+def _candidates(point: pd.Series) -> str:
+    """What an allocation chose from: ``W2/3/4 g128``, or ``W2/3/4 x per-channel/g32/g128``."""
+    widths = json.loads(str(point.get("budget_widths", "[]")))
+    groups = json.loads(str(point.get("budget_groups", "[]")))
+    text = "W" + "/".join(map(str, widths))
+    if not groups:
+        return f"{text} {group_label(point['group_size'])}"
+    return f"{text} x " + "/".join(map(group_label, groups))
+
+
 def mixed_comparison(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
     """Per task and sensitivity-allocated point (``allocation`` other than uniform / rules):
     its stored bits per weight and ``y``, the next uniform point up in size and whether the
@@ -277,7 +289,19 @@ def mixed_comparison(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
     x = "bits_per_weight"
     points = (
         table.groupby(
-            [c for c in ("task", "allocation", "bits_budget", "bits", "group_size") if c in table],
+            [
+                c
+                for c in (
+                    "task",
+                    "allocation",
+                    "budget_widths",
+                    "budget_groups",
+                    "bits_budget",
+                    "bits",
+                    "group_size",
+                )
+                if c in table
+            ],
             dropna=False,
         )[[x, y, "higher_is_better"]]
         .mean()
@@ -301,6 +325,7 @@ def mixed_comparison(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
                 {
                     "task": task,
                     "budget": m["bits_budget"],
+                    "chooses from": _candidates(m),
                     "mixed: bits/weight": round(m[x], 3),
                     f"mixed: {y}": format_value(m[y]),
                     "next uniform up": "" if up.empty else label(up.iloc[0]),
@@ -308,7 +333,7 @@ def mixed_comparison(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
                     "best uniform within budget": "" if best is None else label(best),
                 }
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).sort_values(["task", "budget", "chooses from"], kind="stable")
 
 
 def report(

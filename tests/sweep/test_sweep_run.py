@@ -145,7 +145,9 @@ def test_a_bits_budget_point_allocates_widths_by_measured_sensitivity(tmp_path, 
     assert set(chosen) > {3}  # mixed widths
     from q4lab.report import mixed_comparison
 
-    (versus, _) = mixed_comparison(store.read()).to_dict("records")
+    versus = mixed_comparison(store.read()).set_index("chooses from")
+    assert set(versus.index) == {"W2/3/4 g16", "W2/3/4 x per-channel/g16"}
+    versus = versus.loc["W2/3/4 g16"]
     assert versus["next uniform up"].startswith("W3 g16") and versus["mixed better"] in (
         True,
         False,
