@@ -63,14 +63,10 @@ def _points(args: argparse.Namespace) -> list[dict]:
             point["symmetric"] = False
         if args.float_inputs:
             point["sequential"] = False
-        if not isinstance(point.get("options", {}), dict):
-            raise ValueError(
-                f"--options {point['options']!r} is invalid; allowed: a dict, e.g. "
-                "'{\"act_order\": true}' or \"{'act_order': True}\""
-            )
         if isinstance(point.get("quantizer"), str):
             point["quantizer"], options = parse_quantizer(point["quantizer"])
-            point["options"] = {**point.get("options", {}), **options}
+            if isinstance(point.get("options", {}), dict):  # else validate_point names it
+                point["options"] = {**point.get("options", {}), **options}
         point = with_defaults(point)
         validate_point(point)
         points.append(point)
