@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from q4lab.adapters import Adapter, PyTree
-from q4lab.hooks import CaptureHook
+from q4lab.hooks import CaptureHook, InputsHook
 
 
 def _merge_calls(records: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
@@ -36,6 +36,8 @@ def _merge_calls(records: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
         out["absmax"] = functools.reduce(jnp.maximum, [r["absmax"] for r in records])
     if "absum" in records[0]:
         out["absum"] = sum(r["absum"] for r in records)
+    if "xtf" in records[0]:
+        out["xtf"] = sum(r["xtf"] for r in records)
     return out
 
 
@@ -51,7 +53,12 @@ class Calibrator:
         self.max_sample_rows = max_sample_rows
         per_batch = max(1, max_sample_rows // 8)
 
-        def forward(p, x, active):
+        crossed = [path for path, n in self.wanted.items() if "cross" in n]
+
+        def forward(p, float_p, x, active):
+            float_inputs = {path: InputsHook() for path in crossed}
+            if crossed:
+                adapter.apply(float_p, x, float_inputs)
             hooks = {
                 path: CaptureHook(
                     hessian="hessian" in n,
@@ -59,6 +66,7 @@ class Calibrator:
                     absmax="act_absmax" in n,
                     absum="act_absmean" in n,
                     active=active[path],
+                    float_inputs=float_inputs[path].rows if path in float_inputs else None,
                 )
                 for path, n in self.wanted.items()
             }
@@ -72,17 +80,20 @@ class Calibrator:
         params: PyTree,
         batches: Iterable[jax.Array],
         only: Iterable[str] | None = None,
+        float_params: PyTree | None = None,
     ) -> dict[str, dict[str, jax.Array]]:
         """Statistics per layer path (of the layers in ``only``, default all); moments are
         summed on the host in float64. ``only`` is a run-time argument: the other layers' moments
-        are skipped (``lax.cond``) without a new compile."""
+        are skipped (``lax.cond``) without a new compile. ``float_params``: the float model, for
+        "cross" (default: ``params``)."""
         if not self.wanted:
             return {}
+        float_params = params if float_params is None else float_params
         chosen = set(self.wanted) if only is None else set(only) & set(self.wanted)
         active = {path: jnp.asarray(path in chosen) for path in self.wanted}
         totals: dict[str, dict[str, Any]] = {}
         for batch in batches:
-            for path, rec in self._step(params, batch, active).items():
+            for path, rec in self._step(params, float_params, batch, active).items():
                 if path not in chosen:
                     continue
                 acc = totals.setdefault(path, {"rows": 0.0, "samples": []})
@@ -91,6 +102,8 @@ class Calibrator:
                     acc["xtx"] = acc.get("xtx", 0.0) + np.asarray(rec["xtx"], np.float64)
                 if "absum" in rec:
                     acc["absum"] = acc.get("absum", 0.0) + np.asarray(rec["absum"], np.float64)
+                if "xtf" in rec:
+                    acc["xtf"] = acc.get("xtf", 0.0) + np.asarray(rec["xtf"], np.float64)
                 if "absmax" in rec:
                     seen = np.asarray(rec["absmax"])
                     acc["absmax"] = np.maximum(acc.get("absmax", seen), seen)
@@ -105,6 +118,8 @@ class Calibrator:
             out: dict[str, jax.Array] = {}
             if "xtx" in acc:
                 out["hessian"] = jnp.asarray(2.0 * acc["xtx"] / acc["rows"], jnp.float32)
+            if "xtf" in acc:
+                out["cross"] = jnp.asarray(2.0 * acc["xtf"] / acc["rows"], jnp.float32)
             if "absmax" in acc:
                 out["act_absmax"] = jnp.asarray(acc["absmax"])
             if "absum" in acc:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from q4lab.core import QuantSpec, dequantize, size_ledger
-from q4lab.quantizers import available, get_quantizer, quantizer_class
+from q4lab.quantizers import available, get_quantizer
 
 
 def synthetic_weights(k: int = 512, n: int = 512, seed: int = 0) -> dict[str, np.ndarray]:
@@ -46,7 +46,7 @@ def compare_quantizers(
     Quantizers that need calibration statistics (e.g. a Hessian) are skipped: they have none here.
     """
     weights = synthetic_weights() if weights is None else weights
-    names = [q for q in (quantizers or available()) if not quantizer_class(q).needs]
+    names = [q for q in (quantizers or available()) if not get_quantizer(q).needs]
     rows = []
     for matrix, w in weights.items():
         energy = float(np.sum(np.square(w, dtype=np.float64)))

@@ -75,25 +75,36 @@ class CaptureHook:
     """Runs the layer in float and records, per call, what calibration asked for:
     ``xtx`` (sum of X^T X, float32 [K, K]), ``rows`` (count), ``sample`` (a few input rows for
     static activation ranges; for convolutions whole input examples flattened), ``absmax`` and
-    ``absum`` (max and sum of ``|x|`` per input column: smoothing, AWQ)."""
+    ``absum`` (max and sum of ``|x|`` per input column: smoothing, AWQ). Given the float model's
+    input rows of the same calls (``float_inputs``, from an `InputsHook` on the same batch), also
+    ``xtf``: the sum of X^T X_float (GPTAQ's cross moment)."""
 
     hessian: bool
     sample_rows: int
     absmax: bool = False
     absum: bool = False
-    active: jax.Array | bool = True  # False (at run time): skip the X^T X product
+    active: jax.Array | bool = True  # False (at run time): skip the X^T X products
+    float_inputs: list[jax.Array] | None = None
     records: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
 
     def _record(self, x2d: jax.Array, act_rows: jax.Array) -> None:
         rec: dict[str, jax.Array] = {"rows": jnp.asarray(x2d.shape[0], jnp.float32)}
         x32 = x2d.astype(jnp.float32)
+        k = x32.shape[1]
         if self.hessian:
-            k = x32.shape[1]
             rec["xtx"] = lax.cond(
                 self.active,
                 lambda x: jnp.dot(x.T, x, precision=lax.Precision.HIGHEST),
                 lambda x: jnp.zeros((k, k), jnp.float32),
                 x32,
+            )
+        if self.float_inputs is not None:
+            rec["xtf"] = lax.cond(
+                self.active,
+                lambda x, y: jnp.dot(x.T, y, precision=lax.Precision.HIGHEST),
+                lambda x, y: jnp.zeros((k, k), jnp.float32),
+                x32,
+                self.float_inputs[len(self.records)],
             )
         if self.absmax:
             rec["absmax"] = jnp.max(jnp.abs(x32), axis=0)
@@ -111,6 +122,22 @@ class CaptureHook:
     def conv(self, lhs, rhs, window_strides, padding, **kwargs):
         patches = conv_patches(lhs, rhs, window_strides, padding, **kwargs)
         self._record(patches.reshape(-1, patches.shape[-1]), lhs.reshape(lhs.shape[0], -1))
+        return _lax_conv(lhs, rhs, window_strides, padding, **kwargs)
+
+
+@dataclasses.dataclass
+class InputsHook:
+    """Runs the layer in float and keeps its input rows per call (float32 ``[M, K]``)."""
+
+    rows: list[jax.Array] = dataclasses.field(default_factory=list)
+
+    def dot_general(self, lhs, rhs, dimension_numbers, precision=None, **kwargs):
+        self.rows.append(dense_rows(lhs, dimension_numbers)[0].astype(jnp.float32))
+        return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, **kwargs)
+
+    def conv(self, lhs, rhs, window_strides, padding, **kwargs):
+        patches = conv_patches(lhs, rhs, window_strides, padding, **kwargs)
+        self.rows.append(patches.reshape(-1, patches.shape[-1]).astype(jnp.float32))
         return _lax_conv(lhs, rhs, window_strides, padding, **kwargs)
 
 

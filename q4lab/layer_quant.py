@@ -210,6 +210,8 @@ def transform_stats(
     out = {k: v for k, v in stats.items() if k not in ("act_absmax", "act_absmean")}
     if "hessian" in out:
         out["hessian"] = transform.covariance(out["hessian"])
+    if "cross" in out:  # X^T X_float of the transformed inputs: R^T C R (`covariance` of C^T)
+        out["cross"] = transform.covariance(out["cross"].T)
     if "act_sample" in out:
         out["act_sample"] = transform.apply(out["act_sample"])
     return out

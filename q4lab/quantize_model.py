@@ -34,7 +34,7 @@ from q4lab.layer_quant import (
     transform_stats,
     unfolded_weight,
 )
-from q4lab.quantizers import ACTIVATIONS, HESSIAN, RangeQuantizer
+from q4lab.quantizers import ACTIVATIONS, CROSS, HESSIAN, RangeQuantizer
 from q4lab.recipe import Recipe, Rule
 
 
@@ -124,6 +124,8 @@ def _needs(p: LayerPlan) -> set[str]:
     quantizer_needs = p.rule.build_quantizer().needs
     if HESSIAN in quantizer_needs:
         needs.add("hessian")
+    if CROSS in quantizer_needs:
+        needs.add("cross")
     if ACTIVATIONS in quantizer_needs:
         needs.add("act_absmean")
     if p.rule.act is not None and p.rule.act.mode == "static":
@@ -302,12 +304,12 @@ def quantize_model(
         disable=None if progress is None else not progress,
     ):
         if needs[path] and not stats:  # one float pass: every layer's statistics
-            stats = calibrator(working, batches)
+            stats = calibrator(working, batches, float_params=params)
             fresh = set(stats)
             stages = _stages(stats, list(plans))
         elif needs[path] and path not in fresh and recipe.sequential:
             stage = [q for q in stages[path] if needs[q] and q not in done]
-            stats |= calibrator(working, batches, only=stage)
+            stats |= calibrator(working, batches, only=stage, float_params=params)
             fresh = set(stage)
         w = get_at(params, p.layer.key)
         qt, layer_stats = _quantize_layer(p, w, stats.get(path))

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import jax
 
 from q4lab.core import QuantSpec, act_params
-from q4lab.quantizers import RangeQuantizer, get_quantizer
+from q4lab.quantizers import CROSS, RangeQuantizer, get_quantizer
 
 ACT_MODES = ("dynamic", "static")
 ACT_GRANULARITIES = ("per_row", "per_tensor")
@@ -255,6 +255,17 @@ class Recipe:
             raise ValueError("Recipe.rules is empty; allowed: one or more Rule")
         if not isinstance(self.sequential, bool):
             raise ValueError(f"Recipe.sequential={self.sequential!r} is invalid; allowed: bool")
+        for i, rule in enumerate(self.rules):
+            if (
+                not self.sequential
+                and not rule.keeps_float
+                and CROSS in rule.build_quantizer().needs
+            ):
+                raise ValueError(
+                    f"recipe rule {i} ({rule.quantizer_label()}) fits the float model's outputs "
+                    "from the quantized model's inputs; Recipe.sequential=False is invalid with "
+                    "it (the inputs would be the float ones); allowed: sequential=True"
+                )
 
     @classmethod
     def single(cls, name: str = "", sequential: bool = True, **rule: Any) -> Recipe:

@@ -9,6 +9,7 @@ from q4lab.adapters import adapt, get_at, set_at
 from q4lab.core import QuantSpec, from_matrix, to_matrix
 from q4lab.core.transforms import InputTransform
 from q4lab.hooks import QuantHook
+from q4lab.layer_quant import transform_stats
 from q4lab.quantize_model import quantize_model
 from q4lab.recipe import ActSpec, Recipe, Rule, TransformSpec
 from q4lab.sweep.fields import config_hash, recipe_of
@@ -132,3 +133,18 @@ def test_rows_from_before_the_transform_fields_read_as_their_defaults(tmp_path):
     table = store.read()
     assert list(table["rotation"]) == ["none", "hadamard"]
     assert list(table["smooth_alpha"]) == [0.0, 0.5]
+
+
+def test_transformed_statistics_are_those_of_the_transformed_inputs():
+    """GPTQ under a transform reads the Hessian and GPTAQ's cross moment of the transformed
+    inputs (``R^T H R``, ``R^T C R``), derived from the captured ones without a second pass."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 24)).astype(np.float32) * rng.uniform(0.1, 5.0, 24)
+    x_float = x + 0.2 * rng.normal(size=x.shape).astype(np.float32)
+    t = InputTransform(jnp.asarray(rng.uniform(0.5, 2.0, 24), jnp.float32), jnp.uint32(7))
+    stats = {"hessian": 2 * x.T @ x / len(x), "cross": 2 * x.T @ x_float / len(x)}
+    got = transform_stats(t, {k: jnp.asarray(v) for k, v in stats.items()})
+    xt, xt_float = (np.asarray(t.apply(jnp.asarray(a)), np.float64) for a in (x, x_float))
+    for name, want in (("hessian", xt.T @ xt), ("cross", xt.T @ xt_float)):
+        want = 2 * want / len(x)
+        np.testing.assert_allclose(got[name], want, rtol=0, atol=1e-5 * np.abs(want).max())

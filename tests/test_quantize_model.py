@@ -9,7 +9,7 @@ import pytest
 from q4lab.adapters import adapt
 from q4lab.calibrate import Calibrator, calibrate
 from q4lab.core import QuantSpec, dequantize
-from q4lab.hooks import conv_patches
+from q4lab.hooks import InputsHook, conv_patches
 from q4lab.quantize_model import quantize_model
 from q4lab.quantizers import get_quantizer
 from q4lab.recipe import ActSpec, Recipe, Rule
@@ -211,6 +211,40 @@ def test_gptq_sequential_calibration_sees_the_earlier_layers_quantized(linen):
     # here); 1e-5 of the largest logit leaves room for that to pass through the four layers.
     real, fake = np.asarray(seq.apply(x)), np.asarray(seq.apply(x, fake=True))
     np.testing.assert_allclose(real, fake, rtol=0, atol=1e-5 * np.abs(fake).max())
+
+
+def test_gptq_float_target_uses_the_cross_moment_of_quantized_and_float_inputs(linen):
+    """GPTQ with ``float_target`` (GPTAQ): each layer's cross moment pairs its inputs in the
+    partly quantized model with the float model's on the same rows; the layer is GPTQ of the
+    least-squares weight. One-shot calibration has no drift to fit and is refused."""
+    model, params, x = linen
+    batches = [x, -x, 0.5 * x]
+    rule = Rule(pattern="Conv_.*|Dense_0|head", quantizer="gptq", options={"float_target": True})
+    qm = quantize_model(model, params, Recipe((rule,)), sample_input=x, calibration=batches)
+
+    adapter = adapt(model)
+    working = {**params}
+    for path in ("Conv_0", "Conv_1"):
+        working[path] = {**params[path], "kernel": dequantize(qm.params[path]["kernel"])}
+    stats = Calibrator(adapter, {"Dense_0": {"hessian", "cross"}})(
+        working, batches, float_params=params
+    )["Dense_0"]
+    rows = {}
+    for name, p in (("quantized", working), ("float", params)):
+        hooks = {"Dense_0": InputsHook()}
+        for batch in batches:
+            adapter.apply(p, batch, hooks)
+        rows[name] = np.concatenate([np.asarray(r, np.float64) for r in hooks["Dense_0"].rows])
+    xq, xf = rows["quantized"], rows["float"]
+    cross = 2 * xq.T @ xf / len(xq)
+    np.testing.assert_allclose(stats["cross"], cross, rtol=0, atol=1e-5 * np.abs(cross).max())
+    assert not np.allclose(stats["cross"], stats["hessian"])  # the inputs did drift
+    by_hand = rule.build_quantizer().quantize(params["Dense_0"]["kernel"], QuantSpec(), stats=stats)
+    np.testing.assert_array_equal(
+        np.asarray(dequantize(qm.params["Dense_0"]["kernel"])), np.asarray(dequantize(by_hand))
+    )
+    with pytest.raises(ValueError, match=r"float_target=True.*sequential=True"):
+        Recipe((rule,), sequential=False)
 
 
 def test_calibrator_compiles_once_for_new_parameter_values(linen):

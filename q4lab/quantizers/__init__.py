@@ -3,6 +3,7 @@
 from q4lab.quantizers.awq import AWQ
 from q4lab.quantizers.base import (
     ACTIVATIONS,
+    CROSS,
     HESSIAN,
     Quantizer,
     RangeQuantizer,
@@ -21,6 +22,7 @@ from q4lab.quantizers.percentile import Percentile
 
 __all__ = [
     "ACTIVATIONS",
+    "CROSS",
     "AWQ",
     "GPTQ",
     "HESSIAN",

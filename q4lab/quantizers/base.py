@@ -4,6 +4,8 @@ A quantizer turns one float weight into a `QTensor` for a given `QuantSpec`. It 
 calibration statistics it needs (``needs``) so calibration collects only those:
   HESSIAN      the proxy ``H = 2 X^T X / n`` of the layer's inputs ``X[n, K]`` (GPTQ)
   ACTIVATIONS  the mean ``|x|`` of each input channel (activation-aware scaling, AWQ)
+  CROSS        ``C = 2 X^T X_float / n``: the inputs against the float model's inputs on the same
+               rows (GPTQ's float target; sequential quantization only)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from q4lab.core.qtensor import InAxes
 
 HESSIAN = "hessian"
 ACTIVATIONS = "act_absmean"
+CROSS = "cross"
 Stats = Mapping[str, jax.Array]
 
 
@@ -63,6 +66,7 @@ class Quantizer(abc.ABC):
     """A named quantization strategy. Subclasses are frozen dataclasses holding their options."""
 
     name: ClassVar[str]
+    # the statistics `quantize` reads; read it from an instance (options may add to it)
     needs: ClassVar[frozenset[str]] = frozenset()
 
     @abc.abstractmethod

@@ -19,6 +19,14 @@ Options beyond the paper, as in its reference implementation:
   order and the `QTensor` stores the permutation so dequantization is exact;
 - ``static_groups``: group scales are chosen up front from the original weights, so groups stay
   contiguous in the logical order and act-order needs no stored permutation.
+
+``float_target``, GPTAQ's objective (Li et al., "GPTAQ: Efficient Finetuning-Free Quantization
+for Asymmetric Calibration", ICML 2025): with sequential calibration the layer's inputs ``X`` come
+from the model whose earlier layers are quantized, while the float model saw ``X_f``. Plain GPTQ
+fits ``X W``; this fits the float output ``X_f W``. With ``C = 2 X^T X_f / n`` the least-squares
+weight ``W* = H^-1 C W`` splits the error exactly, ``|X_f W - X Q|^2 = |X_f W - X W*|^2 +
+|X (W* - Q)|^2``, so q4lab runs plain GPTQ on ``W*`` under ``H`` (the paper folds the same term
+into GPTQ's update instead; dampened here as in `float_target_weight`).
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from q4lab.core import (
 )
 from q4lab.core.qtensor import InAxes
 from q4lab.quantizers.base import (
+    CROSS,
     HESSIAN,
     Quantizer,
     RangeQuantizer,
@@ -62,7 +71,6 @@ class GPTQ(Quantizer):
     """Hessian-aware rounding with error feedback; needs calibration (``stats["hessian"]``)."""
 
     name = "gptq"
-    needs = frozenset({HESSIAN})
 
     percdamp: float = 0.01  # dampening added to diag(H), as a fraction of its mean
     block_size: int = 128  # rows per lazy batch update (adjusted to align with groups)
@@ -70,6 +78,7 @@ class GPTQ(Quantizer):
     static_groups: bool = False  # group scales from the original weights, before any update
     clipping: str = "minmax"  # the clipping quantizer choosing each group's range
     clipping_options: tuple[tuple[str, Any], ...] | Mapping[str, Any] = ()
+    float_target: bool = False  # fit the float model's outputs (GPTAQ; sequential only)
 
     def __post_init__(self) -> None:
         options = tuple(sorted(dict(self.clipping_options).items()))
@@ -82,7 +91,7 @@ class GPTQ(Quantizer):
             raise ValueError(
                 f"GPTQ.block_size={self.block_size!r} is invalid; allowed: an int >= 1"
             )
-        for flag in ("act_order", "static_groups"):
+        for flag in ("act_order", "static_groups", "float_target"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(
                     f"GPTQ.{flag}={getattr(self, flag)!r} is invalid; allowed: True or False"
@@ -92,6 +101,10 @@ class GPTQ(Quantizer):
                 f"GPTQ.clipping={self.clipping!r} is invalid; allowed: a clipping quantizer "
                 "(one that picks a range without calibration statistics)"
             )
+
+    @property
+    def needs(self) -> frozenset[str]:  # type: ignore[override]
+        return frozenset({HESSIAN, CROSS}) if self.float_target else frozenset({HESSIAN})
 
     def clipper(self) -> Quantizer:
         return get_quantizer(self.clipping, **dict(self.clipping_options))
@@ -115,6 +128,14 @@ class GPTQ(Quantizer):
             )
         hessian = np.asarray(stats[HESSIAN], np.float32)
         check_hessian(hessian, k, where)
+        if self.float_target:
+            if CROSS not in stats:
+                raise ValueError(
+                    f"gptq with float_target=True needs the cross moment of {where}'s inputs "
+                    "(stats['cross']); quantize the model with calibration data and "
+                    "sequential=True"
+                )
+            w2d = float_target_weight(w2d, jnp.asarray(hessian), stats[CROSS], self.percdamp)
         q2d, scale, zero, perm, finite = gptq_matrix(self, w2d, jnp.asarray(hessian), spec)
         if not bool(finite):
             raise ValueError(
@@ -143,6 +164,23 @@ def check_hessian(hessian: np.ndarray, k: int, where: str) -> None:
             "(every weight would be zeroed as a dead input). Check the calibration data, or "
             "quantize this layer with a clipping quantizer (a recipe rule for its path)."
         )
+
+
+@jax.jit
+def float_target_weight(
+    w2d: jax.Array, hessian: jax.Array, cross: jax.Array, percdamp: float
+) -> jax.Array:
+    """GPTAQ's least-squares weight ``W*``: its output on the quantized model's inputs best
+    fits the float model's output. The dampening pulls ``W*`` towards ``W`` (a ridge on
+    ``W* - W``): ``W* = W + (H + damp I)^-1 (C - H) W``, which is ``W`` when the inputs did not
+    drift (``C = H``). Dead inputs (``H_ii = 0``) keep ``W``."""
+    w2d = w2d.astype(jnp.float32)
+    dead = jnp.diag(hessian) == 0
+    h = hessian + jnp.diag(dead.astype(jnp.float32))
+    h = h + percdamp * jnp.mean(jnp.diag(h)) * jnp.eye(h.shape[0], dtype=h.dtype)
+    drift = jnp.dot(cross - hessian, w2d, precision=_HIGHEST)
+    fitted = w2d + jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(h), True), drift)
+    return jnp.where(dead[:, None], w2d, fitted)
 
 
 def output_error(w2d: jax.Array, w_hat2d: jax.Array, hessian: jax.Array) -> jax.Array:

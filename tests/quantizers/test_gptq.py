@@ -11,7 +11,7 @@ from gptq_reference import gptq_reference  # tests/quantizers/, on sys.path unde
 from q4lab.core import QuantSpec, dequantize, stored_bytes
 from q4lab.core.qtensor import dequantize_matrix
 from q4lab.quantizers import GPTQ, get_quantizer, output_error
-from q4lab.quantizers.gptq import gptq_matrix
+from q4lab.quantizers.gptq import float_target_weight, gptq_matrix
 
 K, N, ROWS = 80, 24, 400
 
@@ -177,3 +177,28 @@ def test_mse_clipping_inside_gptq(layer):
     plain = output_error(w, dequantize(GPTQ().quantize(w, spec, stats=stats)), hessian)
     mse = GPTQ(clipping="mse", clipping_options={"grid": 20})
     assert output_error(w, dequantize(mse.quantize(w, spec, stats=stats)), hessian) < 1.2 * plain
+
+
+def test_float_target_fits_the_float_outputs_from_perturbed_inputs(layer):
+    """GPTAQ: inputs ``X`` that drifted from the float model's ``X_f`` (earlier layers
+    quantized). Fitting ``X_f W`` from ``X`` beats plain GPTQ on that error; with ``X = X_f``
+    the (dampened) least-squares weight is ``W`` itself."""
+    w, _ = layer
+    x_f = correlated_inputs(K, ROWS, seed=2)
+    x = x_f + 0.3 * correlated_inputs(K, ROWS, seed=3) * np.std(x_f, axis=0)
+    hessian = (2 * x.T @ x / ROWS).astype(np.float32)
+    stats = {"hessian": hessian, "cross": (2 * x.T @ x_f / ROWS).astype(np.float32)}
+    spec = QuantSpec(bits=4, group_size=16)
+
+    def error_to_float(quantizer):
+        q = np.asarray(dequantize(quantizer.quantize(w, spec, stats=stats)), np.float64)
+        return np.sum((x_f @ w - x @ q) ** 2)
+
+    plain = error_to_float(GPTQ(act_order=True))
+    fitted = error_to_float(GPTQ(act_order=True, float_target=True))
+    assert fitted < 0.5 * plain  # 0.26 here
+
+    same = float_target_weight(jnp.asarray(w), jnp.asarray(hessian), jnp.asarray(hessian), 0.01)
+    np.testing.assert_array_equal(np.asarray(same), w)  # the dampening pulls towards W
+    with pytest.raises(ValueError, match=r"'fc'.*cross.*sequential=True"):
+        GPTQ(float_target=True).quantize(w, spec, stats={"hessian": hessian}, name="fc")
