@@ -12,9 +12,10 @@ row also holds the PTQ start (``ptq_score``), the training forward's score at th
   charlm                   W4A4 g128, GPTQ act-order start, next-byte loss, seed 0
   minilm                   W4A4 g128, GPTQ act-order start, distillation (no labels: 1 - cosine
                            to the float embeddings, on sentences disjoint from the evaluation),
-                           seed 0; also from the best post-training start of results/w4a4
-                           (Hadamard rotation, MSE-clipped activation ranges), with LSQ
-                           also for 500 steps at twice the rate
+                           seed 0; also from the best post-training starts of results/w4a4
+                           (Hadamard rotation, MSE-clipped activation ranges; then also GPTQ
+                           with MSE-clipped groups fitting the float model's outputs,
+                           sequential), with LSQ also for 500 steps at twice the rate
 
     q4lab run experiments/qat.py
     q4lab plot results/qat --hue training
@@ -31,6 +32,42 @@ RUNS = {
     "charlm": [(300, 3e-4)],
     "minilm": [(150, 1e-4), (500, 2e-4)],
 }
+AO = {"act_order": True}
+FLOAT_TARGET = AO | {"clipping": "mse", "float_target": True}
+# the post-training start of each task: (quantizer options, sequential calibration)
+STARTS = {
+    "digits-mlp": [({}, True)],
+    "mnist1d-cnn": [({}, True)],
+    "charlm": [(AO, True)],
+    # GPTAQ's start (float target): sequential by definition
+    "minilm": [(AO, False), (FLOAT_TARGET, True)],
+}
+
+
+def _kept(p) -> bool:
+    """One PTQ row per configuration (its training fields are unused), the task's runs; the
+    transformers (minutes per run on 2 cores) at W4A4 and seed 0 only; MiniLM also from the
+    best post-training starts of results/w4a4 (Hadamard rotation, MSE-clipped ranges), the
+    longer run (about 2 s per step) and the float-target start with LSQ only."""
+    task, run = p["task"], (p["qat_steps"], p["qat_lr"])
+    ptq_row = p["qat_steps"] == 0 and p["qat_method"] == "lsq" and p["qat_lr"] == RUNS[task][0][1]
+    float_target = p["options"] == FLOAT_TARGET
+    return (
+        (ptq_row or run in RUNS[task])
+        and (p["options"], p["sequential"]) in STARTS[task]
+        and (task in SMALL or (p["act_bits"], p["seed"]) == (4, 0))
+        and (p["rotation"] == "none" or task == "minilm")
+        and p["act_clipping"] == ("mse" if p["rotation"] == "hadamard" else "minmax")
+        and (
+            task != "minilm"
+            or (p["qat_steps"] in (0, 150) and not float_target)
+            or (
+                (p["rotation"], p["qat_method"]) == ("hadamard", "lsq")
+                and (not float_target or p["qat_steps"] in (0, 500))
+            )
+        )
+    )
+
 
 sweep = Sweep(
     name="qat",
@@ -47,33 +84,14 @@ sweep = Sweep(
             "task": ["digits-mlp", "mnist1d-cnn", "charlm", "minilm"],
             "group_size": [0, 0, 128, 128],
             "quantizer": ["minmax", "minmax", "gptq", "gptq"],
-            "options": [{}, {}, {"act_order": True}, {"act_order": True}],
-            "sequential": [True, True, True, False],
             "qat_batch_size": [64, 64, 16, 32],
             "qat_loss": ["task", "task", "task", "distill"],
         },
         {"bits": [4, 4, 3], "act_bits": [16, 4, 3]},
+        {  # every start of STARTS; `_kept` pairs them with their task
+            "options": [{}, AO, AO, FLOAT_TARGET],
+            "sequential": [True, True, False, True],
+        },
     ],
-    # one PTQ row per configuration (its training fields are unused), the task's runs;
-    # the transformers (minutes per run on 2 cores) at W4A4 and seed 0 only; MiniLM also from
-    # the best post-training start of results/w4a4 (Hadamard rotation, MSE-clipped ranges)
-    where=lambda p: (
-        (
-            (
-                p["qat_steps"] == 0
-                and p["qat_method"] == "lsq"
-                and p["qat_lr"] == RUNS[p["task"]][0][1]
-            )
-            or (p["qat_steps"], p["qat_lr"]) in RUNS[p["task"]]
-        )
-        and (p["task"] in SMALL or (p["act_bits"], p["seed"]) == (4, 0))
-        and (p["rotation"] == "none" or p["task"] == "minilm")
-        and p["act_clipping"] == ("mse" if p["rotation"] == "hadamard" else "minmax")
-        # MiniLM's longer run: LSQ from the rotated start only (about 2 s per step)
-        and (
-            p["task"] != "minilm"
-            or p["qat_steps"] in (0, 150)
-            or (p["rotation"], p["qat_method"]) == ("hadamard", "lsq")
-        )
-    ),
+    where=_kept,
 )

@@ -7,10 +7,12 @@
   awq + gptq                   AWQ's scales, then GPTQ act-order on the scaled weight
   hadamard + gptq act-order + mse   the weight rotated first (its outliers spread, as in QuaRot),
                                with symmetric codes and with a zero point (asymmetric)
+  ... + float target           the last, GPTQ fitting the float model's outputs from the
+                               quantized model's inputs (GPTAQ, Li et al. 2025; sequential)
 
-at 4 and 3 bits, per-channel and g128, on minilm (36 linear layers, float calibration inputs)
-and charlm (sequential calibration), seed 0. AWQ's channel scales are stored (float32, one per
-input channel) and counted in bits_per_weight.
+at 4 and 3 bits, per-channel and g128, on minilm (36 linear layers, float calibration inputs
+except for the float target) and charlm (sequential calibration), seed 0. AWQ's channel scales
+are stored (float32, one per input channel) and counted in bits_per_weight.
 
     q4lab run experiments/w4a16.py
     q4lab plot results/w4a16 --x bits_per_weight
@@ -22,11 +24,15 @@ from q4lab.sweep import Sweep
 AO = {"act_order": True}
 sweep = Sweep(
     name="w4a16",
-    grid={"bits": [4, 3], "group_size": [0, 128]},
+    grid={
+        "bits": [4, 3],
+        "group_size": [0, 128],
+        "task": ["minilm", "charlm"],
+        "sequential": [False, True],
+    },
     zipped=[
-        {"task": ["minilm", "charlm"], "sequential": [False, True]},
         {
-            "quantizer": ["minmax", "mse", "gptq", "gptq", "awq", "awq", "awq", "gptq", "gptq"],
+            "quantizer": ["minmax", "mse", "gptq", "gptq", "awq", "awq", "awq"] + ["gptq"] * 3,
             "options": [
                 {},
                 {},
@@ -37,10 +43,16 @@ sweep = Sweep(
                 {"quantizer": "gptq", "quantizer_options": AO},
                 AO | {"clipping": "mse"},
                 AO | {"clipping": "mse"},
+                AO | {"clipping": "mse", "float_target": True},
             ],
-            "rotation": ["none"] * 7 + ["hadamard"] * 2,
-            "symmetric": [True] * 8 + [False],
+            "rotation": ["none"] * 7 + ["hadamard"] * 3,
+            "symmetric": [True] * 8 + [False] * 2,
         },
     ],
+    # minilm calibrates on float inputs (one shot), charlm sequentially; the float target is
+    # sequential by definition
+    where=lambda p: (
+        p["sequential"] == (p["task"] == "charlm" or p["options"].get("float_target", False))
+    ),
     description="weight-only W4/W3: round to nearest, clipping, GPTQ, AWQ",
 )

@@ -10,6 +10,8 @@ Variants (4-bit weights, g128 where a layer is wider, 4-bit activations):
   gptq             GPTQ act-order weights (the post-training baseline of results/minilm)
   + gptq           the transform, then GPTQ on the transformed weight and Hessian
   hadamard + gptq + clipped   the three together
+  ... + float target          and GPTQ fitting the float model's outputs from the quantized
+                   model's inputs (GPTAQ, Li et al. 2025; sequential calibration on every task)
 each with dynamic per-row ranges and static per-tensor ranges (calibrated), seeds 0 and 1 (the
 seed also draws the rotation's signs; results/w4a4 holds seed 0 so far, seed 1 resumes).
 Tasks: minilm (all 36 linear layers), charlm, digits-mlp; mnist1d-cnn is left out (its
@@ -33,7 +35,15 @@ VARIANTS = {  # name: (quantizer, options, rotation, smooth_alpha, act_clipping)
     "smooth 0.5 + gptq": ("gptq", GPTQ, "none", 0.5, "minmax"),
     "hadamard + gptq": ("gptq", GPTQ, "hadamard", 0.0, "minmax"),
     "hadamard + gptq + clipped": ("gptq", GPTQ, "hadamard", 0.0, "mse"),
+    "hadamard + gptq + clipped + float target": (
+        "gptq",
+        GPTQ | {"float_target": True},
+        "hadamard",
+        0.0,
+        "mse",
+    ),
 }
+FLOAT_INPUTS = ("minilm",)  # one-shot calibration (float inputs), except for the float target
 
 sweep = Sweep(
     name="w4a4",
@@ -43,12 +53,10 @@ sweep = Sweep(
         "bits": [4],
         "group_size": [128],
         "act_bits": [4],
+        "task": ["minilm", "charlm", "digits-mlp"],
+        "sequential": [False, True],
     },
     zipped=[
-        {
-            "task": ["minilm", "charlm", "digits-mlp"],
-            "sequential": [False, True, True],
-        },
         {
             name: [v[i] for v in VARIANTS.values()]
             for i, name in enumerate(
@@ -56,5 +64,9 @@ sweep = Sweep(
             )
         },
     ],
+    where=lambda p: (
+        p["sequential"]
+        == (p["task"] not in FLOAT_INPUTS or p["options"].get("float_target", False))
+    ),
     description="W4A4 post-training: rotations, smoothing, clipping, GPTQ",
 )
