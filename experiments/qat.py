@@ -12,10 +12,11 @@ row also holds the PTQ start (``ptq_score``), the training forward's score at th
   charlm                   W4A4 g128, GPTQ act-order start, next-byte loss, seed 0
   minilm                   W4A4 g128, GPTQ act-order start, distillation (no labels: 1 - cosine
                            to the float embeddings, on sentences disjoint from the evaluation),
-                           seed 0; also from the best post-training starts of results/w4a4
-                           (Hadamard rotation, MSE-clipped activation ranges; then also GPTQ
-                           with MSE-clipped groups fitting the float model's outputs,
-                           sequential), with LSQ also for 500 steps at twice the rate
+                           seed 0; also from the best post-training start of results/w4a4
+                           (Hadamard rotation, MSE-clipped activation ranges), with LSQ also
+                           for 500 steps at twice the rate; and from that start with GPTQ
+                           fitting the float model's outputs (MSE-clipped groups, sequential
+                           calibration), LSQ 500 steps only
 
     q4lab run experiments/qat.py
     q4lab plot results/qat --hue training
