@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from q4lab.core.spec import group_label
+
 X_LABELS = {
     "bits_per_weight": "stored bits per weight (codes + scales + zeros; 5-8-bit codes in bytes)",
     "ideal_bits_per_weight": "ideal packed bits per weight (b-bit codes + scales + zeros)",
@@ -67,11 +69,6 @@ def quantizer_label(name: object) -> str:
         else:
             parts.append(f"{key} {QUANTIZER_NAMES.get(value, value)}")
     return f"{label} ({', '.join(parts)})" if parts else label
-
-
-def group_label(group_size: object) -> str:
-    """0 -> ``"per-channel"``, 32 -> ``"g32"``."""
-    return "per-channel" if int(group_size) == 0 else f"g{int(group_size)}"
 
 
 def _options_label(value: object) -> str:

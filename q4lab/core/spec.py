@@ -17,6 +17,13 @@ import numpy as np
 from q4lab.core import packing
 
 Granularity = Literal["per_tensor", "per_channel", "per_group"]
+
+
+def group_label(group_size: object) -> str:
+    """A group-size field's label: 0 -> ``"per-channel"``, 32 -> ``"g32"``."""
+    return "per-channel" if int(group_size) == 0 else f"g{int(group_size)}"
+
+
 GRANULARITIES: tuple[str, ...] = ("per_tensor", "per_channel", "per_group")
 SCALE_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 MIN_BITS, MAX_BITS = 2, 8

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from q4lab.allocate import allocate, rules_for
+from q4lab.core.spec import group_label
 from q4lab.sweep.fields import Point, config_hash, recipe_of, with_defaults
 
 CACHE_VERSION = 2  # 2: losses measured on the calibration split
@@ -27,7 +28,7 @@ def candidate_fields(point: Point) -> dict[str, dict[str, int]]:
     if not p["budget_groups"]:
         return {f"W{w}": {"bits": w} for w in p["budget_widths"]}
     return {
-        f"W{w} " + (f"g{g}" if g else "per-channel"): {"bits": w, "group_size": g}
+        f"W{w} {group_label(g)}": {"bits": w, "group_size": g}
         for w in p["budget_widths"]
         for g in p["budget_groups"]
     }
