@@ -70,9 +70,28 @@ def _lax_conv(lhs, rhs, window_strides, padding, **kwargs):
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
 
 
+class _FloatHook:
+    """Runs the layer in float and hands each call's inputs to ``_record``: the input rows
+    ``x[M, K]`` (conv: im2col patches) and the rows a static activation range is taken over (conv:
+    whole input examples flattened)."""
+
+    def _record(self, x2d: jax.Array, act_rows: jax.Array) -> None:
+        raise NotImplementedError
+
+    def dot_general(self, lhs, rhs, dimension_numbers, precision=None, **kwargs):
+        x2d, _ = dense_rows(lhs, dimension_numbers)
+        self._record(x2d, x2d)
+        return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, **kwargs)
+
+    def conv(self, lhs, rhs, window_strides, padding, **kwargs):
+        patches = conv_patches(lhs, rhs, window_strides, padding, **kwargs)
+        self._record(patches.reshape(-1, patches.shape[-1]), lhs.reshape(lhs.shape[0], -1))
+        return _lax_conv(lhs, rhs, window_strides, padding, **kwargs)
+
+
 @dataclasses.dataclass
-class CaptureHook:
-    """Runs the layer in float and records, per call, what calibration asked for:
+class CaptureHook(_FloatHook):
+    """Records, per call, what calibration asked for:
     ``xtx`` (sum of X^T X, float32 [K, K]), ``rows`` (count), ``sample`` (a few input rows for
     static activation ranges; for convolutions whole input examples flattened), ``absmax`` and
     ``absum`` (max and sum of ``|x|`` per input column: smoothing, AWQ). Given the float model's
@@ -114,31 +133,15 @@ class CaptureHook:
             rec["sample"] = act_rows[: self.sample_rows].astype(jnp.float32)
         self.records.append(rec)
 
-    def dot_general(self, lhs, rhs, dimension_numbers, precision=None, **kwargs):
-        x2d, _ = dense_rows(lhs, dimension_numbers)
-        self._record(x2d, x2d)
-        return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, **kwargs)
-
-    def conv(self, lhs, rhs, window_strides, padding, **kwargs):
-        patches = conv_patches(lhs, rhs, window_strides, padding, **kwargs)
-        self._record(patches.reshape(-1, patches.shape[-1]), lhs.reshape(lhs.shape[0], -1))
-        return _lax_conv(lhs, rhs, window_strides, padding, **kwargs)
-
 
 @dataclasses.dataclass
-class InputsHook:
+class InputsHook(_FloatHook):
     """Runs the layer in float and keeps its input rows per call (float32 ``[M, K]``)."""
 
     rows: list[jax.Array] = dataclasses.field(default_factory=list)
 
-    def dot_general(self, lhs, rhs, dimension_numbers, precision=None, **kwargs):
-        self.rows.append(dense_rows(lhs, dimension_numbers)[0].astype(jnp.float32))
-        return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, **kwargs)
-
-    def conv(self, lhs, rhs, window_strides, padding, **kwargs):
-        patches = conv_patches(lhs, rhs, window_strides, padding, **kwargs)
-        self.rows.append(patches.reshape(-1, patches.shape[-1]).astype(jnp.float32))
-        return _lax_conv(lhs, rhs, window_strides, padding, **kwargs)
+    def _record(self, x2d: jax.Array, act_rows: jax.Array) -> None:
+        self.rows.append(x2d.astype(jnp.float32))
 
 
 @dataclasses.dataclass
