@@ -175,9 +175,8 @@ def float_target_weight(
     ``W* - W``): ``W* = W + (H + damp I)^-1 (C - H) W``, which is ``W`` when the inputs did not
     drift (``C = H``). Dead inputs (``H_ii = 0``) keep ``W``."""
     w2d = w2d.astype(jnp.float32)
-    dead = jnp.diag(hessian) == 0
-    h = hessian + jnp.diag(dead.astype(jnp.float32))
-    h = h + percdamp * jnp.mean(jnp.diag(h)) * jnp.eye(h.shape[0], dtype=h.dtype)
+    h, dead = _live_hessian(hessian)
+    h = _dampened(h, percdamp)
     drift = jnp.dot(cross - hessian, w2d, precision=_HIGHEST)
     fitted = w2d + jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(h), True), drift)
     return jnp.where(dead[:, None], w2d, fitted)
@@ -200,11 +199,21 @@ def _block_size(gptq: GPTQ, spec: QuantSpec, k: int, dynamic_groups: bool) -> in
     return g * max(1, b // g) if g <= b else math.gcd(g, b)
 
 
+def _live_hessian(hessian: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The Hessian with ``H_ii = 1`` for dead inputs (zero diagonal: always 0), and their mask."""
+    dead = jnp.diag(hessian) == 0
+    return hessian + jnp.diag(dead.astype(jnp.float32)), dead
+
+
+def _dampened(h: jax.Array, percdamp: float) -> jax.Array:
+    """``H + damp I`` with ``damp = percdamp * mean(diag H)``."""
+    return h + percdamp * jnp.mean(jnp.diag(h)) * jnp.eye(h.shape[0], dtype=h.dtype)
+
+
 def _upper_cholesky_of_inverse(h: jax.Array, percdamp: float) -> jax.Array:
     """``U`` upper triangular with ``(H + damp I)^-1 = U^T U``."""
     eye = jnp.eye(h.shape[0], dtype=h.dtype)
-    h = h + percdamp * jnp.mean(jnp.diag(h)) * eye
-    hinv = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(h), True), eye)
+    hinv = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(_dampened(h, percdamp)), True), eye)
     return jnp.linalg.cholesky(hinv).T
 
 
@@ -221,8 +230,7 @@ def gptq_matrix(gptq: GPTQ, w2d: jax.Array, hessian: jax.Array, spec: QuantSpec)
     clipper = gptq.clipper()
     zero_point = not spec.symmetric
 
-    dead = jnp.diag(hessian) == 0
-    hessian = hessian + jnp.diag(dead.astype(jnp.float32))
+    hessian, dead = _live_hessian(hessian)
     w2d = jnp.where(dead[:, None], 0.0, w2d.astype(jnp.float32))
 
     if gptq.act_order:
