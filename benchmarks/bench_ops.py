@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import itertools
 import math
 import statistics
 import sys
@@ -80,6 +79,7 @@ def _replicate(tree, count: int) -> list:
 
 
 WARM_CALLS, WARM_SECONDS = 200, 15.0
+GPU_WARM_CALLS = 20  # no allocator warm-up on a GPU: a few calls settle clocks and caches
 
 
 def _time(fn: Callable, args: list[tuple], seconds: float) -> float:
@@ -90,7 +90,8 @@ def _time(fn: Callable, args: list[tuple], seconds: float) -> float:
     jax.block_until_ready(fn(*args[0]))  # compile
     start = time.perf_counter()
     calls = 0
-    while calls < 2 or (calls < WARM_CALLS and time.perf_counter() - start < WARM_SECONDS):
+    warm_calls = GPU_WARM_CALLS if on_gpu() else WARM_CALLS
+    while calls < 2 or (calls < warm_calls and time.perf_counter() - start < WARM_SECONDS):
         jax.block_until_ready(fn(*args[calls % len(args)]))
         calls += 1
     per_call = (time.perf_counter() - start) / calls
@@ -129,27 +130,42 @@ def _references(x: jax.Array, qt: QTensor) -> dict[str, np.ndarray]:
         }
 
 
+# The --tune grids: the best tilings of the byte-loading kernels on an H200 (RESULTS.md), beside
+# 32-bit word loads (eight codes an element) and, for one row of x, the CUDA-core form ("fma").
+_W4A16_WORDS = ((128, 8, 4), (128, 16, 3), (128, 4, 3), (256, 8, 4), (256, 16, 3), (512, 8, 4))
 W4A16_TILINGS = [
-    KernelConfig(block_n=bn, split_k=split, num_warps=warps, num_stages=stages)
-    for bn, split, (warps, stages) in itertools.product(
-        (64, 128), (4, 8, 16), ((4, 3), (4, 5), (8, 3), (8, 5))
-    )
+    KernelConfig(block_n=128, split_k=8, num_stages=4),
+    KernelConfig(block_n=128, split_k=4),
+    *(
+        KernelConfig(block_n=bn, split_k=split, num_stages=stages, load="words")
+        for bn, split, stages in _W4A16_WORDS
+    ),
+    KernelConfig(block_n=128, split_k=8, num_stages=4, load="words", compute="fma"),
+    KernelConfig(block_n=256, split_k=16, num_warps=8, load="words", compute="fma"),
 ]
+_W4A4_WORDS = ((128, 128, 128, 4), (128, 256, 128, 8), (256, 128, 128, 8), (128, 128, 64, 8))
 W4A4_TILINGS = [
-    KernelConfig(block_m=bm, block_n=bn, num_warps=warps)
-    for bm, bn, warps in itertools.product((64, 128), (64, 128), (4, 8))
+    KernelConfig(block_m=256, block_n=64, block_k=128, num_warps=8),
+    KernelConfig(block_m=128, block_n=64, block_k=128),
+    *(
+        KernelConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=warps, load="words")
+        for bm, bn, bk, warps in _W4A4_WORDS
+    ),
 ]
+TUNE_MAX_ROWS = 64  # the W4A16 kernel is for small M: larger M takes the xla form
 
 
 def _tiling_name(config: KernelConfig, w4a4: bool) -> str:
-    rows = f"bm{config.block_m} " if w4a4 else f"sk{config.split_k} "
-    return f"bn{config.block_n} {rows}w{config.num_warps} s{config.num_stages}"
+    rows = f"bm{config.block_m} bk{config.block_k} " if w4a4 else f"sk{config.split_k} "
+    kind = "" if config.load == "bytes" else f" {config.load}"
+    kind += "" if config.compute == "dot" else f" {config.compute}"
+    return f"bn{config.block_n} {rows}w{config.num_warps} s{config.num_stages}{kind}"
 
 
 def _tuned_paths(qt: QTensor, m: int) -> dict[str, Callable]:
     """GPU only: the Pallas kernels under each tiling of a small grid (``--tune``)."""
     paths = {}
-    for config in W4A16_TILINGS:
+    for config in W4A16_TILINGS if m <= TUNE_MAX_ROWS else ():
         if not pallas_gpu.unsupported(qt, m, config):
             paths[f"W4A16 pallas {_tiling_name(config, False)}"] = functools.partial(
                 pallas_gpu.w4a16_pallas, config=config
@@ -215,6 +231,7 @@ def bench_shape(
         rows.append(
             _row(k, n, m, f"dense {jnp.dtype(dtype).name}", dense, dense, dense_w.nbytes + io)
         )
+        print(f"{k}x{n} M={m} dense: {dense * 1e3:.4g} ms", file=sys.stderr, flush=True)
         references = _references(x, qt) if check else {}
         for name, fn in _paths(qt, m, tune, dtype).items():
             if only and not name.startswith(tuple(only)):
@@ -223,6 +240,7 @@ def bench_shape(
                 t = _time(fn, [(x, c) for c in q_copies], seconds)
             except Exception as err:  # a kernel that does not lower here: say so, go on
                 rows.append({**_row(k, n, m, name, math.nan, dense, 0), "error": repr(err)[:120]})
+                print(f"{k}x{n} M={m} {name}: failed {err!r:.300}", file=sys.stderr, flush=True)
                 continue
             row = _row(k, n, m, name, t, dense, q_bytes + io)
             if check:
@@ -231,7 +249,12 @@ def bench_shape(
                 row["rel err"] = float(np.abs(y - ref).max() / np.abs(ref).max())
                 row["tolerance"] = ROUNDED_TOLERANCE if "xla" in name and on_gpu() else TOLERANCE
             rows.append(row)
-            print(f"{k}x{n} M={m} {name}: {t * 1e3:.3g} ms", file=sys.stderr, flush=True)
+            error = f", rel err {row['rel err']:.2g}" if check else ""
+            print(
+                f"{k}x{n} M={m} {name}: {t * 1e3:.4g} ms, {dense / t:.3g}x dense{error}",
+                file=sys.stderr,
+                flush=True,
+            )
     return rows
 
 

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# The prepared GPU check (issue 14): one device call of about 6 minutes on an H100/H200.
-#   1. the harness smoke: the quickstart's points on the GPU, compile and run time per point
-#   2. the W4A16 kernel's compile time on a harness-sized float32 layer, row-tiled (today) and as
-#      one 512-row tile (before the fix), each under a time limit
-#   3. bench_ops --check: every path against the full-precision reference, bf16, W4 g128
-#   4. per-channel W4A4 at M=4096 with the W4A4 tilings; float32 inputs at harness shapes
-#   5. the W4A16 tiling sweep at 8192x28672
-#   6. pytest tests/ops on the GPU (references at precision=HIGHEST)
-# Each step has its own time limit and the script goes on after a failure; files land in $OUT
+# The prepared GPU check (issue 14): one device call of about 5 minutes on an H100/H200.
+#   bash benchmarks/gpu_check.sh              # smoke, tests, check and w4a4, in this order
+#   bash benchmarks/gpu_check.sh tune tests   # only the steps named
+# Steps:
+#   smoke    the harness: the quickstart's points on the GPU, compile and run time per point
+#   tests    pytest tests/ops on the GPU (references at precision=HIGHEST)
+#   check    bench_ops --check --tune: every path and every kernel tiling of the --tune grids
+#            against the full-precision reference, bf16 x, W4 g128, 8192x8192 and 8192x28672,
+#            M in {1, 16, 4096} (what GPU_CHOICES and the kernels' defaults come from)
+#   w4a4     per-channel W4A4 at M=4096: auto and the W4A4 tilings (the int8 GEMM)
+#   probe    layout_probe.py: load rates of bytes / tiles / words, the Pallas int8 GEMM ceiling
+#   compile  the W4A16 kernel's compile time on a harness-sized float32 layer
+# Each step has its own time limit and the script goes on after a failure; logs land in $OUT
 # (the device tool) or ./gpu_check. Missing pure-Python wheels can be carried in .whl/.
 set -uo pipefail
 out=${OUT:-gpu_check}
@@ -19,26 +23,32 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     export PYTHONPATH=$PYTHONPATH:/tmp/site
 fi
 py=python3
+bench="$py benchmarks/bench_ops.py"
 step() { # name, limit, command...
   local name=$1 limit=$2
   shift 2
   echo "=== $name (limit ${limit}s)"
   local t0=$SECONDS
-  timeout "$limit" "$@" 2>&1 | tee "$out/$name.log" | grep -v '^\s*$' | tail -n 60
+  timeout "$limit" "$@" 2>&1 | tee "$out/$name.log" | grep -v '^\s*$' | tail -n 80
   echo "=== $name: exit ${PIPESTATUS[0]}, $((SECONDS - t0)) s"
 }
+smoke() { step smoke 60 $py benchmarks/harness_smoke.py experiments/quickstart.py --limit 16; }
+tests() { step tests 100 $py -m pytest -q -x -p no:cacheprovider tests/ops; }
+check() {
+  step check 220 $bench --check --tune --shapes 8192x8192 8192x28672 --m 1 16 4096 \
+    --seconds 0.1 --out "$out/check.md"
+}
+w4a4() {
+  step w4a4 60 $bench --tune --check --group 0 --shapes 8192x8192 --m 4096 --seconds 0.1 \
+    --only "W4A4" dense --out "$out/w4a4.md"
+}
+probe() { step probe 75 $py benchmarks/layout_probe.py; }
+compile() { step compile 60 $py benchmarks/kernel_compile.py --rows 360 --k 64 --n 256 --group 32 --limit 30; }
+
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 $py -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" |
   tee -a "$out/gpu.txt"
-
-step smoke 90 $py benchmarks/harness_smoke.py experiments/quickstart.py --limit 16
-step compile 75 $py benchmarks/kernel_compile.py --rows 360 --k 64 --n 256 --group 32 --limit 30
-step bench 150 $py benchmarks/bench_ops.py --check --shapes 8192x8192 8192x28672 --m 1 16 4096 \
-  --seconds 0.2
-step w4a4_pc 60 $py benchmarks/bench_ops.py --tune --group 0 --shapes 8192x8192 --m 4096 \
-  --seconds 0.2 --only W4A4 dense
-step float32 45 $py benchmarks/bench_ops.py --dtype float32 --shapes 384x1536 1536x384 \
-  --m 1 16 360 4096 --seconds 0.1
-step tune 150 $py benchmarks/bench_ops.py --tune --shapes 8192x28672 --m 1 16 --seconds 0.1 \
-  --only "W4A16" dense
-step tests 100 $py -m pytest -q -x -p no:cacheprovider tests/ops
+git rev-parse --short HEAD 2>/dev/null | tee -a "$out/gpu.txt"
+for name in "${@:-smoke tests check w4a4}"; do
+  for s in $name; do $s; done
+done

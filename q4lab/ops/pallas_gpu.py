@@ -1,21 +1,31 @@
 """Pallas (Triton backend) kernels for packed 4-bit weights on NVIDIA GPUs (4-bit only: other
 widths are packed otherwise, see `unsupported`).
 
-Both kernels read the packed bytes of a column block once, split them into the even (low nibble)
-and odd (high nibble) output columns in registers (`q4lab.ops.halves`), and never write an
-unpacked weight to memory. The XLA forms do (see ``shared/GPU_NOTES.md``: 0.26-0.48x of bf16).
+A 4-bit `QTensor` stores byte ``[k, j]`` = codes ``[k, 2j]`` (low nibble) and ``[k, 2j + 1]``
+(high nibble). The kernels read those bytes as they are, either one at a time (``load="bytes"``)
+or four at a time as a little-endian 32-bit word (``load="words"``: nibble ``i`` of word ``w`` is
+column ``8w + i``); the same memory either way. Each nibble position ``i`` of a loaded element
+is a *phase*: the output columns ``i, i + P, i + 2P, ...`` (P = 2 or 8 phases). A program
+multiplies x by every phase of its block separately and the ``[M, N]`` result is interleaved at
+the end, so no unpacked weight is ever written to memory (the XLA forms do: see
+``shared/GPU_NOTES.md``).
 
-W4A16  grid ``(M / block_m, h / block_n, split_k)``: a program walks its share of K one scale
-       group at a time (``block_k`` rows for per-channel weights), two dots per step (x's dtype,
-       float32 accumulation), the group's scales applied to the partial products. ``split_k``
-       partial sums are added by XLA. Rows are tiled in blocks of at most ``block_m`` (a power of
-       two >= 16: Triton's tensors have power-of-two shapes and its smallest dot is 16). The
-       accumulators of a program are ``2 * block_m * block_n`` float32 registers: an untiled
-       512-row block (the harness' evaluation batches) spilled so badly that one tiny layer took
-       minutes to compile on an H200 (``shared/GPU_NOTES.md``).
-W4A4   grid ``(M / block_m, h / block_n)``: int8 activation codes times the weight's centered
-       int8 codes, int32 accumulation within a group, then the group scale in float32; the row
-       scales of the activations at the end.
+Unpacking is integer logic only: a nibble ``u`` ORed into the top mantissa bits of 1.0 is the
+float ``1 + u/16`` exactly (one bit cast, no int-to-float conversion); the dot gives
+``sum x (1 + u/16)``, and ``sum x (u - zero) = 16 * that - (16 + zero) * sum x``. Symmetric codes
+are two's-complement nibbles, xor-ed with 0x8 per nibble into ``u = code + 8`` (zero 8).
+
+W4A16  grid ``(M / block_m, columns / block, split_k)``: a program walks its share of K one
+       scale group at a time (``block_k`` rows for per-channel weights), one dot per phase per
+       step (x's dtype, float32 accumulation), the group's scales applied to the partial
+       products. ``split_k`` partial sums are added by XLA. Rows are tiled in blocks of at most
+       ``block_m`` (a power of two >= 16: Triton's tensors have power-of-two shapes and its
+       smallest dot is 16): an untiled 512-row block (the harness' evaluation batches) spilled
+       its accumulators so badly that one tiny layer took minutes to compile on an H200.
+       ``compute="fma"`` takes one row of x as a column and multiplies on the CUDA cores.
+W4A4   grid ``(M / block_m, columns / block)``: int8 activation codes times the nibbles as int8
+       (0..15), int32 accumulation within a group less ``zero * sum x``, then the group scale in
+       float32; the row scales of the activations at the end.
 
 ``interpret=True`` runs the same kernels through Pallas' interpreter on any backend: that is how
 the tests check them on CPU. Speed is measured only on a GPU, by ``benchmarks/bench_ops.py``.
@@ -25,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -34,21 +43,34 @@ from jax.experimental import pallas as pl
 
 from q4lab.core import QTensor
 from q4lab.ops import halves
-from q4lab.ops.halves import Halves
 
 _MIN_DOT = 16  # Triton's smallest dot dimension
+COMPUTE = ("dot", "fma")
+LOAD = ("bytes", "words")
+_PHASES = {"bytes": 2, "words": 8}
+_ELEMENT = {"bytes": jnp.uint8, "words": jnp.uint32}
+_SYMMETRIC_ZERO = 8  # two's-complement nibble xor 0x8 = code + 8
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class KernelConfig:
     """Tiling of the kernels; hashable (a static jit argument)."""
 
-    block_n: int = 128  # output columns per half per program (bytes of codes per row)
+    block_n: int = 128  # bytes of a code row per program (2 output columns each)
     block_k: int = 128  # rows per step for per-channel weights (per-group: the group size)
     split_k: int = 4  # W4A16: programs sharing one column block, each a slice of K
     block_m: int = 64  # rows of x per program, at most (bounds the accumulator registers)
     num_warps: int = 4
     num_stages: int = 3
+    compute: str = "dot"  # W4A16: "dot" on tensor cores; "fma" (one row of x) on CUDA cores
+    load: str = "bytes"  # codes read as "bytes" (2 nibbles) or 32-bit "words" (8 nibbles)
+
+    def __post_init__(self):
+        for field, allowed in (("compute", COMPUTE), ("load", LOAD)):
+            if getattr(self, field) not in allowed:
+                raise ValueError(
+                    f"{field}={getattr(self, field)!r} is unknown; allowed: {', '.join(allowed)}"
+                )
 
 
 # The fastest tilings of the `benchmarks/bench_ops.py --tune` grid on an H200 (RESULTS.md):
@@ -84,9 +106,13 @@ def unsupported(
     config = config or (W4A4_DEFAULT if w4a4 else W4A16_DEFAULT)
     if not qt.spec.nibbles:
         return f"{qt.spec.bits}-bit codes are not nibbles; allowed widths: 4"
+    if config.compute == "fma" and (w4a4 or m != 1):
+        return f"compute='fma' takes one row of x (W4A16), got M={m}"
     h = qt.codes.shape[1]
     if h % config.block_n:
         return f"ceil(N/2)={h} is not a multiple of block_n={config.block_n}"
+    if config.load == "words" and (qt.n % 8 or config.block_n % (4 * _MIN_DOT)):
+        return f"load='words' needs N % 8 == 0 and block_n % 64 == 0 (N={qt.n})"
     step = _step_rows(qt, config)
     if not _pow2(step) or step < (32 if w4a4 else _MIN_DOT):
         return f"{step} rows per scale step is not a power of two >= {_MIN_DOT} (int8: 32)"
@@ -95,65 +121,132 @@ def unsupported(
     return None
 
 
-def _offset(codes, zero_const):
-    """Bytes as int32 whose nibbles are ``code + zero`` (`halves.offset_codes`)."""
-    return halves.offset_codes(codes, zero_const is not None).astype(jnp.int32)
-
-
-def _centered(nibbles, zero_ref, g, zero_const, dtype):
-    """``u - zero`` of unsigned nibbles (int32) in ``dtype``: integer arithmetic for symmetric
-    codes (constant zero), float32 for stored zero points."""
-    if zero_const is not None:
-        return (nibbles - int(zero_const)).astype(dtype)
-    return (nibbles.astype(jnp.float32) - _scale_row(zero_ref, g)).astype(dtype)
-
-
 def _scale_row(ref, row):
     return ref[pl.ds(row, 1), :].astype(jnp.float32)
 
 
+# Bits of 1.0, mantissa width and same-width unsigned int of each dot dtype.
+_ONE_BITS = {
+    jnp.dtype(jnp.bfloat16): (0x3F80, 7, jnp.uint16),
+    jnp.dtype(jnp.float16): (0x3C00, 10, jnp.uint16),
+    jnp.dtype(jnp.float32): (0x3F800000, 23, jnp.uint32),
+}
+
+
+def _one_plus_sixteenths(w, i: int, dtype):
+    """Nibble ``i`` (bits 4i..4i+3) of unsigned ints ``w`` as ``1 + u/16`` in ``dtype``, exactly:
+    ``u`` moved into the top four mantissa bits of 1.0, then a bit cast."""
+    one, mantissa, same_width = _ONE_BITS[jnp.dtype(dtype)]
+    w = w.astype(jnp.uint32)
+    shift = mantissa - 4 - 4 * i
+    moved = w << shift if shift >= 0 else w >> -shift
+    bits = (moved & jnp.uint32(0xF << (mantissa - 4))) | jnp.uint32(one)
+    return lax.bitcast_convert_type(bits.astype(same_width), dtype)
+
+
+def _nibble(w, i: int):
+    """Nibble ``i`` of unsigned ints ``w``: 0..15 in ``w``'s dtype."""
+    return (w >> (4 * i)) & jnp.asarray(0xF, w.dtype)
+
+
+def _offset(w, symmetric: bool):
+    """Elements whose nibbles are ``code + zero`` (xor 0x8 in every nibble when symmetric)."""
+    if not symmetric:
+        return w
+    return w ^ jnp.asarray(0x88888888 if w.dtype == jnp.uint32 else 0x88, w.dtype)
+
+
+def _codes(qt: QTensor, load: str) -> jax.Array:
+    """The stored bytes ``[K, h]``, or the same memory as uint32 ``[K, h/4]``."""
+    if load == "bytes":
+        return qt.codes
+    k, h = qt.codes.shape
+    return lax.bitcast_convert_type(qt.codes.reshape(k, h // 4, 4), jnp.uint32)
+
+
+def _phases(grid: jax.Array, n: int, phases: int) -> list[jax.Array]:
+    """A ``[G, N]`` (or ``[G, 1]``) grid as ``phases`` grids ``[G, columns]``: phase i holds
+    output columns ``i, i + phases, ...`` (N padded to a multiple of ``phases``)."""
+    width = _round_up(n, phases)
+    grid = jnp.broadcast_to(grid, (grid.shape[0], n))
+    grid = jnp.pad(grid, ((0, 0), (0, width - n))).reshape(grid.shape[0], -1, phases)
+    return [grid[..., i] for i in range(phases)]
+
+
+def _weight_operands(qt: QTensor, config: KernelConfig, column):
+    """BlockSpecs and arrays of the weight operands, and the constant zero (None: stored zero
+    points): codes ``[K, block]`` and a scale and a zero grid ``[G, block]`` per phase for
+    column block ``column(*grid_ids)``. Symmetric codes' zero slots get the scales as unread
+    placeholders."""
+    phases = _PHASES[config.load]
+    codes = _codes(qt, config.load)
+    block = config.block_n * 2 // phases  # elements of a code row per program
+    scales = _phases(qt.scale, qt.n, phases)
+    if qt.zero is None:
+        zeros, zero_const = scales, _SYMMETRIC_ZERO
+    else:
+        zeros, zero_const = _phases(qt.int_zero(), qt.n, phases), None
+    grid = pl.BlockSpec((scales[0].shape[0], block), lambda *ids: (0, column(*ids)))
+    specs = [pl.BlockSpec((qt.k, block), lambda *ids: (0, column(*ids)))]
+    specs += [grid] * (2 * phases)
+    return specs, (codes, *scales, *zeros), zero_const
+
+
+def _interleave(outputs, m: int, n: int) -> jax.Array:
+    """Phase outputs ``[Mp, columns]`` -> ``[m, n]`` in logical column order."""
+    both = jnp.stack(outputs, axis=-1)
+    return both.reshape(both.shape[0], -1)[:m, :n]
+
+
 def _w4a16_kernel(
-    x_ref, codes_ref, se_ref, so_ref, ze_ref, zo_ref, ye_ref, yo_ref,
-    *, step, steps, per_group, zero_const, precision,
-):  # fmt: skip
+    x_ref, codes_ref, *refs, step, steps, per_group, zero_const, precision, fma, phases
+):
+    scale_refs, zero_refs, out_refs = refs[:phases], refs[phases : 2 * phases], refs[2 * phases :]
     part = pl.program_id(2)
+    if fma:  # one row of x, as a column [K, 1]: products and sums over K on the CUDA cores
+
+        def contract(xb, w):
+            return jnp.sum(xb * w, axis=0, keepdims=True)
+
+        def block(k0):
+            return x_ref[pl.ds(k0, step), :].astype(jnp.float32)
+
+        def total(xb):
+            return jnp.sum(xb, axis=0, keepdims=True)
+    else:  # rows of x [bm, K]: tensor-core dots
+        contract = functools.partial(
+            jnp.dot, preferred_element_type=jnp.float32, precision=precision
+        )
+
+        def block(k0):
+            return x_ref[:, pl.ds(k0, step)]
+
+        def total(xb):
+            return jnp.sum(xb.astype(jnp.float32), axis=1, keepdims=True)
 
     def body(t, acc):
         k0 = (part * steps + t) * step
-        xb = x_ref[:, pl.ds(k0, step)]
-        b = _offset(codes_ref[pl.ds(k0, step), :], zero_const)
         g = k0 // step if per_group else 0
-        lo = _centered(halves.low_nibbles(b), ze_ref, g, zero_const, xb.dtype)
-        hi = _centered(halves.high_nibbles(b), zo_ref, g, zero_const, xb.dtype)
-        pe = jnp.dot(xb, lo, preferred_element_type=jnp.float32, precision=precision)
-        po = jnp.dot(xb, hi, preferred_element_type=jnp.float32, precision=precision)
-        if per_group:
-            pe, po = pe * _scale_row(se_ref, g), po * _scale_row(so_ref, g)
-        return acc[0] + pe, acc[1] + po
+        xb = block(k0)
+        w = _offset(codes_ref[pl.ds(k0, step), :], zero_const is not None)
+        rows = total(xb)
+        out = []
+        for i in range(phases):
+            zero = zero_const if zero_const is not None else _scale_row(zero_refs[i], g)
+            # sum x (u - z) = 16 sum x (1 + u/16) - (16 + z) sum x
+            p = 16 * contract(xb, _one_plus_sixteenths(w, i, xb.dtype)) - (16 + zero) * rows
+            out.append(acc[i] + (p * _scale_row(scale_refs[i], g) if per_group else p))
+        return tuple(out)
 
-    zeros = jnp.zeros(ye_ref.shape, jnp.float32)
-    even, odd = lax.fori_loop(0, steps, body, (zeros, zeros))
-    if not per_group:
-        even, odd = even * _scale_row(se_ref, 0), odd * _scale_row(so_ref, 0)
-    ye_ref[...] = even
-    yo_ref[...] = odd
-
-
-def _weight_operands(hv: Halves, bn: int, column: Callable[..., jax.Array]):
-    """BlockSpecs, arrays and the constant zero (or None) of the weight operands: codes
-    ``[K, bn]`` and the scale and zero grids ``[G, bn]`` of column block ``column(*grid_ids)``.
-    Symmetric codes have the constant zero; their zero slots get the scales as unread
-    placeholders."""
-    groups = hv.scale_even.shape[0]
-    if hv.symmetric:
-        zeros, zero_const = (hv.scale_even, hv.scale_odd), halves.SYMMETRIC_ZERO
-    else:
-        shape = hv.scale_even.shape
-        zeros = (jnp.broadcast_to(hv.zero_even, shape), jnp.broadcast_to(hv.zero_odd, shape))
-        zero_const = None
-    grid = pl.BlockSpec((groups, bn), lambda *ids: (0, column(*ids)))
-    specs = [pl.BlockSpec((hv.codes.shape[0], bn), lambda *ids: (0, column(*ids)))] + [grid] * 4
-    return specs, (hv.codes, hv.scale_even, hv.scale_odd, *zeros), zero_const
+    rows = 1 if fma else x_ref.shape[0]
+    zeros = jnp.zeros((rows, out_refs[0].shape[-1]), jnp.float32)
+    acc = lax.fori_loop(0, steps, body, (zeros,) * phases)
+    for i, (y, out_ref) in enumerate(zip(acc, out_refs, strict=True)):
+        if not per_group:
+            y = y * _scale_row(scale_refs[i], 0)
+        if out_ref.shape[-2] < rows:  # one row of x padded to a dot's 16: the others are zero
+            y = jnp.sum(y, axis=0, keepdims=True)
+        out_ref[...] = y
 
 
 @functools.partial(jax.jit, static_argnames=("config", "interpret"))
@@ -168,71 +261,76 @@ def w4a16_pallas(
     reason = unsupported(qt, m, config)
     if reason:
         raise ValueError(f"w4a16_pallas cannot run this weight: {reason}")
-    hv = halves.split(qt)
-    dtype = x.dtype if x.dtype in (jnp.bfloat16, jnp.float16) else jnp.float32
-    bm = _rows_tile(m, config.block_m)
+    fma = config.compute == "fma"
+    dtype = x.dtype if x.dtype in (jnp.bfloat16, jnp.float16) and not fma else jnp.float32
+    bm = 1 if fma else _rows_tile(m, config.block_m)
     mp = _round_up(m, bm)
     x = jnp.pad(halves.permuted_input(x, qt).astype(dtype), ((0, mp - m), (0, 0)))
-    k, h = hv.codes.shape
+    k = qt.k
+    x_spec = pl.BlockSpec((bm, k), lambda i, j, s: (i, 0))
+    if fma:
+        x, x_spec = x.T, pl.BlockSpec((k, 1), lambda i, j, s: (0, 0))
     step = _step_rows(qt, config)
     split = max(s for s in range(1, config.split_k + 1) if (k // step) % s == 0)
-    bn = config.block_n
-    weight_specs, weights, zero_const = _weight_operands(hv, bn, lambda i, j, s: j)
-    out_spec = pl.BlockSpec((None, bm, bn), lambda i, j, s: (s, i, j))
+    weight_specs, weights, zero_const = _weight_operands(qt, config, lambda i, j, s: j)
+    phases = _PHASES[config.load]
+    columns, block = weights[0].shape[1], config.block_n * 2 // phases
     kernel = functools.partial(
         _w4a16_kernel,
         step=step,
         steps=k // step // split,
-        per_group=hv.scale_even.shape[0] > 1,
+        per_group=qt.scale.shape[0] > 1,
         zero_const=zero_const,
         precision=lax.Precision.HIGHEST if dtype == jnp.float32 else None,
+        fma=fma,
+        phases=phases,
     )
-    even, odd = pl.pallas_call(
+    out_rows = 1 if m == 1 else bm  # one row: write only it, not the 15 of padding
+    out_spec = pl.BlockSpec((None, out_rows, block), lambda i, j, s: (s, i, j))
+    outputs = pl.pallas_call(
         kernel,
-        out_shape=[jax.ShapeDtypeStruct((split, mp, h), jnp.float32)] * 2,
-        grid=(mp // bm, h // bn, split),
-        in_specs=[pl.BlockSpec((bm, k), lambda i, j, s: (i, 0)), *weight_specs],
-        out_specs=[out_spec, out_spec],
+        out_shape=[jax.ShapeDtypeStruct((split, mp // bm * out_rows, columns), jnp.float32)]
+        * phases,
+        grid=(mp // bm, columns // block, split),
+        in_specs=[x_spec, *weight_specs],
+        out_specs=[out_spec] * phases,
         interpret=interpret,
         compiler_params=_triton_params(config),
         name="q4lab_w4a16",
     )(x, *weights)
-    return halves.interleave(even.sum(0), odd.sum(0), hv.n)[:m]
+    return _interleave([y.sum(0) for y in outputs], m, qt.n)
 
 
-def _w4a4_kernel(
-    x_ref, xs_ref, codes_ref, se_ref, so_ref, ze_ref, zo_ref, ye_ref, yo_ref,
-    *, step, steps, per_group, zero_const,
-):  # fmt: skip
-    def centered(nibbles, zero_ref, g):
-        return _centered(nibbles, zero_ref, g, zero_const, jnp.int32).astype(jnp.int8)
+def _w4a4_kernel(x_ref, xs_ref, codes_ref, *refs, step, steps, per_group, zero_const, phases):
+    scale_refs, zero_refs, out_refs = refs[:phases], refs[phases : 2 * phases], refs[2 * phases :]
 
     def body(t, acc):
         k0 = t * step
-        xb = x_ref[:, pl.ds(k0, step)]
-        b = _offset(codes_ref[pl.ds(k0, step), :], zero_const)
         g = t if per_group else 0
-        pe = jnp.dot(
-            xb, centered(halves.low_nibbles(b), ze_ref, g), preferred_element_type=jnp.int32
-        )
-        po = jnp.dot(
-            xb, centered(halves.high_nibbles(b), zo_ref, g), preferred_element_type=jnp.int32
-        )
-        if not per_group:  # exact int32 sums over all of K
-            return acc[0] + pe, acc[1] + po
-        pe = pe.astype(jnp.float32) * _scale_row(se_ref, g)
-        po = po.astype(jnp.float32) * _scale_row(so_ref, g)
-        return acc[0] + pe, acc[1] + po
+        xb = x_ref[:, pl.ds(k0, step)]
+        w = _offset(codes_ref[pl.ds(k0, step), :], zero_const is not None)
+        rows = jnp.sum(xb.astype(jnp.int32), axis=1, keepdims=True)
+        out = []
+        for i in range(phases):
+            # the nibbles stay small ints (0..15 fit int8); the zero comes off the int32 sums
+            p = jnp.dot(xb, _nibble(w, i).astype(jnp.int8), preferred_element_type=jnp.int32)
+            if zero_const is not None:
+                p = p - zero_const * rows
+            else:
+                p = p - rows * zero_refs[i][pl.ds(g, 1), :].astype(jnp.int32)
+            if per_group:  # exact int32 sums within a group, float32 across groups
+                p = p.astype(jnp.float32) * _scale_row(scale_refs[i], g)
+            out.append(acc[i] + p)
+        return tuple(out)
 
-    acc_dtype = jnp.float32 if per_group else jnp.int32
-    zeros = jnp.zeros(ye_ref.shape, acc_dtype)
-    even, odd = lax.fori_loop(0, steps, body, (zeros, zeros))
-    even, odd = even.astype(jnp.float32), odd.astype(jnp.float32)
-    if not per_group:
-        even, odd = even * _scale_row(se_ref, 0), odd * _scale_row(so_ref, 0)
+    zeros = jnp.zeros(out_refs[0].shape, jnp.float32 if per_group else jnp.int32)
+    acc = lax.fori_loop(0, steps, body, (zeros,) * phases)
     row_scale = xs_ref[...].astype(jnp.float32)
-    ye_ref[...] = even * row_scale
-    yo_ref[...] = odd * row_scale
+    for i, (y, out_ref) in enumerate(zip(acc, out_refs, strict=True)):
+        y = y.astype(jnp.float32)
+        if not per_group:
+            y = y * _scale_row(scale_refs[i], 0)
+        out_ref[...] = y * row_scale
 
 
 @functools.partial(jax.jit, static_argnames=("config", "interpret"))
@@ -250,39 +348,39 @@ def w4a4_pallas(
     reason = unsupported(qt, m, config, w4a4=True)
     if reason:
         raise ValueError(f"w4a4_pallas cannot run this weight: {reason}")
-    hv = halves.split(qt)
     bm = _rows_tile(m, config.block_m)
     mp = _round_up(m, bm)
     xc = jnp.pad(halves.permuted_input(xc, qt).astype(jnp.int8), ((0, mp - m), (0, 0)))
     row_scale = jnp.broadcast_to(x_scale.astype(jnp.float32), (m, 1))
     row_scale = jnp.pad(row_scale, ((0, mp - m), (0, 0)))
-    k, h = hv.codes.shape
+    k = qt.k
     step = _step_rows(qt, config)
-    bn = config.block_n
-    weight_specs, weights, zero_const = _weight_operands(hv, bn, lambda i, j: j)
-    out_spec = pl.BlockSpec((bm, bn), lambda i, j: (i, j))
+    weight_specs, weights, zero_const = _weight_operands(qt, config, lambda i, j: j)
+    phases = _PHASES[config.load]
+    columns, block = weights[0].shape[1], config.block_n * 2 // phases
     kernel = functools.partial(
         _w4a4_kernel,
         step=step,
         steps=k // step,
-        per_group=hv.scale_even.shape[0] > 1,
+        per_group=qt.scale.shape[0] > 1,
         zero_const=zero_const,
+        phases=phases,
     )
-    even, odd = pl.pallas_call(
+    outputs = pl.pallas_call(
         kernel,
-        out_shape=[jax.ShapeDtypeStruct((mp, h), jnp.float32)] * 2,
-        grid=(mp // bm, h // bn),
+        out_shape=[jax.ShapeDtypeStruct((mp, columns), jnp.float32)] * phases,
+        grid=(mp // bm, columns // block),
         in_specs=[
             pl.BlockSpec((bm, k), lambda i, j: (i, 0)),
             pl.BlockSpec((bm, 1), lambda i, j: (i, 0)),
             *weight_specs,
         ],
-        out_specs=[out_spec, out_spec],
+        out_specs=[pl.BlockSpec((bm, block), lambda i, j: (i, j))] * phases,
         interpret=interpret,
         compiler_params=_triton_params(config),
         name="q4lab_w4a4",
     )(xc, row_scale, *weights)
-    return halves.interleave(even, odd, hv.n)[:m]
+    return _interleave(outputs, m, qt.n)
 
 
 def _triton_params(config: KernelConfig):

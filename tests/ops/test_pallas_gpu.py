@@ -1,9 +1,11 @@
 """The GPU kernels, run through the Pallas interpreter: same numbers as the reference.
 
-Tiles are shrunk (16 columns per half, 32 rows) so tiny weights cover several programs and split-K
-slices; speed is only measured on a GPU (benchmarks/bench_ops.py).
+Tiles are shrunk (16 bytes of a code row, 64 as words; 32 rows) so tiny weights cover several
+programs and split-K slices; speed is only measured on a GPU (benchmarks/bench_ops.py).
 """
 
+import dataclasses
+import itertools
 import re
 
 import jax
@@ -17,6 +19,8 @@ from q4lab.ops.pallas_gpu import W4A16_DEFAULT, KernelConfig, unsupported, w4a4_
 from q4lab.quantizers import get_quantizer
 
 TINY = KernelConfig(block_n=16, block_k=32, split_k=2, block_m=16)
+# 32-bit words: 8 codes a load, so a block is 64 bytes (16 words, a dot's least width)
+LOADS = {"bytes": TINY, "words": dataclasses.replace(TINY, block_n=64, load="words")}
 SPECS = {
     "sym g32": QuantSpec(group_size=32),
     "asym g32 f16": QuantSpec(group_size=32, symmetric=False, scale_dtype="float16"),
@@ -32,24 +36,40 @@ def _rel(a, b):
 
 @pytest.fixture(scope="module")
 def weights():
-    w = jax.random.normal(jax.random.key(0), (128, 64))
+    w = jax.random.normal(jax.random.key(0), (128, 256))  # words: two blocks of 64 bytes
     return {name: get_quantizer("minmax").quantize(w, spec) for name, spec in SPECS.items()}
 
 
+@pytest.mark.parametrize("load", list(LOADS))
 @pytest.mark.parametrize("name", list(SPECS))
-def test_w4a16_kernel_matches_the_reference(weights, name):
+def test_w4a16_kernel_matches_the_reference(weights, name, load):
+    """The kernel computes ``16 * x @ (1 + u/16) - (16 + zero) * sum(x)``: float32 cancellation,
+    so its error is a few float32 ulps of max |y|, above a direct product's."""
     qt = weights[name]
     x = jax.random.normal(jax.random.key(1), (20, 128))  # two row blocks of 16
-    y = w4a16_pallas(x, qt, config=TINY, interpret=True)
-    assert y.shape == (20, 64) and _rel(y, x @ dequantize_matrix(qt)) < 1e-5
+    y = w4a16_pallas(x, qt, config=LOADS[load], interpret=True)
+    assert y.shape == (20, 256) and _rel(y, x @ dequantize_matrix(qt)) < 1e-5
 
 
+@pytest.mark.parametrize("name", ["sym g32", "asym g32 f16"])
+def test_one_row_of_x_on_tensor_cores_and_on_cuda_cores(weights, name):
+    qt = weights[name]
+    x = jax.random.normal(jax.random.key(11), (1, 128)).astype(jnp.float16)
+    expected = x.astype(jnp.float32) @ dequantize_matrix(qt)
+    for compute, load in itertools.product(("dot", "fma"), LOADS):
+        config = dataclasses.replace(LOADS[load], compute=compute)
+        y = w4a16_pallas(x, qt, config=config, interpret=True)
+        assert y.shape == (1, 256) and _rel(y, expected) < 1e-5, (compute, load)
+    assert "one row" in unsupported(qt, 2, dataclasses.replace(TINY, compute="fma"))
+
+
+@pytest.mark.parametrize("load", list(LOADS))
 @pytest.mark.parametrize("name", list(SPECS))
-def test_w4a4_kernel_matches_the_integer_reference(weights, name):
+def test_w4a4_kernel_matches_the_integer_reference(weights, name, load):
     qt = weights[name]
     xc = jnp.asarray(np.random.default_rng(2).integers(-7, 8, (20, 128)), jnp.int8)
     row_scale = jax.random.uniform(jax.random.key(3), (20, 1)) + 0.5
-    y = w4a4_pallas(xc, row_scale, qt, config=TINY, interpret=True)
+    y = w4a4_pallas(xc, row_scale, qt, config=LOADS[load], interpret=True)
     assert _rel(y, int_matmul(xc, row_scale, qt, impl="reference")) < 1e-6
 
 
