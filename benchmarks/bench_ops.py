@@ -54,6 +54,7 @@ from q4lab.ops import (
     int_matmul,
     on_gpu,
     pallas_gpu,
+    pallas_kmajor,
     w4a16_matmul,
 )
 from q4lab.ops.pallas_gpu import KernelConfig
@@ -130,27 +131,25 @@ def _references(x: jax.Array, qt: QTensor) -> dict[str, np.ndarray]:
         }
 
 
-# The --tune grids: the best tilings of the byte-loading kernels on an H200 (RESULTS.md), beside
-# 32-bit word loads (eight codes an element) and, for one row of x, the CUDA-core form ("fma").
-_W4A16_WORDS = ((128, 8, 4), (128, 16, 3), (128, 4, 3), (256, 8, 4), (256, 16, 3), (512, 8, 4))
+# The --tune grids: each kernel's default and the runners-up of the last H200 run (RESULTS.md:
+# 32-bit word loads, the CUDA-core form for one row of x), and the K-major W4A4 kernel.
 W4A16_TILINGS = [
-    KernelConfig(block_n=128, split_k=8, num_stages=4),
+    pallas_gpu.W4A16_DEFAULT,
+    pallas_gpu.W4A16_ONE_ROW,
     KernelConfig(block_n=128, split_k=4),
-    *(
-        KernelConfig(block_n=bn, split_k=split, num_stages=stages, load="words")
-        for bn, split, stages in _W4A16_WORDS
-    ),
+    KernelConfig(block_n=128, split_k=8, num_stages=4, load="words"),
     KernelConfig(block_n=128, split_k=8, num_stages=4, load="words", compute="fma"),
-    KernelConfig(block_n=256, split_k=16, num_warps=8, load="words", compute="fma"),
 ]
-_W4A4_WORDS = ((128, 128, 128, 4), (128, 256, 128, 8), (256, 128, 128, 8), (128, 128, 64, 8))
 W4A4_TILINGS = [
-    KernelConfig(block_m=256, block_n=64, block_k=128, num_warps=8),
-    KernelConfig(block_m=128, block_n=64, block_k=128),
-    *(
-        KernelConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=warps, load="words")
-        for bm, bn, bk, warps in _W4A4_WORDS
-    ),
+    pallas_gpu.W4A4_DEFAULT,
+    pallas_gpu.W4A4_LARGE_M,
+    KernelConfig(block_m=128, block_n=128, block_k=64, num_warps=8, load="words"),
+]
+W4A4_KMAJOR_TILINGS = [  # the best Pallas int8 GEMM tilings on a [N, K] weight (layout_probe)
+    pallas_kmajor.W4A4_KMAJOR_DEFAULT,
+    KernelConfig(block_m=128, block_n=128, block_k=128, num_warps=4),
+    KernelConfig(block_m=128, block_n=256, block_k=128, num_warps=8, num_stages=4),
+    KernelConfig(block_m=256, block_n=128, block_k=128, num_warps=8),
 ]
 TUNE_MAX_ROWS = 64  # the W4A16 kernel is for small M: larger M takes the xla form
 
@@ -174,6 +173,12 @@ def _tuned_paths(qt: QTensor, m: int) -> dict[str, Callable]:
         if not pallas_gpu.unsupported(qt, m, config, w4a4=True):
             kernel = functools.partial(pallas_gpu.w4a4_pallas, config=config)
             paths[f"W4A4 pallas {_tiling_name(config, True)}"] = functools.partial(
+                _w4a4_layer, matmul=kernel
+            )
+    for config in W4A4_KMAJOR_TILINGS:
+        if not pallas_kmajor.unsupported(qt, config):
+            kernel = functools.partial(pallas_kmajor.w4a4_kmajor_pallas, config=config)
+            paths[f"W4A4 pallas {_tiling_name(config, True)} k-major"] = functools.partial(
                 _w4a4_layer, matmul=kernel
             )
     return paths

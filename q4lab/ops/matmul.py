@@ -60,19 +60,22 @@ def on_gpu(backend: str | None = None) -> bool:
     return (backend or jax.default_backend()) in ("gpu", "cuda", "rocm")
 
 
-# What ``auto`` runs on a GPU, by operation and activation dtype: the first (max_rows, impl) whose
-# bound covers M (None: any M). From `benchmarks/bench_ops.py` on an H200 (benchmarks/RESULTS.md,
-# "Matmul paths and what `auto` picks"); a path the kernel cannot take falls back to "xla".
+# What ``auto`` runs on a GPU, by operation and operands: the first (max_rows, impl) whose bound
+# covers M (None: any M). From `benchmarks/bench_ops.py --check --tune` on an H200
+# (benchmarks/RESULTS.md, "Matmul paths and what `auto` picks"); a path the kernel cannot take
+# falls back to "xla". W4A4 with group scales at large M: XLA's einsum holds an [M, G, N] int32
+# intermediate (6.1 ms at 8192x8192, M=4096, against 2.4 ms for the kernel).
 GPU_CHOICES: dict[tuple[str, str], tuple[tuple[int | None, str], ...]] = {
     ("w4a16", "16-bit"): ((64, "pallas"), (None, "xla")),
     ("w4a16", "float32"): ((1, "xla"), (None, "blocked")),
-    ("w4a4", "int8"): ((1, "reference"), (64, "pallas"), (None, "xla")),
+    ("w4a4", "int8 per-channel"): ((1, "xla"), (64, "pallas"), (None, "xla")),
+    ("w4a4", "int8 grouped"): ((1, "xla"), (None, "pallas")),
 }
 
 
-def _dtype_class(dtype, w4a4: bool) -> str:
+def _operand_class(qt: QTensor, dtype, w4a4: bool) -> str:
     if w4a4:
-        return "int8"
+        return "int8 grouped" if qt.scale.shape[0] > 1 else "int8 per-channel"
     return "16-bit" if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "float32"
 
 
@@ -91,7 +94,7 @@ def choose(
     if not qt.spec.nibbles:  # 2-, 3- and 5..8-bit codes: the paths that unpack any width
         return "xla" if gpu else "reference"
     if gpu:
-        rows = GPU_CHOICES[("w4a4" if w4a4 else "w4a16", _dtype_class(dtype, w4a4))]
+        rows = GPU_CHOICES[("w4a4" if w4a4 else "w4a16", _operand_class(qt, dtype, w4a4))]
         impl = next(impl for bound, impl in rows if bound is None or m <= bound)
         if impl == "pallas" and pallas_gpu.unsupported(qt, m, w4a4=w4a4):
             return "xla"

@@ -49,7 +49,7 @@ COMPUTE = ("dot", "fma")
 LOAD = ("bytes", "words")
 _PHASES = {"bytes": 2, "words": 8}
 _ELEMENT = {"bytes": jnp.uint8, "words": jnp.uint32}
-_SYMMETRIC_ZERO = 8  # two's-complement nibble xor 0x8 = code + 8
+SYMMETRIC_ZERO = int(halves.SYMMETRIC_ZERO)  # two's-complement nibble xor 0x8 = code + 8
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -73,11 +73,22 @@ class KernelConfig:
                 )
 
 
-# The fastest tilings of the `benchmarks/bench_ops.py --tune` grid on an H200 (RESULTS.md):
-# W4A16 at 8192x28672, M = 1 and 16 (split-K 8: 0.93x / 1.27x of bf16 against 0.77x / 0.96x
-# at split-K 4); W4A4 at 8192x8192, M = 4096 (128 rows x 64 columns: 2.2 ms, 64 x 128: 5.8 ms).
+# The fastest tilings of the `benchmarks/bench_ops.py --check --tune` grids on an H200
+# (RESULTS.md; the same tiling moved by 10-20 % between runs). W4A16, 128 bytes of a code row by
+# split-K 8: for one row of x 4 stages (0.98-1.07x of bf16 in two runs; 3 stages 0.75-0.89x at
+# 8192x28672), else 3. W4A4: 4 warps for small M; above 128 rows, 256-row tiles of 8 warps
+# (8192x8192, M=4096, g128: 2.4 ms; 128-row tiles of 4 warps: 3.1 ms).
 W4A16_DEFAULT = KernelConfig(block_n=128, split_k=8)
+W4A16_ONE_ROW = KernelConfig(block_n=128, split_k=8, num_stages=4)
 W4A4_DEFAULT = KernelConfig(block_n=64, block_m=128)
+W4A4_LARGE_M = KernelConfig(block_n=64, block_m=256, num_warps=8)
+
+
+def default_config(m: int, *, w4a4: bool = False) -> KernelConfig:
+    """The tiling a kernel runs for M rows of x when none is given."""
+    if not w4a4:
+        return W4A16_ONE_ROW if m == 1 else W4A16_DEFAULT
+    return W4A4_LARGE_M if m > W4A4_DEFAULT.block_m else W4A4_DEFAULT
 
 
 def _pow2(v: int) -> bool:
@@ -103,7 +114,7 @@ def unsupported(
 ) -> str | None:
     """Why the kernel (W4A16, or W4A4 with ``w4a4``) cannot take this weight and batch under
     ``config`` (default: the kernel's own), as a string; None when it can."""
-    config = config or (W4A4_DEFAULT if w4a4 else W4A16_DEFAULT)
+    config = config or default_config(m, w4a4=w4a4)
     if not qt.spec.nibbles:
         return f"{qt.spec.bits}-bit codes are not nibbles; allowed widths: 4"
     if config.compute == "fma" and (w4a4 or m != 1):
@@ -183,7 +194,7 @@ def _weight_operands(qt: QTensor, config: KernelConfig, column):
     block = config.block_n * 2 // phases  # elements of a code row per program
     scales = _phases(qt.scale, qt.n, phases)
     if qt.zero is None:
-        zeros, zero_const = scales, _SYMMETRIC_ZERO
+        zeros, zero_const = scales, SYMMETRIC_ZERO
     else:
         zeros, zero_const = _phases(qt.int_zero(), qt.n, phases), None
     grid = pl.BlockSpec((scales[0].shape[0], block), lambda *ids: (0, column(*ids)))
@@ -251,13 +262,19 @@ def _w4a16_kernel(
 
 @functools.partial(jax.jit, static_argnames=("config", "interpret"))
 def w4a16_pallas(
-    x: jax.Array, qt: QTensor, *, config: KernelConfig = W4A16_DEFAULT, interpret: bool = False
+    x: jax.Array,
+    qt: QTensor,
+    *,
+    config: KernelConfig | None = None,
+    interpret: bool = False,
 ) -> jax.Array:
-    """``x[M, K] @ dequantize(qt)`` (float32 ``[M, N]``) by the W4A16 kernel; see `unsupported`.
+    """``x[M, K] @ dequantize(qt)`` (float32 ``[M, N]``) by the W4A16 kernel; see `unsupported`;
+    ``config``: `default_config`.
 
     Dots run in x's dtype when it is bfloat16/float16 (the codes are exact in it), else float32.
     """
     m = x.shape[0]
+    config = config or default_config(m)
     reason = unsupported(qt, m, config)
     if reason:
         raise ValueError(f"w4a16_pallas cannot run this weight: {reason}")
@@ -339,12 +356,13 @@ def w4a4_pallas(
     x_scale: jax.Array,
     qt: QTensor,
     *,
-    config: KernelConfig = W4A4_DEFAULT,
+    config: KernelConfig | None = None,
     interpret: bool = False,
 ) -> jax.Array:
     """W4A4 by the int8 kernel: centered int8 codes ``xc[M, K]`` (logical order) with row scales
-    ``x_scale[M or 1, 1]`` times the weight; float32 ``[M, N]``."""
+    ``x_scale[M or 1, 1]`` times the weight; float32 ``[M, N]``. ``config``: `default_config`."""
     m = xc.shape[0]
+    config = config or default_config(m, w4a4=True)
     reason = unsupported(qt, m, config, w4a4=True)
     if reason:
         raise ValueError(f"w4a4_pallas cannot run this weight: {reason}")

@@ -155,13 +155,15 @@ def test_dispatch_by_backend_shape_and_width():
     q4 = get_quantizer("minmax").quantize(w, QuantSpec(group_size=128))
     q8 = get_quantizer("minmax").quantize(w, QuantSpec(bits=8))
     assert choose(q4, 1, backend="cpu") == "blocked"
-    for (op, dtype), rows in GPU_CHOICES.items():  # the measured table, bound by bound
-        dtype = {"16-bit": jnp.bfloat16, "float32": jnp.float32, "int8": jnp.int8}[dtype]
+    per_channel = get_quantizer("minmax").quantize(w, QuantSpec())
+    for (op, operands), rows in GPU_CHOICES.items():  # the measured table, bound by bound
+        dtype = {"16-bit": jnp.bfloat16, "float32": jnp.float32}.get(operands, jnp.int8)
+        weight = per_channel if operands == "int8 per-channel" else q4
         previous = 0
         for bound, impl in rows:
             for m in (previous + 1, bound or 8192):
-                got = choose(q4, m, backend="gpu", w4a4=op == "w4a4", dtype=dtype)
-                assert got == impl, (op, dtype, m)
+                got = choose(weight, m, backend="gpu", w4a4=op == "w4a4", dtype=dtype)
+                assert got == impl, (op, operands, m)
             previous = bound
     assert choose(q8, 1, backend="cpu") == "reference"
     assert choose(q8, 1, backend="gpu") == "xla"

@@ -1,0 +1,149 @@
+"""W4A4 on K-major codes: the int8 GEMM laid out as Hopper's 8-bit tensor cores read it.
+
+Hopper's 8-bit MMA takes both operands K-major (the contraction axis contiguous). A `QTensor`
+packs its codes along N (``[K, N/2]`` bytes), and an int8 Pallas GEMM reading its weight that way
+ran at 0.15-0.34x of XLA's bf16 dot on an H200, while the same loop on a ``[N, K]`` weight ran at
+0.9-1.43x (``benchmarks/layout_probe.py gemm``, RESULTS.md). This kernel reads the codes packed
+along K instead: byte ``[n, j]`` holds ``u[2j, n]`` (low nibble) and ``u[2j + 1, n]`` (high),
+``u = code + zero`` unsigned (`kmajor_codes`). The activations are split into their even and
+odd columns, so one step is ``x_even @ low.T + x_odd @ high.T`` with int32 sums; then
+``- zero * sum x``, the group scale in float32 and the row scales, as `pallas_gpu`'s W4A4 kernel.
+
+`kmajor_codes` re-lays the weight on every call (one pass over the packed bytes: about 3 % of a
+4096-row GEMM at 8192x8192); a `QTensor` holding this layout would skip it. Not yet timed on a
+GPU (``benchmarks/gpu_check.sh`` step "check" times it): `auto` does not run it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from q4lab.core import QTensor
+from q4lab.ops import halves
+from q4lab.ops.pallas_gpu import (
+    SYMMETRIC_ZERO,
+    KernelConfig,
+    _pow2,
+    _round_up,
+    _rows_tile,
+    _scale_row,
+    _step_rows,
+    _triton_params,
+)
+
+# block_n counts output columns here (the n-major kernels count bytes of a code row)
+W4A4_KMAJOR_DEFAULT = KernelConfig(block_m=128, block_n=128, block_k=128, num_warps=8)
+_MIN_INT8_DOT = 32  # an 8-bit MMA's contraction depth
+
+
+def unsupported(qt: QTensor, config: KernelConfig = W4A4_KMAJOR_DEFAULT) -> str | None:
+    """Why the K-major kernel cannot take this weight under ``config``; None when it can."""
+    if not qt.spec.nibbles:
+        return f"{qt.spec.bits}-bit codes are not nibbles; allowed widths: 4"
+    if qt.n % config.block_n:
+        return f"N={qt.n} is not a multiple of block_n={config.block_n}"
+    step = _step_rows(qt, config)
+    if not _pow2(step) or step < 2 * _MIN_INT8_DOT:
+        return f"{step} rows per scale step is not a power of two >= {2 * _MIN_INT8_DOT}"
+    if qt.k % step:
+        return f"K={qt.k} is not a multiple of {step}"
+    return None
+
+
+def kmajor_codes(qt: QTensor) -> jax.Array:
+    """uint8 ``[N, K/2]``: ``u = code + zero`` of stored rows 2j (low nibble) and 2j + 1."""
+    u = qt.int_codes().astype(jnp.int32)
+    if qt.zero is None:
+        u = u + SYMMETRIC_ZERO  # two's-complement codes -8..7 -> 0..15
+    u = u.astype(jnp.uint8).T
+    return u[:, 0::2] | (u[:, 1::2] << 4)
+
+
+def _kernel(xe_ref, xo_ref, xs_ref, codes_ref, scale_ref, zero_ref, out_ref, *, half, steps,
+            per_group, zero_const):  # fmt: skip
+    dot = functools.partial(jnp.dot, preferred_element_type=jnp.int32)
+
+    def body(t, acc):
+        j0 = t * half
+        xe = xe_ref[:, pl.ds(j0, half)]
+        xo = xo_ref[:, pl.ds(j0, half)]
+        w = codes_ref[:, pl.ds(j0, half)]  # [bn, half]: K contiguous
+        lo = (w & jnp.uint8(0xF)).astype(jnp.int8)
+        hi = (w >> 4).astype(jnp.int8)
+        p = dot(xe, lo.T) + dot(xo, hi.T)
+        rows = jnp.sum(xe.astype(jnp.int32), axis=1, keepdims=True)
+        rows += jnp.sum(xo.astype(jnp.int32), axis=1, keepdims=True)
+        g = t if per_group else 0
+        if zero_const is not None:
+            p = p - zero_const * rows
+        else:
+            p = p - rows * zero_ref[pl.ds(g, 1), :].astype(jnp.int32)
+        if per_group:  # exact int32 sums within a group, float32 across groups
+            return acc + p.astype(jnp.float32) * _scale_row(scale_ref, g)
+        return acc + p
+
+    acc = lax.fori_loop(
+        0, steps, body, jnp.zeros(out_ref.shape, jnp.float32 if per_group else jnp.int32)
+    )
+    y = acc.astype(jnp.float32)
+    if not per_group:
+        y = y * _scale_row(scale_ref, 0)
+    out_ref[...] = y * xs_ref[...].astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "interpret"))
+def w4a4_kmajor_pallas(
+    xc: jax.Array,
+    x_scale: jax.Array,
+    qt: QTensor,
+    *,
+    config: KernelConfig = W4A4_KMAJOR_DEFAULT,
+    interpret: bool = False,
+) -> jax.Array:
+    """W4A4 on K-major codes: centered int8 codes ``xc[M, K]`` (logical order) with row scales
+    ``x_scale[M or 1, 1]`` times the weight; float32 ``[M, N]``."""
+    m = xc.shape[0]
+    reason = unsupported(qt, config)
+    if reason:
+        raise ValueError(f"w4a4_kmajor_pallas cannot run this weight: {reason}")
+    bm, bn = _rows_tile(m, config.block_m), config.block_n
+    mp = _round_up(m, bm)
+    xc = jnp.pad(halves.permuted_input(xc, qt).astype(jnp.int8), ((0, mp - m), (0, 0)))
+    row_scale = jnp.pad(
+        jnp.broadcast_to(x_scale.astype(jnp.float32), (m, 1)), ((0, mp - m), (0, 0))
+    )
+    groups = qt.scale.shape[0]
+    scale = jnp.broadcast_to(qt.scale, (groups, qt.n))
+    zero = scale if qt.zero is None else jnp.broadcast_to(qt.int_zero(), (groups, qt.n))
+    step = _step_rows(qt, config)
+    kernel = functools.partial(
+        _kernel,
+        half=step // 2,
+        steps=qt.k // step,
+        per_group=groups > 1,
+        zero_const=SYMMETRIC_ZERO if qt.zero is None else None,
+    )
+    grid_spec = pl.BlockSpec((groups, bn), lambda i, j: (0, j))
+    x_spec = pl.BlockSpec((bm, qt.k // 2), lambda i, j: (i, 0))
+    return pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct((mp, qt.n), jnp.float32),
+        grid=(mp // bm, qt.n // bn),
+        in_specs=[
+            x_spec,
+            x_spec,
+            pl.BlockSpec((bm, 1), lambda i, j: (i, 0)),
+            pl.BlockSpec((bn, qt.k // 2), lambda i, j: (j, 0)),
+            grid_spec,
+            grid_spec,
+        ],
+        out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
+        interpret=interpret,
+        compiler_params=_triton_params(config),
+        name="q4lab_w4a4_kmajor",
+    )(xc[:, 0::2], xc[:, 1::2], row_scale, kmajor_codes(qt), scale, zero)[:m]
