@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The prepared GPU check (issue 14): one device call of about 5 minutes on an H100/H200.
+# The prepared GPU check (issue 14): one device call of at most 5 minutes on an H100/H200.
 #   bash benchmarks/gpu_check.sh              # smoke, tests, check and w4a4, in this order
-#   bash benchmarks/gpu_check.sh tune tests   # only the steps named
+#   bash benchmarks/gpu_check.sh check probe  # only the steps named
 # Steps:
 #   smoke    the harness: the quickstart's points on the GPU, compile and run time per point
 #   tests    pytest tests/ops on the GPU (references at precision=HIGHEST)
@@ -11,7 +11,8 @@
 #   w4a4     per-channel W4A4 at M=4096: auto and the W4A4 tilings (the int8 GEMM)
 #   probe    layout_probe.py: load rates of bytes / tiles / words, the Pallas int8 GEMM ceiling
 #   compile  the W4A16 kernel's compile time on a harness-sized float32 layer
-# Each step has its own time limit and the script goes on after a failure; logs land in $OUT
+# Each step has its own time limit (together 300 s for the default steps) and the script goes on
+# after a failure; a step stopped at its limit keeps its per-cell lines in its log. Logs land in $OUT
 # (the device tool) or ./gpu_check. Missing pure-Python wheels can be carried in .whl/.
 set -uo pipefail
 out=${OUT:-gpu_check}
@@ -32,14 +33,14 @@ step() { # name, limit, command...
   timeout "$limit" "$@" 2>&1 | tee "$out/$name.log" | grep -v '^\s*$' | tail -n 80
   echo "=== $name: exit ${PIPESTATUS[0]}, $((SECONDS - t0)) s"
 }
-smoke() { step smoke 60 $py benchmarks/harness_smoke.py experiments/quickstart.py --limit 16; }
-tests() { step tests 100 $py -m pytest -q -x -p no:cacheprovider tests/ops; }
+smoke() { step smoke 55 $py benchmarks/harness_smoke.py experiments/quickstart.py --limit 16; }
+tests() { step tests 90 $py -m pytest -q -x -p no:cacheprovider tests/ops; }
 check() {
-  step check 220 $bench --check --tune --shapes 8192x8192 8192x28672 --m 1 16 4096 \
+  step check 130 $bench --check --tune --shapes 8192x8192 8192x28672 --m 1 16 4096 \
     --seconds 0.1 --out "$out/check.md"
 }
 w4a4() {
-  step w4a4 60 $bench --tune --check --group 0 --shapes 8192x8192 --m 4096 --seconds 0.1 \
+  step w4a4 25 $bench --tune --check --group 0 --shapes 8192x8192 --m 4096 --seconds 0.1 \
     --only "W4A4" dense --out "$out/w4a4.md"
 }
 probe() { step probe 75 $py benchmarks/layout_probe.py; }
