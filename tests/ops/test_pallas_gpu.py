@@ -5,6 +5,7 @@ programs and split-K slices; speed is only measured on a GPU (benchmarks/bench_o
 """
 
 import dataclasses
+import functools
 import itertools
 import re
 
@@ -139,3 +140,27 @@ def test_kmajor_w4a4_kernel_matches_the_integer_reference():
         qt = dataclasses.replace(qt, perm=perm)
         y = kmajor.w4a4_kmajor_pallas(xc, row_scale, qt, config=config, interpret=True)
         assert _rel(y, int_matmul(xc, row_scale, qt, impl="reference")) < 1e-6, spec.describe()
+
+
+def test_every_tuned_kernel_lowers_for_the_gpu():
+    """Each kernel form the GPU benchmark times (byte and word loads, the CUDA-core form for one
+    row, W4A4 N-major and K-major) lowers to Triton for CUDA from this CPU: an unsupported
+    primitive fails here, not in a device call."""
+    w = jax.random.normal(jax.random.key(16), (256, 512))
+    grouped = get_quantizer("minmax").quantize(w, QuantSpec(group_size=128, symmetric=False))
+    per_channel = get_quantizer("minmax").quantize(w, QuantSpec())
+    x, xc, row_scale = (
+        jnp.ones((16, 256), jnp.bfloat16),
+        jnp.ones((300, 256), jnp.int8),
+        jnp.ones((300, 1)),
+    )
+    words = KernelConfig(block_n=128, load="words")
+    cases = [
+        (w4a16_pallas, (x, grouped), words),
+        (w4a16_pallas, (x[:1], grouped), dataclasses.replace(words, compute="fma")),
+        (w4a4_pallas, (xc, row_scale, per_channel), words),
+        (kmajor.w4a4_kmajor_pallas, (xc, row_scale, grouped), kmajor.W4A4_KMAJOR_DEFAULT),
+    ]
+    for kernel, args, config in cases:
+        lowered = jax.jit(functools.partial(kernel, config=config)).trace(*args)
+        assert "triton" in lowered.lower(lowering_platforms=("cuda",)).as_text()
