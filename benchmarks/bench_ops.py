@@ -16,9 +16,11 @@ the INT4 weights are symmetric 4-bit codes with group-128 float16 scales (4.125 
   ... pallas bn..  (``--tune``, GPU) the kernels under each tiling of `W4A16_TILINGS` and
                    `W4A4_TILINGS`
 
-Each variant cycles through enough copies of its weight that they fill 512 MiB, so no cache holds
-the weight being read; the time is the median of calls after a compile and 200 warm-up calls
-(at most 15 s). "x dense"
+Each variant cycles through enough copies of its weight that they fill 512 MiB (8 GiB on a GPU, at
+most 64 copies), so no cache holds the weight being read; the time is the median of calls after
+a compile and 200 warm-up calls (at most 15 s; 20 on a GPU). On a GPU a call shorter than 1 ms
+is timed as one dispatch over every copy, divided by their number (`_time_dispatch`: one call
+per dispatch measured the dispatch, about 0.1 ms, as much as the call). "x dense"
 is the dense time over the path's time, in the same run. "floor" is the fraction of the
 memory-bandwidth floor reached: the bytes the call must read and write (weights, scales, x, y)
 over the best read bandwidth measured in this run (a streaming reduction over 1 GiB, or the dense
@@ -65,13 +67,15 @@ SHAPES = ((4096, 4096), (8192, 8192), (8192, 28672))
 BATCHES = (1, 16, 128, 4096)
 ACT = ActSpec(bits=4)
 ROTATION_BYTES = 512 << 20
+GPU_ROTATION_BYTES = 8 << 30  # one dispatch runs every copy: its fixed cost spreads over them
 TOLERANCE = 1e-4  # relative to max |y|: exact weights, float32 sums in another order
 ROUNDED_TOLERANCE = 1e-2  # the GPU xla form rounds code * scale to bfloat16
 MAX_COPIES = 64
 
 
 def _copies(nbytes: int) -> int:
-    return int(min(MAX_COPIES, max(2, math.ceil(ROTATION_BYTES / nbytes))))
+    budget = GPU_ROTATION_BYTES if on_gpu() else ROTATION_BYTES
+    return int(min(MAX_COPIES, max(2, math.ceil(budget / nbytes))))
 
 
 def _replicate(tree, count: int) -> list:
@@ -81,13 +85,17 @@ def _replicate(tree, count: int) -> list:
 
 WARM_CALLS, WARM_SECONDS = 200, 15.0
 GPU_WARM_CALLS = 20  # no allocator warm-up on a GPU: a few calls settle clocks and caches
+ONE_DISPATCH_PER_CALL = 1e-3  # seconds: above this the cost of a dispatch is noise
 
 
 def _time(fn: Callable, args: list[tuple], seconds: float) -> float:
-    """Median seconds per call, cycling through ``args`` (one tuple per weight copy), after a
-    warm-up of ``WARM_CALLS`` calls (at most ``WARM_SECONDS``): the first ~100 calls of a
-    process run up to 8x slower until glibc's allocator keeps the large temporaries instead of
-    mapping them afresh each call (``benchmarks/NOTES.md``)."""
+    """Median seconds per call, cycling through ``args`` (one tuple per weight copy).
+
+    CPU: one call per measurement, after a warm-up of ``WARM_CALLS`` calls (at most
+    ``WARM_SECONDS``): the first ~100 calls of a process run up to 8x slower until glibc's
+    allocator keeps the large temporaries instead of mapping them afresh each call
+    (``benchmarks/NOTES.md``). GPU: calls shorter than ``ONE_DISPATCH_PER_CALL`` are timed as
+    one dispatch running every copy once (`_time_dispatch`)."""
     jax.block_until_ready(fn(*args[0]))  # compile
     start = time.perf_counter()
     calls = 0
@@ -96,6 +104,8 @@ def _time(fn: Callable, args: list[tuple], seconds: float) -> float:
         jax.block_until_ready(fn(*args[calls % len(args)]))
         calls += 1
     per_call = (time.perf_counter() - start) / calls
+    if on_gpu() and per_call < ONE_DISPATCH_PER_CALL and len(args) > 1:
+        return _time_dispatch(fn, args, seconds)
     repeats = int(min(50, max(3, seconds / per_call)))
     times = []
     for i in range(repeats):
@@ -106,9 +116,27 @@ def _time(fn: Callable, args: list[tuple], seconds: float) -> float:
     return statistics.median(times)
 
 
+def _time_dispatch(fn: Callable, args: list[tuple], seconds: float) -> float:
+    """Seconds per call of one jitted dispatch that calls ``fn`` once on each of ``args`` (each
+    its own weight copy, so XLA cannot merge the calls), over the number of calls. A dispatch
+    and its synchronisation cost about 0.1 ms on the H200 of 2026-11-28, as much as one
+    memory-bound call at these sizes: timed one call at a time, every fast path looked the same
+    (benchmarks/RESULTS.md)."""
+    batch = jax.jit(lambda every: [fn(*a) for a in every])
+    jax.block_until_ready(batch(args))  # compile
+    times = []
+    start = time.perf_counter()
+    while len(times) < 3 or (len(times) < 50 and time.perf_counter() - start < seconds):
+        begin = time.perf_counter()
+        jax.block_until_ready(batch(args))
+        times.append(time.perf_counter() - begin)
+    return statistics.median(times) / len(args)
+
+
 def stream_bandwidth() -> float:
-    """Bytes per second of a jitted sum over 1 GiB (read once)."""
-    a = jnp.ones((1 << 28,), jnp.float32)
+    """Bytes per second of a jitted sum over 1 GiB (4 GiB on a GPU, where a dispatch's fixed
+    cost would be a quarter of the time of 1 GiB), read once."""
+    a = jnp.ones((1 << (30 if on_gpu() else 28),), jnp.float32)
     t = _time(jax.jit(jnp.sum), [(a,)], seconds=1.0)
     return a.nbytes / t
 
@@ -145,11 +173,14 @@ W4A4_TILINGS = [
     pallas_gpu.W4A4_LARGE_M,
     KernelConfig(block_m=128, block_n=128, block_k=64, num_warps=8, load="words"),
 ]
-W4A4_KMAJOR_TILINGS = [  # the best Pallas int8 GEMM tilings on a [N, K] weight (layout_probe)
+# The best Pallas int8 GEMM tilings on a [N, K] weight (layout_probe.py gemm: bm128 bn128 bk128
+# w8 1.43x, bm128 bn256 bk128 w8 s4 1.19x). A K-major step of block_k rows is two dots of depth
+# block_k / 2, so the probe's depth 128 is block_k 256 (per-channel; g128 weights step 128).
+W4A4_KMAJOR_TILINGS = [
     pallas_kmajor.W4A4_KMAJOR_DEFAULT,
+    KernelConfig(block_m=128, block_n=128, block_k=256, num_warps=8),
+    KernelConfig(block_m=128, block_n=256, block_k=256, num_warps=8, num_stages=4),
     KernelConfig(block_m=128, block_n=128, block_k=128, num_warps=4),
-    KernelConfig(block_m=128, block_n=256, block_k=128, num_warps=8, num_stages=4),
-    KernelConfig(block_m=256, block_n=128, block_k=128, num_warps=8),
 ]
 TUNE_MAX_ROWS = 64  # the W4A16 kernel is for small M: larger M takes the xla form
 
@@ -162,8 +193,16 @@ def _tiling_name(config: KernelConfig, w4a4: bool) -> str:
 
 
 def _tuned_paths(qt: QTensor, m: int) -> dict[str, Callable]:
-    """GPU only: the Pallas kernels under each tiling of a small grid (``--tune``)."""
+    """GPU only: the Pallas kernels under each tiling of a small grid (``--tune``); the K-major
+    W4A4 kernel first (never timed on a GPU yet: a step that runs out of time keeps it)."""
     paths = {}
+    for config in W4A4_KMAJOR_TILINGS:
+        if not pallas_kmajor.unsupported(qt, config):
+            kernel = functools.partial(pallas_kmajor.w4a4_kmajor_pallas, config=config)
+            name = f"W4A4 pallas k-major bm{config.block_m} n{config.block_n} bk{config.block_k}"
+            paths[f"{name} w{config.num_warps} s{config.num_stages}"] = functools.partial(
+                _w4a4_layer, matmul=kernel
+            )
     for config in W4A16_TILINGS if m <= TUNE_MAX_ROWS else ():
         if not pallas_gpu.unsupported(qt, m, config):
             paths[f"W4A16 pallas {_tiling_name(config, False)}"] = functools.partial(
@@ -173,12 +212,6 @@ def _tuned_paths(qt: QTensor, m: int) -> dict[str, Callable]:
         if not pallas_gpu.unsupported(qt, m, config, w4a4=True):
             kernel = functools.partial(pallas_gpu.w4a4_pallas, config=config)
             paths[f"W4A4 pallas {_tiling_name(config, True)}"] = functools.partial(
-                _w4a4_layer, matmul=kernel
-            )
-    for config in W4A4_KMAJOR_TILINGS:
-        if not pallas_kmajor.unsupported(qt, config):
-            kernel = functools.partial(pallas_kmajor.w4a4_kmajor_pallas, config=config)
-            paths[f"W4A4 pallas {_tiling_name(config, True)} k-major"] = functools.partial(
                 _w4a4_layer, matmul=kernel
             )
     return paths

@@ -49,7 +49,14 @@ compile() { step compile 60 $py benchmarks/kernel_compile.py --rows 360 --k 64 -
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 $py -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" |
   tee -a "$out/gpu.txt"
-git rev-parse --short HEAD 2>/dev/null | tee -a "$out/gpu.txt"
-for name in "${@:-smoke tests check w4a4}"; do
-  for s in $name; do $s; done
+# what ran: the device's checkout may carry a stale .git, so hash the files themselves; here,
+# the same line on a clean checkout of a commit says whether that commit is what ran
+files=$(find q4lab benchmarks tests -type f \( -name '*.py' -o -name '*.sh' \) | LC_ALL=C sort)
+echo "tree $(cat $files | sha1sum | cut -c1-12)" | tee -a "$out/gpu.txt"
+steps="smoke tests check w4a4 probe compile"
+for name in ${@:-smoke tests check w4a4}; do
+  case " $steps " in
+  *" $name "*) $name ;;
+  *) echo "unknown step '$name'; allowed: $steps" ;;
+  esac
 done

@@ -120,7 +120,7 @@ def w4a16_blocked(x: jax.Array, qt: QTensor, *, rows: int | None = None) -> jax.
 
     init = jnp.zeros((x.shape[0], hv.codes.shape[1]), jnp.float32)
     even, odd = _walk(hv, rows, init, step)
-    return halves.interleave(even, odd, qt.n)
+    return halves.interleave(even, odd, n=qt.n)
 
 
 def w4a4_blocked(
@@ -149,4 +149,4 @@ def w4a4_blocked(
 
     init = jnp.zeros((m, hv.codes.shape[1]), jnp.float32)
     even, odd = _walk(hv, rows, init, step)
-    return halves.interleave(even, odd, qt.n) * x_scale.astype(jnp.float32)
+    return halves.interleave(even, odd, n=qt.n) * x_scale.astype(jnp.float32)

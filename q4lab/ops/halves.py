@@ -1,12 +1,13 @@
-"""A packed 4-bit weight seen as two halves: its even and its odd output columns.
+"""A packed 4-bit weight seen as two halves, its even and its odd output columns, or in general
+as *phases*: the output columns ``i, i + P, i + 2P, ...`` of nibble position ``i`` in a loaded
+element (P = 2 for bytes; the GPU kernels also read 32-bit words, P = 8).
 
 A 4-bit `QTensor` stores byte ``[k, j]`` = code ``[k, 2j]`` (low nibble) and code
 ``[k, 2j + 1]`` (high nibble), see `q4lab.core.packing`; 2- and 3-bit codes are packed otherwise
-and are refused here (`split`). Unpacking a whole byte row into
-interleaved columns is a shuffle that XLA (and Triton) do slowly; instead the fast paths multiply
-by the low nibbles and by the high nibbles separately, producing the even and the odd output
-columns, and interleave only the ``[M, N]`` result. Scales and zero points are split the same way
-(packed zero points already hold the even columns in their low nibbles).
+and are refused here (`split`). Unpacking a whole byte row into interleaved columns is a shuffle
+that XLA (and Triton) do slowly; instead the CPU blocked path and the Pallas kernels multiply by
+each phase separately and interleave only the ``[M, N]`` result. Scales and zero points are split
+the same way (packed zero points already hold the even columns in their low nibbles).
 
 Symmetric codes are two's-complement nibbles; xor-ing a byte with 0x88 turns both into
 ``code + 8`` (offset binary), so every path computes ``(u - zero) * scale`` from unsigned nibbles
@@ -53,19 +54,37 @@ def rows_per_scale(qt: QTensor) -> int:
 
 
 def offset_codes(codes: jax.Array, symmetric: bool) -> jax.Array:
-    """Packed bytes whose nibbles ``u`` satisfy ``code = u - zero`` (zero = 8 when symmetric)."""
-    return codes ^ jnp.uint8(_SIGN_FLIP) if symmetric else codes
+    """Packed bytes (or uint32 words) whose nibbles ``u`` satisfy ``code = u - zero`` (zero = 8
+    when symmetric)."""
+    if not symmetric:
+        return codes
+    flip = 0x88888888 if codes.dtype == jnp.uint32 else _SIGN_FLIP
+    return codes ^ jnp.asarray(flip, codes.dtype)
 
 
 SYMMETRIC_ZERO = 8.0  # the zero of `offset_codes`' nibbles for two's-complement codes
 
 
+def nibble(w: jax.Array, i: int) -> jax.Array:
+    """Nibble ``i`` (bits 4i..4i+3) of unsigned ints ``w``: 0..15 in ``w``'s dtype."""
+    return (w >> (4 * i)) & jnp.asarray(0xF, w.dtype)
+
+
 def low_nibbles(b: jax.Array) -> jax.Array:
-    return b & 0xF
+    return nibble(b, 0)
 
 
 def high_nibbles(b: jax.Array) -> jax.Array:
-    return b >> 4
+    return nibble(b, 1)
+
+
+def phases(grid: jax.Array, n: int, count: int) -> list[jax.Array]:
+    """A ``[G, N]`` (or ``[G, 1]``) grid as ``count`` grids ``[G, ceil(N / count)]``: phase i
+    holds columns ``i, i + count, ...`` (N padded to a multiple of ``count``)."""
+    width = -(-n // count) * count
+    grid = jnp.broadcast_to(grid, (grid.shape[0], n))
+    grid = jnp.pad(grid, ((0, 0), (0, width - n))).reshape(grid.shape[0], -1, count)
+    return [grid[..., i] for i in range(count)]
 
 
 def split(qt: QTensor) -> Halves:
@@ -76,12 +95,7 @@ def split(qt: QTensor) -> Halves:
             f"({qt.spec.describe()}); allowed widths: 4"
         )
     h = qt.codes.shape[1]
-
-    def columns(grid: jax.Array) -> jax.Array:  # [G, N] (or [.., 1]) -> [G, h, 2]
-        grid = jnp.broadcast_to(grid, (grid.shape[0], qt.n))
-        return jnp.pad(grid, ((0, 0), (0, 2 * h - qt.n))).reshape(-1, h, 2)
-
-    scale = columns(qt.scale)
+    scale_even, scale_odd = phases(qt.scale, qt.n, 2)
     zero_even = zero_odd = None
     if qt.zero is not None:
         if qt.scale.shape[-1] == 1:  # per-tensor: one zero point for every column
@@ -90,8 +104,8 @@ def split(qt: QTensor) -> Halves:
             zero_even, zero_odd = low_nibbles(qt.zero), high_nibbles(qt.zero)
     return Halves(
         codes=qt.codes,
-        scale_even=scale[..., 0],
-        scale_odd=scale[..., 1],
+        scale_even=scale_even,
+        scale_odd=scale_odd,
         zero_even=zero_even,
         zero_odd=zero_odd,
         rows_per_scale=rows_per_scale(qt),
@@ -99,10 +113,11 @@ def split(qt: QTensor) -> Halves:
     )
 
 
-def interleave(even: jax.Array, odd: jax.Array, n: int) -> jax.Array:
-    """``[..., h]`` even and odd output columns -> ``[..., n]`` in logical order."""
-    both = jnp.stack([even, odd], axis=-1)
-    return both.reshape(*even.shape[:-1], -1)[..., :n]
+def interleave(*outputs: jax.Array, n: int) -> jax.Array:
+    """Phase outputs ``[..., columns]`` (even and odd, or P of them) -> ``[..., n]`` in logical
+    column order."""
+    stacked = jnp.stack(outputs, axis=-1)
+    return stacked.reshape(*outputs[0].shape[:-1], -1)[..., :n]
 
 
 def permuted_input(x: jax.Array, qt: QTensor) -> jax.Array:

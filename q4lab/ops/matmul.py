@@ -74,6 +74,8 @@ GPU_CHOICES: dict[tuple[str, str], tuple[tuple[int | None, str], ...]] = {
 
 
 def _operand_class(qt: QTensor, dtype, w4a4: bool) -> str:
+    """The `GPU_CHOICES` column: activation dtype (W4A16); one scale row (per-channel or
+    per-tensor) or group scales (W4A4)."""
     if w4a4:
         return "int8 grouped" if qt.scale.shape[0] > 1 else "int8 per-channel"
     return "16-bit" if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "float32"

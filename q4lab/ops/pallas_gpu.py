@@ -7,13 +7,17 @@ or four at a time as a little-endian 32-bit word (``load="words"``: nibble ``i``
 column ``8w + i``); the same memory either way. Each nibble position ``i`` of a loaded element
 is a *phase*: the output columns ``i, i + P, i + 2P, ...`` (P = 2 or 8 phases). A program
 multiplies x by every phase of its block separately and the ``[M, N]`` result is interleaved at
-the end, so no unpacked weight is ever written to memory (the XLA forms do: see
-``shared/GPU_NOTES.md``).
+the end, so no unpacked weight is ever written to memory (the XLA forms do, and ran at 0.3-0.5x
+of the bf16 dot on an H200: ``benchmarks/RESULTS.md``).
 
 Unpacking is integer logic only: a nibble ``u`` ORed into the top mantissa bits of 1.0 is the
 float ``1 + u/16`` exactly (one bit cast, no int-to-float conversion); the dot gives
 ``sum x (1 + u/16)``, and ``sum x (u - zero) = 16 * that - (16 + zero) * sum x``. Symmetric codes
-are two's-complement nibbles, xor-ed with 0x8 per nibble into ``u = code + 8`` (zero 8).
+are two's-complement nibbles, xor-ed with 0x8 per nibble into ``u = code + 8`` (zero 8). The
+subtraction cancels: the float32 error grows with ``sum |x|`` rather than ``|y|``, up to 2e-5 of
+max |y| for inputs whose mean is 1-3 standard deviations (3e-6 for zero-mean ones; the test
+bounds it), far below bfloat16's own rounding of x. Subtracting ``1 + zero/16`` in x's dtype
+before the dot would be exact, at one more operation per weight (not timed).
 
 W4A16  grid ``(M / block_m, columns / block, split_k)``: a program walks its share of K one
        scale group at a time (``block_k`` rows for per-channel weights), one dot per phase per
@@ -48,7 +52,6 @@ _MIN_DOT = 16  # Triton's smallest dot dimension
 COMPUTE = ("dot", "fma")
 LOAD = ("bytes", "words")
 _PHASES = {"bytes": 2, "words": 8}
-_ELEMENT = {"bytes": jnp.uint8, "words": jnp.uint32}
 SYMMETRIC_ZERO = int(halves.SYMMETRIC_ZERO)  # two's-complement nibble xor 0x8 = code + 8
 
 
@@ -73,11 +76,12 @@ class KernelConfig:
                 )
 
 
-# The fastest tilings of the `benchmarks/bench_ops.py --check --tune` grids on an H200
-# (RESULTS.md; the same tiling moved by 10-20 % between runs). W4A16, 128 bytes of a code row by
-# split-K 8: for one row of x 4 stages (0.98-1.07x of bf16 in two runs; 3 stages 0.75-0.89x at
-# 8192x28672), else 3. W4A4: 4 warps for small M; above 128 rows, 256-row tiles of 8 warps
-# (8192x8192, M=4096, g128: 2.4 ms; 128-row tiles of 4 warps: 3.1 ms).
+# The tilings of the `benchmarks/bench_ops.py --check --tune` grids that led on an H200
+# (RESULTS.md, 2026-11-28; the same tiling moved by 10-20 % between runs, and times under 0.3 ms
+# carried ~0.1 ms of dispatch). W4A16, 128 bytes of a code row by split-K 8: for one row of x 4
+# stages (8192x28672: 0.98x and 1.04x of bf16 in two runs against 0.89x and 0.75x with 3; at
+# 8192x8192 3 stages led, 1.14x to 1.07x), else 3. W4A4: 4 warps for small M; above 128 rows,
+# 256-row tiles of 8 warps (8192x8192, M=4096, g128: 2.4 ms; 128-row tiles, 4 warps: 3.1 ms).
 W4A16_DEFAULT = KernelConfig(block_n=128, split_k=8)
 W4A16_ONE_ROW = KernelConfig(block_n=128, split_k=8, num_stages=4)
 W4A4_DEFAULT = KernelConfig(block_n=64, block_m=128)
@@ -155,33 +159,12 @@ def _one_plus_sixteenths(w, i: int, dtype):
     return lax.bitcast_convert_type(bits.astype(same_width), dtype)
 
 
-def _nibble(w, i: int):
-    """Nibble ``i`` of unsigned ints ``w``: 0..15 in ``w``'s dtype."""
-    return (w >> (4 * i)) & jnp.asarray(0xF, w.dtype)
-
-
-def _offset(w, symmetric: bool):
-    """Elements whose nibbles are ``code + zero`` (xor 0x8 in every nibble when symmetric)."""
-    if not symmetric:
-        return w
-    return w ^ jnp.asarray(0x88888888 if w.dtype == jnp.uint32 else 0x88, w.dtype)
-
-
 def _codes(qt: QTensor, load: str) -> jax.Array:
     """The stored bytes ``[K, h]``, or the same memory as uint32 ``[K, h/4]``."""
     if load == "bytes":
         return qt.codes
     k, h = qt.codes.shape
     return lax.bitcast_convert_type(qt.codes.reshape(k, h // 4, 4), jnp.uint32)
-
-
-def _phases(grid: jax.Array, n: int, phases: int) -> list[jax.Array]:
-    """A ``[G, N]`` (or ``[G, 1]``) grid as ``phases`` grids ``[G, columns]``: phase i holds
-    output columns ``i, i + phases, ...`` (N padded to a multiple of ``phases``)."""
-    width = _round_up(n, phases)
-    grid = jnp.broadcast_to(grid, (grid.shape[0], n))
-    grid = jnp.pad(grid, ((0, 0), (0, width - n))).reshape(grid.shape[0], -1, phases)
-    return [grid[..., i] for i in range(phases)]
 
 
 def _weight_operands(qt: QTensor, config: KernelConfig, column):
@@ -192,21 +175,15 @@ def _weight_operands(qt: QTensor, config: KernelConfig, column):
     phases = _PHASES[config.load]
     codes = _codes(qt, config.load)
     block = config.block_n * 2 // phases  # elements of a code row per program
-    scales = _phases(qt.scale, qt.n, phases)
+    scales = halves.phases(qt.scale, qt.n, phases)
     if qt.zero is None:
         zeros, zero_const = scales, SYMMETRIC_ZERO
     else:
-        zeros, zero_const = _phases(qt.int_zero(), qt.n, phases), None
+        zeros, zero_const = halves.phases(qt.int_zero(), qt.n, phases), None
     grid = pl.BlockSpec((scales[0].shape[0], block), lambda *ids: (0, column(*ids)))
     specs = [pl.BlockSpec((qt.k, block), lambda *ids: (0, column(*ids)))]
     specs += [grid] * (2 * phases)
     return specs, (codes, *scales, *zeros), zero_const
-
-
-def _interleave(outputs, m: int, n: int) -> jax.Array:
-    """Phase outputs ``[Mp, columns]`` -> ``[m, n]`` in logical column order."""
-    both = jnp.stack(outputs, axis=-1)
-    return both.reshape(both.shape[0], -1)[:m, :n]
 
 
 def _w4a16_kernel(
@@ -239,23 +216,23 @@ def _w4a16_kernel(
         k0 = (part * steps + t) * step
         g = k0 // step if per_group else 0
         xb = block(k0)
-        w = _offset(codes_ref[pl.ds(k0, step), :], zero_const is not None)
-        rows = total(xb)
+        w = halves.offset_codes(codes_ref[pl.ds(k0, step), :], zero_const is not None)
+        x_sum = total(xb)
         out = []
         for i in range(phases):
             zero = zero_const if zero_const is not None else _scale_row(zero_refs[i], g)
             # sum x (u - z) = 16 sum x (1 + u/16) - (16 + z) sum x
-            p = 16 * contract(xb, _one_plus_sixteenths(w, i, xb.dtype)) - (16 + zero) * rows
+            p = 16 * contract(xb, _one_plus_sixteenths(w, i, xb.dtype)) - (16 + zero) * x_sum
             out.append(acc[i] + (p * _scale_row(scale_refs[i], g) if per_group else p))
         return tuple(out)
 
-    rows = 1 if fma else x_ref.shape[0]
-    zeros = jnp.zeros((rows, out_refs[0].shape[-1]), jnp.float32)
+    acc_rows = 1 if fma else x_ref.shape[0]
+    zeros = jnp.zeros((acc_rows, out_refs[0].shape[-1]), jnp.float32)
     acc = lax.fori_loop(0, steps, body, (zeros,) * phases)
     for i, (y, out_ref) in enumerate(zip(acc, out_refs, strict=True)):
         if not per_group:
             y = y * _scale_row(scale_refs[i], 0)
-        if out_ref.shape[-2] < rows:  # one row of x padded to a dot's 16: the others are zero
+        if out_ref.shape[-2] < acc_rows:  # one row of x padded to a dot's 16: the others are zero
             y = jnp.sum(y, axis=0, keepdims=True)
         out_ref[...] = y
 
@@ -271,7 +248,8 @@ def w4a16_pallas(
     """``x[M, K] @ dequantize(qt)`` (float32 ``[M, N]``) by the W4A16 kernel; see `unsupported`;
     ``config``: `default_config`.
 
-    Dots run in x's dtype when it is bfloat16/float16 (the codes are exact in it), else float32.
+    Dots run in x's dtype when it is bfloat16/float16 (the codes are exact in it), else float32;
+    ``compute="fma"`` multiplies in float32 whatever x's dtype.
     """
     m = x.shape[0]
     config = config or default_config(m)
@@ -315,7 +293,7 @@ def w4a16_pallas(
         compiler_params=_triton_params(config),
         name="q4lab_w4a16",
     )(x, *weights)
-    return _interleave([y.sum(0) for y in outputs], m, qt.n)
+    return halves.interleave(*(y.sum(0) for y in outputs), n=qt.n)[:m]
 
 
 def _w4a4_kernel(x_ref, xs_ref, codes_ref, *refs, step, steps, per_group, zero_const, phases):
@@ -325,16 +303,16 @@ def _w4a4_kernel(x_ref, xs_ref, codes_ref, *refs, step, steps, per_group, zero_c
         k0 = t * step
         g = t if per_group else 0
         xb = x_ref[:, pl.ds(k0, step)]
-        w = _offset(codes_ref[pl.ds(k0, step), :], zero_const is not None)
-        rows = jnp.sum(xb.astype(jnp.int32), axis=1, keepdims=True)
+        w = halves.offset_codes(codes_ref[pl.ds(k0, step), :], zero_const is not None)
+        x_sum = jnp.sum(xb.astype(jnp.int32), axis=1, keepdims=True)
         out = []
         for i in range(phases):
             # the nibbles stay small ints (0..15 fit int8); the zero comes off the int32 sums
-            p = jnp.dot(xb, _nibble(w, i).astype(jnp.int8), preferred_element_type=jnp.int32)
+            p = jnp.dot(xb, halves.nibble(w, i).astype(jnp.int8), preferred_element_type=jnp.int32)
             if zero_const is not None:
-                p = p - zero_const * rows
+                p = p - zero_const * x_sum
             else:
-                p = p - rows * zero_refs[i][pl.ds(g, 1), :].astype(jnp.int32)
+                p = p - x_sum * zero_refs[i][pl.ds(g, 1), :].astype(jnp.int32)
             if per_group:  # exact int32 sums within a group, float32 across groups
                 p = p.astype(jnp.float32) * _scale_row(scale_refs[i], g)
             out.append(acc[i] + p)
@@ -398,7 +376,7 @@ def w4a4_pallas(
         compiler_params=_triton_params(config),
         name="q4lab_w4a4",
     )(xc, row_scale, *weights)
-    return _interleave(outputs, m, qt.n)
+    return halves.interleave(*outputs, n=qt.n)[:m]
 
 
 def _triton_params(config: KernelConfig):

@@ -9,9 +9,9 @@ along K instead: byte ``[n, j]`` holds ``u[2j, n]`` (low nibble) and ``u[2j + 1,
 odd columns, so one step is ``x_even @ low.T + x_odd @ high.T`` with int32 sums; then
 ``- zero * sum x``, the group scale in float32 and the row scales, as `pallas_gpu`'s W4A4 kernel.
 
-`kmajor_codes` re-lays the weight on every call (one pass over the packed bytes: about 3 % of a
-4096-row GEMM at 8192x8192); a `QTensor` holding this layout would skip it. Not yet timed on a
-GPU (``benchmarks/gpu_check.sh`` step "check" times it): `auto` does not run it.
+`kmajor_codes` re-lays the weight on every call (through the integer codes and a transpose:
+at M=4096 small beside the GEMM, but not timed); a `QTensor` holding this layout would skip it.
+Not yet timed on a GPU (``benchmarks/gpu_check.sh`` step "check" times it): `auto` does not run it.
 """
 
 from __future__ import annotations
@@ -36,13 +36,16 @@ from q4lab.ops.pallas_gpu import (
     _triton_params,
 )
 
-# block_n counts output columns here (the n-major kernels count bytes of a code row)
+# block_n counts output columns here (the n-major kernels count bytes of a code row); a step of
+# block_k rows is two dots of depth block_k / 2 (even and odd rows)
 W4A4_KMAJOR_DEFAULT = KernelConfig(block_m=128, block_n=128, block_k=128, num_warps=8)
 _MIN_INT8_DOT = 32  # an 8-bit MMA's contraction depth
 
 
 def unsupported(qt: QTensor, config: KernelConfig = W4A4_KMAJOR_DEFAULT) -> str | None:
     """Why the K-major kernel cannot take this weight under ``config``; None when it can."""
+    if config.load != "bytes" or config.compute != "dot":
+        return "the K-major kernel reads bytes into tensor-core dots (load='bytes', compute='dot')"
     if not qt.spec.nibbles:
         return f"{qt.spec.bits}-bit codes are not nibbles; allowed widths: 4"
     if qt.n % config.block_n:
@@ -76,13 +79,13 @@ def _kernel(xe_ref, xo_ref, xs_ref, codes_ref, scale_ref, zero_ref, out_ref, *, 
         lo = (w & jnp.uint8(0xF)).astype(jnp.int8)
         hi = (w >> 4).astype(jnp.int8)
         p = dot(xe, lo.T) + dot(xo, hi.T)
-        rows = jnp.sum(xe.astype(jnp.int32), axis=1, keepdims=True)
-        rows += jnp.sum(xo.astype(jnp.int32), axis=1, keepdims=True)
+        x_sum = jnp.sum(xe.astype(jnp.int32), axis=1, keepdims=True)
+        x_sum += jnp.sum(xo.astype(jnp.int32), axis=1, keepdims=True)
         g = t if per_group else 0
         if zero_const is not None:
-            p = p - zero_const * rows
+            p = p - zero_const * x_sum
         else:
-            p = p - rows * zero_ref[pl.ds(g, 1), :].astype(jnp.int32)
+            p = p - x_sum * zero_ref[pl.ds(g, 1), :].astype(jnp.int32)
         if per_group:  # exact int32 sums within a group, float32 across groups
             return acc + p.astype(jnp.float32) * _scale_row(scale_ref, g)
         return acc + p
