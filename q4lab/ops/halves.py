@@ -66,8 +66,12 @@ SYMMETRIC_ZERO = 8.0  # the zero of `offset_codes`' nibbles for two's-complement
 
 
 def nibble(w: jax.Array, i: int) -> jax.Array:
-    """Nibble ``i`` (bits 4i..4i+3) of unsigned ints ``w``: 0..15 in ``w``'s dtype."""
-    return (w >> (4 * i)) & jnp.asarray(0xF, w.dtype)
+    """Nibble ``i`` (bits 4i..4i+3) of unsigned ints ``w``: 0..15 in ``w``'s dtype (no shift for
+    the lowest, no mask for the highest: the CPU path runs this on every byte)."""
+    if i == 2 * w.dtype.itemsize - 1:
+        return w >> (4 * i)
+    shifted = w >> (4 * i) if i else w
+    return shifted & jnp.asarray(0xF, w.dtype)
 
 
 def low_nibbles(b: jax.Array) -> jax.Array:
