@@ -19,8 +19,8 @@ the INT4 weights are symmetric 4-bit codes with group-128 float16 scales (4.125 
 Each variant cycles through enough copies of its weight that they fill 512 MiB (8 GiB on a GPU, at
 most 64 copies), so no cache holds the weight being read; the time is the median of calls after
 a compile and 200 warm-up calls (at most 15 s; 20 on a GPU). On a GPU a call shorter than 1 ms
-is timed as one dispatch over every copy, divided by their number (`_time_dispatch`: one call
-per dispatch measured the dispatch, about 0.1 ms, as much as the call). "x dense"
+is timed as 64 calls queued back to back before one wait (`_time_pipelined`: waiting after each
+call measured the wait, about 0.1 ms, as much as the call). "x dense"
 is the dense time over the path's time, in the same run. "floor" is the fraction of the
 memory-bandwidth floor reached: the bytes the call must read and write (weights, scales, x, y)
 over the best read bandwidth measured in this run (a streaming reduction over 1 GiB, or the dense
@@ -67,7 +67,7 @@ SHAPES = ((4096, 4096), (8192, 8192), (8192, 28672))
 BATCHES = (1, 16, 128, 4096)
 ACT = ActSpec(bits=4)
 ROTATION_BYTES = 512 << 20
-GPU_ROTATION_BYTES = 8 << 30  # one dispatch runs every copy: its fixed cost spreads over them
+GPU_ROTATION_BYTES = 8 << 30  # HBM is large: enough copies that no cache holds the next one
 TOLERANCE = 1e-4  # relative to max |y|: exact weights, float32 sums in another order
 ROUNDED_TOLERANCE = 1e-2  # the GPU xla form rounds code * scale to bfloat16
 MAX_COPIES = 64
@@ -85,7 +85,7 @@ def _replicate(tree, count: int) -> list:
 
 WARM_CALLS, WARM_SECONDS = 200, 15.0
 GPU_WARM_CALLS = 20  # no allocator warm-up on a GPU: a few calls settle clocks and caches
-ONE_DISPATCH_PER_CALL = 1e-3  # seconds: above this the cost of a dispatch is noise
+ONE_CALL_PER_WAIT = 1e-3  # seconds: above this the cost of waiting for each call is noise
 
 
 def _time(fn: Callable, args: list[tuple], seconds: float) -> float:
@@ -94,8 +94,8 @@ def _time(fn: Callable, args: list[tuple], seconds: float) -> float:
     CPU: one call per measurement, after a warm-up of ``WARM_CALLS`` calls (at most
     ``WARM_SECONDS``): the first ~100 calls of a process run up to 8x slower until glibc's
     allocator keeps the large temporaries instead of mapping them afresh each call
-    (``benchmarks/NOTES.md``). GPU: calls shorter than ``ONE_DISPATCH_PER_CALL`` are timed as
-    one dispatch running every copy once (`_time_dispatch`)."""
+    (``benchmarks/NOTES.md``). GPU: calls shorter than ``ONE_CALL_PER_WAIT`` are timed queued
+    back to back (`_time_pipelined`)."""
     jax.block_until_ready(fn(*args[0]))  # compile
     start = time.perf_counter()
     calls = 0
@@ -104,8 +104,8 @@ def _time(fn: Callable, args: list[tuple], seconds: float) -> float:
         jax.block_until_ready(fn(*args[calls % len(args)]))
         calls += 1
     per_call = (time.perf_counter() - start) / calls
-    if on_gpu() and per_call < ONE_DISPATCH_PER_CALL and len(args) > 1:
-        return _time_dispatch(fn, args, seconds)
+    if on_gpu() and per_call < ONE_CALL_PER_WAIT:
+        return _time_pipelined(fn, args, seconds)
     repeats = int(min(50, max(3, seconds / per_call)))
     times = []
     for i in range(repeats):
@@ -116,21 +116,25 @@ def _time(fn: Callable, args: list[tuple], seconds: float) -> float:
     return statistics.median(times)
 
 
-def _time_dispatch(fn: Callable, args: list[tuple], seconds: float) -> float:
-    """Seconds per call of one jitted dispatch that calls ``fn`` once on each of ``args`` (each
-    its own weight copy, so XLA cannot merge the calls), over the number of calls. A dispatch
-    and its synchronisation cost about 0.1 ms on the H200 of 2026-11-28, as much as one
-    memory-bound call at these sizes: timed one call at a time, every fast path looked the same
-    (benchmarks/RESULTS.md)."""
-    batch = jax.jit(lambda every: [fn(*a) for a in every])
-    jax.block_until_ready(batch(args))  # compile
+PIPELINED_CALLS = 64  # calls queued before one wait
+
+
+def _time_pipelined(fn: Callable, args: list[tuple], seconds: float) -> float:
+    """Seconds per call of ``PIPELINED_CALLS`` calls queued back to back (cycling through the
+    weight copies: JAX dispatches asynchronously) before one wait, median over repeats. Waiting
+    after each call cost about 0.1 ms on the H200 of 2026-11-28, as much as one memory-bound call
+    at these sizes: timed one call at a time, every fast path looked the same
+    (benchmarks/RESULTS.md). Queued, the GPU runs call after call while the host dispatches the
+    next; a call shorter than the host's dispatch is still bounded by it."""
     times = []
     start = time.perf_counter()
-    while len(times) < 3 or (len(times) < 50 and time.perf_counter() - start < seconds):
+    while len(times) < 3 or (len(times) < 20 and time.perf_counter() - start < seconds):
         begin = time.perf_counter()
-        jax.block_until_ready(batch(args))
-        times.append(time.perf_counter() - begin)
-    return statistics.median(times) / len(args)
+        outputs = [fn(*args[i % len(args)]) for i in range(PIPELINED_CALLS)]
+        jax.block_until_ready(outputs)
+        times.append((time.perf_counter() - begin) / PIPELINED_CALLS)
+        del outputs
+    return statistics.median(times)
 
 
 def stream_bandwidth() -> float:
