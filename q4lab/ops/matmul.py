@@ -62,9 +62,9 @@ def on_gpu(backend: str | None = None) -> bool:
 
 # What ``auto`` runs on a GPU, by operation and operands: the first (max_rows, impl) whose bound
 # covers M (None: any M). From `benchmarks/bench_ops.py --check --tune` on an H200
-# (benchmarks/RESULTS.md, "Matmul paths and what `auto` picks"); a path the kernel cannot take
-# falls back to "xla". W4A4 with group scales at large M: XLA's einsum holds an [M, G, N] int32
-# intermediate (6.1 ms at 8192x8192, M=4096, against 2.4 ms for the kernel).
+# (benchmarks/RESULTS.md: "Matmul paths and what `auto` picks", and the 2026-11-28 section); a
+# path the kernel cannot take falls back to "xla". W4A4 with group scales at large M: XLA's
+# einsum holds an [M, G, N] int32 intermediate (6.1 ms at 8192x8192, M=4096; the kernel 2.4 ms).
 GPU_CHOICES: dict[tuple[str, str], tuple[tuple[int | None, str], ...]] = {
     ("w4a16", "16-bit"): ((64, "pallas"), (None, "xla")),
     ("w4a16", "float32"): ((1, "xla"), (None, "blocked")),
