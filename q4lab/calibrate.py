@@ -28,17 +28,18 @@ from q4lab.hooks import CaptureHook, InputsHook
 def _merge_calls(records: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
     """One layer called several times in a forward: sum the moments, stack the samples."""
     out: dict[str, jax.Array] = {"rows": sum(r["rows"] for r in records)}
-    if "xtx" in records[0]:
-        out["xtx"] = sum(r["xtx"] for r in records)
+    for moment in _SUMMED:
+        if moment in records[0]:
+            out[moment] = sum(r[moment] for r in records)
     if "sample" in records[0]:
         out["sample"] = jnp.concatenate([r["sample"] for r in records])
     if "absmax" in records[0]:
         out["absmax"] = functools.reduce(jnp.maximum, [r["absmax"] for r in records])
-    if "absum" in records[0]:
-        out["absum"] = sum(r["absum"] for r in records)
-    if "xtf" in records[0]:
-        out["xtf"] = sum(r["xtf"] for r in records)
     return out
+
+
+# The moments a `CaptureHook` record holds that add up over calls and batches.
+_SUMMED = ("xtx", "xtf", "absum")
 
 
 class Calibrator:
@@ -98,12 +99,10 @@ class Calibrator:
                     continue
                 acc = totals.setdefault(path, {"rows": 0.0, "samples": []})
                 acc["rows"] += float(rec["rows"])
-                if "xtx" in rec:
-                    acc["xtx"] = acc.get("xtx", 0.0) + np.asarray(rec["xtx"], np.float64)
-                if "absum" in rec:
-                    acc["absum"] = acc.get("absum", 0.0) + np.asarray(rec["absum"], np.float64)
-                if "xtf" in rec:
-                    acc["xtf"] = acc.get("xtf", 0.0) + np.asarray(rec["xtf"], np.float64)
+                for moment in _SUMMED:
+                    if moment in rec:
+                        summed = np.asarray(rec[moment], np.float64)
+                        acc[moment] = acc.get(moment, 0.0) + summed
                 if "absmax" in rec:
                     seen = np.asarray(rec["absmax"])
                     acc["absmax"] = np.maximum(acc.get("absmax", seen), seen)
