@@ -167,14 +167,19 @@ def _codes(qt: QTensor, load: str) -> jax.Array:
     return lax.bitcast_convert_type(qt.codes.reshape(k, h // 4, 4), jnp.uint32)
 
 
+def _phase_block(config: KernelConfig) -> tuple[int, int]:
+    """Phases of a loaded element, and elements of a code row per program."""
+    phases = _PHASES[config.load]
+    return phases, config.block_n * 2 // phases
+
+
 def _weight_operands(qt: QTensor, config: KernelConfig, column):
     """BlockSpecs and arrays of the weight operands, and the constant zero (None: stored zero
     points): codes ``[K, block]`` and a scale and a zero grid ``[G, block]`` per phase for
     column block ``column(*grid_ids)``. Symmetric codes' zero slots get the scales as unread
     placeholders."""
-    phases = _PHASES[config.load]
+    phases, block = _phase_block(config)
     codes = _codes(qt, config.load)
-    block = config.block_n * 2 // phases  # elements of a code row per program
     scales = halves.phases(qt.scale, qt.n, phases)
     if qt.zero is None:
         zeros, zero_const = scales, SYMMETRIC_ZERO
@@ -268,8 +273,8 @@ def w4a16_pallas(
     step = _step_rows(qt, config)
     split = max(s for s in range(1, config.split_k + 1) if (k // step) % s == 0)
     weight_specs, weights, zero_const = _weight_operands(qt, config, lambda i, j, s: j)
-    phases = _PHASES[config.load]
-    columns, block = weights[0].shape[1], config.block_n * 2 // phases
+    phases, block = _phase_block(config)
+    columns = weights[0].shape[1]
     kernel = functools.partial(
         _w4a16_kernel,
         step=step,
@@ -296,6 +301,35 @@ def w4a16_pallas(
     return halves.interleave(*(y.sum(0) for y in outputs), n=qt.n)[:m]
 
 
+def _w4a4_step(p, x_sum, g, scale_ref, zero_ref, *, per_group, zero_const):
+    """A step's int32 sums ``sum xc u`` less ``zero * sum xc`` (exact); with group scales, times
+    the group's scale in float32 (per-channel sums stay int32 over all of K)."""
+    if zero_const is not None:
+        p = p - zero_const * x_sum
+    else:
+        p = p - x_sum * zero_ref[pl.ds(g, 1), :].astype(jnp.int32)
+    return p.astype(jnp.float32) * _scale_row(scale_ref, g) if per_group else p
+
+
+def _w4a4_output(acc, scale_ref, row_scale, *, per_group):
+    """The accumulated sums times the per-channel scale (if not applied per group) and the
+    activations' row scales."""
+    y = acc.astype(jnp.float32)
+    if not per_group:
+        y = y * _scale_row(scale_ref, 0)
+    return y * row_scale
+
+
+def _padded_rows(xc: jax.Array, x_scale: jax.Array, qt: QTensor, bm: int):
+    """W4A4 inputs in the weight's row order, int8, padded to a multiple of ``bm`` rows, and
+    their float32 row scales ``[Mp, 1]``; and Mp."""
+    m = xc.shape[0]
+    mp = _round_up(m, bm)
+    xc = jnp.pad(halves.permuted_input(xc, qt).astype(jnp.int8), ((0, mp - m), (0, 0)))
+    row_scale = jnp.broadcast_to(x_scale.astype(jnp.float32), (m, 1))
+    return xc, jnp.pad(row_scale, ((0, mp - m), (0, 0))), mp
+
+
 def _w4a4_kernel(x_ref, xs_ref, codes_ref, *refs, step, steps, per_group, zero_const, phases):
     scale_refs, zero_refs, out_refs = refs[:phases], refs[phases : 2 * phases], refs[2 * phases :]
 
@@ -309,23 +343,17 @@ def _w4a4_kernel(x_ref, xs_ref, codes_ref, *refs, step, steps, per_group, zero_c
         for i in range(phases):
             # the nibbles stay small ints (0..15 fit int8); the zero comes off the int32 sums
             p = jnp.dot(xb, halves.nibble(w, i).astype(jnp.int8), preferred_element_type=jnp.int32)
-            if zero_const is not None:
-                p = p - zero_const * x_sum
-            else:
-                p = p - x_sum * zero_refs[i][pl.ds(g, 1), :].astype(jnp.int32)
-            if per_group:  # exact int32 sums within a group, float32 across groups
-                p = p.astype(jnp.float32) * _scale_row(scale_refs[i], g)
+            p = _w4a4_step(
+                p, x_sum, g, scale_refs[i], zero_refs[i], per_group=per_group, zero_const=zero_const
+            )
             out.append(acc[i] + p)
         return tuple(out)
 
     zeros = jnp.zeros(out_refs[0].shape, jnp.float32 if per_group else jnp.int32)
     acc = lax.fori_loop(0, steps, body, (zeros,) * phases)
     row_scale = xs_ref[...].astype(jnp.float32)
-    for i, (y, out_ref) in enumerate(zip(acc, out_refs, strict=True)):
-        y = y.astype(jnp.float32)
-        if not per_group:
-            y = y * _scale_row(scale_refs[i], 0)
-        out_ref[...] = y * row_scale
+    for y, scale_ref, out_ref in zip(acc, scale_refs, out_refs, strict=True):
+        out_ref[...] = _w4a4_output(y, scale_ref, row_scale, per_group=per_group)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "interpret"))
@@ -345,15 +373,12 @@ def w4a4_pallas(
     if reason:
         raise ValueError(f"w4a4_pallas cannot run this weight: {reason}")
     bm = _rows_tile(m, config.block_m)
-    mp = _round_up(m, bm)
-    xc = jnp.pad(halves.permuted_input(xc, qt).astype(jnp.int8), ((0, mp - m), (0, 0)))
-    row_scale = jnp.broadcast_to(x_scale.astype(jnp.float32), (m, 1))
-    row_scale = jnp.pad(row_scale, ((0, mp - m), (0, 0)))
+    xc, row_scale, mp = _padded_rows(xc, x_scale, qt, bm)
     k = qt.k
     step = _step_rows(qt, config)
     weight_specs, weights, zero_const = _weight_operands(qt, config, lambda i, j: j)
-    phases = _PHASES[config.load]
-    columns, block = weights[0].shape[1], config.block_n * 2 // phases
+    phases, block = _phase_block(config)
+    columns = weights[0].shape[1]
     kernel = functools.partial(
         _w4a4_kernel,
         step=step,

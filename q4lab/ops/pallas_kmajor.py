@@ -28,12 +28,13 @@ from q4lab.ops import halves
 from q4lab.ops.pallas_gpu import (
     SYMMETRIC_ZERO,
     KernelConfig,
+    _padded_rows,
     _pow2,
-    _round_up,
     _rows_tile,
-    _scale_row,
     _step_rows,
     _triton_params,
+    _w4a4_output,
+    _w4a4_step,
 )
 
 # block_n counts output columns here (the n-major kernels count bytes of a code row); a step of
@@ -76,27 +77,21 @@ def _kernel(xe_ref, xo_ref, xs_ref, codes_ref, scale_ref, zero_ref, out_ref, *, 
         xe = xe_ref[:, pl.ds(j0, half)]
         xo = xo_ref[:, pl.ds(j0, half)]
         w = codes_ref[:, pl.ds(j0, half)]  # [bn, half]: K contiguous
-        lo = (w & jnp.uint8(0xF)).astype(jnp.int8)
-        hi = (w >> 4).astype(jnp.int8)
+        lo = halves.low_nibbles(w).astype(jnp.int8)
+        hi = halves.high_nibbles(w).astype(jnp.int8)
         p = dot(xe, lo.T) + dot(xo, hi.T)
         x_sum = jnp.sum(xe.astype(jnp.int32), axis=1, keepdims=True)
         x_sum += jnp.sum(xo.astype(jnp.int32), axis=1, keepdims=True)
         g = t if per_group else 0
-        if zero_const is not None:
-            p = p - zero_const * x_sum
-        else:
-            p = p - x_sum * zero_ref[pl.ds(g, 1), :].astype(jnp.int32)
-        if per_group:  # exact int32 sums within a group, float32 across groups
-            return acc + p.astype(jnp.float32) * _scale_row(scale_ref, g)
-        return acc + p
+        return acc + _w4a4_step(
+            p, x_sum, g, scale_ref, zero_ref, per_group=per_group, zero_const=zero_const
+        )
 
     acc = lax.fori_loop(
         0, steps, body, jnp.zeros(out_ref.shape, jnp.float32 if per_group else jnp.int32)
     )
-    y = acc.astype(jnp.float32)
-    if not per_group:
-        y = y * _scale_row(scale_ref, 0)
-    out_ref[...] = y * xs_ref[...].astype(jnp.float32)
+    row_scale = xs_ref[...].astype(jnp.float32)
+    out_ref[...] = _w4a4_output(acc, scale_ref, row_scale, per_group=per_group)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "interpret"))
@@ -115,11 +110,7 @@ def w4a4_kmajor_pallas(
     if reason:
         raise ValueError(f"w4a4_kmajor_pallas cannot run this weight: {reason}")
     bm, bn = _rows_tile(m, config.block_m), config.block_n
-    mp = _round_up(m, bm)
-    xc = jnp.pad(halves.permuted_input(xc, qt).astype(jnp.int8), ((0, mp - m), (0, 0)))
-    row_scale = jnp.pad(
-        jnp.broadcast_to(x_scale.astype(jnp.float32), (m, 1)), ((0, mp - m), (0, 0))
-    )
+    xc, row_scale, mp = _padded_rows(xc, x_scale, qt, bm)
     groups = qt.scale.shape[0]
     scale = jnp.broadcast_to(qt.scale, (groups, qt.n))
     zero = scale if qt.zero is None else jnp.broadcast_to(qt.int_zero(), (groups, qt.n))
