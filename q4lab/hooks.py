@@ -17,7 +17,7 @@ from jax import lax
 
 from q4lab.core import QTensor
 from q4lab.core.transforms import InputTransform
-from q4lab.layer_quant import ActState, quantized_dot
+from q4lab.layer_quant import ActState, quantized_dot, served_with_gradients_of
 from q4lab.ops import int_matmul
 
 
@@ -149,11 +149,12 @@ class QuantHook:
     """The quantized layer in a Flax module: `q4lab.layer_quant.quantized_dot` on its input rows.
 
     ``mode="int"``: ``qt`` (the weight `QTensor`) through integer ops; weight-only convs are not
-    hooked (the module runs its own op on the kernel dequantized inside jit). ``"fake"`` /
-    ``"train"``: the module's kernel is already the fake-quantized weight; the hook quantizes
-    the activations (``act``) and runs the float op, differentiable in input, weight and the
-    learned steps. ``transform``: the input transform of the training forward (int and fake
-    take the `QTensor`'s).
+    hooked (the module runs its own op on the kernel dequantized inside jit). ``"fake"``: the
+    module's kernel is already the fake-quantized weight; the hook quantizes the activations
+    (``act``) and runs the float op (input transform: ``qt``'s, else ``transform``).
+    ``"train"``: the values of ``"int"`` for ``qt`` (the training state frozen) with the
+    gradients of ``"fake"`` for the module's kernel (its fake-quantized master weight), in input,
+    weight and the learned steps.
     """
 
     qt: QTensor | None
@@ -166,17 +167,34 @@ class QuantHook:
         out_shape = free_shape + tuple(
             rhs.shape[d] for d in range(rhs.ndim) if d not in dimension_numbers[0][1]
         )
-        weight = self.qt if self.mode == "int" else rhs.reshape(x2d.shape[1], -1)
-        transform = self.transform if self.qt is None else self.qt.transform
-        y = quantized_dot(x2d, weight, self.act, self.mode, transform)
+        if self.mode == "int":
+            y = quantized_dot(x2d, self.qt, self.act, "int")
+        else:
+            w2d = rhs.reshape(x2d.shape[1], -1)
+            transform = self.transform if self.qt is None else self.qt.transform
+            frozen = self.qt if self.mode == "train" else None
+            y = quantized_dot(x2d, w2d, self.act, self.mode, transform, frozen=frozen)
         return y.reshape(out_shape).astype(lhs.dtype)
 
     def conv(self, lhs, rhs, window_strides, padding, **kwargs):
-        rows = lhs.reshape(lhs.shape[0], -1)  # one row per example, see ActSpec
-        xq, scale = self.act.quantize(rows, self.mode)
-        if self.mode != "int":
-            x_fake = xq.reshape(lhs.shape).astype(lhs.dtype)
-            return _lax_conv(x_fake, rhs, window_strides, padding, **kwargs)
+        if self.mode == "int":
+            return self._int_conv(self.act, lhs, rhs, window_strides, padding, **kwargs)
+
+        def simulate(x, w):
+            return _lax_conv(x, w, window_strides, padding, **kwargs)
+
+        xq, _ = self.act.quantize(lhs.reshape(lhs.shape[0], -1), self.mode)
+        x_fake = xq.reshape(lhs.shape).astype(lhs.dtype)
+        if self.mode == "fake":
+            return simulate(x_fake, rhs)
+        act, x = lax.stop_gradient((self.act, lhs))
+        served = self._int_conv(act, x, rhs, window_strides, padding, **kwargs)
+        return served_with_gradients_of(simulate, served, x_fake, rhs)
+
+    def _int_conv(self, act, lhs, rhs, window_strides, padding, **kwargs):
+        """The conv as integer codes: im2col patches of the activation codes (one scale per
+        example, see ActSpec) times the weight codes (``rhs``: only its shape)."""
+        xq, scale = act.quantize(lhs.reshape(lhs.shape[0], -1), "int")
         codes = xq.reshape(lhs.shape).astype(jnp.float32)  # small integers: exact in float32
         patches = conv_patches(codes, rhs, window_strides, padding, **kwargs)
         lead = patches.shape[:-1]

@@ -4,8 +4,8 @@ one function every mode of the forward pass goes through.
 Modes:
   int    packed weight codes (`QTensor`) and integer activation codes through `q4lab.ops`
   fake   the same values simulated in float (straight-through gradients, steps frozen)
-  train  the fake forward of trainable state: float master weights and, with LSQ, learned
-         steps (`q4lab.core.lsq`)
+  train  the integer path's values with the fake path's gradients, for trainable state: float
+         master weights and, with LSQ, learned steps (`q4lab.core.lsq`)
 
 A learned step is a *gain* on the post-training step: ``s = s0 * gain``, ``gain`` initialised
 to 1. A product rounds the same way in every program (an ``exp`` may not), so `WeightQuant.freeze`
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -88,30 +89,79 @@ def quantized_dot(
     act: ActState | None,
     mode: str,
     transform: InputTransform | None = None,
-):
+    *,
+    frozen: QTensor | None = None,
+) -> jax.Array:
     """``x2d[M, K]`` times a quantized weight ``[K, N]``, float32 ``[M, N]``.
 
     ``mode="int"``: ``weight`` is the `QTensor`; activations become integer codes
     (`q4lab.ops.int_matmul`), or stay float against the packed codes (`w4a16_matmul`).
-    ``"fake"`` / ``"train"``: ``weight`` is the float matrix its fake quantization gives
-    (`WeightQuant.value`, or the dequantized codes) and the activations are fake-quantized.
-    The input transform (int: the `QTensor`'s; else ``transform``) is applied to ``x2d`` first:
-    activations are quantized in the basis the weight was folded into.
+    ``"fake"``: ``weight`` is the float matrix its fake quantization gives (the dequantized
+    codes) and the activations are fake-quantized: the float simulation of ``"int"``, equal to
+    it up to the order of float sums.
+    ``"train"``: the values of ``"int"`` for ``frozen`` (the `QTensor` of the training state,
+    `WeightQuant.freeze`) and the gradients of ``"fake"`` for ``weight`` (`WeightQuant.value`,
+    the same numbers as a float matrix): the model trained is the model served, value for value.
+    The input transform (int, train: the `QTensor`'s; fake: ``transform``) is applied to ``x2d``
+    first: activations are quantized in the basis the weight was folded into.
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is invalid; allowed: {', '.join(MODES)}")
-    if mode == "int" and weight.transform is not None:
-        transform, weight = weight.transform, dataclasses.replace(weight, transform=None)
+    qt = weight if mode == "int" else frozen
+    if mode == "train" and qt is None:
+        raise ValueError("mode='train' needs frozen=, the QTensor whose values the forward takes")
+    if qt is not None and qt.transform is not None:
+        transform, qt = qt.transform, dataclasses.replace(qt, transform=None)
     if transform is not None:
         x2d = transform.apply(x2d)
     if mode == "int":
-        if act is None:
-            return w4a16_matmul(x2d, weight)
-        xc, scale = act.quantize(x2d, mode)
-        return int_matmul(xc, scale, weight)
+        return _integer_dot(x2d, qt, act)
+    served = None
+    if mode == "train":
+        served = _integer_dot(jax.lax.stop_gradient(x2d), qt, jax.lax.stop_gradient(act))
     if act is not None:
         x2d, _ = act.quantize(x2d, mode)
-    return jnp.dot(x2d.astype(jnp.float32), weight.astype(jnp.float32))
+    if served is None:
+        return _float_dot(x2d, weight)
+    return served_with_gradients_of(_float_dot, served, x2d, weight)
+
+
+def _integer_dot(x2d: jax.Array, qt: QTensor, act: ActState | None) -> jax.Array:
+    if act is None:
+        return w4a16_matmul(x2d, qt)
+    xc, scale = act.quantize(x2d, "int")
+    return int_matmul(xc, scale, qt)
+
+
+def _float_dot(x: jax.Array, w: jax.Array) -> jax.Array:
+    return jnp.dot(x.astype(jnp.float32), w.astype(jnp.float32))
+
+
+def served_with_gradients_of(
+    simulate: Callable[..., jax.Array], served: jax.Array, *operands: jax.Array
+) -> jax.Array:
+    """``served`` (the integer path's values) forward, the gradients of ``simulate(*operands)``
+    (their float simulation, the fake-quantized operands' straight-through and LSQ gradients
+    included) backward; ``served`` itself gets none. AQT's rule (Lew et al. 2022, google/aqt:
+    "what you train is what you serve"), needed here because a one-ulp difference between the
+    simulation and the integer kernels moves activation codes across rounding boundaries
+    downstream: a model trained on the simulation is not exactly the model frozen.
+    ``simulate`` must close over no arrays; its forward is not run (XLA drops the unused
+    primal of its VJP)."""
+
+    @jax.custom_vjp
+    def forward(served, *operands):
+        return served
+
+    def forward_fwd(served, *operands):
+        return served, operands
+
+    def forward_bwd(operands, g):
+        out, vjp = jax.vjp(simulate, *operands)
+        return (jnp.zeros_like(g), *vjp(g.astype(out.dtype)))
+
+    forward.defvjp(forward_fwd, forward_bwd)
+    return forward(served, *operands)
 
 
 @jax.tree_util.register_dataclass
@@ -224,6 +274,7 @@ __all__ = [
     "folded_weight",
     "make_transform",
     "quantized_dot",
+    "served_with_gradients_of",
     "transform_stats",
     "unfolded_weight",
 ]

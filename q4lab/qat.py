@@ -6,6 +6,12 @@ and activations fake-quantized in the forward pass, then freeze it to packed int
                                                                         ▼
                                           `QuantizedModel` (QTensors): the same numbers, in int
 
+The training forward takes its values from the integer path of the model `QATModel.freeze`
+would give at that step, and its gradients from the fake-quantized forward (straight-through
+and LSQ): what is trained is what is served, so the frozen model's score is the training
+forward's, value for value (a float simulation in the forward would differ from the integer
+kernels by an ulp here and there, enough to move activation codes downstream).
+
 Training state (``params``, a plain pytree that `jax.grad` and optax see):
   ``params["model"]``  every parameter of the model, each quantized kernel being its float
                        master weight: the float kernel for rounding quantizers, GPTQ's
@@ -17,8 +23,8 @@ Training state (``params``, a plain pytree that `jax.grad` and optax see):
 Methods: ``"ste"`` keeps the post-training steps and trains the master weights through the
 straight-through estimator; ``"lsq"`` also learns every step (Esser et al., 2020;
 `q4lab.core.lsq`), activation steps as a gain on the static or dynamic range.
-`QATModel.freeze` is exact: the frozen model's fake forward is the training forward, value for
-value, and its integer forward agrees with it as any quantized model's does.
+`QATModel.freeze` is exact: the frozen model's integer forward is the training forward, value
+for value; its fake (float-simulated) forward agrees with both as any quantized model's does.
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ class _Layer:
     spec: QuantSpec
     in_axes: tuple[int, ...]
     act: ActSpec | None
+    hooked: bool  # `QuantizedModel.int_hooked`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +109,8 @@ class QATModel:
         for path, p in ptq.layers.items():
             qt = get_at(ptq.params, p.layer.key)
             act = ptq.acts.get(path)
-            layers.append(_Layer(path, p.layer.key, qt.spec, qt.in_axes, act and act.spec))
+            hooked = ptq.int_hooked(path)
+            layers.append(_Layer(path, p.layer.key, qt.spec, qt.in_axes, act and act.spec, hooked))
             consts[path] = {
                 "scale0": qt.scale.astype(jnp.float32),
                 "zero": qt.int_zero(),
@@ -139,18 +147,21 @@ class QATModel:
         return ActState(layer.act, c["act_scale"], c["act_zero"], gain)
 
     def apply(self, params: PyTree, x: jax.Array) -> jax.Array:
-        """The training forward, a pure function of ``params``: fake-quantized weights and
-        activations, differentiable in the master weights and (LSQ) the steps."""
+        """The training forward, a pure function of ``params``: the values of the frozen
+        model's integer forward (`freeze`, computed inside), the gradients of the fake-quantized
+        forward, in the master weights and (LSQ) the steps (`q4lab.layer_quant`, mode
+        ``"train"``). Layers the integer forward does not hook (weight-only convs) multiply
+        their fake-quantized kernel, which is exactly the frozen codes dequantized."""
         weights = params["model"]
         hooks = {}
         for layer in self.layers:
+            weight = self._weight(layer, params)
             kernel = get_at(weights, layer.key)
-            value = self._weight(layer, params).value().astype(kernel.dtype)
-            weights = set_at(weights, layer.key, value)
-            transform = self.consts[layer.path]["transform"]
-            if layer.act is not None or transform is not None:
+            weights = set_at(weights, layer.key, weight.value().astype(kernel.dtype))
+            if layer.hooked:
                 act = None if layer.act is None else self._act(layer, params)
-                hooks[layer.path] = QuantHook(None, act, "train", transform)
+                frozen = jax.lax.stop_gradient(weight.freeze())
+                hooks[layer.path] = QuantHook(frozen, act, "train")
         return self.adapter.apply(weights, x, hooks)
 
     def freeze(self, params: PyTree) -> QuantizedModel:

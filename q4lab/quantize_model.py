@@ -216,6 +216,13 @@ class QuantizedModel:
             for p in self.layers.values()
         )
 
+    def int_hooked(self, path: str) -> bool:
+        """True when the integer forward runs layer ``path`` through a `QuantHook` (quantized
+        activations, an input transform, a hookable dense layer); the others multiply their
+        kernel dequantized."""
+        layer = next(f for f in self._forward_layers if f.path == path)
+        return path in self.acts or layer.transformed or layer.dense
+
     def apply(self, x: Inputs, *, fake: bool = False) -> jax.Array:
         """Quantized forward of ``x`` (an array, a tuple of positional inputs or a dict of
         keyword inputs, as ``sample_input``); ``fake=True`` runs the float simulation of the

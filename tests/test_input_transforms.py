@@ -59,7 +59,7 @@ def _float_transformed(model, params, x):
         t = InputTransform(jnp.asarray(smooth, jnp.float32), jnp.asarray(i, jnp.uint32))
         w2d = t.fold(to_matrix(w, layer.in_axes))
         folded = set_at(folded, layer.key, from_matrix(w2d, w.shape, layer.in_axes))
-        hooks[layer.path] = QuantHook(None, None, "train", t)
+        hooks[layer.path] = QuantHook(None, None, "fake", t)
     assert len(hooks) >= 2
     transformed = jax.jit(lambda p, x: adapter.apply(p, x, hooks))(folded, x)
     return transformed, jax.jit(lambda p, x: adapter.apply(p, x, {}))(params, x)

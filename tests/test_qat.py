@@ -1,5 +1,7 @@
 """Quantization-aware training: the training forward, `freeze` exactness, and a real run."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,10 +9,12 @@ import optax
 import pytest
 from user_models import UserNNX  # pytest puts tests/ on the path
 
-from q4lab.core import QuantSpec
+from q4lab.core import QuantSpec, dequantize, quantize
 from q4lab.evaluate import evaluate
+from q4lab.layer_quant import ActState, quantized_dot
 from q4lab.qat import QATConfig, QATModel
 from q4lab.quantize_model import quantize_model
+from q4lab.quantizers import get_quantizer
 from q4lab.recipe import ActSpec, Recipe, Rule, TransformSpec
 from q4lab.sweep.fields import qat_of, recipe_of
 
@@ -69,23 +73,60 @@ def _perturbed(state, seed):
 @pytest.mark.parametrize("method", ["lsq", "ste"])
 @pytest.mark.parametrize("name", list(QAT_RECIPES))
 def test_freeze_is_exact(linen, name, method):
-    """The frozen model's fake forward is the training forward; its integer forward agrees as
-    any quantized model's does (float order only)."""
+    """The training forward is the frozen model's integer forward, value for value, at the
+    start (the PTQ model) and after training; the fake (float-simulated) forward agrees as any
+    quantized model's does (float order only)."""
     model, params, x = linen
     ptq = quantize_model(model, params, QAT_RECIPES[name], sample_input=x, calibration=[x, -x])
     qat, state = QATModel.start(ptq, method)
-    start = jax.jit(qat.apply)(state, x)  # starts at the PTQ model (float order aside)
-    np.testing.assert_allclose(start, ptq.apply(x, fake=True), atol=1e-6 * _max(start))
+    forward = jax.jit(qat.apply)
+    np.testing.assert_array_equal(forward(state, x), ptq.apply(x))
     state = _perturbed(state, 0)
     frozen = qat.freeze(state)
-    train_out = jax.jit(qat.apply)(state, x)
-    np.testing.assert_allclose(
-        frozen.apply(x, fake=True),
-        train_out,
-        rtol=0,
-        atol=1e-6 * float(jnp.max(jnp.abs(train_out))),
+    train_out = forward(state, x)
+    np.testing.assert_array_equal(frozen.apply(x), train_out)
+    assert _rel(frozen.apply(x, fake=True), train_out) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "act", [None, ActSpec(), ActSpec(mode="static", granularity="per_tensor", symmetric=False)]
+)
+def test_train_mode_takes_integer_values_and_fake_gradients(act):
+    """`quantized_dot(mode="train")`: the integer path's output, the float simulation's
+    gradients (straight-through in x and the fake weight; LSQ's in the activation gain)."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(6, 16)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(16, 5)), jnp.float32)
+    spec = QuantSpec(group_size=8)
+    qt = quantize(w, spec, get_quantizer("minmax").params(w, spec)[0])
+    state = None
+    if act is not None:
+        scale, zero = act.params(x) if act.mode == "static" else (None, None)
+        state = ActState(act, scale, zero, jnp.asarray(1.1, jnp.float32))
+    cotangent = jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)
+
+    def run(mode):
+        def f(x, w, gain):
+            a = None if state is None else dataclasses.replace(state, gain=gain)
+            if mode == "train":
+                y = quantized_dot(x, w, a, "train", frozen=qt)
+            else:  # the float simulation, with the training gradients of its activations
+                y = jnp.dot(x if a is None else a.quantize(x, "train")[0], w)
+            return jnp.sum(cotangent * y)
+
+        gain = None if state is None else state.gain
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(x, dequantize(qt), gain)
+
+    train, simulated = run("train"), run("simulated")
+    np.testing.assert_array_equal(
+        jax.jit(lambda x, w: quantized_dot(x, w, state, "train", frozen=qt))(x, dequantize(qt)),
+        quantized_dot(x, qt, state, "int"),
     )
-    assert _rel(frozen.apply(x), train_out) < 1e-5
+    np.testing.assert_allclose(train[0], simulated[0], rtol=1e-5)
+    leaves = zip(jax.tree.leaves(train[1]), jax.tree.leaves(simulated[1]), strict=True)
+    for g_train, g_simulated in leaves:
+        np.testing.assert_allclose(g_train, g_simulated, rtol=1e-6, atol=1e-7)
+    assert all(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(train[1]))
 
 
 def test_ste_trains_master_weights_and_keeps_the_steps(linen):
