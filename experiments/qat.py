@@ -1,11 +1,12 @@
 """Quantization-aware training: how much of the W4A4 / W3A3 loss does fine-tuning recover?
 
 Each task starts from a post-training quantized model (its row: ``training = ptq``) and is
-fine-tuned with its weights and activations fake-quantized (`q4lab.qat`): ``ste`` trains the
-float master weights with the post-training steps frozen, ``lsq`` also learns every step
-(Esser et al., 2020). The score is the frozen model's, through the real integer path; the
-row also holds the PTQ start (``ptq_score``), the training forward's score at the end
-(``qat_fake_score``) and the cost (``qat_seconds_per_step``, 2 cores).
+fine-tuned (`q4lab.qat`: the integer path's values forward, the fake-quant gradients back):
+``ste`` trains the float master weights with the post-training steps frozen, ``lsq`` also
+learns every step (Esser et al., 2020). The score is the frozen model's, through the real
+integer path; the row also holds the PTQ start (``ptq_score``), the training forward's score at
+the end (``qat_fake_score``: the same number, as freezing is exact) and the cost
+(``qat_seconds_per_step``, 2 cores).
 
   digits-mlp, mnist1d-cnn  W4A16, W4A4 and W3A3 per-channel, min-max start, the task loss
                            (labels), seeds 0 and 1; mnist1d also 3000 steps
