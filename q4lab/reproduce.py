@@ -54,8 +54,6 @@ NOT_COMPARED = frozenset(
     {
         "experiment",
         "config_hash",
-        "quantize_seconds",
-        "eval_seconds",
         "python_version",
         "platform",
         "device",
@@ -64,6 +62,17 @@ NOT_COMPARED = frozenset(
         *(f"{name}_version" for name in PACKAGES),
     }
 )
+TIMING_SUFFIXES = (
+    "_seconds",
+    "_seconds_per_step",
+)  # wall times (quantize, eval, qat): not compared
+
+
+def is_compared(column: str) -> bool:
+    """Whether `reproduce` compares ``column``: not run metadata, nor a wall time."""
+    return column not in NOT_COMPARED and not column.endswith(TIMING_SUFFIXES)
+
+
 SHOWN_FIELDS = ("task", "seed", "quantizer", "bits", "group_size", "act_bits")
 
 
@@ -305,7 +314,7 @@ def reproduce(
     compared = [
         c
         for name in dict.fromkeys(names)
-        if name not in NOT_COMPARED
+        if is_compared(name)
         and (c := _column(name, published, records, labels, tol)) is not None
         # grid fields are inputs, and equal labels say nothing: shown only when they differ
         and (not c["ok"] or (c["kind"] != "label" and name not in FIELDS))

@@ -142,12 +142,14 @@ def test_reproduce_a_published_row_exactly_and_flag_a_doctored_one(tmp_path, cap
     doctored.mkdir()
     table.loc[row, "score"] += 0.01
     table.loc[row, "total_bytes"] += 1
+    table.loc[row, "eval_seconds"] += 100  # a wall time: never compared
     table.to_parquet(doctored / "runs.parquet", index=False)
     args = ["reproduce", str(doctored), "--rows", str(row), "--no-progress", "--tol", "0.02"]
     assert main(args) == 1  # the score is within --tol, the size is never
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("| total_bytes") and "DIFFERS" in line for line in lines)
     assert any(line.startswith("| score ") and "| ok" in line for line in lines)
+    assert not any(line.startswith("| eval_seconds") for line in lines)
 
 
 def test_publish_keeps_a_differing_published_file_unless_replaced(tmp_path):
