@@ -161,13 +161,19 @@ def _weights(layers, fake: bool, params: PyTree, float_params: PyTree) -> PyTree
     return params
 
 
+def _hooked(layer: _ForwardLayer, acts: dict, fake: bool) -> bool:
+    """Whether the forward runs ``layer`` through a `QuantHook`: quantized activations, an input
+    transform, or (integer forward) a hookable dense layer."""
+    return layer.path in acts or layer.transformed or (layer.dense and not fake)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _forward(adapter, layers, fake, params, float_params, acts, x):
     mode = "fake" if fake else "int"
     hooks = {
         layer.path: QuantHook(get_at(params, layer.key), acts.get(layer.path), mode)
         for layer in layers
-        if layer.path in acts or layer.transformed or (layer.dense and not fake)
+        if _hooked(layer, acts, fake)
     }
     return adapter.apply(_weights(layers, fake, params, float_params), x, hooks)
 
@@ -221,7 +227,7 @@ class QuantizedModel:
         activations, an input transform, a hookable dense layer); the others multiply their
         kernel dequantized."""
         layer = next(f for f in self._forward_layers if f.path == path)
-        return path in self.acts or layer.transformed or layer.dense
+        return _hooked(layer, self.acts, fake=False)
 
     def apply(self, x: Inputs, *, fake: bool = False) -> jax.Array:
         """Quantized forward of ``x`` (an array, a tuple of positional inputs or a dict of
