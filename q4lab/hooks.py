@@ -183,18 +183,21 @@ class QuantHook:
         def simulate(x, w):
             return _lax_conv(x, w, window_strides, padding, **kwargs)
 
-        xq, _ = self.act.quantize(lhs.reshape(lhs.shape[0], -1), self.mode)
+        rows = lhs.reshape(lhs.shape[0], -1)
+        step = self.act.step(rows) if self.mode == "train" else None  # one range for both paths
+        xq, _ = self.act.quantize(rows, self.mode, step)
         x_fake = xq.reshape(lhs.shape).astype(lhs.dtype)
         if self.mode == "fake":
             return simulate(x_fake, rhs)
-        act, x = lax.stop_gradient((self.act, lhs))
-        served = self._int_conv(act, x, rhs, window_strides, padding, **kwargs)
+        act, x, step = lax.stop_gradient((self.act, lhs, step))
+        served = self._int_conv(act, x, rhs, window_strides, padding, step=step, **kwargs)
         return served_with_gradients_of(simulate, served, x_fake, rhs)
 
-    def _int_conv(self, act, lhs, rhs, window_strides, padding, **kwargs):
+    def _int_conv(self, act, lhs, rhs, window_strides, padding, step=None, **kwargs):
         """The conv as integer codes: im2col patches of the activation codes (one scale per
-        example, see ActSpec) times the weight codes (``rhs``: only its shape)."""
-        xq, scale = act.quantize(lhs.reshape(lhs.shape[0], -1), "int")
+        example, see ActSpec) times the weight codes (``rhs``: only its shape; ``step``: the
+        activations' range when the caller has it)."""
+        xq, scale = act.quantize(lhs.reshape(lhs.shape[0], -1), "int", step)
         codes = xq.reshape(lhs.shape).astype(jnp.float32)  # small integers: exact in float32
         patches = conv_patches(codes, rhs, window_strides, padding, **kwargs)
         lead = patches.shape[:-1]

@@ -71,10 +71,13 @@ class ActState:
         base = jax.lax.stop_gradient(scale.astype(jnp.float32))
         return stored_scale(base * self.gain, self.spec.quant_spec()), zero
 
-    def quantize(self, rows: jax.Array, mode: str) -> tuple[jax.Array, jax.Array]:
+    def quantize(
+        self, rows: jax.Array, mode: str, step: tuple[jax.Array, jax.Array | None] | None = None
+    ) -> tuple[jax.Array, jax.Array]:
         """Centered codes (``mode="int"``) or fake-quantized float32 rows, and the step. With a
-        gain in training, LSQ's gradients reach it; otherwise the straight-through estimator."""
-        scale, zero = self.step(rows)
+        gain in training, LSQ's gradients reach it; otherwise the straight-through estimator.
+        ``step``: `step`'s result for these rows when the caller already has it."""
+        scale, zero = self.step(rows) if step is None else step
         qspec = self.spec.quant_spec()
         if mode == "int":
             return act_codes(rows, scale, zero, qspec), scale
@@ -116,20 +119,26 @@ def quantized_dot(
         x2d = transform.apply(x2d)
     if mode == "int":
         return _integer_dot(x2d, qt, act)
-    served = None
-    if mode == "train":
-        served = _integer_dot(jax.lax.stop_gradient(x2d), qt, jax.lax.stop_gradient(act))
+    served, step = None, None
+    if mode == "train":  # one range per batch for both paths (an MSE range is a search)
+        step = None if act is None else act.step(x2d)
+        served = _integer_dot(*jax.lax.stop_gradient((x2d, qt, act, step)))
     if act is not None:
-        x2d, _ = act.quantize(x2d, mode)
+        x2d, _ = act.quantize(x2d, mode, step)
     if served is None:
         return _float_dot(x2d, weight)
     return served_with_gradients_of(_float_dot, served, x2d, weight)
 
 
-def _integer_dot(x2d: jax.Array, qt: QTensor, act: ActState | None) -> jax.Array:
+def _integer_dot(
+    x2d: jax.Array,
+    qt: QTensor,
+    act: ActState | None,
+    step: tuple[jax.Array, jax.Array | None] | None = None,
+) -> jax.Array:
     if act is None:
         return w4a16_matmul(x2d, qt)
-    xc, scale = act.quantize(x2d, "int")
+    xc, scale = act.quantize(x2d, "int", step)
     return int_matmul(xc, scale, qt)
 
 
