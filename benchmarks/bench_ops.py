@@ -54,11 +54,13 @@ from q4lab.ops import (
     IMPLEMENTATIONS,
     choose,
     int_matmul,
+    mosaic_w4a4,
     on_gpu,
     pallas_gpu,
     pallas_kmajor,
     w4a16_matmul,
 )
+from q4lab.ops.mosaic_w4a4 import MosaicConfig
 from q4lab.ops.pallas_gpu import KernelConfig
 from q4lab.quantizers import get_quantizer
 from q4lab.recipe import ActSpec
@@ -186,6 +188,13 @@ W4A4_KMAJOR_TILINGS = [
     KernelConfig(block_m=128, block_n=256, block_k=256, num_warps=8, num_stages=4),
     KernelConfig(block_m=128, block_n=128, block_k=128, num_warps=4),
 ]
+# The Mosaic GPU kernel (TMA + wgmma; per-channel weights only): never run on a GPU yet
+W4A4_MOSAIC_TILINGS = [
+    mosaic_w4a4.MOSAIC_DEFAULT,
+    MosaicConfig(block_m=128, block_n=128, block_k=64, stages=4),
+    MosaicConfig(block_m=64, block_n=128, block_k=128, stages=4),
+    MosaicConfig(block_m=128, block_n=64, block_k=128, stages=3),
+]
 TUNE_MAX_ROWS = 64  # the W4A16 kernel is for small M: larger M takes the xla form
 
 
@@ -197,9 +206,15 @@ def _tiling_name(config: KernelConfig, w4a4: bool) -> str:
 
 
 def _tuned_paths(qt: QTensor, m: int) -> dict[str, Callable]:
-    """GPU only: the Pallas kernels under each tiling of a small grid (``--tune``); the K-major
-    W4A4 kernel first (never timed on a GPU yet: a step that runs out of time keeps it)."""
+    """GPU only: the Pallas kernels under each tiling of a small grid (``--tune``); the Mosaic GPU
+    and K-major W4A4 kernels first (never timed on a GPU yet: a step that runs out of time keeps
+    them)."""
     paths = {}
+    for config in W4A4_MOSAIC_TILINGS:
+        if not mosaic_w4a4.unsupported(qt, m, config):
+            kernel = functools.partial(mosaic_w4a4.w4a4_mosaic, config=config)
+            name = f"W4A4 mosaic bm{config.block_m} bn{config.block_n} bk{config.block_k}"
+            paths[f"{name} s{config.stages}"] = functools.partial(_w4a4_layer, matmul=kernel)
     for config in W4A4_KMAJOR_TILINGS:
         if not pallas_kmajor.unsupported(qt, config):
             kernel = functools.partial(pallas_kmajor.w4a4_kmajor_pallas, config=config)

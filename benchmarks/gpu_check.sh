@@ -4,11 +4,13 @@
 #   bash benchmarks/gpu_check.sh check probe  # only the steps named
 # Steps:
 #   smoke    the harness: the quickstart's points on the GPU, compile and run time per point
-#   tests    pytest tests/ops on the GPU (references at precision=HIGHEST)
+#   tests    pytest tests/ops on the GPU (references at precision=HIGHEST), one process: the
+#            pyproject's -n 2 (pytest-xdist) is dropped, two processes would share the GPU
 #   check    bench_ops --check --tune: every path and every kernel tiling of the --tune grids
 #            against the full-precision reference, bf16 x, W4 g128, 8192x8192 and 8192x28672,
 #            M in {1, 16, 4096} (what GPU_CHOICES and the kernels' defaults come from)
-#   w4a4     per-channel W4A4 at M=4096: auto and the W4A4 tilings (the int8 GEMM)
+#   w4a4     per-channel W4A4 at M=4096: auto and the W4A4 tilings (the int8 GEMM; Triton N- and
+#            K-major kernels, the Mosaic GPU kernel)
 #   probe    layout_probe.py: load rates of bytes / tiles / words, the Pallas int8 GEMM ceiling
 #   compile  the W4A16 kernel's compile time on a harness-sized float32 layer
 # Each step has its own time limit (together 300 s for the default steps) and the script goes on
@@ -33,14 +35,14 @@ step() { # name, limit, command...
   timeout "$limit" "$@" 2>&1 | tee "$out/$name.log" | grep -v '^\s*$' | tail -n 80
   echo "=== $name: exit ${PIPESTATUS[0]}, $((SECONDS - t0)) s"
 }
-smoke() { step smoke 55 $py benchmarks/harness_smoke.py experiments/quickstart.py --limit 16; }
-tests() { step tests 90 $py -m pytest -q -x -p no:cacheprovider tests/ops; }
+smoke() { step smoke 50 $py benchmarks/harness_smoke.py experiments/quickstart.py --limit 16; }
+tests() { step tests 85 $py -m pytest -o addopts="" -q -x -p no:cacheprovider tests/ops; }
 check() {
-  step check 130 $bench --check --tune --shapes 8192x8192 8192x28672 --m 1 16 4096 \
+  step check 120 $bench --check --tune --shapes 8192x8192 8192x28672 --m 1 16 4096 \
     --seconds 0.1 --out "$out/check.md"
 }
 w4a4() {
-  step w4a4 25 $bench --tune --check --group 0 --shapes 8192x8192 --m 4096 --seconds 0.1 \
+  step w4a4 45 $bench --tune --check --group 0 --shapes 8192x8192 --m 4096 --seconds 0.1 \
     --only "W4A4" dense --out "$out/w4a4.md"
 }
 probe() { step probe 75 $py benchmarks/layout_probe.py; }
