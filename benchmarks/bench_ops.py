@@ -54,13 +54,13 @@ from q4lab.ops import (
     IMPLEMENTATIONS,
     choose,
     int_matmul,
-    mosaic_w4a4,
+    mosaic_gpu,
     on_gpu,
     pallas_gpu,
     pallas_kmajor,
     w4a16_matmul,
 )
-from q4lab.ops.mosaic_w4a4 import MosaicConfig
+from q4lab.ops.mosaic_gpu import MosaicConfig
 from q4lab.ops.pallas_gpu import KernelConfig
 from q4lab.quantizers import get_quantizer
 from q4lab.recipe import ActSpec
@@ -188,9 +188,16 @@ W4A4_KMAJOR_TILINGS = [
     KernelConfig(block_m=128, block_n=256, block_k=256, num_warps=8, num_stages=4),
     KernelConfig(block_m=128, block_n=128, block_k=128, num_warps=4),
 ]
-# The Mosaic GPU kernel (TMA + wgmma; per-channel weights only): never run on a GPU yet
+# The Mosaic GPU kernels (TMA + wgmma; W4A4 per-channel only, W4A16 up to 64 rows with group
+# size = block_k): never run on a GPU yet
+W4A16_MOSAIC_TILINGS = [
+    mosaic_gpu.W4A16_MOSAIC_DEFAULT,
+    MosaicConfig(block_n=64, block_k=128, stages=8, split_k=1),
+    MosaicConfig(block_n=128, block_k=128, stages=4, split_k=2),
+    MosaicConfig(block_n=64, block_k=128, stages=4, split_k=4),
+]
 W4A4_MOSAIC_TILINGS = [
-    mosaic_w4a4.MOSAIC_DEFAULT,
+    mosaic_gpu.MOSAIC_DEFAULT,
     MosaicConfig(block_m=128, block_n=128, block_k=64, stages=4),
     MosaicConfig(block_m=64, block_n=128, block_k=128, stages=4),
     MosaicConfig(block_m=128, block_n=64, block_k=128, stages=3),
@@ -205,14 +212,19 @@ def _tiling_name(config: KernelConfig, w4a4: bool) -> str:
     return f"bn{config.block_n} {rows}w{config.num_warps} s{config.num_stages}{kind}"
 
 
-def _tuned_paths(qt: QTensor, m: int) -> dict[str, Callable]:
+def _tuned_paths(qt: QTensor, m: int, dtype) -> dict[str, Callable]:
     """GPU only: the Pallas kernels under each tiling of a small grid (``--tune``); the Mosaic GPU
     and K-major W4A4 kernels first (never timed on a GPU yet: a step that runs out of time keeps
     them)."""
     paths = {}
+    for config in W4A16_MOSAIC_TILINGS if jnp.dtype(dtype).itemsize == 2 else ():
+        if not mosaic_gpu.unsupported(qt, m, config, w4a4=False):
+            kernel = functools.partial(mosaic_gpu.w4a16_mosaic, config=config)
+            name = f"W4A16 mosaic bn{config.block_n} bk{config.block_k} s{config.stages}"
+            paths[f"{name} sk{config.split_k}"] = kernel
     for config in W4A4_MOSAIC_TILINGS:
-        if not mosaic_w4a4.unsupported(qt, m, config):
-            kernel = functools.partial(mosaic_w4a4.w4a4_mosaic, config=config)
+        if not mosaic_gpu.unsupported(qt, m, config):
+            kernel = functools.partial(mosaic_gpu.w4a4_mosaic, config=config)
             name = f"W4A4 mosaic bm{config.block_m} bn{config.block_n} bk{config.block_k}"
             paths[f"{name} s{config.stages}"] = functools.partial(_w4a4_layer, matmul=kernel)
     for config in W4A4_KMAJOR_TILINGS:
@@ -238,7 +250,7 @@ def _tuned_paths(qt: QTensor, m: int) -> dict[str, Callable]:
 
 def _paths(qt: QTensor, m: int, tune: bool, dtype) -> dict[str, Callable]:
     """Name -> jitted ``f(x, w)`` for every path this backend runs on this shape."""
-    paths = _tuned_paths(qt, m) if tune and on_gpu() else {}
+    paths = _tuned_paths(qt, m, dtype) if tune and on_gpu() else {}
     auto = choose(qt, m, dtype=dtype)
     paths |= {f"W4A16 auto ({auto})": lambda x, w: w4a16_matmul(x, w)}
     skip = {"auto", "pallas_interpret", auto} | (set() if on_gpu() else {"pallas"})
@@ -272,6 +284,7 @@ def bench_shape(
     spec: QuantSpec,
     dtype,
     only: list[str] | None = None,
+    skip: list[str] | None = None,
 ) -> list[dict]:
     w = jax.random.normal(jax.random.key(k + n), (k, n), jnp.float32) / math.sqrt(k)
     qt = get_quantizer("minmax").quantize(w, spec)
@@ -291,7 +304,7 @@ def bench_shape(
         print(f"{k}x{n} M={m} dense: {dense * 1e3:.4g} ms", file=sys.stderr, flush=True)
         references = _references(x, qt) if check else {}
         for name, fn in _paths(qt, m, tune, dtype).items():
-            if only and not name.startswith(tuple(only)):
+            if (only and not name.startswith(tuple(only))) or name.startswith(tuple(skip or ())):
                 continue
             try:
                 t = _time(fn, [(x, c) for c in q_copies], seconds)
@@ -335,6 +348,7 @@ def main() -> None:
     parser.add_argument("--tune", action="store_true", help="GPU: time each kernel tiling too")
     parser.add_argument("--out", help="also write the table (markdown) to this file")
     parser.add_argument("--only", nargs="*", help="time only paths whose name starts so")
+    parser.add_argument("--skip", nargs="*", help="leave out paths whose name starts so")
     parser.add_argument("--group", type=int, default=128, help="weight group size (0: per-channel)")
     parser.add_argument(
         "--dtype",
@@ -350,7 +364,7 @@ def main() -> None:
     for shape in args.shapes:
         k, n = (int(v) for v in shape.lower().split("x"))
         rows += bench_shape(
-            k, n, args.m, args.seconds, args.check, args.tune, spec, dtype, args.only
+            k, n, args.m, args.seconds, args.check, args.tune, spec, dtype, args.only, args.skip
         )
     table = pd.DataFrame(rows)
     dense = table[table.path.str.startswith("dense")]

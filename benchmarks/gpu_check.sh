@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The prepared GPU check (issue 14): one device call of at most 5 minutes on an H100/H200.
-#   bash benchmarks/gpu_check.sh              # smoke, tests, check and w4a4, in this order
+#   bash benchmarks/gpu_check.sh              # smoke, tests, mosaic, check, w4a4, in this order
 #   bash benchmarks/gpu_check.sh check probe  # only the steps named
 # Steps:
 #   smoke    the harness: the quickstart's points on the GPU, compile and run time per point
 #   tests    pytest tests/ops on the GPU (references at precision=HIGHEST), one process: the
 #            pyproject's -n 2 (pytest-xdist) is dropped, two processes would share the GPU
-#   check    bench_ops --check --tune: every path and every kernel tiling of the --tune grids
+#   mosaic   the Mosaic GPU W4A16 kernel's tilings beside auto and bf16, 8192x28672, M in {1, 16}
+#   check    bench_ops --check --tune (the Mosaic W4A16 tilings are step mosaic's): every path and every kernel tiling of the --tune grids
 #            against the full-precision reference, bf16 x, W4 g128, 8192x8192 and 8192x28672,
 #            M in {1, 16, 4096} (what GPU_CHOICES and the kernels' defaults come from)
 #   w4a4     per-channel W4A4 at M=4096: auto and the W4A4 tilings (the int8 GEMM; Triton N- and
@@ -35,14 +36,18 @@ step() { # name, limit, command...
   timeout "$limit" "$@" 2>&1 | tee "$out/$name.log" | grep -v '^\s*$' | tail -n 80
   echo "=== $name: exit ${PIPESTATUS[0]}, $((SECONDS - t0)) s"
 }
-smoke() { step smoke 50 $py benchmarks/harness_smoke.py experiments/quickstart.py --limit 16; }
-tests() { step tests 85 $py -m pytest -o addopts="" -q -x -p no:cacheprovider tests/ops; }
+smoke() { step smoke 45 $py benchmarks/harness_smoke.py experiments/quickstart.py --limit 16; }
+tests() { step tests 80 $py -m pytest -o addopts="" -q -x -p no:cacheprovider tests/ops; }
+mosaic() {
+  step mosaic 40 $bench --tune --check --shapes 8192x28672 --m 1 16 --seconds 0.1 \
+    --only "W4A16 mosaic" "W4A16 auto" dense --out "$out/mosaic.md"
+}
 check() {
-  step check 120 $bench --check --tune --shapes 8192x8192 8192x28672 --m 1 16 4096 \
-    --seconds 0.1 --out "$out/check.md"
+  step check 95 $bench --check --tune --shapes 8192x8192 8192x28672 --m 1 16 4096 \
+    --seconds 0.1 --skip "W4A16 mosaic" --out "$out/check.md"
 }
 w4a4() {
-  step w4a4 45 $bench --tune --check --group 0 --shapes 8192x8192 --m 4096 --seconds 0.1 \
+  step w4a4 40 $bench --tune --check --group 0 --shapes 8192x8192 --m 4096 --seconds 0.1 \
     --only "W4A4" dense --out "$out/w4a4.md"
 }
 probe() { step probe 75 $py benchmarks/layout_probe.py; }
@@ -55,8 +60,8 @@ $py -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__
 # the same line on a clean checkout of a commit says whether that commit is what ran
 files=$(find q4lab benchmarks tests -type f \( -name '*.py' -o -name '*.sh' \) | LC_ALL=C sort)
 echo "tree $(cat $files | sha1sum | cut -c1-12)" | tee -a "$out/gpu.txt"
-steps="smoke tests check w4a4 probe compile"
-for name in ${@:-smoke tests check w4a4}; do
+steps="smoke tests mosaic check w4a4 probe compile"
+for name in ${@:-smoke tests mosaic check w4a4}; do
   case " $steps " in
   *" $name "*) $name ;;
   *) echo "unknown step '$name'; allowed: $steps" ;;

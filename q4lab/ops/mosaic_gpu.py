@@ -1,0 +1,322 @@
+"""Kernels for Pallas' Mosaic GPU backend (Hopper: TMA loads pipelined over K, ``wgmma``).
+
+The Triton kernels of `q4lab.ops.pallas_gpu` leave loads and tensor-core scheduling to Triton:
+on an H200 they stayed near 1.0x of XLA's bf16 dot for W4A16 at small M (the issue asks 3.0x)
+and at 0.33-0.47x for W4A4 at M=4096 (asked: 1.5x; a plain Triton int8 GEMM reached 1.43x).
+Mosaic GPU exposes what Hopper's fast GEMMs are built from: TMA copies into swizzled shared
+memory, ``emit_pipeline`` keeping several steps of loads in flight, and ``wgmma``. Both kernels
+read the codes K-major (`signed_codes`: the bytes of `pallas_kmajor.kmajor_codes`, two rows of
+one column each, read as int4 ``[N, K]`` holding ``u - 8``) and never write an unpacked weight
+to global memory.
+
+W4A4 (`w4a4_mosaic`, per-channel weights: QuaRot's layout). 8-bit ``wgmma`` takes both operands
+K-major; x ``[M, K]`` is. A step: x tile and code tile by TMA; codes to registers, int4 -> int8,
+back to shared memory; ``acc += x @ codes.T`` in int32. The epilogue subtracts ``(zero - 8) *
+sum x`` (asymmetric weights) and applies the weight scale, then the row scale, in the order of
+`q4lab.ops.matmul`'s xla form: the result is that form's, bit for bit.
+
+W4A16 (`w4a16_mosaic`, at most 64 rows of 16-bit x). ``wgmma``'s rows come in 64s, so the weight
+is its left operand: ``y^T = W^T x^T``, x^T ``[K, M]`` padded to 16, 32 or 64 columns. A step is
+one scale group (``block_k`` = the group size): codes widened and ``(u - zero) * scale`` in
+float32, rounded to x's dtype into shared memory (the xla form's 16-bit weight), then ``wgmma``
+with float32 accumulation. One scale row: the codes (exact in 16 bits) go in and the scale is
+applied after, as the xla form does. ``split_k`` programs share a column block; XLA adds them.
+
+A first form of each: a step waits for its ``wgmma`` before the next unpack overwrites the one
+shared tile (double-buffering it, or a producer warpgroup, would overlap the two).
+
+Checked on CPU through Mosaic GPU's interpreter (``interpret=True``) and lowered for CUDA from
+the CPU (``tests/ops/test_mosaic_gpu.py``). The interpreter (jax 0.10.2) cannot read a
+transposed ``wgmma`` operand and takes no register layouts, so there (``hardware=False``) the
+W4A4 tile is stored N-major and handed over as it is, and loads name no layout; everything else
+is the same code. Not yet run or timed on a GPU (``benchmarks/gpu_check.sh``: step "tests" runs
+both against the xla forms, steps "mosaic" and "w4a4" time them); `auto` does not run them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from q4lab.core import QTensor
+from q4lab.ops import halves
+from q4lab.ops.pallas_gpu import SYMMETRIC_ZERO
+from q4lab.ops.pallas_kmajor import kmajor_codes
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MosaicConfig:
+    """Tiling of the Mosaic GPU kernels; hashable (a static jit argument)."""
+
+    block_m: int = 128  # W4A4: rows of x per program (a multiple of 64: one warpgroup's wgmma)
+    block_n: int = 128  # output columns per program
+    block_k: int = 128  # rows of the weight per pipeline step (one wgmma of that depth)
+    stages: int = 4  # pipeline steps in flight (TMA loads ahead of the dots)
+    split_k: int = 1  # W4A16: programs sharing a column block, each a slice of K
+
+
+MOSAIC_DEFAULT = MosaicConfig()
+# W4A16 streams the weight once: narrow column blocks (N=8192 still fills 132 SMs with split-K),
+# deep pipelines (the bytes in flight hide the memory latency)
+W4A16_MOSAIC_DEFAULT = MosaicConfig(block_n=64, block_k=128, stages=6, split_k=2)
+W4A16_MAX_ROWS = 64  # rows of x the W4A16 kernel takes (they are wgmma's N, padded to 8)
+
+
+def unsupported(
+    qt: QTensor, m: int, config: MosaicConfig | None = None, *, w4a4: bool = True
+) -> str | None:
+    """Why the W4A4 (or, with ``w4a4=False``, W4A16) kernel cannot take this weight and M under
+    ``config`` (default: the kernel's own); None when it can."""
+    config = config or (MOSAIC_DEFAULT if w4a4 else W4A16_MOSAIC_DEFAULT)
+    if not qt.spec.nibbles:
+        return f"{qt.spec.bits}-bit codes are not nibbles; allowed widths: 4"
+    groups = qt.scale.shape[0]
+    if w4a4 and groups != 1:
+        return "group scales: the W4A4 kernel takes per-channel or per-tensor weights only"
+    if not w4a4 and groups != 1 and qt.k // groups != config.block_k:
+        return f"group size {qt.k // groups} != block_k={config.block_k} (one group a step)"
+    if not w4a4 and m > W4A16_MAX_ROWS:
+        return f"M={m} rows: the W4A16 kernel takes at most {W4A16_MAX_ROWS}"
+    if config.block_m % 64 or config.block_n % 64 or config.block_k % 64:
+        return f"{config} is not a multiple of 64 in every block"
+    if qt.n % config.block_n or qt.k % (config.block_k * config.split_k):
+        return (
+            f"[K, N] = [{qt.k}, {qt.n}] is not a multiple of "
+            f"[{config.block_k * config.split_k}, {config.block_n}]"
+        )
+    return None
+
+
+def _tiled(columns: int, bits: int = 8, swizzle: int | None = None) -> tuple:
+    """The swizzled shared-memory layout of a tile whose rows hold ``columns`` elements (the
+    widest swizzle the rows fill, unless named: wgmma wants both operands' swizzles equal)."""
+    swizzle = swizzle or plgpu.find_swizzle(columns * bits)
+    return (plgpu.TilingTransform((8, swizzle * 8 // bits)), plgpu.SwizzleTransform(swizzle))
+
+
+def _load(ref, layout, hardware: bool):
+    """A shared-memory array into registers: in ``layout`` on a GPU (8-bit and narrower types and
+    broadcast vectors need one); the interpreter takes no layouts."""
+    return plgpu.load(ref, (), layout=layout) if hardware else ref[...]
+
+
+def _vector_scratch(blocks) -> tuple:
+    """Shared memory and barriers for `_load_vectors`' blocks ``(gmem, start, size)``."""
+    smem = [plgpu.SMEM((size,), gmem.dtype) for gmem, _, size in blocks]
+    return smem, plgpu.Barrier(num_barriers=len(blocks))
+
+
+def _load_vectors(blocks, smem, barriers, layouts, hardware: bool) -> list:
+    """Each 1-D block ``gmem[start:start + size]`` copied (TMA) into shared memory, then loaded
+    in its layout: per-row and per-column factors of an epilogue."""
+    for t, (gmem, start, size) in enumerate(blocks):
+        plgpu.copy_gmem_to_smem(gmem.at[pl.ds(start, size)], smem[t], barriers.at[t])
+    for t in range(len(blocks)):
+        plgpu.barrier_wait(barriers.at[t])
+    return [_load(ref, layout, hardware) for ref, layout in zip(smem, layouts, strict=True)]
+
+
+def _w4a4_kernel(x_gmem, codes_gmem, x_sum_gmem, x_scale_gmem, zero_gmem, w_scale_gmem,
+                 out_gmem, *, config, hardware, asymmetric):  # fmt: skip
+    bm, bn, bk = config.block_m, config.block_n, config.block_k
+    i, j = lax.axis_index("m"), lax.axis_index("n")
+    # the unpacked codes as wgmma's right operand: [bn, bk] read transposed (K-major, what the
+    # hardware takes for 8 bits), or [bk, bn] (what the interpreter takes)
+    tile = (bn, bk) if hardware else (bk, bn)
+    blocks = [(v, i * bm, bm) for v in (x_sum_gmem, x_scale_gmem)]
+    blocks += [(v, j * bn, bn) for v in (zero_gmem, w_scale_gmem)]
+    rows, cols = plgpu.Layout.WGMMA.reduce(1), plgpu.Layout.WGMMA.reduce(0)
+
+    def gemm(w_smem, vector_smem, barriers, acc):
+        def step(_, x_smem, codes_smem):
+            # int4 -> int8: u - 8 (int4 loads only into the tensor-core fragment layouts)
+            w = _load(codes_smem, plgpu.Layout.WGMMA_UPCAST_4X, hardware).astype(jnp.int8)
+            w_smem[...] = w if hardware else w.T
+            plgpu.commit_smem()  # the store above, visible to the tensor cores
+            plgpu.wgmma(acc, x_smem, plgpu.transpose_ref(w_smem, (1, 0)) if hardware else w_smem)
+            plgpu.wgmma_wait(0)  # the tile is rewritten by the next step
+
+        plgpu.emit_pipeline(
+            step,
+            grid=(x_gmem.shape[1] // bk,),
+            in_specs=[
+                plgpu.BlockSpec((bm, bk), lambda k: (i, k), transforms=_tiled(bk)),
+                plgpu.BlockSpec((bn, bk), lambda k: (j, k), transforms=_tiled(bk, bits=4)),
+            ],
+            max_concurrent_steps=config.stages,
+        )(x_gmem, codes_gmem)
+
+        x_sum, x_scale, zero, w_scale = _load_vectors(
+            blocks, vector_smem, barriers, (rows, rows, cols, cols), hardware
+        )
+        sums = acc[...]  # int32 [bm, bn]
+        if asymmetric:  # sum x (u - 8) - (zero - 8) sum x = sum x (u - zero), exactly
+            sums -= lax.broadcast_in_dim(x_sum, (bm, bn), [0]) * lax.broadcast_in_dim(
+                zero, (bm, bn), [1]
+            )
+        y = sums.astype(jnp.float32) * lax.broadcast_in_dim(w_scale, (bm, bn), [1])
+        out_gmem[pl.ds(i * bm, bm), pl.ds(j * bn, bn)] = y * lax.broadcast_in_dim(
+            x_scale, (bm, bn), [0]
+        )
+
+    def scoped(w_smem, vector_smem, barriers):  # registers get a scope of their own
+        gemm_ = functools.partial(gemm, w_smem, vector_smem, barriers)
+        pl.run_scoped(gemm_, plgpu.ACC((bm, bn), jnp.int32))
+
+    pl.run_scoped(
+        scoped, plgpu.SMEM(tile, jnp.int8, transforms=_tiled(tile[1])), *_vector_scratch(blocks)
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("config", "interpret"))
+def w4a4_mosaic(
+    xc: jax.Array,
+    x_scale: jax.Array,
+    qt: QTensor,
+    *,
+    config: MosaicConfig = MOSAIC_DEFAULT,
+    interpret: bool = False,
+) -> jax.Array:
+    """W4A4: centered int8 codes ``xc[M, K]`` (logical order) with row scales ``x_scale[M or 1,
+    1]`` times a per-channel 4-bit weight; float32 ``[M, N]`` (`q4lab.ops.matmul.int_matmul`)."""
+    m = xc.shape[0]
+    reason = unsupported(qt, m, config)
+    if reason:
+        raise ValueError(f"w4a4_mosaic cannot run this weight: {reason}")
+    bm = config.block_m
+    mp = -(-m // bm) * bm
+    xc = jnp.pad(halves.permuted_input(xc, qt).astype(jnp.int8), ((0, mp - m), (0, 0)))
+    x_scale = jnp.broadcast_to(x_scale.astype(jnp.float32), (m, 1))[:, 0]
+    x_scale = jnp.pad(x_scale, (0, mp - m))
+    w_scale = jnp.broadcast_to(qt.scale.astype(jnp.float32)[0], (qt.n,))
+    zero = qt.int_zero()
+    asymmetric = zero is not None
+    zero = jnp.zeros(qt.n, jnp.int32) if zero is None else zero[0].astype(jnp.int32)
+    zero = jnp.broadcast_to(zero, (qt.n,))  # per-tensor: one zero
+    x_sum = jnp.sum(xc.astype(jnp.int32), axis=1) if asymmetric else jnp.zeros(mp, jnp.int32)
+    kernel = functools.partial(
+        _w4a4_kernel, config=config, hardware=not interpret, asymmetric=asymmetric
+    )
+    y = plgpu.kernel(
+        kernel,
+        out_type=jax.ShapeDtypeStruct((mp, qt.n), jnp.float32),
+        grid=(mp // bm, qt.n // config.block_n),
+        grid_names=("m", "n"),
+        interpret=_interpreter() if interpret else None,
+    )(xc, signed_codes(qt), x_sum, x_scale, zero - SYMMETRIC_ZERO, w_scale)
+    return y[:m]
+
+
+def _w4a16_kernel(xt_gmem, codes_gmem, scale_gmem, zero_gmem, out_gmem, *, config, hardware):
+    bn, bk, mp = config.block_n, config.block_k, xt_gmem.shape[1]
+    j, part = lax.axis_index("n"), lax.axis_index("k")
+    steps = xt_gmem.shape[0] // bk // config.split_k  # this program's slice of K
+    first = part * steps
+    per_group = scale_gmem.shape[0] > codes_gmem.shape[0]  # a scale row per step, or one row
+    column_blocks = codes_gmem.shape[0] // bn
+    rows = plgpu.Layout.WGMMA.reduce(1)  # a factor per row of W^T (per output column)
+    swizzle = plgpu.find_swizzle(mp * 16)  # x^T's rows are narrow: W^T's tile follows them
+
+    def vector(k):  # this column block's scales / zeros at step k: [G * N] flat, row g = step
+        return (((first + k) * column_blocks if per_group else 0) + j,)
+
+    def gemm(a_smem, vector_smem, barriers, acc):
+        def step(_, xt_smem, codes_smem, zero_smem, *scale_smem):
+            c = _load(codes_smem, plgpu.Layout.WGMMA_UPCAST_4X, hardware)  # int4: u - 8
+            if hardware:  # into the layout of a 16-bit wgmma operand, then widened below
+                c = plgpu.layout_cast(c, plgpu.Layout.WGMMA)
+            zero = _load(zero_smem, rows, hardware)
+            w = c.astype(jnp.float32) - lax.broadcast_in_dim(zero, (bn, bk), [0])
+            if per_group:  # (u - zero) * scale in float32 rounded to x's dtype, as the xla form
+                scale = _load(scale_smem[0], rows, hardware)
+                w = w * lax.broadcast_in_dim(scale, (bn, bk), [0])
+            a_smem[...] = w.astype(a_smem.dtype)
+            plgpu.commit_smem()  # the store above, visible to the tensor cores
+            plgpu.wgmma(acc, a_smem, xt_smem)  # [bn, bk] @ [bk, mp]: W^T x^T
+            plgpu.wgmma_wait(0)  # the tile is rewritten by the next step
+
+        vector_spec = plgpu.BlockSpec((bn,), vector)
+        plgpu.emit_pipeline(
+            step,
+            grid=(steps,),
+            in_specs=[
+                plgpu.BlockSpec(
+                    (bk, mp), lambda k: (first + k, 0), transforms=_tiled(mp, 16, swizzle)
+                ),
+                plgpu.BlockSpec((bn, bk), lambda k: (j, first + k), transforms=_tiled(bk, 4)),
+                vector_spec,
+            ]
+            + [vector_spec] * per_group,
+            max_concurrent_steps=config.stages,
+        )(xt_gmem, codes_gmem, zero_gmem, *[scale_gmem] * per_group)
+        y = acc[...]
+        if not per_group:  # one scale row: codes exact in 16 bits, the scale after the dot (xla)
+            (scale,) = _load_vectors(blocks, vector_smem, barriers, (rows,), hardware)
+            y = y * lax.broadcast_in_dim(scale, (bn, mp), [0])
+        out_gmem[part, pl.ds(j * bn, bn), :] = y
+
+    blocks = [(scale_gmem, j * bn, bn)]
+
+    def scoped(a_smem, vector_smem, barriers):  # registers get a scope of their own
+        gemm_ = functools.partial(gemm, a_smem, vector_smem, barriers)
+        pl.run_scoped(gemm_, plgpu.ACC((bn, mp), jnp.float32))
+
+    a_tile = plgpu.SMEM((bn, bk), xt_gmem.dtype, transforms=_tiled(bk, 16, swizzle))
+    pl.run_scoped(scoped, a_tile, *_vector_scratch(blocks))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "interpret"))
+def w4a16_mosaic(
+    x: jax.Array,
+    qt: QTensor,
+    *,
+    config: MosaicConfig = W4A16_MOSAIC_DEFAULT,
+    interpret: bool = False,
+) -> jax.Array:
+    """W4A16 for a few rows (``M <= 64``) of 16-bit ``x[M, K]`` times a 4-bit weight, as
+    ``(W^T x^T)^T``: the weight is wgmma's left operand, unpacked and scaled into shared memory
+    one group a step (float32 ``[M, N]``). Rows of x are wgmma's N, padded to 16, 32 or 64 (the
+    widths of a 32-, 64- or 128-byte swizzle)."""
+    m = x.shape[0]
+    reason = unsupported(qt, m, config, w4a4=False)
+    if reason:
+        raise ValueError(f"w4a16_mosaic cannot run this weight: {reason}")
+    if x.dtype not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(f"w4a16_mosaic multiplies 16-bit x (bfloat16, float16), got {x.dtype}")
+    mp = max(16, 1 << (m - 1).bit_length())  # 16, 32 or 64 x^T columns: a swizzle's width
+    xt = jnp.pad(halves.permuted_input(x, qt), ((0, mp - m), (0, 0))).T  # [K, Mp]
+    groups = qt.scale.shape[0]
+    scale = jnp.broadcast_to(qt.scale.astype(jnp.float32), (groups, qt.n))
+    zero = qt.int_zero()
+    zero = jnp.zeros((groups, qt.n)) if zero is None else (zero - SYMMETRIC_ZERO)
+    zero = jnp.broadcast_to(zero.astype(jnp.float32), (groups, qt.n))
+    kernel = functools.partial(_w4a16_kernel, config=config, hardware=not interpret)
+    parts = plgpu.kernel(
+        kernel,
+        out_type=jax.ShapeDtypeStruct((config.split_k, qt.n, mp), jnp.float32),
+        grid=(qt.n // config.block_n, config.split_k),
+        grid_names=("n", "k"),
+        interpret=_interpreter() if interpret else None,
+    )(xt, signed_codes(qt), scale.reshape(-1), zero.reshape(-1))
+    return jnp.sum(parts, axis=0).T[:m]
+
+
+def signed_codes(qt: QTensor) -> jax.Array:
+    """int4 ``[N, K]``: ``u - 8`` of each code (two's complement), K contiguous: the K-major
+    bytes of `kmajor_codes` with each nibble's top bit flipped, read as int4 (low nibble first,
+    as XLA packs int4)."""
+    signed = kmajor_codes(qt) ^ jnp.uint8(0x88)
+    return lax.bitcast_convert_type(signed, jnp.int4).reshape(qt.n, qt.k)
+
+
+def _interpreter():
+    """Mosaic GPU's CPU interpreter (simulated shared memory, barriers and wgmma)."""
+    from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
+
+    return InterpretGPUParams()

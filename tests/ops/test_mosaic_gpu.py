@@ -1,0 +1,93 @@
+"""The Mosaic GPU kernels: on CPU through Mosaic GPU's interpreter and lowered for CUDA (the forms
+a GPU runs); on a GPU the kernels themselves."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from q4lab.core import QuantSpec, dequantize_matrix
+from q4lab.ops import int_matmul, on_gpu, w4a16_matmul
+from q4lab.ops.mosaic_gpu import MosaicConfig, unsupported, w4a4_mosaic, w4a16_mosaic
+from q4lab.quantizers import get_quantizer
+
+SMALL = MosaicConfig(block_m=64, block_n=64, block_k=64, stages=2, split_k=2)
+
+
+def _rel(a, b):
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
+def test_mosaic_w4a4_equals_the_xla_form_bit_for_bit():
+    """Per-channel and per-tensor, symmetric and asymmetric, act-order rows, M not a multiple of
+    the row block: the int32 sums are exact and the scales are applied in the xla form's order."""
+    w = jax.random.normal(jax.random.key(20), (128, 128))
+    perm = jnp.asarray(np.random.default_rng(21).permutation(128), jnp.int32)
+    xc = jnp.asarray(np.random.default_rng(22).integers(-8, 8, (70, 128)), jnp.int8)
+    row_scale = jax.random.uniform(jax.random.key(23), (70, 1)) + 0.5
+    specs = [
+        QuantSpec(),
+        QuantSpec(symmetric=False),
+        QuantSpec(granularity="per_tensor", symmetric=False),
+    ]
+    for spec in specs:
+        qt = get_quantizer("minmax").quantize(w, spec)
+        for q in (qt, dataclasses.replace(qt, perm=perm)):
+            y = w4a4_mosaic(xc, row_scale, q, config=SMALL, interpret=not on_gpu())
+            expected = int_matmul(xc, row_scale, q, impl="xla")
+            np.testing.assert_array_equal(np.asarray(y), np.asarray(expected), spec.describe())
+
+
+def test_mosaic_w4a16_is_x_times_the_16_bit_weight_of_the_xla_form():
+    """Group scales: ``(u - zero) * scale`` rounded to bfloat16 in shared memory, as the xla form
+    rounds its weight; one scale row: the codes, then the scale after the dot, as the xla form.
+    Rows of x padded to 16; K split in two; act-order rows."""
+    w = jax.random.normal(jax.random.key(26), (256, 128))
+    perm = jnp.asarray(np.random.default_rng(27).permutation(256), jnp.int32)
+    specs = [
+        QuantSpec(group_size=64),
+        QuantSpec(group_size=64, symmetric=False, scale_dtype="float16"),
+        QuantSpec(),
+        QuantSpec(symmetric=False),
+    ]
+    x = jax.random.normal(jax.random.key(28), (13, 256)).astype(jnp.bfloat16)
+    for spec in specs:
+        qt = dataclasses.replace(get_quantizer("minmax").quantize(w, spec), perm=perm)
+        for rows in (x[:1], x):
+            y = w4a16_mosaic(rows, qt, config=SMALL, interpret=not on_gpu())
+            assert y.shape == (rows.shape[0], 128)
+            # float32 sums of the same products in another order
+            assert _rel(y, w4a16_matmul(rows, qt, impl="xla")) < 1e-6, spec.describe()
+    exact = x.astype(jnp.float32) @ dequantize_matrix(qt).astype(jnp.bfloat16).astype(jnp.float32)
+    # the tolerance tells the two forms apart: one scale row, xla's scale-after-the-dot product
+    # and the product of the weight rounded to bfloat16 differ by far more
+    assert _rel(w4a16_matmul(x, qt, impl="xla"), exact) > 1e-4
+
+
+def test_mosaic_kernels_refuse_what_they_cannot_run():
+    w = jax.random.normal(jax.random.key(24), (128, 96))
+    grouped = get_quantizer("minmax").quantize(w, QuantSpec(group_size=32))
+    assert "group scales" in unsupported(grouped, 16)
+    assert "block_k=64" in unsupported(grouped, 16, SMALL, w4a4=False)
+    per_channel = get_quantizer("minmax").quantize(w, QuantSpec())
+    assert "not a multiple of" in unsupported(per_channel, 16, SMALL)
+    assert "at most 64" in unsupported(per_channel, 65, w4a4=False)
+
+
+def test_mosaic_kernels_lower_for_the_gpu():
+    """In the forms a GPU runs (K-major int8 tiles, register layouts), with the default tilings:
+    an operation Mosaic GPU has no lowering for fails here, not in a device call."""
+    w = jax.random.normal(jax.random.key(25), (1024, 256))
+    xc, row_scale = jnp.ones((300, 1024), jnp.int8), jnp.ones((300, 1))
+    cases = [
+        (w4a4_mosaic, (xc, row_scale), spec) for spec in (QuantSpec(), QuantSpec(symmetric=False))
+    ]
+    cases += [
+        (w4a16_mosaic, (jnp.ones((m, 1024), jnp.bfloat16),), spec)
+        for m, spec in ((1, QuantSpec(group_size=128)), (40, QuantSpec(symmetric=False)))
+    ]
+    for kernel, args, spec in cases:
+        qt = get_quantizer("minmax").quantize(w, spec)
+        lowered = jax.jit(kernel).trace(*args, qt).lower(lowering_platforms=("cuda",))
+        assert "mosaic_gpu" in lowered.as_text()
