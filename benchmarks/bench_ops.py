@@ -30,6 +30,7 @@ dot if that was faster), divided by the measured time.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import math
 import statistics
@@ -192,15 +193,17 @@ W4A4_KMAJOR_TILINGS = [
 # size = block_k): never run on a GPU yet
 W4A16_MOSAIC_TILINGS = [
     mosaic_gpu.W4A16_MOSAIC_DEFAULT,
-    MosaicConfig(block_n=64, block_k=128, stages=8, split_k=1),
-    MosaicConfig(block_n=128, block_k=128, stages=4, split_k=2),
+    dataclasses.replace(mosaic_gpu.W4A16_MOSAIC_DEFAULT, overlap=True),
+    MosaicConfig(block_n=64, block_k=128, stages=8, split_k=1, overlap=True),
+    MosaicConfig(block_n=128, block_k=128, stages=4, split_k=2, overlap=True),
     MosaicConfig(block_n=64, block_k=128, stages=4, split_k=4),
 ]
 W4A4_MOSAIC_TILINGS = [
     mosaic_gpu.MOSAIC_DEFAULT,
-    MosaicConfig(block_m=128, block_n=128, block_k=64, stages=4),
+    dataclasses.replace(mosaic_gpu.MOSAIC_DEFAULT, overlap=True),
+    MosaicConfig(block_m=128, block_n=128, block_k=64, stages=4, overlap=True),
     MosaicConfig(block_m=64, block_n=128, block_k=128, stages=4),
-    MosaicConfig(block_m=128, block_n=64, block_k=128, stages=3),
+    MosaicConfig(block_m=128, block_n=64, block_k=128, stages=3, overlap=True),
 ]
 TUNE_MAX_ROWS = 64  # the W4A16 kernel is for small M: larger M takes the xla form
 
@@ -221,12 +224,13 @@ def _tuned_paths(qt: QTensor, m: int, dtype) -> dict[str, Callable]:
         if not mosaic_gpu.unsupported(qt, m, config, w4a4=False):
             kernel = functools.partial(mosaic_gpu.w4a16_mosaic, config=config)
             name = f"W4A16 mosaic bn{config.block_n} bk{config.block_k} s{config.stages}"
-            paths[f"{name} sk{config.split_k}"] = kernel
+            paths[f"{name} sk{config.split_k}{' overlap' * config.overlap}"] = kernel
     for config in W4A4_MOSAIC_TILINGS:
         if not mosaic_gpu.unsupported(qt, m, config):
             kernel = functools.partial(mosaic_gpu.w4a4_mosaic, config=config)
             name = f"W4A4 mosaic bm{config.block_m} bn{config.block_n} bk{config.block_k}"
-            paths[f"{name} s{config.stages}"] = functools.partial(_w4a4_layer, matmul=kernel)
+            name += f" s{config.stages}{' overlap' * config.overlap}"
+            paths[name] = functools.partial(_w4a4_layer, matmul=kernel)
     for config in W4A4_KMAJOR_TILINGS:
         if not pallas_kmajor.unsupported(qt, config):
             kernel = functools.partial(pallas_kmajor.w4a4_kmajor_pallas, config=config)

@@ -22,8 +22,9 @@ float32, rounded to x's dtype into shared memory (the xla form's 16-bit weight),
 with float32 accumulation. One scale row: the codes (exact in 16 bits) go in and the scale is
 applied after, as the xla form does. ``split_k`` programs share a column block; XLA adds them.
 
-A first form of each: a step waits for its ``wgmma`` before the next unpack overwrites the one
-shared tile (double-buffering it, or a producer warpgroup, would overlap the two).
+``overlap=True`` keeps two unpacked tiles, so a step unpacks while the previous step's ``wgmma``
+runs (that step's TMA operand is released a step later); with one tile each step waits for its
+``wgmma``. Which is faster is for a GPU to say (both are in the benchmark's tilings).
 
 Checked on CPU through Mosaic GPU's interpreter (``interpret=True``) and lowered for CUDA from
 the CPU (``tests/ops/test_mosaic_gpu.py``). The interpreter (jax 0.10.2) cannot read a
@@ -59,6 +60,19 @@ class MosaicConfig:
     block_k: int = 128  # rows of the weight per pipeline step (one wgmma of that depth)
     stages: int = 4  # pipeline steps in flight (TMA loads ahead of the dots)
     split_k: int = 1  # W4A16: programs sharing a column block, each a slice of K
+    # two unpacked tiles: step k+1 unpacks while step k's wgmma runs (its operands held a step
+    # longer); one tile: each step waits for its wgmma
+    overlap: bool = False
+
+    @property
+    def slots(self) -> int:
+        """Unpacked tiles in shared memory."""
+        return 2 if self.overlap else 1
+
+    @property
+    def in_flight(self) -> int:
+        """wgmma groups a step leaves running (``wgmma_wait``'s argument)."""
+        return self.slots - 1
 
 
 MOSAIC_DEFAULT = MosaicConfig()
@@ -134,23 +148,29 @@ def _w4a4_kernel(x_gmem, codes_gmem, x_sum_gmem, x_scale_gmem, zero_gmem, w_scal
     rows, cols = plgpu.Layout.WGMMA.reduce(1), plgpu.Layout.WGMMA.reduce(0)
 
     def gemm(w_smem, vector_smem, barriers, acc):
-        def step(_, x_smem, codes_smem):
+        def step(index, x_smem, codes_smem):
+            tile_smem = w_smem.at[index[0] % config.slots]
             # int4 -> int8: u - 8 (int4 loads only into the tensor-core fragment layouts)
             w = _load(codes_smem, plgpu.Layout.WGMMA_UPCAST_4X, hardware).astype(jnp.int8)
-            w_smem[...] = w if hardware else w.T
+            tile_smem[...] = w if hardware else w.T
             plgpu.commit_smem()  # the store above, visible to the tensor cores
-            plgpu.wgmma(acc, x_smem, plgpu.transpose_ref(w_smem, (1, 0)) if hardware else w_smem)
-            plgpu.wgmma_wait(0)  # the tile is rewritten by the next step
+            right = plgpu.transpose_ref(tile_smem, (1, 0)) if hardware else tile_smem
+            plgpu.wgmma(acc, x_smem, right)
+            plgpu.wgmma_wait(config.in_flight)  # a tile is rewritten once its wgmma is done
 
+        x_spec = plgpu.BlockSpec(
+            (bm, bk), lambda k: (i, k), transforms=_tiled(bk), delay_release=config.in_flight
+        )
         plgpu.emit_pipeline(
             step,
             grid=(x_gmem.shape[1] // bk,),
             in_specs=[
-                plgpu.BlockSpec((bm, bk), lambda k: (i, k), transforms=_tiled(bk)),
+                x_spec,
                 plgpu.BlockSpec((bn, bk), lambda k: (j, k), transforms=_tiled(bk, bits=4)),
             ],
             max_concurrent_steps=config.stages,
         )(x_gmem, codes_gmem)
+        plgpu.wgmma_wait(0)
 
         x_sum, x_scale, zero, w_scale = _load_vectors(
             blocks, vector_smem, barriers, (rows, rows, cols, cols), hardware
@@ -169,9 +189,8 @@ def _w4a4_kernel(x_gmem, codes_gmem, x_sum_gmem, x_scale_gmem, zero_gmem, w_scal
         gemm_ = functools.partial(gemm, w_smem, vector_smem, barriers)
         pl.run_scoped(gemm_, plgpu.ACC((bm, bn), jnp.int32))
 
-    pl.run_scoped(
-        scoped, plgpu.SMEM(tile, jnp.int8, transforms=_tiled(tile[1])), *_vector_scratch(blocks)
-    )
+    tiles = plgpu.SMEM((config.slots, *tile), jnp.int8, transforms=_tiled(tile[1]))
+    pl.run_scoped(scoped, tiles, *_vector_scratch(blocks))
 
 
 @functools.partial(jax.jit, static_argnames=("config", "interpret"))
@@ -227,7 +246,8 @@ def _w4a16_kernel(xt_gmem, codes_gmem, scale_gmem, zero_gmem, out_gmem, *, confi
         return (((first + k) * column_blocks if per_group else 0) + j,)
 
     def gemm(a_smem, vector_smem, barriers, acc):
-        def step(_, xt_smem, codes_smem, zero_smem, *scale_smem):
+        def step(index, xt_smem, codes_smem, zero_smem, *scale_smem):
+            tile_smem = a_smem.at[index[0] % config.slots]
             c = _load(codes_smem, plgpu.Layout.WGMMA_UPCAST_4X, hardware)  # int4: u - 8
             if hardware:  # into the layout of a 16-bit wgmma operand, then widened below
                 c = plgpu.layout_cast(c, plgpu.Layout.WGMMA)
@@ -236,10 +256,10 @@ def _w4a16_kernel(xt_gmem, codes_gmem, scale_gmem, zero_gmem, out_gmem, *, confi
             if per_group:  # (u - zero) * scale in float32 rounded to x's dtype, as the xla form
                 scale = _load(scale_smem[0], rows, hardware)
                 w = w * lax.broadcast_in_dim(scale, (bn, bk), [0])
-            a_smem[...] = w.astype(a_smem.dtype)
+            tile_smem[...] = w.astype(tile_smem.dtype)
             plgpu.commit_smem()  # the store above, visible to the tensor cores
-            plgpu.wgmma(acc, a_smem, xt_smem)  # [bn, bk] @ [bk, mp]: W^T x^T
-            plgpu.wgmma_wait(0)  # the tile is rewritten by the next step
+            plgpu.wgmma(acc, tile_smem, xt_smem)  # [bn, bk] @ [bk, mp]: W^T x^T
+            plgpu.wgmma_wait(config.in_flight)  # a tile is rewritten once its wgmma is done
 
         vector_spec = plgpu.BlockSpec((bn,), vector)
         plgpu.emit_pipeline(
@@ -247,7 +267,10 @@ def _w4a16_kernel(xt_gmem, codes_gmem, scale_gmem, zero_gmem, out_gmem, *, confi
             grid=(steps,),
             in_specs=[
                 plgpu.BlockSpec(
-                    (bk, mp), lambda k: (first + k, 0), transforms=_tiled(mp, 16, swizzle)
+                    (bk, mp),
+                    lambda k: (first + k, 0),
+                    transforms=_tiled(mp, 16, swizzle),
+                    delay_release=config.in_flight,
                 ),
                 plgpu.BlockSpec((bn, bk), lambda k: (j, first + k), transforms=_tiled(bk, 4)),
                 vector_spec,
@@ -255,6 +278,7 @@ def _w4a16_kernel(xt_gmem, codes_gmem, scale_gmem, zero_gmem, out_gmem, *, confi
             + [vector_spec] * per_group,
             max_concurrent_steps=config.stages,
         )(xt_gmem, codes_gmem, zero_gmem, *[scale_gmem] * per_group)
+        plgpu.wgmma_wait(0)
         y = acc[...]
         if not per_group:  # one scale row: codes exact in 16 bits, the scale after the dot (xla)
             (scale,) = _load_vectors(blocks, vector_smem, barriers, (rows,), hardware)
@@ -267,7 +291,7 @@ def _w4a16_kernel(xt_gmem, codes_gmem, scale_gmem, zero_gmem, out_gmem, *, confi
         gemm_ = functools.partial(gemm, a_smem, vector_smem, barriers)
         pl.run_scoped(gemm_, plgpu.ACC((bn, mp), jnp.float32))
 
-    a_tile = plgpu.SMEM((bn, bk), xt_gmem.dtype, transforms=_tiled(bk, 16, swizzle))
+    a_tile = plgpu.SMEM((config.slots, bn, bk), xt_gmem.dtype, transforms=_tiled(bk, 16, swizzle))
     pl.run_scoped(scoped, a_tile, *_vector_scratch(blocks))
 
 

@@ -2,6 +2,7 @@
 a GPU runs); on a GPU the kernels themselves."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -9,10 +10,19 @@ import numpy as np
 
 from q4lab.core import QuantSpec, dequantize_matrix
 from q4lab.ops import int_matmul, on_gpu, w4a16_matmul
-from q4lab.ops.mosaic_gpu import MosaicConfig, unsupported, w4a4_mosaic, w4a16_mosaic
+from q4lab.ops.mosaic_gpu import (
+    MOSAIC_DEFAULT,
+    W4A16_MOSAIC_DEFAULT,
+    MosaicConfig,
+    unsupported,
+    w4a4_mosaic,
+    w4a16_mosaic,
+)
 from q4lab.quantizers import get_quantizer
 
 SMALL = MosaicConfig(block_m=64, block_n=64, block_k=64, stages=2, split_k=2)
+# the specs of each test alternate between one unpacked tile and two (overlapping wgmma)
+FORMS = (SMALL, dataclasses.replace(SMALL, overlap=True))
 
 
 def _rel(a, b):
@@ -31,10 +41,10 @@ def test_mosaic_w4a4_equals_the_xla_form_bit_for_bit():
         QuantSpec(symmetric=False),
         QuantSpec(granularity="per_tensor", symmetric=False),
     ]
-    for spec in specs:
+    for t, spec in enumerate(specs):
         qt = get_quantizer("minmax").quantize(w, spec)
         for q in (qt, dataclasses.replace(qt, perm=perm)):
-            y = w4a4_mosaic(xc, row_scale, q, config=SMALL, interpret=not on_gpu())
+            y = w4a4_mosaic(xc, row_scale, q, config=FORMS[t % 2], interpret=not on_gpu())
             expected = int_matmul(xc, row_scale, q, impl="xla")
             np.testing.assert_array_equal(np.asarray(y), np.asarray(expected), spec.describe())
 
@@ -52,10 +62,10 @@ def test_mosaic_w4a16_is_x_times_the_16_bit_weight_of_the_xla_form():
         QuantSpec(symmetric=False),
     ]
     x = jax.random.normal(jax.random.key(28), (13, 256)).astype(jnp.bfloat16)
-    for spec in specs:
+    for t, spec in enumerate(specs):
         qt = dataclasses.replace(get_quantizer("minmax").quantize(w, spec), perm=perm)
         for rows in (x[:1], x):
-            y = w4a16_mosaic(rows, qt, config=SMALL, interpret=not on_gpu())
+            y = w4a16_mosaic(rows, qt, config=FORMS[t % 2], interpret=not on_gpu())
             assert y.shape == (rows.shape[0], 128)
             # float32 sums of the same products in another order
             assert _rel(y, w4a16_matmul(rows, qt, impl="xla")) < 1e-6, spec.describe()
@@ -76,7 +86,8 @@ def test_mosaic_kernels_refuse_what_they_cannot_run():
 
 
 def test_mosaic_kernels_lower_for_the_gpu():
-    """In the forms a GPU runs (K-major int8 tiles, register layouts), with the default tilings:
+    """In the forms a GPU runs (K-major int8 tiles, register layouts), with the default tilings,
+    one unpacked tile and two:
     an operation Mosaic GPU has no lowering for fails here, not in a device call."""
     w = jax.random.normal(jax.random.key(25), (1024, 256))
     xc, row_scale = jnp.ones((300, 1024), jnp.int8), jnp.ones((300, 1))
@@ -87,7 +98,9 @@ def test_mosaic_kernels_lower_for_the_gpu():
         (w4a16_mosaic, (jnp.ones((m, 1024), jnp.bfloat16),), spec)
         for m, spec in ((1, QuantSpec(group_size=128)), (40, QuantSpec(symmetric=False)))
     ]
-    for kernel, args, spec in cases:
+    for t, (kernel, args, spec) in enumerate(cases):
         qt = get_quantizer("minmax").quantize(w, spec)
+        default = MOSAIC_DEFAULT if kernel is w4a4_mosaic else W4A16_MOSAIC_DEFAULT
+        kernel = functools.partial(kernel, config=dataclasses.replace(default, overlap=t % 2 == 1))
         lowered = jax.jit(kernel).trace(*args, qt).lower(lowering_platforms=("cuda",))
         assert "mosaic_gpu" in lowered.as_text()
