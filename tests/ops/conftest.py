@@ -13,3 +13,18 @@ import pytest
 def _highest_matmul_precision():
     with jax.default_matmul_precision("highest"):
         yield
+
+
+@pytest.fixture
+def lowered_for_cuda():
+    """``lower(fn, *args)``: the text of ``jit(fn)`` lowered for CUDA from this machine, for an
+    H200 (Triton needs a GPU to target; jax >= 0.11 takes it from the abstract mesh when no GPU is
+    present, and then refuses to lower without one)."""
+
+    def lower(fn, *args) -> str:
+        device = jax.sharding.AbstractDevice("NVIDIA H200", None, "gpu")
+        mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)
+        with jax.sharding.use_abstract_mesh(mesh):
+            return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+    return lower

@@ -85,7 +85,7 @@ def test_mosaic_kernels_refuse_what_they_cannot_run():
     assert "at most 64" in unsupported(per_channel, 65, w4a4=False)
 
 
-def test_mosaic_kernels_lower_for_the_gpu():
+def test_mosaic_kernels_lower_for_the_gpu(lowered_for_cuda):
     """In the forms a GPU runs (K-major int8 tiles, register layouts), with the default tilings,
     one unpacked tile and two:
     an operation Mosaic GPU has no lowering for fails here, not in a device call."""
@@ -102,5 +102,4 @@ def test_mosaic_kernels_lower_for_the_gpu():
         qt = get_quantizer("minmax").quantize(w, spec)
         default = MOSAIC_DEFAULT if kernel is w4a4_mosaic else W4A16_MOSAIC_DEFAULT
         kernel = functools.partial(kernel, config=dataclasses.replace(default, overlap=t % 2 == 1))
-        lowered = jax.jit(kernel).trace(*args, qt).lower(lowering_platforms=("cuda",))
-        assert "mosaic_gpu" in lowered.as_text()
+        assert "mosaic_gpu" in lowered_for_cuda(kernel, *args, qt)

@@ -132,7 +132,7 @@ def test_shapes_the_kernels_cannot_take_are_named():
         w4a4_pallas(jnp.ones((1, 64), jnp.int8), jnp.ones((1, 1)), w3, config=TINY, interpret=True)
 
 
-def test_w4a16_kernel_tiles_rows_when_lowered_for_the_gpu():
+def test_w4a16_kernel_tiles_rows_when_lowered_for_the_gpu(lowered_for_cuda):
     """The harness' evaluation batches (hundreds of float32 rows) go through the kernel in row
     blocks of at most ``block_m``: one 512-row tile spilled its accumulators and took minutes to
     compile on an H200. Lowered for CUDA from this CPU, the launch grid shows the tiling."""
@@ -140,7 +140,7 @@ def test_w4a16_kernel_tiles_rows_when_lowered_for_the_gpu():
         jax.random.normal(jax.random.key(10), (64, 256)), QuantSpec(group_size=32)
     )
     x = jnp.ones((360, 64))  # digits-mlp's test split through its first layer
-    lowered = jax.jit(w4a16_pallas).trace(x, qt).lower(lowering_platforms=("cuda",)).as_text()
+    lowered = lowered_for_cuda(w4a16_pallas, x, qt)
     grid = re.search(r"grid_x = (\d+) : i32, grid_y = (\d+) : i32, grid_z = (\d+)", lowered)
     rows_blocks, column_blocks, _ = (int(v) for v in grid.groups())
     assert rows_blocks == -(-360 // W4A16_DEFAULT.block_m) and column_blocks == 1
@@ -163,7 +163,7 @@ def test_kmajor_w4a4_kernel_matches_the_integer_reference():
         assert _rel(y, int_matmul(xc, row_scale, qt, impl="reference")) < 1e-6, spec.describe()
 
 
-def test_every_tuned_kernel_lowers_for_the_gpu():
+def test_every_tuned_kernel_lowers_for_the_gpu(lowered_for_cuda):
     """Each kernel form the GPU benchmark times (byte and word loads, the CUDA-core form for one
     row, W4A4 N-major and K-major) lowers to Triton for CUDA from this CPU: an unsupported
     primitive fails here, not in a device call."""
@@ -183,5 +183,4 @@ def test_every_tuned_kernel_lowers_for_the_gpu():
         (kmajor.w4a4_kmajor_pallas, (xc, row_scale, grouped), kmajor.W4A4_KMAJOR_DEFAULT),
     ]
     for kernel, args, config in cases:
-        lowered = jax.jit(functools.partial(kernel, config=config)).trace(*args)
-        assert "triton" in lowered.lower(lowering_platforms=("cuda",)).as_text()
+        assert "triton" in lowered_for_cuda(functools.partial(kernel, config=config), *args)
