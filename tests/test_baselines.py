@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import shutil
 from pathlib import Path
 
@@ -53,10 +54,17 @@ def test_file_format_round_trips_and_is_deterministic():
 
 
 def test_every_published_file_matches_its_checksum_and_this_install():
+    """Every file is intact and used here, except a model trained on the standard library's
+    sources (charlm) under another Python: its data differ there, so it is trained afresh."""
     rows = check()
     assert {r["file"].split("-seed")[0] for r in rows} >= {"digits-mlp", "mnist1d-cnn"}
     assert all(r["checksum"] == "ok" for r in rows), rows
-    assert all(r["used here"] == "yes" for r in rows), rows
+    index = read_index(PUBLISHED_DIR)
+    for row in rows:
+        entry = index[row["file"]]
+        other_python = entry["produced"]["python_version"] != platform.python_version()
+        if not (other_python and "stdlib sources of CPython" in entry["key"]):
+            assert row["used here"] == "yes", row
 
 
 def test_published_baseline_is_loaded_and_equals_training_here(empty_cache):
