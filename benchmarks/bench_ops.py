@@ -257,7 +257,8 @@ def _paths(qt: QTensor, m: int, tune: bool, dtype) -> dict[str, Callable]:
     paths = _tuned_paths(qt, m, dtype) if tune and on_gpu() else {}
     auto = choose(qt, m, dtype=dtype)
     paths |= {f"W4A16 auto ({auto})": lambda x, w: w4a16_matmul(x, w)}
-    skip = {"auto", "pallas_interpret", auto} | (set() if on_gpu() else {"pallas"})
+    # the Mosaic kernels are timed under their tilings (--tune); GPU-only paths off a GPU
+    skip = {"auto", "pallas_interpret", "mosaic", auto} | (set() if on_gpu() else {"pallas"})
     if qt.scale.shape[0] > 1 and not on_gpu():
         skip.add("xla")  # per-group with float32 inputs: the xla form is the reference
     for impl in IMPLEMENTATIONS:

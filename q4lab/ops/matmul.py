@@ -18,6 +18,8 @@ Implementations (``impl=``), all equal to the reference up to the order of float
   blocked    K walked in cache-sized blocks, see `q4lab.ops.blocked` (the CPU path).
   pallas     the Triton kernels of `q4lab.ops.pallas_gpu` (GPU only; ``pallas_interpret`` runs
              them through Pallas' interpreter anywhere, for tests).
+  mosaic     the Mosaic GPU kernels of `q4lab.ops.mosaic_gpu` (Hopper GPUs; W4A16 up to 64 rows
+             of 16-bit x, per-channel W4A4). Not yet run on a GPU: `auto` does not pick them.
   auto       for 4-bit codes: on GPU the path measured fastest for the operation, dtype and M
              (`GPU_CHOICES`), blocked on CPU, else xla. Other widths: xla on GPU, reference
              elsewhere.
@@ -42,6 +44,7 @@ IMPLEMENTATIONS: tuple[str, ...] = (
     "blocked",
     "pallas",
     "pallas_interpret",
+    "mosaic",
 )
 
 
@@ -52,6 +55,7 @@ WIDTHS: dict[str, tuple[int, ...]] = {
     "blocked": (4,),
     "pallas": (4,),
     "pallas_interpret": (4,),
+    "mosaic": (4,),
 }
 
 
@@ -115,10 +119,10 @@ def _resolve(impl: str, qt: QTensor, m: int, *, w4a4: bool, dtype) -> str:
             f"impl={impl!r} cannot read {qt.spec.bits}-bit codes ({qt.spec.describe()}); "
             f"allowed widths: {allowed} (reference and xla take 2..8)"
         )
-    if impl == "pallas" and not on_gpu():
+    if impl in ("pallas", "mosaic") and not on_gpu():
         raise ValueError(
-            f"impl='pallas' needs a GPU (backend is {jax.default_backend()!r}); "
-            "'pallas_interpret' runs the kernel through the Pallas interpreter"
+            f"impl={impl!r} needs a GPU (backend is {jax.default_backend()!r}); "
+            "'pallas_interpret' runs the Triton kernels through the Pallas interpreter"
         )
     return impl
 
@@ -131,6 +135,8 @@ def w4a16_matmul(x: jax.Array, qt: QTensor, *, impl: str = "auto") -> jax.Array:
         return blocked.w4a16_blocked(x, qt)
     if impl in ("pallas", "pallas_interpret"):
         return pallas_gpu.w4a16_pallas(x, qt, interpret=impl == "pallas_interpret")
+    if impl == "mosaic":
+        return _mosaic().w4a16_mosaic(x, qt)
     if impl == "xla" and qt.scale.shape[0] == 1:  # one scale row: scale after the dot
         codes = centered_weight_codes(qt).astype(x.dtype)
         y = jnp.dot(
@@ -144,6 +150,14 @@ def w4a16_matmul(x: jax.Array, qt: QTensor, *, impl: str = "auto") -> jax.Array:
         w = dequantize_matrix(qt).astype(x.dtype)  # rounds code * scale to x's precision
         return jnp.dot(x, w, preferred_element_type=jnp.float32)
     return jnp.dot(x.astype(jnp.float32), dequantize_matrix(qt), precision=_FLOAT32_PRECISION)
+
+
+def _mosaic():
+    """`q4lab.ops.mosaic_gpu`, imported when first used: Mosaic GPU's import adds 0.3 s to every
+    process that imports q4lab (1.2 s -> 1.45 s here), and only a GPU run needs it."""
+    from q4lab.ops import mosaic_gpu
+
+    return mosaic_gpu
 
 
 # float32 inputs get float32 products (a GPU's default would round them, as TF32 does)
@@ -176,6 +190,8 @@ def int_matmul(xc: jax.Array, x_scale: jax.Array, qt: QTensor, *, impl: str = "a
         return blocked.w4a4_blocked(xc, x_scale, qt)
     if impl in ("pallas", "pallas_interpret"):
         return pallas_gpu.w4a4_pallas(xc, x_scale, qt, interpret=impl == "pallas_interpret")
+    if impl == "mosaic":
+        return _mosaic().w4a4_mosaic(xc, x_scale, qt)
     xc = halves.permuted_input(xc, qt)
     wc = centered_weight_codes(qt)
     groups = qt.scale.shape[0]

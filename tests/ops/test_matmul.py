@@ -177,8 +177,9 @@ def test_bad_implementation_names_the_allowed_ones():
     with pytest.raises(ValueError, match="allowed: auto, reference, xla, blocked, pallas"):
         w4a16_matmul(jnp.ones((1, 16)), qt, impl="triton")
     if not on_gpu():
-        with pytest.raises(ValueError, match=r"needs a GPU.*pallas_interpret"):
-            w4a16_matmul(jnp.ones((1, 16)), qt, impl="pallas")
+        for impl in ("pallas", "mosaic"):
+            with pytest.raises(ValueError, match=rf"impl='{impl}' needs a GPU.*pallas_interpret"):
+                w4a16_matmul(jnp.ones((1, 16)), qt, impl=impl)
     q8 = get_quantizer("minmax").quantize(jnp.ones((16, 4)), QuantSpec(bits=8))
     with pytest.raises(ValueError, match=r"impl='blocked' cannot read 8-bit codes.*widths: 4"):
         w4a16_matmul(jnp.ones((1, 16)), q8, impl="blocked")
