@@ -67,8 +67,9 @@ def on_gpu(backend: str | None = None) -> bool:
 # What ``auto`` runs on a GPU, by operation and operands: the first (max_rows, impl) whose bound
 # covers M (None: any M). From `benchmarks/bench_ops.py --check --tune` on an H200
 # (benchmarks/RESULTS.md: "Matmul paths and what `auto` picks", and the 2026-11-28 section); a
-# path the kernel cannot take falls back to "xla". W4A4 with group scales at large M: XLA's
-# einsum holds an [M, G, N] int32 intermediate (6.1 ms at 8192x8192, M=4096; the kernel 2.4 ms).
+# kernel ("pallas", "mosaic") that cannot take the weight falls back to "xla". W4A4 with group
+# scales at large M: XLA's einsum holds an [M, G, N] int32 intermediate (6.1 ms at 8192x8192,
+# M=4096; the kernel 2.4 ms).
 GPU_CHOICES: dict[tuple[str, str], tuple[tuple[int | None, str], ...]] = {
     ("w4a16", "16-bit"): ((64, "pallas"), (None, "xla")),
     ("w4a16", "float32"): ((1, "xla"), (None, "blocked")),
@@ -103,6 +104,8 @@ def choose(
         rows = GPU_CHOICES[("w4a4" if w4a4 else "w4a16", _operand_class(qt, dtype, w4a4))]
         impl = next(impl for bound, impl in rows if bound is None or m <= bound)
         if impl == "pallas" and pallas_gpu.unsupported(qt, m, w4a4=w4a4):
+            return "xla"
+        if impl == "mosaic" and _mosaic().unsupported(qt, m, w4a4=w4a4):
             return "xla"
         return impl
     return "blocked" if backend == "cpu" else "xla"

@@ -172,6 +172,20 @@ def test_dispatch_by_backend_shape_and_width():
     assert choose(odd, 1, backend="gpu") == "xla"  # 50 columns per half: no 128-wide block
 
 
+def test_a_table_row_naming_the_mosaic_kernels_falls_back_where_they_cannot_run(monkeypatch):
+    w = jax.random.normal(jax.random.key(0), (256, 256))
+    per_channel = get_quantizer("minmax").quantize(w, QuantSpec())
+    grouped = get_quantizer("minmax").quantize(w, QuantSpec(group_size=32))
+    monkeypatch.setitem(GPU_CHOICES, ("w4a4", "int8 per-channel"), ((None, "mosaic"),))
+    monkeypatch.setitem(GPU_CHOICES, ("w4a16", "16-bit"), ((None, "mosaic"),))
+    w4a4 = {"backend": "gpu", "w4a4": True, "dtype": jnp.int8}
+    assert choose(per_channel, 4096, **w4a4) == "mosaic"
+    w4a16 = {"backend": "gpu", "dtype": jnp.bfloat16}
+    assert choose(per_channel, 16, **w4a16) == "mosaic"
+    assert choose(per_channel, 65, **w4a16) == "xla"  # more rows than the kernel takes
+    assert choose(grouped, 16, **w4a16) == "xla"  # group size 32: one group is not a step
+
+
 def test_bad_implementation_names_the_allowed_ones():
     qt = get_quantizer("minmax").quantize(jnp.ones((16, 4)), QuantSpec())
     with pytest.raises(ValueError, match="allowed: auto, reference, xla, blocked, pallas"):
