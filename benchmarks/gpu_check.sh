@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
-# The prepared GPU check (issue 14): one device call of at most 5 minutes on an H100/H200.
+# The prepared GPU check (issue 14): one device call of about 5 minutes on an H100/H200 (the step
+# limits sum to 300 s; the GPU query, jax import and file hash before them take seconds).
 #   bash benchmarks/gpu_check.sh              # smoke, tests, mosaic, check, w4a4, in this order
 #   bash benchmarks/gpu_check.sh check probe  # only the steps named
-# Steps:
+# Steps (pytest runs one process: the pyproject's -n 2 would put two on the GPU):
 #   smoke    the harness: the quickstart's points on the GPU, compile and run time per point
-#   tests    pytest tests/ops on the GPU (references at precision=HIGHEST), one process: the
-#            pyproject's -n 2 (pytest-xdist) is dropped, two processes would share the GPU
-#   mosaic   the Mosaic GPU W4A16 kernel's tilings beside auto and bf16, 8192x28672, M in {1, 16}
-#   check    bench_ops --check --tune (the Mosaic W4A16 tilings are step mosaic's): every path and every kernel tiling of the --tune grids
-#            against the full-precision reference, bf16 x, W4 g128, 8192x8192 and 8192x28672,
-#            M in {1, 16, 4096} (what GPU_CHOICES and the kernels' defaults come from)
-#   w4a4     per-channel W4A4 at M=4096: auto and the W4A4 tilings (the int8 GEMM; Triton N- and
-#            K-major kernels, the Mosaic GPU kernel)
+#   tests    pytest tests/ops on the GPU but the Mosaic kernels' (references at HIGHEST precision)
+#   mosaic   the Mosaic GPU kernels' tests on the GPU, then their W4A16 tilings beside auto and
+#            bf16 at 8192x28672, M in {1, 16}
+#   check    bench_ops --check --tune (less the Mosaic W4A16 tilings): every path and kernel
+#            tiling of the --tune grids against the full-precision reference, bf16 x, W4 g128,
+#            8192x8192 and 8192x28672, M in {1, 16, 4096} (what GPU_CHOICES comes from)
+#   w4a4     per-channel W4A4 at M=4096: auto and the W4A4 tilings (the int8 GEMM; the Mosaic
+#            kernel, Triton N- and K-major kernels)
 #   probe    layout_probe.py: load rates of bytes / tiles / words, the Pallas int8 GEMM ceiling
 #   compile  the W4A16 kernel's compile time on a harness-sized float32 layer
-# Each step has its own time limit (together 300 s for the default steps) and the script goes on
-# after a failure; a step stopped at its limit keeps its per-cell lines in its log. Logs land in $OUT
-# (the device tool) or ./gpu_check. Missing pure-Python wheels can be carried in .whl/.
+# A step that fails or reaches its limit keeps its per-cell lines in its log, and the script goes
+# on. Logs land in $OUT (the device tool) or ./gpu_check. Missing pure-Python wheels can be
+# carried in .whl/.
 set -uo pipefail
 out=${OUT:-gpu_check}
 mkdir -p "$out"
@@ -28,6 +29,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 py=python3
 bench="$py benchmarks/bench_ops.py"
+pytest="$py -m pytest -o addopts= -q -p no:cacheprovider"
 step() { # name, limit, command...
   local name=$1 limit=$2
   shift 2
@@ -36,22 +38,25 @@ step() { # name, limit, command...
   timeout "$limit" "$@" 2>&1 | tee "$out/$name.log" | grep -v '^\s*$' | tail -n 80
   echo "=== $name: exit ${PIPESTATUS[0]}, $((SECONDS - t0)) s"
 }
-smoke() { step smoke 45 $py benchmarks/harness_smoke.py experiments/quickstart.py --limit 16; }
-tests() { step tests 80 $py -m pytest -o addopts="" -q -x -p no:cacheprovider tests/ops; }
+smoke() { step smoke 50 $py benchmarks/harness_smoke.py experiments/quickstart.py --limit 16; }
+tests() { step tests 75 $pytest tests/ops -k "not mosaic"; }
 mosaic() {
+  step mosaic-tests 25 $pytest tests/ops/test_mosaic_gpu.py
   step mosaic 40 $bench --tune --check --shapes 8192x28672 --m 1 16 --seconds 0.1 \
     --only "W4A16 mosaic" "W4A16 auto" dense --out "$out/mosaic.md"
 }
 check() {
-  step check 95 $bench --check --tune --shapes 8192x8192 8192x28672 --m 1 16 4096 \
+  step check 80 $bench --check --tune --shapes 8192x8192 8192x28672 --m 1 16 4096 \
     --seconds 0.1 --skip "W4A16 mosaic" --out "$out/check.md"
 }
 w4a4() {
-  step w4a4 40 $bench --tune --check --group 0 --shapes 8192x8192 --m 4096 --seconds 0.1 \
+  step w4a4 30 $bench --tune --check --group 0 --shapes 8192x8192 --m 4096 --seconds 0.1 \
     --only "W4A4" dense --out "$out/w4a4.md"
 }
 probe() { step probe 75 $py benchmarks/layout_probe.py; }
-compile() { step compile 60 $py benchmarks/kernel_compile.py --rows 360 --k 64 --n 256 --group 32 --limit 30; }
+compile() {
+  step compile 60 $py benchmarks/kernel_compile.py --rows 360 --k 64 --n 256 --group 32 --limit 30
+}
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 $py -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" |

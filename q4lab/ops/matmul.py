@@ -19,7 +19,9 @@ Implementations (``impl=``), all equal to the reference up to the order of float
   pallas     the Triton kernels of `q4lab.ops.pallas_gpu` (GPU only; ``pallas_interpret`` runs
              them through Pallas' interpreter anywhere, for tests).
   mosaic     the Mosaic GPU kernels of `q4lab.ops.mosaic_gpu` (Hopper GPUs; W4A16 up to 64 rows
-             of 16-bit x, per-channel W4A4). Not yet run on a GPU: `auto` does not pick them.
+             of 16-bit x, per-channel W4A4), re-laying the QTensor K-major on every call (the
+             kernels also take one laid out once, `mosaic_gpu.kmajor_weight`). Not yet run on a
+             GPU: `auto` does not pick them.
   auto       for 4-bit codes: on GPU the path measured fastest for the operation, dtype and M
              (`GPU_CHOICES`), blocked on CPU, else xla. Other widths: xla on GPU, reference
              elsewhere.

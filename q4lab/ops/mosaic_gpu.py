@@ -7,7 +7,8 @@ Mosaic GPU exposes what Hopper's fast GEMMs are built from: TMA copies into swiz
 memory, ``emit_pipeline`` keeping several steps of loads in flight, and ``wgmma``. Both kernels
 read the codes K-major (`signed_codes`: the bytes of `pallas_kmajor.kmajor_codes`, two rows of
 one column each, read as int4 ``[N, K]`` holding ``u - 8``) and never write an unpacked weight
-to global memory.
+to global memory. That layout is made once (`kmajor_weight` -> `KMajorWeight`, the same code
+bytes); a `QTensor` passed instead is re-laid on every call, a pass over the whole weight.
 
 W4A4 (`w4a4_mosaic`, per-channel weights: QuaRot's layout). 8-bit ``wgmma`` takes both operands
 K-major; x ``[M, K]`` is. A step: x tile and code tile by TMA; codes to registers, int4 -> int8,
@@ -46,7 +47,6 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from q4lab.core import QTensor
-from q4lab.ops import halves
 from q4lab.ops.pallas_gpu import SYMMETRIC_ZERO
 from q4lab.ops.pallas_kmajor import kmajor_codes
 
@@ -79,31 +79,78 @@ MOSAIC_DEFAULT = MosaicConfig()
 # W4A16 streams the weight once: narrow column blocks (N=8192 still fills 132 SMs with split-K),
 # deep pipelines (the bytes in flight hide the memory latency)
 W4A16_MOSAIC_DEFAULT = MosaicConfig(block_n=64, block_k=128, stages=6, split_k=2)
-W4A16_MAX_ROWS = 64  # rows of x the W4A16 kernel takes (they are wgmma's N, padded to 8)
+W4A16_MAX_ROWS = 64  # rows of x the W4A16 kernel takes (wgmma's N: padded to 16, 32 or 64)
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=["codes", "scale", "zero", "perm"], meta_fields=[]
+)
+@dataclasses.dataclass(frozen=True)
+class KMajorWeight:
+    """A 4-bit weight laid out once for these kernels (`kmajor_weight`), so a call reads only what
+    it multiplies: the codes K-major as int4 ``[N, K]`` holding ``u - 8`` (the bytes of
+    `QTensor.codes`, re-ordered), the scales as stored ``[G, N]``, the zeros as ``zero - 8`` in
+    the scales' dtype (None for symmetric codes) and the act-order permutation. A `QTensor`
+    handed to a kernel is re-laid on every call: a pass over the whole weight, which at small M
+    costs more than the kernel's own read."""
+
+    codes: jax.Array
+    scale: jax.Array
+    zero: jax.Array | None
+    perm: jax.Array | None
+
+    @property
+    def n(self) -> int:
+        return self.codes.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.codes.shape[1]
+
+
+@jax.jit
+def kmajor_weight(qt: QTensor) -> KMajorWeight:
+    """`qt` laid out for the Mosaic kernels (`KMajorWeight`); 4-bit codes only."""
+    if not qt.spec.nibbles:
+        raise ValueError(f"{qt.spec.bits}-bit codes are not nibbles; allowed widths: 4")
+    if qt.transform is not None:
+        raise ValueError("this QTensor has an input transform; apply it first (quantized_dot)")
+    scale = jnp.broadcast_to(qt.scale, (qt.scale.shape[0], qt.n))  # per-tensor: one per column
+    zero = qt.int_zero()
+    if zero is not None:
+        zero = jnp.broadcast_to(zero - SYMMETRIC_ZERO, scale.shape).astype(scale.dtype)
+    return KMajorWeight(codes=signed_codes(qt), scale=scale, zero=zero, perm=qt.perm)
+
+
+def _laid_out(w: QTensor | KMajorWeight) -> KMajorWeight:
+    return w if isinstance(w, KMajorWeight) else kmajor_weight(w)
+
+
+def _permuted(x: jax.Array, w: KMajorWeight) -> jax.Array:
+    """Input columns in the weight's stored row order (act-order)."""
+    return x if w.perm is None else x[:, w.perm]
 
 
 def unsupported(
-    qt: QTensor, m: int, config: MosaicConfig | None = None, *, w4a4: bool = True
+    w: QTensor | KMajorWeight, m: int, config: MosaicConfig | None = None, *, w4a4: bool = True
 ) -> str | None:
     """Why the W4A4 (or, with ``w4a4=False``, W4A16) kernel cannot take this weight and M under
     ``config`` (default: the kernel's own); None when it can."""
     config = config or (MOSAIC_DEFAULT if w4a4 else W4A16_MOSAIC_DEFAULT)
-    if not qt.spec.nibbles:
-        return f"{qt.spec.bits}-bit codes are not nibbles; allowed widths: 4"
-    groups = qt.scale.shape[0]
+    if isinstance(w, QTensor) and not w.spec.nibbles:
+        return f"{w.spec.bits}-bit codes are not nibbles; allowed widths: 4"
+    groups = w.scale.shape[0]
     if w4a4 and groups != 1:
         return "group scales: the W4A4 kernel takes per-channel or per-tensor weights only"
-    if not w4a4 and groups != 1 and qt.k // groups != config.block_k:
-        return f"group size {qt.k // groups} != block_k={config.block_k} (one group a step)"
+    if not w4a4 and groups != 1 and w.k // groups != config.block_k:
+        return f"group size {w.k // groups} != block_k={config.block_k} (one group a step)"
     if not w4a4 and m > W4A16_MAX_ROWS:
         return f"M={m} rows: the W4A16 kernel takes at most {W4A16_MAX_ROWS}"
-    if config.block_m % 64 or config.block_n % 64 or config.block_k % 64:
+    if config.block_n % 64 or config.block_k % 64 or (w4a4 and config.block_m % 64):
         return f"{config} is not a multiple of 64 in every block"
-    if qt.n % config.block_n or qt.k % (config.block_k * config.split_k):
-        return (
-            f"[K, N] = [{qt.k}, {qt.n}] is not a multiple of "
-            f"[{config.block_k * config.split_k}, {config.block_n}]"
-        )
+    depth = config.block_k * (1 if w4a4 else config.split_k)
+    if w.n % config.block_n or w.k % depth:
+        return f"[K, N] = [{w.k}, {w.n}] is not a multiple of [{depth}, {config.block_n}]"
     return None
 
 
@@ -197,42 +244,42 @@ def _w4a4_kernel(x_gmem, codes_gmem, x_sum_gmem, x_scale_gmem, zero_gmem, w_scal
 def w4a4_mosaic(
     xc: jax.Array,
     x_scale: jax.Array,
-    qt: QTensor,
+    w: QTensor | KMajorWeight,
     *,
     config: MosaicConfig = MOSAIC_DEFAULT,
     interpret: bool = False,
 ) -> jax.Array:
     """W4A4: centered int8 codes ``xc[M, K]`` (logical order) with row scales ``x_scale[M or 1,
-    1]`` times a per-channel 4-bit weight; float32 ``[M, N]`` (`q4lab.ops.matmul.int_matmul`)."""
+    1]`` times a per-channel 4-bit weight (best laid out once: `kmajor_weight`); float32
+    ``[M, N]`` (`q4lab.ops.matmul.int_matmul`)."""
     m = xc.shape[0]
-    reason = unsupported(qt, m, config)
+    reason = unsupported(w, m, config)
     if reason:
         raise ValueError(f"w4a4_mosaic cannot run this weight: {reason}")
+    w = _laid_out(w)
     bm = config.block_m
     mp = -(-m // bm) * bm
-    xc = jnp.pad(halves.permuted_input(xc, qt).astype(jnp.int8), ((0, mp - m), (0, 0)))
+    xc = jnp.pad(_permuted(xc, w).astype(jnp.int8), ((0, mp - m), (0, 0)))
     x_scale = jnp.broadcast_to(x_scale.astype(jnp.float32), (m, 1))[:, 0]
     x_scale = jnp.pad(x_scale, (0, mp - m))
-    w_scale = jnp.broadcast_to(qt.scale.astype(jnp.float32)[0], (qt.n,))
-    zero = qt.int_zero()
-    asymmetric = zero is not None
-    zero = jnp.zeros(qt.n, jnp.int32) if zero is None else zero[0].astype(jnp.int32)
-    zero = jnp.broadcast_to(zero, (qt.n,))  # per-tensor: one zero
+    asymmetric = w.zero is not None
+    zero = w.zero[0].astype(jnp.int32) if asymmetric else jnp.zeros(w.n, jnp.int32)
     x_sum = jnp.sum(xc.astype(jnp.int32), axis=1) if asymmetric else jnp.zeros(mp, jnp.int32)
     kernel = functools.partial(
         _w4a4_kernel, config=config, hardware=not interpret, asymmetric=asymmetric
     )
     y = plgpu.kernel(
         kernel,
-        out_type=jax.ShapeDtypeStruct((mp, qt.n), jnp.float32),
-        grid=(mp // bm, qt.n // config.block_n),
+        out_type=jax.ShapeDtypeStruct((mp, w.n), jnp.float32),
+        grid=(mp // bm, w.n // config.block_n),
         grid_names=("m", "n"),
         interpret=_interpreter() if interpret else None,
-    )(xc, signed_codes(qt), x_sum, x_scale, zero - SYMMETRIC_ZERO, w_scale)
+    )(xc, w.codes, x_sum, x_scale, zero, w.scale[0].astype(jnp.float32))
     return y[:m]
 
 
-def _w4a16_kernel(xt_gmem, codes_gmem, scale_gmem, zero_gmem, out_gmem, *, config, hardware):
+def _w4a16_kernel(xt_gmem, codes_gmem, scale_gmem, *zero_and_out, config, hardware):
+    *zero_gmem, out_gmem = zero_and_out  # zeros: asymmetric codes only
     bn, bk, mp = config.block_n, config.block_k, xt_gmem.shape[1]
     j, part = lax.axis_index("n"), lax.axis_index("k")
     steps = xt_gmem.shape[0] // bk // config.split_k  # this program's slice of K
@@ -245,23 +292,28 @@ def _w4a16_kernel(xt_gmem, codes_gmem, scale_gmem, zero_gmem, out_gmem, *, confi
     def vector(k):  # this column block's scales / zeros at step k: [G * N] flat, row g = step
         return (((first + k) * column_blocks if per_group else 0) + j,)
 
+    def factor(ref):  # a [bn] scale or zero block as float32, one per row of the tile
+        return _load(ref, rows, hardware).astype(jnp.float32)
+
+    # per step: the zeros (asymmetric) and, with group scales, the scales
+    stepped = zero_gmem + [scale_gmem] * per_group
+
     def gemm(a_smem, vector_smem, barriers, acc):
-        def step(index, xt_smem, codes_smem, zero_smem, *scale_smem):
+        def step(index, xt_smem, codes_smem, *vector_refs):
             tile_smem = a_smem.at[index[0] % config.slots]
             c = _load(codes_smem, plgpu.Layout.WGMMA_UPCAST_4X, hardware)  # int4: u - 8
             if hardware:  # into the layout of a 16-bit wgmma operand, then widened below
                 c = plgpu.layout_cast(c, plgpu.Layout.WGMMA)
-            zero = _load(zero_smem, rows, hardware)
-            w = c.astype(jnp.float32) - lax.broadcast_in_dim(zero, (bn, bk), [0])
+            w = c.astype(jnp.float32)
+            if zero_gmem:  # u - 8 - (zero - 8): exact
+                w = w - lax.broadcast_in_dim(factor(vector_refs[0]), (bn, bk), [0])
             if per_group:  # (u - zero) * scale in float32 rounded to x's dtype, as the xla form
-                scale = _load(scale_smem[0], rows, hardware)
-                w = w * lax.broadcast_in_dim(scale, (bn, bk), [0])
+                w = w * lax.broadcast_in_dim(factor(vector_refs[-1]), (bn, bk), [0])
             tile_smem[...] = w.astype(tile_smem.dtype)
             plgpu.commit_smem()  # the store above, visible to the tensor cores
             plgpu.wgmma(acc, tile_smem, xt_smem)  # [bn, bk] @ [bk, mp]: W^T x^T
             plgpu.wgmma_wait(config.in_flight)  # a tile is rewritten once its wgmma is done
 
-        vector_spec = plgpu.BlockSpec((bn,), vector)
         plgpu.emit_pipeline(
             step,
             grid=(steps,),
@@ -273,16 +325,15 @@ def _w4a16_kernel(xt_gmem, codes_gmem, scale_gmem, zero_gmem, out_gmem, *, confi
                     delay_release=config.in_flight,
                 ),
                 plgpu.BlockSpec((bn, bk), lambda k: (j, first + k), transforms=_tiled(bk, 4)),
-                vector_spec,
             ]
-            + [vector_spec] * per_group,
+            + [plgpu.BlockSpec((bn,), vector)] * len(stepped),
             max_concurrent_steps=config.stages,
-        )(xt_gmem, codes_gmem, zero_gmem, *[scale_gmem] * per_group)
+        )(xt_gmem, codes_gmem, *stepped)
         plgpu.wgmma_wait(0)
         y = acc[...]
         if not per_group:  # one scale row: codes exact in 16 bits, the scale after the dot (xla)
             (scale,) = _load_vectors(blocks, vector_smem, barriers, (rows,), hardware)
-            y = y * lax.broadcast_in_dim(scale, (bn, mp), [0])
+            y = y * lax.broadcast_in_dim(scale.astype(jnp.float32), (bn, mp), [0])
         out_gmem[part, pl.ds(j * bn, bn), :] = y
 
     blocks = [(scale_gmem, j * bn, bn)]
@@ -298,36 +349,33 @@ def _w4a16_kernel(xt_gmem, codes_gmem, scale_gmem, zero_gmem, out_gmem, *, confi
 @functools.partial(jax.jit, static_argnames=("config", "interpret"))
 def w4a16_mosaic(
     x: jax.Array,
-    qt: QTensor,
+    w: QTensor | KMajorWeight,
     *,
     config: MosaicConfig = W4A16_MOSAIC_DEFAULT,
     interpret: bool = False,
 ) -> jax.Array:
-    """W4A16 for a few rows (``M <= 64``) of 16-bit ``x[M, K]`` times a 4-bit weight, as
-    ``(W^T x^T)^T``: the weight is wgmma's left operand, unpacked and scaled into shared memory
-    one group a step (float32 ``[M, N]``). Rows of x are wgmma's N, padded to 16, 32 or 64 (the
-    widths of a 32-, 64- or 128-byte swizzle)."""
+    """W4A16 for a few rows (``M <= 64``) of 16-bit ``x[M, K]`` times a 4-bit weight (best laid
+    out once: `kmajor_weight`), as ``(W^T x^T)^T``: the weight is wgmma's left operand, unpacked
+    and scaled into shared memory one group a step (float32 ``[M, N]``). Rows of x are wgmma's N,
+    padded to 16, 32 or 64 (the widths of a 32-, 64- or 128-byte swizzle)."""
     m = x.shape[0]
-    reason = unsupported(qt, m, config, w4a4=False)
+    reason = unsupported(w, m, config, w4a4=False)
     if reason:
         raise ValueError(f"w4a16_mosaic cannot run this weight: {reason}")
     if x.dtype not in (jnp.bfloat16, jnp.float16):
         raise ValueError(f"w4a16_mosaic multiplies 16-bit x (bfloat16, float16), got {x.dtype}")
+    w = _laid_out(w)
     mp = max(16, 1 << (m - 1).bit_length())  # 16, 32 or 64 x^T columns: a swizzle's width
-    xt = jnp.pad(halves.permuted_input(x, qt), ((0, mp - m), (0, 0))).T  # [K, Mp]
-    groups = qt.scale.shape[0]
-    scale = jnp.broadcast_to(qt.scale.astype(jnp.float32), (groups, qt.n))
-    zero = qt.int_zero()
-    zero = jnp.zeros((groups, qt.n)) if zero is None else (zero - SYMMETRIC_ZERO)
-    zero = jnp.broadcast_to(zero.astype(jnp.float32), (groups, qt.n))
+    xt = jnp.pad(_permuted(x, w), ((0, mp - m), (0, 0))).T  # [K, Mp]
+    zeros = [] if w.zero is None else [w.zero.reshape(-1)]
     kernel = functools.partial(_w4a16_kernel, config=config, hardware=not interpret)
     parts = plgpu.kernel(
         kernel,
-        out_type=jax.ShapeDtypeStruct((config.split_k, qt.n, mp), jnp.float32),
-        grid=(qt.n // config.block_n, config.split_k),
+        out_type=jax.ShapeDtypeStruct((config.split_k, w.n, mp), jnp.float32),
+        grid=(w.n // config.block_n, config.split_k),
         grid_names=("n", "k"),
         interpret=_interpreter() if interpret else None,
-    )(xt, signed_codes(qt), scale.reshape(-1), zero.reshape(-1))
+    )(xt, w.codes, w.scale.reshape(-1), *zeros)
     return jnp.sum(parts, axis=0).T[:m]
 
 
