@@ -5,10 +5,11 @@ on an H200 they stayed near 1.0x of XLA's bf16 dot for W4A16 at small M (the iss
 and at 0.33-0.47x for W4A4 at M=4096 (asked: 1.5x; a plain Triton int8 GEMM reached 1.43x).
 Mosaic GPU exposes what Hopper's fast GEMMs are built from: TMA copies into swizzled shared
 memory, ``emit_pipeline`` keeping several steps of loads in flight, and ``wgmma``. Both kernels
-read the codes K-major (`signed_codes`: the bytes of `pallas_kmajor.kmajor_codes`, two rows of
-one column each, read as int4 ``[N, K]`` holding ``u - 8``) and never write an unpacked weight
-to global memory. That layout is made once (`kmajor_weight` -> `KMajorWeight`, the same code
-bytes); a `QTensor` passed instead is re-laid on every call, a pass over the whole weight.
+read the codes K-major (`signed_bytes`: the bytes of `pallas_kmajor.kmajor_codes`, two rows of
+one column each, each nibble's top bit flipped, read as int4 ``[N, K]`` holding ``u - 8``) and
+never write an unpacked weight to global memory. That layout is made once (`kmajor_weight` ->
+`KMajorWeight`, the same code bytes); a `QTensor` passed instead is re-laid on every call, a
+pass over the whole weight.
 
 W4A4 (`w4a4_mosaic`, per-channel weights: QuaRot's layout). 8-bit ``wgmma`` takes both operands
 K-major; x ``[M, K]`` is. A step: x tile and code tile by TMA; codes to registers, int4 -> int8,
@@ -88,11 +89,11 @@ W4A16_MAX_ROWS = 64  # rows of x the W4A16 kernel takes (wgmma's N: padded to 16
 @dataclasses.dataclass(frozen=True)
 class KMajorWeight:
     """A 4-bit weight laid out once for these kernels (`kmajor_weight`), so a call reads only what
-    it multiplies: the codes K-major as int4 ``[N, K]`` holding ``u - 8`` (the bytes of
+    it multiplies: the codes K-major as bytes ``[N, K/2]`` (`signed_bytes`: as many bytes as
     `QTensor.codes`, re-ordered), the scales as stored ``[G, N]``, the zeros as ``zero - 8`` in
-    the scales' dtype (None for symmetric codes) and the act-order permutation. A `QTensor`
-    handed to a kernel is re-laid on every call: a pass over the whole weight, which at small M
-    costs more than the kernel's own read."""
+    the scales' dtype (None for symmetric codes; wider than the stored 4-bit zeros) and the
+    act-order permutation. A `QTensor` handed to a kernel is re-laid on every call: a pass over
+    the whole weight, which at small M costs more than the kernel's own read."""
 
     codes: jax.Array
     scale: jax.Array
@@ -105,7 +106,7 @@ class KMajorWeight:
 
     @property
     def k(self) -> int:
-        return self.codes.shape[1]
+        return 2 * self.codes.shape[1]
 
 
 @jax.jit
@@ -119,7 +120,7 @@ def kmajor_weight(qt: QTensor) -> KMajorWeight:
     zero = qt.int_zero()
     if zero is not None:
         zero = jnp.broadcast_to(zero - SYMMETRIC_ZERO, scale.shape).astype(scale.dtype)
-    return KMajorWeight(codes=signed_codes(qt), scale=scale, zero=zero, perm=qt.perm)
+    return KMajorWeight(codes=signed_bytes(qt), scale=scale, zero=zero, perm=qt.perm)
 
 
 def _laid_out(w: QTensor | KMajorWeight) -> KMajorWeight:
@@ -274,7 +275,7 @@ def w4a4_mosaic(
         grid=(mp // bm, w.n // config.block_n),
         grid_names=("m", "n"),
         interpret=_interpreter() if interpret else None,
-    )(xc, w.codes, x_sum, x_scale, zero, w.scale[0].astype(jnp.float32))
+    )(xc, _int4(w), x_sum, x_scale, zero, w.scale[0].astype(jnp.float32))
     return y[:m]
 
 
@@ -375,16 +376,20 @@ def w4a16_mosaic(
         grid=(w.n // config.block_n, config.split_k),
         grid_names=("n", "k"),
         interpret=_interpreter() if interpret else None,
-    )(xt, w.codes, w.scale.reshape(-1), *zeros)
+    )(xt, _int4(w), w.scale.reshape(-1), *zeros)
     return jnp.sum(parts, axis=0).T[:m]
 
 
-def signed_codes(qt: QTensor) -> jax.Array:
-    """int4 ``[N, K]``: ``u - 8`` of each code (two's complement), K contiguous: the K-major
-    bytes of `kmajor_codes` with each nibble's top bit flipped, read as int4 (low nibble first,
-    as XLA packs int4)."""
-    signed = kmajor_codes(qt) ^ jnp.uint8(0x88)
-    return lax.bitcast_convert_type(signed, jnp.int4).reshape(qt.n, qt.k)
+def signed_bytes(qt: QTensor) -> jax.Array:
+    """uint8 ``[N, K/2]``: the K-major bytes of `kmajor_codes` (``u`` of rows 2j and 2j + 1) with
+    each nibble's top bit flipped, so that read as two's-complement nibbles they are ``u - 8``."""
+    return kmajor_codes(qt) ^ jnp.uint8(0x88)
+
+
+def _int4(w: KMajorWeight) -> jax.Array:
+    """The codes as the kernels read them, int4 ``[N, K]`` (XLA reads the low nibble first).
+    Whether XLA holds this bit cast without a copy on a GPU is for a device run to show."""
+    return lax.bitcast_convert_type(w.codes, jnp.int4).reshape(w.n, w.k)
 
 
 def _interpreter():

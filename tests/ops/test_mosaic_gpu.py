@@ -68,6 +68,9 @@ def test_mosaic_w4a16_is_x_times_the_16_bit_weight_of_the_xla_form():
     for t, spec in enumerate(specs):
         qt = dataclasses.replace(get_quantizer("minmax").quantize(w, spec), perm=perm)
         laid_out = kmajor_weight(qt) if t < 2 else qt
+        if t < 2:  # the same code bytes, re-ordered; the same scales
+            assert laid_out.codes.nbytes == qt.codes.nbytes == w.size // 2
+            assert laid_out.scale.nbytes == qt.scale.nbytes
         for rows in (x[:1], x):
             y = w4a16_mosaic(rows, laid_out, config=FORMS[t % 2], interpret=not on_gpu())
             assert y.shape == (rows.shape[0], 128)
