@@ -184,16 +184,21 @@ def _load_vectors(blocks, smem, barriers, layouts, hardware: bool) -> list:
     return [_load(ref, layout, hardware) for ref, layout in zip(smem, layouts, strict=True)]
 
 
-def _w4a4_kernel(x_gmem, codes_gmem, x_sum_gmem, x_scale_gmem, zero_gmem, w_scale_gmem,
-                 out_gmem, *, config, hardware, asymmetric):  # fmt: skip
+def _w4a4_kernel(x_gmem, codes_gmem, x_scale_gmem, w_scale_gmem, *zeros_and_out, config,
+                 hardware):  # fmt: skip
+    *zeros, out_gmem = zeros_and_out  # asymmetric codes only: sum x per row, zero - 8 per column
     bm, bn, bk = config.block_m, config.block_n, config.block_k
     i, j = lax.axis_index("m"), lax.axis_index("n")
     # the unpacked codes as wgmma's right operand: [bn, bk] read transposed (K-major, what the
     # hardware takes for 8 bits), or [bk, bn] (what the interpreter takes)
     tile = (bn, bk) if hardware else (bk, bn)
-    blocks = [(v, i * bm, bm) for v in (x_sum_gmem, x_scale_gmem)]
-    blocks += [(v, j * bn, bn) for v in (zero_gmem, w_scale_gmem)]
     rows, cols = plgpu.Layout.WGMMA.reduce(1), plgpu.Layout.WGMMA.reduce(0)
+    # the epilogue's factors: [block, layout] of each vector, in the order of `vectors` below
+    blocks = [(x_scale_gmem, i * bm, bm), (w_scale_gmem, j * bn, bn)]
+    layouts = [rows, cols]
+    if zeros:
+        blocks += [(zeros[0], i * bm, bm), (zeros[1], j * bn, bn)]
+        layouts += [rows, cols]
 
     def gemm(w_smem, vector_smem, barriers, acc):
         def step(index, x_smem, codes_smem):
@@ -220,11 +225,12 @@ def _w4a4_kernel(x_gmem, codes_gmem, x_sum_gmem, x_scale_gmem, zero_gmem, w_scal
         )(x_gmem, codes_gmem)
         plgpu.wgmma_wait(0)
 
-        x_sum, x_scale, zero, w_scale = _load_vectors(
-            blocks, vector_smem, barriers, (rows, rows, cols, cols), hardware
+        x_scale, w_scale, *x_sum_and_zero = _load_vectors(
+            blocks, vector_smem, barriers, layouts, hardware
         )
         sums = acc[...]  # int32 [bm, bn]
-        if asymmetric:  # sum x (u - 8) - (zero - 8) sum x = sum x (u - zero), exactly
+        if x_sum_and_zero:  # sum x (u - 8) - (zero - 8) sum x = sum x (u - zero), exactly
+            x_sum, zero = x_sum_and_zero
             sums -= lax.broadcast_in_dim(x_sum, (bm, bn), [0]) * lax.broadcast_in_dim(
                 zero, (bm, bn), [1]
             )
@@ -263,19 +269,17 @@ def w4a4_mosaic(
     xc = jnp.pad(_permuted(xc, w).astype(jnp.int8), ((0, mp - m), (0, 0)))
     x_scale = jnp.broadcast_to(x_scale.astype(jnp.float32), (m, 1))[:, 0]
     x_scale = jnp.pad(x_scale, (0, mp - m))
-    asymmetric = w.zero is not None
-    zero = w.zero[0].astype(jnp.int32) if asymmetric else jnp.zeros(w.n, jnp.int32)
-    x_sum = jnp.sum(xc.astype(jnp.int32), axis=1) if asymmetric else jnp.zeros(mp, jnp.int32)
-    kernel = functools.partial(
-        _w4a4_kernel, config=config, hardware=not interpret, asymmetric=asymmetric
-    )
+    zeros = []  # symmetric codes need no correction: nothing to copy
+    if w.zero is not None:
+        zeros = [jnp.sum(xc.astype(jnp.int32), axis=1), w.zero[0].astype(jnp.int32)]
+    kernel = functools.partial(_w4a4_kernel, config=config, hardware=not interpret)
     y = plgpu.kernel(
         kernel,
         out_type=jax.ShapeDtypeStruct((mp, w.n), jnp.float32),
         grid=(mp // bm, w.n // config.block_n),
         grid_names=("m", "n"),
         interpret=_interpreter() if interpret else None,
-    )(xc, _int4(w), x_sum, x_scale, zero, w.scale[0].astype(jnp.float32))
+    )(xc, _int4(w), x_scale, w.scale[0].astype(jnp.float32), *zeros)
     return y[:m]
 
 
