@@ -49,6 +49,7 @@ from q4lab.core import (
     act_codes,
     act_fake_quant,
     dequantize_matrix,
+    relayout,
     stored_bytes,
 )
 from q4lab.ops import (
@@ -190,7 +191,8 @@ W4A4_KMAJOR_TILINGS = [
     KernelConfig(block_m=128, block_n=128, block_k=128, num_warps=4),
 ]
 # The Mosaic GPU kernels (TMA + wgmma; W4A4 per-channel only, W4A16 up to 64 rows with group
-# size = block_k): never run on a GPU yet. Timed on weights laid out once (`kmajor_weight`).
+# size = block_k): never run on a GPU yet. Timed, as the Triton K-major kernel, on weights laid out
+# K-major once (`q4lab.core.relayout`), as a model would hold them.
 W4A16_MOSAIC_TILINGS = [
     mosaic_gpu.W4A16_MOSAIC_DEFAULT,
     dataclasses.replace(mosaic_gpu.W4A16_MOSAIC_DEFAULT, overlap=True),
@@ -298,7 +300,7 @@ def bench_shape(
     dense_copies = _replicate(dense_w, _copies(dense_w.nbytes))
     q_bytes = stored_bytes(qt)
     q_copies = _replicate(qt, _copies(q_bytes))
-    kmajor_copies = []  # the Mosaic kernels' layout, made once (offline) as a model would hold it
+    kmajor_copies = []  # K-major codes (relayout), made once (offline) as a model would hold them
     rows = []
     for m in batches:
         x = jax.random.normal(jax.random.key(m), (m, k), jnp.float32).astype(dtype)
@@ -313,8 +315,8 @@ def bench_shape(
             if (only and not name.startswith(tuple(only))) or name.startswith(tuple(skip or ())):
                 continue
             weights = q_copies
-            if "mosaic" in name:
-                kmajor_copies = kmajor_copies or [mosaic_gpu.kmajor_weight(c) for c in q_copies]
+            if "mosaic" in name or "k-major" in name:  # kernels that read K-major codes
+                kmajor_copies = kmajor_copies or [relayout(c, "kmajor") for c in q_copies]
                 weights = kmajor_copies
             try:
                 t = _time(fn, [(x, c) for c in weights], seconds)

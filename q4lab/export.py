@@ -13,9 +13,9 @@ A saved model is a directory of two files:
       layer, by its index in the recipe (pattern, quantizer and options, ``QuantSpec``,
       ``ActSpec``, ``TransformSpec``, and its text form; every rule, float ones too, with the
       recipe's ``name`` and ``sequential`` in ``recipe``); ``layers``: each quantized layer (its
-      kernel's key, kind, shape, input axes, rule and effective spec, activation spec); ``tensors``:
-      each array by name (role, layer, parameter key, dtype, shape, sha256 of its bytes);
-      ``ledger`` totals; the ``manifest`` (versions, device, git commit).
+      kernel's key, kind, shape, input axes, rule and effective spec, activation spec, code
+      layout); ``tensors``: each array by name (role, layer, parameter key, dtype, shape, sha256
+      of its bytes); ``ledger`` totals; the ``manifest`` (versions, device, git commit).
 
 Tensor names: a parameter leaf is its key joined by "/" (``Dense_0/bias``); a quantized kernel's
 arrays add their role (``Dense_0/kernel.codes``, ``.scale``, ``.zero``, ``.perm``, ``.smooth``,
@@ -53,7 +53,7 @@ from q4lab.adapters import (
     get_at,
     set_at,
 )
-from q4lab.core import QTensor, QuantSpec
+from q4lab.core import LAYOUTS, QTensor, QuantSpec
 from q4lab.core.transforms import InputTransform
 from q4lab.layer_quant import ActState
 from q4lab.manifest import manifest
@@ -61,7 +61,9 @@ from q4lab.quantize_model import LayerPlan, QuantizedModel
 from q4lab.recipe import ActSpec, Recipe, Rule, TransformSpec
 
 FORMAT = "q4lab.packed"
-FORMAT_VERSION = 1  # raise when a reader of the previous version would misread a new file
+# raise when a reader of the previous version would misread a new file (2: codes may be laid out
+# K-major, `QTensor.layout`; a version-1 file holds codes in rows)
+FORMAT_VERSION = 2
 CONFIG_FILE = "q4lab.json"
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -171,6 +173,7 @@ def _layer_to_json(p: LayerPlan, qt: QTensor, act: ActState | None) -> dict[str,
             "shape": list(qt.shape),
             "in_axes": list(qt.in_axes),
             "transform": qt.transform is not None,
+            "layout": qt.layout,
         },
         "act": None if act is None else _to_json(act.spec),
     }
@@ -421,6 +424,15 @@ def _adapter(config: dict[str, Any], model: nn.Module | nnx.Module | None, where
     return adapt(model)
 
 
+def _layout(layout: Any, key: tuple) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(
+            f"layer {'/'.join(map(str, key))}: layout={layout!r} is invalid; allowed: "
+            f"{', '.join(LAYOUTS)}"
+        )
+    return layout
+
+
 def _params(adapter: Adapter, config: dict[str, Any], arrays: dict[str, jax.Array]) -> PyTree:
     """The parameter dict: float leaves and rebuilt `QTensor`s at their keys."""
     entries = config["tensors"]
@@ -443,6 +455,7 @@ def _params(adapter: Adapter, config: dict[str, Any], arrays: dict[str, jax.Arra
             shape=tuple(q["shape"]),
             in_axes=tuple(q["in_axes"]),
             transform=transform,
+            layout=_layout(q.get("layout", "rows"), key),
         )
     if isinstance(adapter, LinenAdapter):
         params: PyTree = {}

@@ -23,6 +23,7 @@ from q4lab.core import (
     QuantSpec,
     dequantize,
     fake_quant,
+    relayout_tree,
     size_ledger,
     to_matrix,
 )
@@ -208,6 +209,11 @@ class QuantizedModel:
 
     def ledger(self) -> Ledger:
         return size_ledger(self.params)
+
+    def relayout(self, layout: str) -> QuantizedModel:
+        """The same model with every 4-bit weight that can hold it in ``layout``
+        (`q4lab.core.relayout`: ``"kmajor"`` for the Mosaic GPU kernels); the same bytes."""
+        return dataclasses.replace(self, params=relayout_tree(self.params, layout))
 
     @functools.cached_property
     def _forward_layers(self) -> tuple[_ForwardLayer, ...]:

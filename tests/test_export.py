@@ -98,6 +98,28 @@ def test_nnx_round_trip_replaces_the_given_models_weights(saved_nnx):
     assert again["tensors"] == first["tensors"] and again["layers"] == first["layers"]
 
 
+def test_a_kmajor_model_multiplies_as_the_rows_model_and_round_trips(saved_linen, tmp_path):
+    """Laid out for the Mosaic kernels: the 4-bit layers hold their codes K-major (the 3-bit one
+    keeps rows), the forward reads them through the xla form (the rows model's CPU path sums in
+    another order) and the file records each layer's layout."""
+    qm, _, x = saved_linen
+    kmajor = qm.relayout("kmajor")
+    layouts = {
+        p: kmajor.params[lp.layer.key[0]][lp.layer.key[1]].layout for p, lp in qm.layers.items()
+    }
+    assert layouts["Conv_1"] == "rows" and list(layouts.values()).count("kmajor") >= 3
+    assert kmajor.ledger().total_bytes <= qm.ledger().total_bytes  # no padding of odd N
+    np.testing.assert_allclose(kmajor.apply(x), qm.apply(x), rtol=1e-5, atol=1e-5)
+    directory = kmajor.save(tmp_path / "kmajor")
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    assert {
+        p: d["qtensor"]["layout"] for p, d in zip(qm.layers, config["layers"], strict=True)
+    } == layouts
+    loaded = load(directory, UserCNN())
+    np.testing.assert_array_equal(np.asarray(loaded.apply(x)), np.asarray(kmajor.apply(x)))
+    assert loaded.ledger() == kmajor.ledger()
+
+
 def test_file_bytes_are_the_ledgers(saved_linen, saved_nnx):
     for qm, directory, _ in (saved_linen, saved_nnx):
         data = (directory / WEIGHTS_FILE).read_bytes()

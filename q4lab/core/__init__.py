@@ -14,18 +14,22 @@ from q4lab.core.ledger import LeafSize, Ledger, size_ledger
 from q4lab.core.lsq import lsq_grad_scale, lsq_round_trip, stored_scale
 from q4lab.core.packing import pack, pack_numpy, unpack, unpack_numpy
 from q4lab.core.qtensor import (
+    LAYOUTS,
     QTensor,
     dequantize,
     dequantize_matrix,
     from_matrix,
     normalize_in_axes,
     quantize,
+    relayout,
+    relayout_tree,
     stored_bytes,
     to_matrix,
 )
 from q4lab.core.spec import QuantSpec
 
 __all__ = [
+    "LAYOUTS",
     "Clipper",
     "LeafSize",
     "Ledger",
@@ -47,6 +51,8 @@ __all__ = [
     "pack",
     "pack_numpy",
     "quantize",
+    "relayout",
+    "relayout_tree",
     "round_trip",
     "scale_zero_from_range",
     "size_ledger",

@@ -4,6 +4,12 @@ Any weight is stored as a matrix ``[K, N]``: its input (contraction) axes moved 
 flattened into K, the rest flattened into N. ``in_axes`` and ``shape`` restore the logical tensor.
 A Flax ``Dense`` kernel ``[in, out]`` has ``in_axes=(0,)``; a ``Conv`` kernel ``[kh, kw, in, out]``
 has ``in_axes=(0, 1, 2)`` (K = kh*kw*in, groups then run along that flattened axis).
+
+The codes of that matrix are packed in one of two layouts (`LAYOUTS`, `QTensor.layout`):
+``"rows"``, each row of N codes packed along N (what `quantize` makes, every width), or
+``"kmajor"`` (4-bit only, made by `relayout`), each column packed along K: the operand layout of
+Hopper's tensor cores (`q4lab.ops.mosaic_gpu`). Both hold the same bytes of codes (but for the
+padding of an odd N in rows), and the size ledger counts whichever is held.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from q4lab.core.spec import QuantSpec
 from q4lab.core.transforms import InputTransform
 
 InAxes = int | Sequence[int]
+LAYOUTS: tuple[str, ...] = ("rows", "kmajor")
 
 
 def normalize_in_axes(in_axes: InAxes, ndim: int) -> tuple[int, ...]:
@@ -65,10 +72,14 @@ def from_matrix(w2d: jax.Array, shape: tuple[int, ...], in_axes: tuple[int, ...]
 class QTensor:
     """A quantized weight. A pytree: the arrays are leaves, the rest is static.
 
-    codes: each row of N codes packed at its width (`q4lab.core.packing`): ``uint8[K, L]`` with
-        ``L = spec.packed_length(N)``, i.e. ``ceil(N/4)`` bytes at 2 bits (four codes per byte),
-        ``3 * ceil(N/8)`` at 3 bits (eight codes per 24-bit word), ``ceil(N/2)`` at 4 bits (XLA
-        int4 nibbles); ``int8`` (symmetric) / ``uint8`` (asymmetric) ``[K, N]`` at 5..8 bits.
+    codes: layout ``"rows"``: each row of N codes packed at its width (`q4lab.core.packing`):
+        ``uint8[K, L]`` with ``L = spec.packed_length(N)``, i.e. ``ceil(N/4)`` bytes at 2 bits
+        (four codes per byte), ``3 * ceil(N/8)`` at 3 bits (eight codes per 24-bit word),
+        ``ceil(N/2)`` at 4 bits (XLA int4 nibbles); ``int8`` (symmetric) / ``uint8``
+        (asymmetric) ``[K, N]`` at 5..8 bits. Layout ``"kmajor"`` (4 bits, even K):
+        ``uint8[N, K/2]``, byte ``[n, j]`` holding stored rows 2j (low nibble) and 2j + 1 of
+        column n as two's-complement nibbles: the code itself when symmetric, ``code - 8`` when
+        not (so every nibble reads as a signed int4; XLA's int4 ``[N, K]`` by a bit cast).
     scale: ``[G, N]`` (per-group), ``[1, N]`` (per-channel) or ``[1, 1]`` (per-tensor), in
         ``spec.scale_dtype``.
     zero: integer zero points, same grid as ``scale``, packed like the codes (unsigned, along N:
@@ -78,6 +89,7 @@ class QTensor:
     transform: the layer's input transform (`q4lab.core.transforms`), or None. With one, the
         codes are those of ``transform.fold(W)`` and meet ``transform.apply(x)``;
         `dequantize` gives the folded weight.
+    layout: how ``codes`` are laid out, one of `LAYOUTS` (see ``codes``; `relayout` converts).
     """
 
     codes: jax.Array
@@ -88,6 +100,7 @@ class QTensor:
     shape: tuple[int, ...] = dataclasses.field(metadata={"static": True})
     in_axes: tuple[int, ...] = dataclasses.field(metadata={"static": True})
     transform: InputTransform | None = None
+    layout: str = dataclasses.field(default="rows", metadata={"static": True})
 
     @property
     def k(self) -> int:
@@ -105,6 +118,11 @@ class QTensor:
     def int_codes(self) -> jax.Array:
         """Codes as ``[K, N]`` in their narrow integer dtype (stored row order): int4/uint4 at 4
         bits, int8/uint8 otherwise."""
+        if self.layout == "kmajor":  # signed nibbles along K: the codes, or code - 8
+            signed = unpack(self.codes, bits=4, signed=True, n=self.k).T
+            if self.spec.symmetric:
+                return signed
+            return (signed.astype(jnp.int8) + _KMAJOR_OFFSET).astype(jnp.uint4)
         return unpack(self.codes, bits=self.spec.bits, signed=self.spec.symmetric, n=self.n)
 
     def int_zero(self) -> jax.Array | None:
@@ -121,6 +139,49 @@ class QTensor:
         if self.transform is not None:
             held |= self.transform.arrays()
         return {name: a for name, a in held.items() if a is not None}
+
+
+_KMAJOR_OFFSET = 8  # unsigned 4-bit codes are held K-major as code - 8 (a signed nibble)
+
+
+def relayout(qt: QTensor, layout: str) -> QTensor:
+    """``qt`` with its codes in ``layout`` (one of `LAYOUTS`; see `QTensor.codes`): the same
+    weight in as many bytes (rows pad an odd N to whole bytes per row). Done once, offline: a
+    kernel that reads the layout it needs then reads only the bytes it multiplies."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r} is unknown; allowed: {', '.join(LAYOUTS)}")
+    if layout == "kmajor" and (not qt.spec.nibbles or qt.k % 2):
+        raise ValueError(
+            f"layout='kmajor' holds 4-bit codes along an even K; this QTensor has "
+            f"{qt.spec.bits}-bit codes and K={qt.k}; allowed: bits=4 and even K"
+        )
+    return qt if layout == qt.layout else _relaid(qt, layout)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _relaid(qt: QTensor, layout: str) -> QTensor:
+    codes = qt.int_codes().astype(jnp.int32)
+    if layout == "rows":
+        packed = pack(codes, bits=qt.spec.bits, signed=qt.spec.symmetric)
+    else:  # signed nibbles along K: the codes, or code - 8
+        if not qt.spec.symmetric:
+            codes = codes - _KMAJOR_OFFSET
+        packed = pack(codes.T, bits=4, signed=True)
+    return dataclasses.replace(qt, codes=packed, layout=layout)
+
+
+def relayout_tree(tree, layout: str):
+    """Every `QTensor` in a pytree (e.g. a quantized model's params) in ``layout`` where it can
+    hold it (4-bit codes, even K; others are left as they are)."""
+
+    def convert(leaf):
+        if not isinstance(leaf, QTensor):
+            return leaf
+        if layout == "kmajor" and (not leaf.spec.nibbles or leaf.k % 2):
+            return leaf
+        return relayout(leaf, layout)
+
+    return jax.tree_util.tree_map(convert, tree, is_leaf=lambda x: isinstance(x, QTensor))
 
 
 def stored_bytes(qt: QTensor) -> int:

@@ -98,6 +98,11 @@ def split(qt: QTensor) -> Halves:
             f"half-column paths read 4-bit nibbles only; got {qt.spec.bits}-bit codes "
             f"({qt.spec.describe()}); allowed widths: 4"
         )
+    if qt.layout != "rows":
+        raise ValueError(
+            f"half-column paths read codes packed along N; this QTensor's layout is "
+            f"{qt.layout!r}; allowed: 'rows' (q4lab.core.relayout(qt, 'rows'))"
+        )
     h = qt.codes.shape[1]
     scale_even, scale_odd = phases(qt.scale, qt.n, 2)
     zero_even = zero_odd = None

@@ -19,16 +19,19 @@ Implementations (``impl=``), all equal to the reference up to the order of float
   pallas     the Triton kernels of `q4lab.ops.pallas_gpu` (GPU only; ``pallas_interpret`` runs
              them through Pallas' interpreter anywhere, for tests).
   mosaic     the Mosaic GPU kernels of `q4lab.ops.mosaic_gpu` (Hopper GPUs; W4A16 up to 64 rows
-             of 16-bit x, per-channel W4A4), re-laying the QTensor K-major on every call (the
-             kernels also take one laid out once, `mosaic_gpu.kmajor_weight`). Not yet run on a
-             GPU: `auto` does not pick them.
-  auto       for 4-bit codes: on GPU the path measured fastest for the operation, dtype and M
-             (`GPU_CHOICES`), blocked on CPU, else xla. Other widths: xla on GPU, reference
+             of 16-bit x, per-channel W4A4), which read codes K-major: a QTensor laid out
+             ``"kmajor"`` once (`q4lab.core.relayout`), or re-laid on every call. Not yet run on
+             a GPU: `auto` does not pick them.
+  auto       for 4-bit codes in the rows layout: on GPU the path measured fastest for the
+             operation, dtype and M (`GPU_CHOICES`), blocked on CPU, else xla. K-major codes: xla
+             (until the Mosaic kernels are timed on a GPU). Other widths: xla on GPU, reference
              elsewhere.
 
 Widths (`WIDTHS`): reference and xla read codes through `QTensor.int_codes` and take every width
 (2..8); blocked and the Pallas kernels read the stored bytes as 4-bit nibbles
 (`q4lab.ops.halves`) and take only ``bits=4``. Asked for by name with another width, they raise.
+Layouts (`READS`): blocked and the Triton kernels read codes packed along N (``"rows"``) only;
+the rest read either (through `QTensor.int_codes`, or re-laid).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from q4lab.core import QTensor, affine, dequantize_matrix
+from q4lab.core import LAYOUTS, QTensor, affine, dequantize_matrix
 from q4lab.ops import blocked, halves, pallas_gpu
 
 IMPLEMENTATIONS: tuple[str, ...] = (
@@ -58,6 +61,17 @@ WIDTHS: dict[str, tuple[int, ...]] = {
     "pallas": (4,),
     "pallas_interpret": (4,),
     "mosaic": (4,),
+}
+
+
+# The code layouts each implementation reads (`q4lab.core.relayout` converts).
+READS: dict[str, tuple[str, ...]] = {
+    "reference": LAYOUTS,
+    "xla": LAYOUTS,
+    "blocked": ("rows",),
+    "pallas": ("rows",),
+    "pallas_interpret": ("rows",),
+    "mosaic": LAYOUTS,
 }
 
 
@@ -102,6 +116,8 @@ def choose(
     gpu = on_gpu(backend)
     if not qt.spec.nibbles:  # 2-, 3- and 5..8-bit codes: the paths that unpack any width
         return "xla" if gpu else "reference"
+    if qt.layout != "rows":  # K-major: the Mosaic kernels' layout, not yet timed on a GPU
+        return "xla"
     if gpu:
         rows = GPU_CHOICES[("w4a4" if w4a4 else "w4a16", _operand_class(qt, dtype, w4a4))]
         impl = next(impl for bound, impl in rows if bound is None or m <= bound)
@@ -123,6 +139,12 @@ def _resolve(impl: str, qt: QTensor, m: int, *, w4a4: bool, dtype) -> str:
         raise ValueError(
             f"impl={impl!r} cannot read {qt.spec.bits}-bit codes ({qt.spec.describe()}); "
             f"allowed widths: {allowed} (reference and xla take 2..8)"
+        )
+    if qt.layout not in READS[impl]:
+        allowed = ", ".join(name for name, layouts in READS.items() if qt.layout in layouts)
+        raise ValueError(
+            f"impl={impl!r} cannot read codes laid out {qt.layout!r}; allowed for them: {allowed} "
+            f"(or q4lab.core.relayout(qt, {READS[impl][0]!r}))"
         )
     if impl in ("pallas", "mosaic") and not on_gpu():
         raise ValueError(

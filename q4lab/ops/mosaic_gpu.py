@@ -5,11 +5,12 @@ on an H200 they stayed near 1.0x of XLA's bf16 dot for W4A16 at small M (the iss
 and at 0.33-0.47x for W4A4 at M=4096 (asked: 1.5x; a plain Triton int8 GEMM reached 1.43x).
 Mosaic GPU exposes what Hopper's fast GEMMs are built from: TMA copies into swizzled shared
 memory, ``emit_pipeline`` keeping several steps of loads in flight, and ``wgmma``. Both kernels
-read the codes K-major (`signed_bytes`: the bytes of `pallas_kmajor.kmajor_codes`, two rows of
-one column each, each nibble's top bit flipped, read as int4 ``[N, K]`` holding ``u - 8``) and
-never write an unpacked weight to global memory. That layout is made once (`kmajor_weight` ->
-`KMajorWeight`, the same code bytes); a `QTensor` passed instead is re-laid on every call, a
-pass over the whole weight.
+read the codes K-major, as a `QTensor` of layout ``"kmajor"`` holds them (`q4lab.core.relayout`:
+uint8 ``[N, K/2]``, read as int4 ``[N, K]`` holding ``u - 8``, ``u`` the unsigned code; the same
+bytes as the rows layout), and never write an unpacked weight to global memory. Lay a weight out
+once: one in the rows layout is re-laid on every call, a pass over the whole weight. The scales
+are read as stored; asymmetric zeros are widened to one ``zero - 8`` per column (and group) per
+call, a pass over ``G x N`` values.
 
 W4A4 (`w4a4_mosaic`, per-channel weights: QuaRot's layout). 8-bit ``wgmma`` takes both operands
 K-major; x ``[M, K]`` is. A step: x tile and code tile by TMA; codes to registers, int4 -> int8,
@@ -47,9 +48,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from q4lab.core import QTensor
+from q4lab.core import QTensor, relayout
+from q4lab.ops.halves import permuted_input
 from q4lab.ops.pallas_gpu import SYMMETRIC_ZERO
-from q4lab.ops.pallas_kmajor import kmajor_codes
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -83,62 +84,13 @@ W4A16_MOSAIC_DEFAULT = MosaicConfig(block_n=64, block_k=128, stages=6, split_k=2
 W4A16_MAX_ROWS = 64  # rows of x the W4A16 kernel takes (wgmma's N: padded to 16, 32 or 64)
 
 
-@functools.partial(
-    jax.tree_util.register_dataclass, data_fields=["codes", "scale", "zero", "perm"], meta_fields=[]
-)
-@dataclasses.dataclass(frozen=True)
-class KMajorWeight:
-    """A 4-bit weight laid out once for these kernels (`kmajor_weight`), so a call reads only what
-    it multiplies: the codes K-major as bytes ``[N, K/2]`` (`signed_bytes`: as many bytes as
-    `QTensor.codes`, re-ordered), the scales as stored ``[G, N]``, the zeros as ``zero - 8`` in
-    the scales' dtype (None for symmetric codes; wider than the stored 4-bit zeros) and the
-    act-order permutation. A `QTensor` handed to a kernel is re-laid on every call: a pass over
-    the whole weight, which at small M costs more than the kernel's own read."""
-
-    codes: jax.Array
-    scale: jax.Array
-    zero: jax.Array | None
-    perm: jax.Array | None
-
-    @property
-    def n(self) -> int:
-        return self.codes.shape[0]
-
-    @property
-    def k(self) -> int:
-        return 2 * self.codes.shape[1]
-
-
-@jax.jit
-def kmajor_weight(qt: QTensor) -> KMajorWeight:
-    """`qt` laid out for the Mosaic kernels (`KMajorWeight`); 4-bit codes only."""
-    if not qt.spec.nibbles:
-        raise ValueError(f"{qt.spec.bits}-bit codes are not nibbles; allowed widths: 4")
-    if qt.transform is not None:
-        raise ValueError("this QTensor has an input transform; apply it first (quantized_dot)")
-    scale = jnp.broadcast_to(qt.scale, (qt.scale.shape[0], qt.n))  # per-tensor: one per column
-    zero = qt.int_zero()
-    if zero is not None:
-        zero = jnp.broadcast_to(zero - SYMMETRIC_ZERO, scale.shape).astype(scale.dtype)
-    return KMajorWeight(codes=signed_bytes(qt), scale=scale, zero=zero, perm=qt.perm)
-
-
-def _laid_out(w: QTensor | KMajorWeight) -> KMajorWeight:
-    return w if isinstance(w, KMajorWeight) else kmajor_weight(w)
-
-
-def _permuted(x: jax.Array, w: KMajorWeight) -> jax.Array:
-    """Input columns in the weight's stored row order (act-order)."""
-    return x if w.perm is None else x[:, w.perm]
-
-
 def unsupported(
-    w: QTensor | KMajorWeight, m: int, config: MosaicConfig | None = None, *, w4a4: bool = True
+    w: QTensor, m: int, config: MosaicConfig | None = None, *, w4a4: bool = True
 ) -> str | None:
     """Why the W4A4 (or, with ``w4a4=False``, W4A16) kernel cannot take this weight and M under
     ``config`` (default: the kernel's own); None when it can."""
     config = config or (MOSAIC_DEFAULT if w4a4 else W4A16_MOSAIC_DEFAULT)
-    if isinstance(w, QTensor) and not w.spec.nibbles:
+    if not w.spec.nibbles:
         return f"{w.spec.bits}-bit codes are not nibbles; allowed widths: 4"
     groups = w.scale.shape[0]
     if w4a4 and groups != 1:
@@ -251,27 +203,27 @@ def _w4a4_kernel(x_gmem, codes_gmem, x_scale_gmem, w_scale_gmem, *zeros_and_out,
 def w4a4_mosaic(
     xc: jax.Array,
     x_scale: jax.Array,
-    w: QTensor | KMajorWeight,
+    w: QTensor,
     *,
     config: MosaicConfig = MOSAIC_DEFAULT,
     interpret: bool = False,
 ) -> jax.Array:
     """W4A4: centered int8 codes ``xc[M, K]`` (logical order) with row scales ``x_scale[M or 1,
-    1]`` times a per-channel 4-bit weight (best laid out once: `kmajor_weight`); float32
+    1]`` times a per-channel 4-bit weight (best laid out ``"kmajor"`` once); float32
     ``[M, N]`` (`q4lab.ops.matmul.int_matmul`)."""
     m = xc.shape[0]
     reason = unsupported(w, m, config)
     if reason:
         raise ValueError(f"w4a4_mosaic cannot run this weight: {reason}")
-    w = _laid_out(w)
+    w = relayout(w, "kmajor")
     bm = config.block_m
     mp = -(-m // bm) * bm
-    xc = jnp.pad(_permuted(xc, w).astype(jnp.int8), ((0, mp - m), (0, 0)))
+    xc = jnp.pad(permuted_input(xc, w).astype(jnp.int8), ((0, mp - m), (0, 0)))
     x_scale = jnp.broadcast_to(x_scale.astype(jnp.float32), (m, 1))[:, 0]
     x_scale = jnp.pad(x_scale, (0, mp - m))
     zeros = []  # symmetric codes need no correction: nothing to copy
     if w.zero is not None:
-        zeros = [jnp.sum(xc.astype(jnp.int32), axis=1), w.zero[0].astype(jnp.int32)]
+        zeros = [jnp.sum(xc.astype(jnp.int32), axis=1), _column_zeros(w, jnp.int32)[0]]
     kernel = functools.partial(_w4a4_kernel, config=config, hardware=not interpret)
     y = plgpu.kernel(
         kernel,
@@ -279,7 +231,7 @@ def w4a4_mosaic(
         grid=(mp // bm, w.n // config.block_n),
         grid_names=("m", "n"),
         interpret=_interpreter() if interpret else None,
-    )(xc, _int4(w), x_scale, w.scale[0].astype(jnp.float32), *zeros)
+    )(xc, _int4(w), x_scale, _column_scales(w)[0].astype(jnp.float32), *zeros)
     return y[:m]
 
 
@@ -354,13 +306,13 @@ def _w4a16_kernel(xt_gmem, codes_gmem, scale_gmem, *zero_and_out, config, hardwa
 @functools.partial(jax.jit, static_argnames=("config", "interpret"))
 def w4a16_mosaic(
     x: jax.Array,
-    w: QTensor | KMajorWeight,
+    w: QTensor,
     *,
     config: MosaicConfig = W4A16_MOSAIC_DEFAULT,
     interpret: bool = False,
 ) -> jax.Array:
     """W4A16 for a few rows (``M <= 64``) of 16-bit ``x[M, K]`` times a 4-bit weight (best laid
-    out once: `kmajor_weight`), as ``(W^T x^T)^T``: the weight is wgmma's left operand, unpacked
+    out ``"kmajor"`` once), as ``(W^T x^T)^T``: the weight is wgmma's left operand, unpacked
     and scaled into shared memory one group a step (float32 ``[M, N]``). Rows of x are wgmma's N,
     padded to 16, 32 or 64 (the widths of a 32-, 64- or 128-byte swizzle)."""
     m = x.shape[0]
@@ -369,10 +321,11 @@ def w4a16_mosaic(
         raise ValueError(f"w4a16_mosaic cannot run this weight: {reason}")
     if x.dtype not in (jnp.bfloat16, jnp.float16):
         raise ValueError(f"w4a16_mosaic multiplies 16-bit x (bfloat16, float16), got {x.dtype}")
-    w = _laid_out(w)
+    w = relayout(w, "kmajor")
     mp = max(16, 1 << (m - 1).bit_length())  # 16, 32 or 64 x^T columns: a swizzle's width
-    xt = jnp.pad(_permuted(x, w), ((0, mp - m), (0, 0))).T  # [K, Mp]
-    zeros = [] if w.zero is None else [w.zero.reshape(-1)]
+    xt = jnp.pad(permuted_input(x, w), ((0, mp - m), (0, 0))).T  # [K, Mp]
+    scale = _column_scales(w)
+    zeros = [] if w.zero is None else [_column_zeros(w, scale.dtype).reshape(-1)]
     kernel = functools.partial(_w4a16_kernel, config=config, hardware=not interpret)
     parts = plgpu.kernel(
         kernel,
@@ -380,19 +333,25 @@ def w4a16_mosaic(
         grid=(w.n // config.block_n, config.split_k),
         grid_names=("n", "k"),
         interpret=_interpreter() if interpret else None,
-    )(xt, _int4(w), w.scale.reshape(-1), *zeros)
+    )(xt, _int4(w), scale.reshape(-1), *zeros)
     return jnp.sum(parts, axis=0).T[:m]
 
 
-def signed_bytes(qt: QTensor) -> jax.Array:
-    """uint8 ``[N, K/2]``: the K-major bytes of `kmajor_codes` (``u`` of rows 2j and 2j + 1) with
-    each nibble's top bit flipped, so that read as two's-complement nibbles they are ``u - 8``."""
-    return kmajor_codes(qt) ^ jnp.uint8(0x88)
+def _column_scales(w: QTensor) -> jax.Array:
+    """The scales ``[G, N]`` as stored; a per-tensor scale repeated per column."""
+    return jnp.broadcast_to(w.scale, (w.scale.shape[0], w.n))
 
 
-def _int4(w: KMajorWeight) -> jax.Array:
-    """The codes as the kernels read them, int4 ``[N, K]`` (XLA reads the low nibble first).
-    Whether XLA holds this bit cast without a copy on a GPU is for a device run to show."""
+def _column_zeros(w: QTensor, dtype) -> jax.Array:
+    """``zero - 8`` ``[G, N]`` in ``dtype``: what the kernels subtract from codes read as
+    ``u - 8``."""
+    zero = w.int_zero() - int(SYMMETRIC_ZERO)
+    return jnp.broadcast_to(zero, (w.scale.shape[0], w.n)).astype(dtype)
+
+
+def _int4(w: QTensor) -> jax.Array:
+    """The K-major codes as the kernels read them, int4 ``[N, K]`` (XLA reads the low nibble
+    first). Whether XLA holds this bit cast without a copy on a GPU is for a device run to show."""
     return lax.bitcast_convert_type(w.codes, jnp.int4).reshape(w.n, w.k)
 
 

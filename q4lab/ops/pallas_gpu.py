@@ -121,6 +121,8 @@ def unsupported(
     config = config or default_config(m, w4a4=w4a4)
     if not qt.spec.nibbles:
         return f"{qt.spec.bits}-bit codes are not nibbles; allowed widths: 4"
+    if qt.layout != "rows":
+        return f"layout={qt.layout!r}: these kernels read codes packed along N; allowed: 'rows'"
     if config.compute == "fma" and (w4a4 or m != 1):
         return f"compute='fma' takes one row of x (W4A16), got M={m}"
     h = qt.codes.shape[1]

@@ -4,14 +4,16 @@ Hopper's 8-bit MMA takes both operands K-major (the contraction axis contiguous)
 packs its codes along N (``[K, N/2]`` bytes), and an int8 Pallas GEMM reading its weight that way
 ran at 0.15-0.34x of XLA's bf16 dot on an H200, while the same loop on a ``[N, K]`` weight ran at
 0.9-1.43x (``benchmarks/layout_probe.py gemm``, RESULTS.md). This kernel reads the codes packed
-along K instead: byte ``[n, j]`` holds ``u[2j, n]`` (low nibble) and ``u[2j + 1, n]`` (high),
-``u = code + zero`` unsigned (`kmajor_codes`). The activations are split into their even and
-odd columns, so one step is ``x_even @ low.T + x_odd @ high.T`` with int32 sums; then
-``- zero * sum x``, the group scale in float32 and the row scales, as `pallas_gpu`'s W4A4 kernel.
+along K instead, as a `QTensor` of layout ``"kmajor"`` holds them (`q4lab.core.relayout`): byte
+``[n, j]`` holds rows 2j (low nibble) and 2j + 1 of column n as signed nibbles; xor-ing a byte
+with 0x88 makes both ``u = code + zero`` unsigned (zero = 8 for symmetric codes). The activations
+are split into their even and odd columns, so one step is ``x_even @ low.T + x_odd @ high.T``
+with int32 sums; then ``- zero * sum x``, the group scale in float32 and the row scales, as
+`pallas_gpu`'s W4A4 kernel.
 
-`kmajor_codes` re-lays the weight on every call (through the integer codes and a transpose:
-at M=4096 small beside the GEMM, but not timed); a `QTensor` holding this layout would skip it.
-Not yet timed on a GPU (``benchmarks/gpu_check.sh`` step "check" times it): `auto` does not run it.
+A weight in the rows layout is re-laid on every call (a pass over the whole weight, small at
+M=4096 beside the GEMM); lay it out once instead. Not yet timed on a GPU
+(``benchmarks/gpu_check.sh`` step "check" times it): `auto` does not run it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from q4lab.core import QTensor
+from q4lab.core import QTensor, relayout
 from q4lab.ops import halves
 from q4lab.ops.pallas_gpu import (
     SYMMETRIC_ZERO,
@@ -59,15 +61,6 @@ def unsupported(qt: QTensor, config: KernelConfig = W4A4_KMAJOR_DEFAULT) -> str 
     return None
 
 
-def kmajor_codes(qt: QTensor) -> jax.Array:
-    """uint8 ``[N, K/2]``: ``u = code + zero`` of stored rows 2j (low nibble) and 2j + 1."""
-    u = qt.int_codes().astype(jnp.int32)
-    if qt.zero is None:
-        u = u + SYMMETRIC_ZERO  # two's-complement codes -8..7 -> 0..15
-    u = u.astype(jnp.uint8).T
-    return u[:, 0::2] | (u[:, 1::2] << 4)
-
-
 def _kernel(xe_ref, xo_ref, xs_ref, codes_ref, scale_ref, zero_ref, out_ref, *, half, steps,
             per_group, zero_const):  # fmt: skip
     dot = functools.partial(jnp.dot, preferred_element_type=jnp.int32)
@@ -76,7 +69,7 @@ def _kernel(xe_ref, xo_ref, xs_ref, codes_ref, scale_ref, zero_ref, out_ref, *, 
         j0 = t * half
         xe = xe_ref[:, pl.ds(j0, half)]
         xo = xo_ref[:, pl.ds(j0, half)]
-        w = codes_ref[:, pl.ds(j0, half)]  # [bn, half]: K contiguous
+        w = halves.offset_codes(codes_ref[:, pl.ds(j0, half)], True)  # [bn, half] of u
         lo = halves.low_nibbles(w).astype(jnp.int8)
         hi = halves.high_nibbles(w).astype(jnp.int8)
         p = dot(xe, lo.T) + dot(xo, hi.T)
@@ -140,4 +133,4 @@ def w4a4_kmajor_pallas(
         interpret=interpret,
         compiler_params=_triton_params(config),
         name="q4lab_w4a4_kmajor",
-    )(xc[:, 0::2], xc[:, 1::2], row_scale, kmajor_codes(qt), scale, zero)[:m]
+    )(xc[:, 0::2], xc[:, 1::2], row_scale, relayout(qt, "kmajor").codes, scale, zero)[:m]

@@ -4,11 +4,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from q4lab.core import QuantSpec, dequantize, fake_quant, quantize, stored_bytes
+from q4lab.core import (
+    QuantSpec,
+    dequantize,
+    fake_quant,
+    quantize,
+    relayout,
+    relayout_tree,
+    size_ledger,
+    stored_bytes,
+)
 from q4lab.quantizers import get_quantizer
 
 SHAPES = [(8, 4), (16, 3), (32, 6)]
@@ -154,6 +163,49 @@ def test_row_permutation_is_undone_by_dequantize():
     permuted = quantize(w, spec, scale, perm=perm)
     np.testing.assert_array_equal(np.asarray(dequantize(permuted)), np.asarray(plain))
     assert stored_bytes(permuted) == stored_bytes(quantize(w, spec, scale)) + 16
+
+
+@settings(max_examples=8)  # a compile per spec and shape; the layout does not depend on values
+@given(weights_and_specs())
+def test_kmajor_layout_holds_the_same_codes_in_as_many_bytes(args):
+    w, spec = args
+    qt = get_quantizer("minmax").quantize(w, dataclasses.replace(spec, bits=4))
+    k, n = w.shape
+    kmajor = relayout(qt, "kmajor")
+    assert kmajor.layout == "kmajor" and kmajor.codes.shape == (n, k // 2)
+    assert kmajor.codes.nbytes == n * k // 2  # rows pad an odd N to whole bytes; K is even
+    if n % 2 == 0:
+        assert kmajor.codes.nbytes == qt.codes.nbytes and stored_bytes(kmajor) == stored_bytes(qt)
+    # byte [n, j]: rows 2j (low nibble) and 2j + 1 of column n, signed: code, or code - 8
+    signed = _codes(qt) - (0 if qt.spec.symmetric else 8)
+    nibbles = (signed & 0xF).T
+    np.testing.assert_array_equal(
+        np.asarray(kmajor.codes), nibbles[:, 0::2] | nibbles[:, 1::2] << 4
+    )
+    assert kmajor.int_codes().dtype == qt.int_codes().dtype
+    np.testing.assert_array_equal(_codes(kmajor), _codes(qt))
+    np.testing.assert_array_equal(dequantize(kmajor), dequantize(qt))
+    back = relayout(kmajor, "rows")
+    assert back.layout == "rows" and back.codes.dtype == qt.codes.dtype
+    np.testing.assert_array_equal(back.codes, qt.codes)
+
+
+def test_a_model_is_laid_out_where_its_weights_allow_and_the_ledger_is_unchanged():
+    w = jax.random.normal(jax.random.key(0), (16, 6))
+    params = {
+        "a": {"kernel": quantize(w, QuantSpec(group_size=8), jnp.ones((2, 6)))},
+        "b": {"kernel": quantize(w, QuantSpec(bits=3), jnp.ones((1, 6))), "bias": jnp.ones(6)},
+        "odd": {"kernel": quantize(w[:15], QuantSpec(), jnp.ones((1, 6)))},
+    }
+    laid = relayout_tree(params, "kmajor")
+    assert laid["a"]["kernel"].layout == "kmajor"
+    assert laid["b"]["kernel"] is params["b"]["kernel"]  # 3-bit codes stay in rows
+    assert laid["odd"]["kernel"] is params["odd"]["kernel"]  # odd K: no whole bytes along K
+    assert size_ledger(laid) == size_ledger(params)
+    with pytest.raises(ValueError, match="bits=4 and even K"):
+        relayout(params["odd"]["kernel"], "kmajor")
+    with pytest.raises(ValueError, match="layout='nmajor' is unknown; allowed: rows, kmajor"):
+        relayout(params["a"]["kernel"], "nmajor")
 
 
 def test_qtensor_is_a_pytree_that_jit_accepts():

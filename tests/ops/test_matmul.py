@@ -12,6 +12,7 @@ from q4lab.core import (
     act_params,
     dequantize_matrix,
     quantize,
+    relayout,
 )
 from q4lab.ops import GPU_CHOICES, choose, halves, int_matmul, on_gpu, w4a16_matmul
 from q4lab.ops.blocked import block_rows, w4a16_blocked
@@ -79,9 +80,33 @@ def test_act_order_permutation_is_applied_by_every_path():
     qt = quantize(w, spec, scale, perm=perm)
     xc = jnp.asarray(np.random.default_rng(1).integers(-7, 8, (3, 16)), jnp.int8)
     expected = xc.astype(jnp.float32) @ dequantize_matrix(qt)
-    for impl in ("reference", "xla", "blocked"):
-        assert _rel(int_matmul(xc, jnp.ones((1, 1)), qt, impl=impl), expected) < 1e-6, impl
-        assert _rel(w4a16_matmul(xc.astype(jnp.float32), qt, impl=impl), expected) < 1e-6, impl
+    kmajor = relayout(qt, "kmajor")
+    for weight, impl in [(qt, "reference"), (qt, "xla"), (qt, "blocked")] + [
+        (kmajor, impl) for impl in ("reference", "xla", "auto")
+    ]:
+        name = (impl, weight.layout)
+        assert _rel(int_matmul(xc, jnp.ones((1, 1)), weight, impl=impl), expected) < 1e-6, name
+        y = w4a16_matmul(xc.astype(jnp.float32), weight, impl=impl)
+        assert _rel(y, expected) < 1e-6, name
+
+
+def test_kmajor_codes_go_to_the_paths_that_read_them():
+    """Auto reads K-major codes through the xla form (the Mosaic kernels, which read them
+    directly, are not yet timed on a GPU); the paths that read rows refuse them by name."""
+    w = jax.random.normal(jax.random.key(0), (256, 256))
+    kmajor = relayout(get_quantizer("minmax").quantize(w, QuantSpec()), "kmajor")
+    for backend in ("cpu", "gpu"):
+        assert choose(kmajor, 16, backend=backend, dtype=jnp.bfloat16) == "xla"
+        assert choose(kmajor, 4096, backend=backend, w4a4=True, dtype=jnp.int8) == "xla"
+    for impl in ("blocked", "pallas_interpret"):
+        with pytest.raises(
+            ValueError,
+            match=rf"impl='{impl}' cannot read codes laid out 'kmajor'"
+            r"; allowed for them: reference, xla, mosaic.*relayout\(qt, 'rows'\)",
+        ):
+            w4a16_matmul(jnp.ones((1, 256)), kmajor, impl=impl)
+    with pytest.raises(ValueError, match="layout is 'kmajor'; allowed: 'rows'"):
+        halves.split(kmajor)
 
 
 def test_reference_int_matmul_runs_integer_dots_with_int32_accumulation():

@@ -8,13 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from q4lab.core import QuantSpec, dequantize_matrix
+from q4lab.core import QuantSpec, dequantize_matrix, relayout
 from q4lab.ops import int_matmul, on_gpu, w4a16_matmul
 from q4lab.ops.mosaic_gpu import (
     MOSAIC_DEFAULT,
     W4A16_MOSAIC_DEFAULT,
     MosaicConfig,
-    kmajor_weight,
     unsupported,
     w4a4_mosaic,
     w4a16_mosaic,
@@ -46,7 +45,7 @@ def test_mosaic_w4a4_equals_the_xla_form_bit_for_bit():
     for t, spec in enumerate(specs):
         qt = get_quantizer("minmax").quantize(w, spec)
         for q in (qt, dataclasses.replace(qt, perm=perm)):
-            laid_out = kmajor_weight(q) if q.perm is not None else q  # or re-laid by the call
+            laid_out = relayout(q, "kmajor") if q.perm is not None else q  # or re-laid by the call
             y = w4a4_mosaic(xc, row_scale, laid_out, config=FORMS[t % 2], interpret=not on_gpu())
             expected = int_matmul(xc, row_scale, q, impl="xla")
             np.testing.assert_array_equal(np.asarray(y), np.asarray(expected), spec.describe())
@@ -67,7 +66,7 @@ def test_mosaic_w4a16_is_x_times_the_16_bit_weight_of_the_xla_form():
     x = jax.random.normal(jax.random.key(28), (20, 256)).astype(jnp.bfloat16)
     for t, spec in enumerate(specs):
         qt = dataclasses.replace(get_quantizer("minmax").quantize(w, spec), perm=perm)
-        laid_out = kmajor_weight(qt) if t < 2 else qt
+        laid_out = relayout(qt, "kmajor") if t < 2 else qt
         if t < 2:  # the same code bytes, re-ordered; the same scales
             assert laid_out.codes.nbytes == qt.codes.nbytes == w.size // 2
             assert laid_out.scale.nbytes == qt.scale.nbytes

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from q4lab.core import QuantSpec, dequantize_matrix, quantize
+from q4lab.core import QuantSpec, dequantize_matrix, quantize, relayout
 from q4lab.ops import int_matmul, w4a16_matmul
 from q4lab.ops import pallas_kmajor as kmajor
 from q4lab.ops.pallas_gpu import W4A16_DEFAULT, KernelConfig, unsupported, w4a4_pallas, w4a16_pallas
@@ -147,7 +147,7 @@ def test_w4a16_kernel_tiles_rows_when_lowered_for_the_gpu(lowered_for_cuda):
 
 
 def test_kmajor_w4a4_kernel_matches_the_integer_reference():
-    """Codes re-laid K-major (two rows a byte), activations split into even and odd columns."""
+    """Codes K-major (two rows a byte), activations split into even and odd columns."""
     w = jax.random.normal(jax.random.key(12), (128, 32))
     perm = jnp.asarray(np.random.default_rng(13).permutation(128), jnp.int32)
     xc = jnp.asarray(np.random.default_rng(14).integers(-7, 8, (20, 128)), jnp.int8)
@@ -159,8 +159,11 @@ def test_kmajor_w4a4_kernel_matches_the_integer_reference():
             assert "not a power of two >= 64" in kmajor.unsupported(qt, config)
             continue
         qt = dataclasses.replace(qt, perm=perm)
-        y = kmajor.w4a4_kmajor_pallas(xc, row_scale, qt, config=config, interpret=True)
-        assert _rel(y, int_matmul(xc, row_scale, qt, impl="reference")) < 1e-6, spec.describe()
+        expected = int_matmul(xc, row_scale, qt, impl="reference")
+        for layout in ("rows", "kmajor"):  # re-laid by the call, or laid out once
+            laid_out = relayout(qt, layout)
+            y = kmajor.w4a4_kmajor_pallas(xc, row_scale, laid_out, config=config, interpret=True)
+            assert _rel(y, expected) < 1e-6, (spec.describe(), layout)
 
 
 def test_every_tuned_kernel_lowers_for_the_gpu(lowered_for_cuda):
