@@ -37,6 +37,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -217,40 +218,89 @@ def _tiling_name(config: KernelConfig, w4a4: bool) -> str:
     return f"bn{config.block_n} {rows}w{config.num_warps} s{config.num_stages}{kind}"
 
 
+def _mosaic_name(config: MosaicConfig, w4a4: bool) -> str:
+    rows = f"bm{config.block_m} " if w4a4 else ""
+    name = f"{rows}bn{config.block_n} bk{config.block_k} s{config.stages}"
+    name += "" if w4a4 else f" sk{config.split_k}"
+    return name + " overlap" * config.overlap
+
+
+def _kmajor_name(config: KernelConfig) -> str:
+    return (
+        f"bm{config.block_m} n{config.block_n} bk{config.block_k} w{config.num_warps} "
+        f"s{config.num_stages}"
+    )
+
+
+class _Family(NamedTuple):
+    """A kernel and its tilings under ``--tune``."""
+
+    label: str  # the paths' names start with it
+    tilings: list
+    kernel: Callable  # kernel(..., config=tiling)
+    refuses: Callable[..., str | None]  # refuses(qt, m, tiling): why it cannot run, or None
+    name: Callable[..., str]  # a tiling's name
+    w4a4: bool  # timed as a whole W4A4 layer (`_w4a4_layer`)
+
+
+def _tuned_families(m: int, dtype) -> list[_Family]:
+    """The kernel families in the order they are timed: the Mosaic GPU and K-major W4A4 kernels
+    first (never timed on a GPU yet: a step that runs out of time keeps them)."""
+    sixteen_bit, few_rows = jnp.dtype(dtype).itemsize == 2, m <= TUNE_MAX_ROWS
+    return [
+        _Family(
+            "W4A16 mosaic",
+            W4A16_MOSAIC_TILINGS if sixteen_bit else [],
+            mosaic_gpu.w4a16_mosaic,
+            lambda qt, m, c: mosaic_gpu.unsupported(qt, m, c, w4a4=False),
+            lambda c: _mosaic_name(c, False),
+            False,
+        ),
+        _Family(
+            "W4A4 mosaic",
+            W4A4_MOSAIC_TILINGS,
+            mosaic_gpu.w4a4_mosaic,
+            mosaic_gpu.unsupported,
+            lambda c: _mosaic_name(c, True),
+            True,
+        ),
+        _Family(
+            "W4A4 pallas k-major",
+            W4A4_KMAJOR_TILINGS,
+            pallas_kmajor.w4a4_kmajor_pallas,
+            lambda qt, m, c: pallas_kmajor.unsupported(qt, c),
+            _kmajor_name,
+            True,
+        ),
+        _Family(
+            "W4A16 pallas",
+            W4A16_TILINGS if few_rows else [],
+            pallas_gpu.w4a16_pallas,
+            pallas_gpu.unsupported,
+            lambda c: _tiling_name(c, False),
+            False,
+        ),
+        _Family(
+            "W4A4 pallas",
+            W4A4_TILINGS,
+            pallas_gpu.w4a4_pallas,
+            lambda qt, m, c: pallas_gpu.unsupported(qt, m, c, w4a4=True),
+            lambda c: _tiling_name(c, True),
+            True,
+        ),
+    ]
+
+
 def _tuned_paths(qt: QTensor, m: int, dtype) -> dict[str, Callable]:
-    """GPU only: the Pallas kernels under each tiling of a small grid (``--tune``); the Mosaic GPU
-    and K-major W4A4 kernels first (never timed on a GPU yet: a step that runs out of time keeps
-    them)."""
+    """GPU only: each kernel under each tiling of a small grid (``--tune``) that can run it."""
     paths = {}
-    for config in W4A16_MOSAIC_TILINGS if jnp.dtype(dtype).itemsize == 2 else ():
-        if not mosaic_gpu.unsupported(qt, m, config, w4a4=False):
-            kernel = functools.partial(mosaic_gpu.w4a16_mosaic, config=config)
-            name = f"W4A16 mosaic bn{config.block_n} bk{config.block_k} s{config.stages}"
-            paths[f"{name} sk{config.split_k}{' overlap' * config.overlap}"] = kernel
-    for config in W4A4_MOSAIC_TILINGS:
-        if not mosaic_gpu.unsupported(qt, m, config):
-            kernel = functools.partial(mosaic_gpu.w4a4_mosaic, config=config)
-            name = f"W4A4 mosaic bm{config.block_m} bn{config.block_n} bk{config.block_k}"
-            name += f" s{config.stages}{' overlap' * config.overlap}"
-            paths[name] = functools.partial(_w4a4_layer, matmul=kernel)
-    for config in W4A4_KMAJOR_TILINGS:
-        if not pallas_kmajor.unsupported(qt, config):
-            kernel = functools.partial(pallas_kmajor.w4a4_kmajor_pallas, config=config)
-            name = f"W4A4 pallas k-major bm{config.block_m} n{config.block_n} bk{config.block_k}"
-            paths[f"{name} w{config.num_warps} s{config.num_stages}"] = functools.partial(
-                _w4a4_layer, matmul=kernel
-            )
-    for config in W4A16_TILINGS if m <= TUNE_MAX_ROWS else ():
-        if not pallas_gpu.unsupported(qt, m, config):
-            paths[f"W4A16 pallas {_tiling_name(config, False)}"] = functools.partial(
-                pallas_gpu.w4a16_pallas, config=config
-            )
-    for config in W4A4_TILINGS:
-        if not pallas_gpu.unsupported(qt, m, config, w4a4=True):
-            kernel = functools.partial(pallas_gpu.w4a4_pallas, config=config)
-            paths[f"W4A4 pallas {_tiling_name(config, True)}"] = functools.partial(
-                _w4a4_layer, matmul=kernel
-            )
+    for family in _tuned_families(m, dtype):
+        for config in family.tilings:
+            if not family.refuses(qt, m, config):
+                path = functools.partial(family.kernel, config=config)
+                if family.w4a4:
+                    path = functools.partial(_w4a4_layer, matmul=path)
+                paths[f"{family.label} {family.name(config)}"] = path
     return paths
 
 
