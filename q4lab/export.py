@@ -61,8 +61,9 @@ from q4lab.quantize_model import LayerPlan, QuantizedModel
 from q4lab.recipe import ActSpec, Recipe, Rule, TransformSpec
 
 FORMAT = "q4lab.packed"
-# raise when a reader of the previous version would misread a new file (2: codes may be laid out
-# K-major, `QTensor.layout`; a version-1 file holds codes in rows)
+# raise when a reader of the previous version would misread a new file. 2: some codes are laid
+# out K-major (`QTensor.layout`); a file whose codes are all in rows is written as version 1,
+# which readers of that version read right.
 FORMAT_VERSION = 2
 CONFIG_FILE = "q4lab.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -75,6 +76,7 @@ _INTS = (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, 
 _NATIVE = {np.dtype(t) for t in (np.bool_, *_INTS, np.float16, np.float32, np.float64)}
 
 
+@dataclasses.dataclass
 class LoadedModel(QuantizedModel):
     """A `QuantizedModel` read back by `load`: packed weights and activation states, no float
     weights. ``apply(x)`` is the integer forward of the saved model, bit for bit; the
@@ -82,9 +84,7 @@ class LoadedModel(QuantizedModel):
     (quantization-aware training, `q4lab.qat`, starts from them too: not from a loaded model).
     ``config`` is the ``q4lab.json`` it was read from, with ``source``: the directory."""
 
-    def __init__(self, *, config: dict[str, Any], **fields: Any):
-        super().__init__(**fields)
-        self.config = config
+    config: dict[str, Any] = dataclasses.field(kw_only=True)
 
     def apply(self, x: Any, *, fake: bool = False) -> jax.Array:
         if fake:
@@ -304,24 +304,27 @@ def save(qmodel: QuantizedModel, directory: str | os.PathLike, *, task: str | No
                 "lists and mappings of those"
             )
         rules_json.append(d)
+    layers = [
+        _layer_to_json(p, get_at(qmodel.params, p.layer.key), qmodel.acts.get(path))
+        for path, p in qmodel.layers.items()
+    ]
+    rows_only = all(d["qtensor"]["layout"] == "rows" for d in layers)
+    version = 1 if rows_only else FORMAT_VERSION
     config = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": version,
         "weights_file": WEIGHTS_FILE,
         "model": _model_json(qmodel.adapter, task),
         "rules": rules_json,
         "recipe": None
         if qmodel.recipe is None
         else {"name": qmodel.recipe.name, "sequential": qmodel.recipe.sequential},
-        "layers": [
-            _layer_to_json(p, get_at(qmodel.params, p.layer.key), qmodel.acts.get(path))
-            for path, p in qmodel.layers.items()
-        ],
+        "layers": layers,
         "tensors": entries,
         "ledger": qmodel.ledger().totals(),
         "manifest": manifest(),
     }
-    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION)}
+    meta = {"format": FORMAT, "format_version": str(version)}
     weights = out / WEIGHTS_FILE
     tmp = weights.with_name(weights.name + ".tmp")
     safetensors.numpy.save_file(arrays, tmp, metadata=meta)

@@ -212,7 +212,9 @@ class QuantizedModel:
 
     def relayout(self, layout: str) -> QuantizedModel:
         """The same model with every 4-bit weight that can hold it in ``layout``
-        (`q4lab.core.relayout`: ``"kmajor"`` for the Mosaic GPU kernels); the same bytes."""
+        (`q4lab.core.relayout`: ``"kmajor"`` for the Mosaic GPU kernels, which ``auto`` then
+        runs on a Hopper GPU). Models are made, loaded from older files and frozen after QAT in
+        ``"rows"``."""
         return dataclasses.replace(self, params=relayout_tree(self.params, layout))
 
     @functools.cached_property

@@ -115,9 +115,32 @@ def test_a_kmajor_model_multiplies_as_the_rows_model_and_round_trips(saved_linen
     assert {
         p: d["qtensor"]["layout"] for p, d in zip(qm.layers, config["layers"], strict=True)
     } == layouts
+    assert config["format_version"] == FORMAT_VERSION == 2  # a version-1 reader would misread it
     loaded = load(directory, UserCNN())
     np.testing.assert_array_equal(np.asarray(loaded.apply(x)), np.asarray(kmajor.apply(x)))
     assert loaded.ledger() == kmajor.ledger()
+    rows = loaded.relayout("rows")  # back to the CPU's path: the rows model's numbers exactly
+    np.testing.assert_array_equal(np.asarray(rows.apply(x)), np.asarray(qm.apply(x)))
+    assert rows.ledger() == qm.ledger() and rows.config == loaded.config
+
+
+def test_a_rows_model_is_written_and_read_as_version_1(saved_linen, tmp_path):
+    """Codes all in rows: the file a version-1 reader reads right, and one written before layouts
+    (no "layout" field) loads as rows; a layout this reader does not know is named."""
+    qm, directory, x = saved_linen
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    assert config["format_version"] == 1
+    for d in config["layers"]:
+        del d["qtensor"]["layout"]
+    old = _copy(directory, tmp_path)
+    (old / CONFIG_FILE).write_text(json.dumps(config))
+    np.testing.assert_array_equal(
+        np.asarray(load(old, UserCNN()).apply(x)), np.asarray(qm.apply(x))
+    )
+    config["layers"][0]["qtensor"]["layout"] = "diagonal"
+    (old / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"layout='diagonal' is invalid; allowed: rows, kmajor"):
+        load(old, UserCNN())
 
 
 def test_file_bytes_are_the_ledgers(saved_linen, saved_nnx):

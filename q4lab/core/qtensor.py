@@ -82,8 +82,9 @@ class QTensor:
         not (so every nibble reads as a signed int4; XLA's int4 ``[N, K]`` by a bit cast).
     scale: ``[G, N]`` (per-group), ``[1, N]`` (per-channel) or ``[1, 1]`` (per-tensor), in
         ``spec.scale_dtype``.
-    zero: integer zero points, same grid as ``scale``, packed like the codes (unsigned, along N:
-        ``uint8[G, spec.packed_length(N)]``); None if symmetric.
+    zero: integer zero points, same grid as ``scale``, packed along N (unsigned, as codes in
+        the rows layout: ``uint8[G, spec.packed_length(N)]``, whatever the layout); None if
+        symmetric.
     perm: optional int row permutation of the ``[K, N]`` matrix (GPTQ act-order): row ``i`` of the
         stored codes is row ``perm[i]`` of the logical matrix. None when rows are in order.
     transform: the layer's input transform (`q4lab.core.transforms`), or None. With one, the
@@ -101,6 +102,9 @@ class QTensor:
     in_axes: tuple[int, ...] = dataclasses.field(metadata={"static": True})
     transform: InputTransform | None = None
     layout: str = dataclasses.field(default="rows", metadata={"static": True})
+
+    def __post_init__(self) -> None:
+        _check_layout(self.layout, self.spec, self.k)
 
     @property
     def k(self) -> int:
@@ -148,14 +152,20 @@ def relayout(qt: QTensor, layout: str) -> QTensor:
     """``qt`` with its codes in ``layout`` (one of `LAYOUTS`; see `QTensor.codes`): the same
     weight in as many bytes (rows pad an odd N to whole bytes per row). Done once, offline: a
     kernel that reads the layout it needs then reads only the bytes it multiplies."""
+    _check_layout(layout, qt.spec, qt.k)
+    return qt if layout == qt.layout else _relaid(qt, layout)
+
+
+def _check_layout(layout: str, spec: QuantSpec | None = None, k: int = 0) -> None:
+    """Raises a ValueError naming ``layout`` if it is unknown, or cannot hold ``spec``'s codes
+    along ``k``."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r} is unknown; allowed: {', '.join(LAYOUTS)}")
-    if layout == "kmajor" and (not qt.spec.nibbles or qt.k % 2):
+    if spec is not None and layout == "kmajor" and (not spec.nibbles or k % 2):
         raise ValueError(
-            f"layout='kmajor' holds 4-bit codes along an even K; this QTensor has "
-            f"{qt.spec.bits}-bit codes and K={qt.k}; allowed: bits=4 and even K"
+            f"layout='kmajor' holds 4-bit codes along an even K; this weight has "
+            f"{spec.bits}-bit codes and K={k}; allowed: bits=4 and even K"
         )
-    return qt if layout == qt.layout else _relaid(qt, layout)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -173,6 +183,8 @@ def _relaid(qt: QTensor, layout: str) -> QTensor:
 def relayout_tree(tree, layout: str):
     """Every `QTensor` in a pytree (e.g. a quantized model's params) in ``layout`` where it can
     hold it (4-bit codes, even K; others are left as they are)."""
+
+    _check_layout(layout)
 
     def convert(leaf):
         if not isinstance(leaf, QTensor):

@@ -21,11 +21,12 @@ Implementations (``impl=``), all equal to the reference up to the order of float
   mosaic     the Mosaic GPU kernels of `q4lab.ops.mosaic_gpu` (Hopper GPUs; W4A16 up to 64 rows
              of 16-bit x, per-channel W4A4), which read codes K-major: a QTensor laid out
              ``"kmajor"`` once (`q4lab.core.relayout`), or re-laid on every call. Not yet run on
-             a GPU: `auto` does not pick them.
+             a GPU.
   auto       for 4-bit codes in the rows layout: on GPU the path measured fastest for the
-             operation, dtype and M (`GPU_CHOICES`), blocked on CPU, else xla. K-major codes: xla
-             (until the Mosaic kernels are timed on a GPU). Other widths: xla on GPU, reference
-             elsewhere.
+             operation, dtype and M (`GPU_CHOICES`), blocked on CPU, else xla. K-major codes
+             (laid out for the Mosaic kernels, the caller's choice): those kernels on a Hopper GPU
+             where they take the weight, M and dtype, else xla. Other widths: xla on GPU,
+             reference elsewhere.
 
 Widths (`WIDTHS`): reference and xla read codes through `QTensor.int_codes` and take every width
 (2..8); blocked and the Pallas kernels read the stored bytes as 4-bit nibbles
@@ -116,17 +117,24 @@ def choose(
     gpu = on_gpu(backend)
     if not qt.spec.nibbles:  # 2-, 3- and 5..8-bit codes: the paths that unpack any width
         return "xla" if gpu else "reference"
-    if qt.layout != "rows":  # K-major: the Mosaic kernels' layout, not yet timed on a GPU
-        return "xla"
+    if qt.layout != "rows":  # K-major: laid out for the Mosaic kernels, which run where they can
+        return "mosaic" if gpu and _mosaic_runs(qt, m, w4a4=w4a4, dtype=dtype) else "xla"
     if gpu:
         rows = GPU_CHOICES[("w4a4" if w4a4 else "w4a16", _operand_class(qt, dtype, w4a4))]
         impl = next(impl for bound, impl in rows if bound is None or m <= bound)
         if impl == "pallas" and pallas_gpu.unsupported(qt, m, w4a4=w4a4):
             return "xla"
-        if impl == "mosaic" and _mosaic().unsupported(qt, m, w4a4=w4a4):
+        if impl == "mosaic" and not _mosaic_runs(qt, m, w4a4=w4a4, dtype=dtype):
             return "xla"
         return impl
     return "blocked" if backend == "cpu" else "xla"
+
+
+def _mosaic_runs(qt: QTensor, m: int, *, w4a4: bool, dtype) -> bool:
+    """Whether the Mosaic kernel for this operation runs here on this weight, M and dtype."""
+    mosaic = _mosaic()
+    sixteen_bit = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+    return mosaic.on_hopper() and (w4a4 or sixteen_bit) and not mosaic.unsupported(qt, m, w4a4=w4a4)
 
 
 def _resolve(impl: str, qt: QTensor, m: int, *, w4a4: bool, dtype) -> str:

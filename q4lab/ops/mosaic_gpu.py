@@ -34,7 +34,8 @@ the CPU (``tests/ops/test_mosaic_gpu.py``). The interpreter (jax 0.10.2) cannot 
 transposed ``wgmma`` operand and takes no register layouts, so there (``hardware=False``) the
 W4A4 tile is stored N-major and handed over as it is, and loads name no layout; everything else
 is the same code. Not yet run or timed on a GPU (``benchmarks/gpu_check.sh``: step "tests" runs
-both against the xla forms, steps "mosaic" and "w4a4" time them); `auto` does not run them.
+both against the xla forms, steps "mosaic" and "w4a4" time them); `auto` runs them only on
+weights laid out K-major (`q4lab.ops.matmul`).
 """
 
 from __future__ import annotations
@@ -105,6 +106,12 @@ def unsupported(
     if w.n % config.block_n or w.k % depth:
         return f"[K, N] = [{w.k}, {w.n}] is not a multiple of [{depth}, {config.block_n}]"
     return None
+
+
+def on_hopper() -> bool:
+    """True when the default device is a Hopper GPU (compute capability 9.x): ``wgmma`` is
+    Hopper's."""
+    return getattr(jax.devices()[0], "compute_capability", "").split(".")[0] == "9"
 
 
 def _tiled(columns: int, bits: int = 8, swizzle: int | None = None) -> tuple:

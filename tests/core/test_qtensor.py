@@ -206,6 +206,10 @@ def test_a_model_is_laid_out_where_its_weights_allow_and_the_ledger_is_unchanged
         relayout(params["odd"]["kernel"], "kmajor")
     with pytest.raises(ValueError, match="layout='nmajor' is unknown; allowed: rows, kmajor"):
         relayout(params["a"]["kernel"], "nmajor")
+    with pytest.raises(ValueError, match="layout='KMAJOR' is unknown"):  # a QTensor checks its own
+        dataclasses.replace(params["a"]["kernel"], layout="KMAJOR")
+    with pytest.raises(ValueError, match="has 3-bit codes and K=16; allowed: bits=4 and even K"):
+        dataclasses.replace(params["b"]["kernel"], layout="kmajor")
 
 
 def test_qtensor_is_a_pytree_that_jit_accepts():

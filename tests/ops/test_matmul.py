@@ -14,7 +14,7 @@ from q4lab.core import (
     quantize,
     relayout,
 )
-from q4lab.ops import GPU_CHOICES, choose, halves, int_matmul, on_gpu, w4a16_matmul
+from q4lab.ops import GPU_CHOICES, choose, halves, int_matmul, mosaic_gpu, on_gpu, w4a16_matmul
 from q4lab.ops.blocked import block_rows, w4a16_blocked
 from q4lab.ops.matmul import WIDTHS
 from q4lab.quantizers import get_quantizer
@@ -90,14 +90,20 @@ def test_act_order_permutation_is_applied_by_every_path():
         assert _rel(y, expected) < 1e-6, name
 
 
-def test_kmajor_codes_go_to_the_paths_that_read_them():
-    """Auto reads K-major codes through the xla form (the Mosaic kernels, which read them
-    directly, are not yet timed on a GPU); the paths that read rows refuse them by name."""
+def test_kmajor_codes_go_to_the_paths_that_read_them(monkeypatch):
+    """Auto runs K-major codes through the Mosaic kernels on a Hopper GPU where they take the
+    weight, M and dtype, else through the xla form; the paths that read rows refuse them."""
     w = jax.random.normal(jax.random.key(0), (256, 256))
     kmajor = relayout(get_quantizer("minmax").quantize(w, QuantSpec()), "kmajor")
-    for backend in ("cpu", "gpu"):
-        assert choose(kmajor, 16, backend=backend, dtype=jnp.bfloat16) == "xla"
-        assert choose(kmajor, 4096, backend=backend, w4a4=True, dtype=jnp.int8) == "xla"
+    w4a16 = {"backend": "gpu", "dtype": jnp.bfloat16}
+    w4a4 = {"backend": "gpu", "w4a4": True, "dtype": jnp.int8}
+    for hopper in (False, True):
+        monkeypatch.setattr(mosaic_gpu, "on_hopper", lambda hopper=hopper: hopper)
+        expected = "mosaic" if hopper else "xla"
+        assert choose(kmajor, 16, **w4a16) == choose(kmajor, 4096, **w4a4) == expected
+        assert choose(kmajor, 65, **w4a16) == "xla"  # more rows than the W4A16 kernel takes
+        assert choose(kmajor, 16, backend="gpu", dtype=jnp.float32) == "xla"  # 16-bit x only
+        assert choose(kmajor, 16, backend="cpu", dtype=jnp.bfloat16) == "xla"
     for impl in ("blocked", "pallas_interpret"):
         with pytest.raises(
             ValueError,
@@ -201,6 +207,7 @@ def test_a_table_row_naming_the_mosaic_kernels_falls_back_where_they_cannot_run(
     w = jax.random.normal(jax.random.key(0), (256, 256))
     per_channel = get_quantizer("minmax").quantize(w, QuantSpec())
     grouped = get_quantizer("minmax").quantize(w, QuantSpec(group_size=32))
+    monkeypatch.setattr(mosaic_gpu, "on_hopper", lambda: True)
     monkeypatch.setitem(GPU_CHOICES, ("w4a4", "int8 per-channel"), ((None, "mosaic"),))
     monkeypatch.setitem(GPU_CHOICES, ("w4a16", "16-bit"), ((None, "mosaic"),))
     w4a4 = {"backend": "gpu", "w4a4": True, "dtype": jnp.int8}

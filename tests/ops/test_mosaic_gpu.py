@@ -106,6 +106,7 @@ def test_mosaic_kernels_lower_for_the_gpu(lowered_for_cuda):
     ]
     for t, (kernel, args, spec) in enumerate(cases):
         qt = get_quantizer("minmax").quantize(w, spec)
+        qt = relayout(qt, "kmajor") if t < 2 else qt  # stored K-major, or re-laid in the call
         default = MOSAIC_DEFAULT if kernel is w4a4_mosaic else W4A16_MOSAIC_DEFAULT
         kernel = functools.partial(kernel, config=dataclasses.replace(default, overlap=t % 2 == 1))
         assert "mosaic_gpu" in lowered_for_cuda(kernel, *args, qt)
