@@ -24,7 +24,9 @@ call measured the wait, about 0.1 ms, as much as the call). "x dense"
 is the dense time over the path's time, in the same run. "floor" is the fraction of the
 memory-bandwidth floor reached: the bytes the call must read and write (weights, scales, x, y)
 over the best read bandwidth measured in this run (a streaming reduction over 1 GiB, or the dense
-dot if that was faster), divided by the measured time.
+dot if that was faster), divided by the measured time. Below the table, for each shape, M and
+operation: what `auto` ran beside the fastest path that agreed with the reference, flagged when
+auto is more than 10 % slower (`auto_report`), and the fastest path on K-major codes.
 """
 
 from __future__ import annotations
@@ -402,6 +404,38 @@ def _row(k: int, n: int, m: int, path: str, t: float, dense: float, nbytes: int)
     }
 
 
+# paths that read K-major codes: for a weight in rows `auto` does not reach them (relayout does)
+_KMAJOR_PATHS = ("W4A16 mosaic", "W4A4 mosaic", "W4A4 pallas k-major")
+
+
+def auto_report(table: pd.DataFrame, slack: float = 0.10) -> list[str]:
+    """Per shape, M and operation: what `auto` ran against the fastest path that agreed with the
+    reference, flagging auto more than ``slack`` slower (the issue's dispatch rule: the cue to
+    change `GPU_CHOICES`); the fastest K-major path beside it (what relaying the weight buys)."""
+    lines = []
+    ok = table[table.ms.notna()]
+    if "rel err" in ok and "tolerance" in ok:
+        ok = ok[~(ok["rel err"] > ok["tolerance"])]
+    for (shape, m), cell in ok.groupby(["KxN", "M"], sort=False):
+        for op in ("W4A16", "W4A4"):
+            paths = cell[cell.path.str.startswith(f"{op} ")]
+            auto = paths[paths.path.str.startswith(f"{op} auto")]
+            if auto.empty:
+                continue
+            kmajor = paths.path.str.startswith(_KMAJOR_PATHS)
+            best, auto_ms = paths[~kmajor].loc[paths[~kmajor].ms.idxmin()], auto.ms.iloc[0]
+            line = f"{shape} M={m} {op}: {auto.path.iloc[0]} {auto_ms:.4g} ms"
+            if auto_ms > (1 + slack) * best.ms:
+                line += f"; {best.path} {best.ms:.4g} ms, auto {auto_ms / best.ms:.2f}x slower"
+            else:
+                line += f" (fastest within {slack:.0%})"
+            if kmajor.any():
+                fast = paths[kmajor].loc[paths[kmajor].ms.idxmin()]
+                line += f"; K-major: {fast.path} {fast.ms:.4g} ms"
+            lines.append(line)
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="*", default=[f"{k}x{n}" for k, n in SHAPES])
@@ -435,6 +469,7 @@ def main() -> None:
     table["GB/s"] = table.bytes / (table.ms / 1e3) / 1e9
     table["floor"] = table["GB/s"] * 1e9 / best
     failed = args.check and bool((table["rel err"] > table["tolerance"]).any())
+    report = auto_report(table)
     table = table.drop(columns=["bytes", "tolerance"], errors="ignore")
     device = jax.devices()[0]
     header = (
@@ -443,6 +478,8 @@ def main() -> None:
         f"(stream {bandwidth / 1e9:.0f} GB/s)\n"
     )
     text = header + "\n" + table.to_markdown(index=False, floatfmt=".3g") + "\n"
+    text += "\nWhat auto ran, against the fastest path that agrees with the reference:\n"
+    text += "".join(f"- {line}\n" for line in report)
     print(text)
     if args.out:
         with open(args.out, "w") as f:
