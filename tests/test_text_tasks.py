@@ -66,18 +66,8 @@ def test_minilm_w8_is_near_float_and_w4_gptq_beats_round_to_nearest():
     assert gptq["fake_rel_diff"] == 0.0
 
 
-def test_tiny_charlm_trains_below_unigram_and_quantizes():
-    fp = evaluate(TINY_LM, Recipe.single(weight=QuantSpec(bits=8)))
-    assert fp["metric"] == "perplexity" and not fp["higher_is_better"]
-    assert fp["fp_perplexity"] < 0.7 * fp["unigram_perplexity"]
-    assert fp["perplexity"] == pytest.approx(fp["fp_perplexity"], rel=0.01)
-    assert fp["bits_per_byte"] == pytest.approx(np.log2(fp["perplexity"]))
-    w4a4 = evaluate(TINY_LM, Recipe.single(weight=QuantSpec(group_size=32), act=ActSpec()))
-    assert w4a4["perplexity"] > fp["perplexity"]
-    assert w4a4["fake_agreement"] > 0.95
-
-
-def test_charlm_runs_under_the_sweep_runner(tmp_path):
+def test_tiny_charlm_trains_below_unigram_runs_under_the_sweep_runner_and_quantizes(tmp_path):
+    """One test, so one worker trains the tiny GPT (two would each train it)."""
     path = tmp_path / "lm.py"
     path.write_text(
         "from q4lab.sweep import Sweep\n"
@@ -92,8 +82,13 @@ def test_charlm_runs_under_the_sweep_runner(tmp_path):
     delta = best.set_index("bits")["delta_score"]
     fp = table["fp_perplexity"].iloc[0]
     assert abs(delta[8]) < 0.01 * fp < delta[3]  # W8 ~ float; W3 clearly worse (higher)
-    row8 = table[table["bits"] == 8].iloc[0]
-    assert row8["score"] == row8["perplexity"]
+    w8 = table[table["bits"] == 8].iloc[0]
+    assert w8["score"] == w8["perplexity"] and not w8["higher_is_better"]
+    assert fp < 0.7 * w8["unigram_perplexity"]
+    assert w8["bits_per_byte"] == pytest.approx(np.log2(w8["perplexity"]))
+    w4a4 = evaluate(TINY_LM, Recipe.single(weight=QuantSpec(group_size=32), act=ActSpec()))
+    assert w4a4["perplexity"] > w8["perplexity"]
+    assert w4a4["fake_agreement"] > 0.95
 
 
 def test_task_options_are_part_of_the_task():
