@@ -211,6 +211,9 @@ W4A4_MOSAIC_TILINGS = [
     MosaicConfig(block_m=128, block_n=64, block_k=128, stages=3, overlap=True),
 ]
 TUNE_MAX_ROWS = 64  # the W4A16 kernel is for small M: larger M takes the xla form
+# the paths that read K-major codes: timed on weights laid out so; for a weight in rows `auto`
+# does not reach them (relayout does)
+_KMAJOR_PATHS = ("W4A16 mosaic", "W4A4 mosaic", "W4A4 pallas k-major")
 
 
 def _tiling_name(config: KernelConfig, w4a4: bool) -> str:
@@ -367,7 +370,7 @@ def bench_shape(
             if (only and not name.startswith(tuple(only))) or name.startswith(tuple(skip or ())):
                 continue
             weights = q_copies
-            if "mosaic" in name or "k-major" in name:  # kernels that read K-major codes
+            if name.startswith(_KMAJOR_PATHS):  # kernels that read K-major codes
                 kmajor_copies = kmajor_copies or [relayout(c, "kmajor") for c in q_copies]
                 weights = kmajor_copies
             try:
@@ -402,10 +405,6 @@ def _row(k: int, n: int, m: int, path: str, t: float, dense: float, nbytes: int)
         "x dense": dense / t,
         "bytes": nbytes,
     }
-
-
-# paths that read K-major codes: for a weight in rows `auto` does not reach them (relayout does)
-_KMAJOR_PATHS = ("W4A16 mosaic", "W4A4 mosaic", "W4A4 pallas k-major")
 
 
 def auto_report(table: pd.DataFrame, slack: float = 0.10) -> list[str]:

@@ -126,7 +126,7 @@ class QTensor:
             signed = unpack(self.codes, bits=4, signed=True, n=self.k).T
             if self.spec.symmetric:
                 return signed
-            return (signed.astype(jnp.int8) + _KMAJOR_OFFSET).astype(jnp.uint4)
+            return (signed.astype(jnp.int8) + KMAJOR_OFFSET).astype(jnp.uint4)
         return unpack(self.codes, bits=self.spec.bits, signed=self.spec.symmetric, n=self.n)
 
     def int_zero(self) -> jax.Array | None:
@@ -145,7 +145,7 @@ class QTensor:
         return {name: a for name, a in held.items() if a is not None}
 
 
-_KMAJOR_OFFSET = 8  # unsigned 4-bit codes are held K-major as code - 8 (a signed nibble)
+KMAJOR_OFFSET = 8  # unsigned 4-bit codes are held K-major as code - 8 (a signed nibble)
 
 
 def relayout(qt: QTensor, layout: str) -> QTensor:
@@ -161,11 +161,19 @@ def _check_layout(layout: str, spec: QuantSpec | None = None, k: int = 0) -> Non
     along ``k``."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r} is unknown; allowed: {', '.join(LAYOUTS)}")
-    if spec is not None and layout == "kmajor" and (not spec.nibbles or k % 2):
-        raise ValueError(
+    reason = None if spec is None else _cannot_hold(layout, spec, k)
+    if reason:
+        raise ValueError(reason)
+
+
+def _cannot_hold(layout: str, spec: QuantSpec, k: int) -> str | None:
+    """Why a known ``layout`` cannot hold ``spec``'s codes along ``k``; None when it can."""
+    if layout == "kmajor" and (not spec.nibbles or k % 2):
+        return (
             f"layout='kmajor' holds 4-bit codes along an even K; this weight has "
             f"{spec.bits}-bit codes and K={k}; allowed: bits=4 and even K"
         )
+    return None
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -175,7 +183,7 @@ def _relaid(qt: QTensor, layout: str) -> QTensor:
         packed = pack(codes, bits=qt.spec.bits, signed=qt.spec.symmetric)
     else:  # signed nibbles along K: the codes, or code - 8
         if not qt.spec.symmetric:
-            codes = codes - _KMAJOR_OFFSET
+            codes = codes - KMAJOR_OFFSET
         packed = pack(codes.T, bits=4, signed=True)
     return dataclasses.replace(qt, codes=packed, layout=layout)
 
@@ -189,7 +197,7 @@ def relayout_tree(tree, layout: str):
     def convert(leaf):
         if not isinstance(leaf, QTensor):
             return leaf
-        if layout == "kmajor" and (not leaf.spec.nibbles or leaf.k % 2):
+        if _cannot_hold(layout, leaf.spec, leaf.k):
             return leaf
         return relayout(leaf, layout)
 

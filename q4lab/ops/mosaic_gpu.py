@@ -50,8 +50,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from q4lab.core import QTensor, relayout
+from q4lab.core.qtensor import KMAJOR_OFFSET
 from q4lab.ops.halves import permuted_input
-from q4lab.ops.pallas_gpu import SYMMETRIC_ZERO
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -352,7 +352,7 @@ def _column_scales(w: QTensor) -> jax.Array:
 def _column_zeros(w: QTensor, dtype) -> jax.Array:
     """``zero - 8`` ``[G, N]`` in ``dtype``: what the kernels subtract from codes read as
     ``u - 8``."""
-    zero = w.int_zero() - int(SYMMETRIC_ZERO)
+    zero = w.int_zero() - KMAJOR_OFFSET
     return jnp.broadcast_to(zero, (w.scale.shape[0], w.n)).astype(dtype)
 
 
