@@ -201,7 +201,8 @@ W4A16_MOSAIC_TILINGS = [
     dataclasses.replace(mosaic_gpu.W4A16_MOSAIC_DEFAULT, overlap=True),
     MosaicConfig(block_n=64, block_k=128, stages=8, split_k=1, overlap=True),
     MosaicConfig(block_n=128, block_k=128, stages=4, split_k=2, overlap=True),
-    MosaicConfig(block_n=64, block_k=128, stages=4, split_k=4),
+    dataclasses.replace(mosaic_gpu.W4A16_MOSAIC_DEFAULT, registers=True),
+    MosaicConfig(block_n=128, block_k=128, stages=4, split_k=2, registers=True),
 ]
 W4A4_MOSAIC_TILINGS = [
     mosaic_gpu.MOSAIC_DEFAULT,
@@ -227,7 +228,7 @@ def _mosaic_name(config: MosaicConfig, w4a4: bool) -> str:
     rows = f"bm{config.block_m} " if w4a4 else ""
     name = f"{rows}bn{config.block_n} bk{config.block_k} s{config.stages}"
     name += "" if w4a4 else f" sk{config.split_k}"
-    return name + " overlap" * config.overlap
+    return name + " overlap" * config.overlap + " registers" * config.registers
 
 
 def _kmajor_name(config: KernelConfig) -> str:

@@ -20,22 +20,30 @@ sum x`` (asymmetric weights) and applies the weight scale, then the row scale, i
 
 W4A16 (`w4a16_mosaic`, at most 64 rows of 16-bit x). ``wgmma``'s rows come in 64s, so the weight
 is its left operand: ``y^T = W^T x^T``, x^T ``[K, M]`` padded to 16, 32 or 64 columns. A step is
-one scale group (``block_k`` = the group size): codes widened and ``(u - zero) * scale`` in
-float32, rounded to x's dtype into shared memory (the xla form's 16-bit weight), then ``wgmma``
-with float32 accumulation. One scale row: the codes (exact in 16 bits) go in and the scale is
-applied after, as the xla form does. ``split_k`` programs share a column block; XLA adds them.
+one scale group (``block_k`` = the group size): codes unpacked to bfloat16 with integer ops
+(Mosaic's int4 -> bfloat16 conversion: each code OR-ed into the mantissa of a bfloat16 whose
+exponent makes it an integer, then that bias subtracted, as CUTLASS and Marlin do; a convert per
+code to float32 was the alternative), ``u - zero`` subtracted (exact), times the scale rounded
+once to x's dtype (the xla form's 16-bit weight: in x's dtype two to a register when the scales
+are stored in it, the exact product rounded once; else in float32), then ``wgmma`` with float32
+accumulation. One scale row: the codes (exact in 16 bits) go in and the scale is applied after,
+as the xla form does. ``split_k`` programs share a column block; XLA adds them.
 
-``overlap=True`` keeps two unpacked tiles, so a step unpacks while the previous step's ``wgmma``
-runs (that step's TMA operand is released a step later); with one tile each step waits for its
-``wgmma``. Which is faster is for a GPU to say (both are in the benchmark's tilings).
+The unpacked tile reaches ``wgmma`` through shared memory by default. ``overlap=True`` keeps two
+such tiles, so a step unpacks while the previous step's ``wgmma`` runs (that step's TMA operand
+is released a step later); with one tile each step waits for its ``wgmma``. ``registers=True``
+hands ``wgmma`` the tile in registers (Marlin's way: no store to shared memory and read back, a
+fence less per step), each step waiting for its ``wgmma``. Which is fastest is for a GPU to say
+(all are in the benchmark's tilings).
 
 Checked on CPU through Mosaic GPU's interpreter (``interpret=True``) and lowered for CUDA from
-the CPU (``tests/ops/test_mosaic_gpu.py``). The interpreter (jax 0.10.2) cannot read a
-transposed ``wgmma`` operand and takes no register layouts, so there (``hardware=False``) the
-W4A4 tile is stored N-major and handed over as it is, and loads name no layout; everything else
-is the same code. Not yet run or timed on a GPU (``benchmarks/gpu_check.sh``: step "tests" runs
-both against the xla forms, steps "mosaic" and "w4a4" time them); `auto` runs them only on
-weights laid out K-major (`q4lab.ops.matmul`).
+the CPU (``tests/ops/test_mosaic_gpu.py``, which also reads the lowered kernels' unpacking and
+``wgmma`` operands). The interpreter (jax 0.10.2) cannot read a transposed ``wgmma`` operand nor
+one in registers, and takes no register layouts, so there (``hardware=False``) the W4A4 tile is
+stored N-major and handed over as it is, the W4A16 tile always goes through shared memory, and
+loads name no layout; everything else is the same code. Not yet run or timed on a GPU
+(``benchmarks/gpu_check.sh``: step "tests" runs both against the xla forms, steps "mosaic" and
+"w4a4" time them); `auto` runs them only on weights laid out K-major (`q4lab.ops.matmul`).
 """
 
 from __future__ import annotations
@@ -66,6 +74,14 @@ class MosaicConfig:
     # two unpacked tiles: step k+1 unpacks while step k's wgmma runs (its operands held a step
     # longer); one tile: each step waits for its wgmma
     overlap: bool = False
+    # W4A16 on a GPU: wgmma takes the unpacked weight from registers (as Marlin feeds its MMAs),
+    # with no tile stored to shared memory and read back; each step waits for its wgmma
+    registers: bool = False
+
+    def __post_init__(self):
+        if self.registers and self.overlap:
+            raise ValueError("overlap=True keeps unpacked tiles in shared memory; registers=True "
+                             "keeps none: choose one")  # fmt: skip
 
     @property
     def slots(self) -> int:
@@ -256,24 +272,42 @@ def _w4a16_kernel(xt_gmem, codes_gmem, scale_gmem, *zero_and_out, config, hardwa
     def vector(k):  # this column block's scales / zeros at step k: [G * N] flat, row g = step
         return (((first + k) * column_blocks if per_group else 0) + j,)
 
-    def factor(ref):  # a [bn] scale or zero block as float32, one per row of the tile
-        return _load(ref, rows, hardware).astype(jnp.float32)
+    def column(ref, dtype):  # a [bn] scale or zero block in dtype, broadcast along the tile's K
+        return lax.broadcast_in_dim(_load(ref, rows, hardware).astype(dtype), (bn, bk), [0])
+
+    def dequantized(w, scale_ref):
+        """``u - zero`` (exact, bfloat16) times the step's scales, rounded once to x's dtype:
+        the xla form's 16-bit weight. The product of a 5-bit integer and a 16-bit scale is exact
+        in float32 and in the scale's own width, so with scales stored in x's dtype the multiply
+        runs there, two to a register."""
+        dtype = xt_gmem.dtype
+        if scale_ref is None:  # one scale row: the codes themselves, the scale after the dot
+            return _exactly(w, dtype)
+        if scale_ref.dtype == dtype:
+            return _exactly(w, dtype) * column(scale_ref, dtype)
+        return (w.astype(jnp.float32) * column(scale_ref, jnp.float32)).astype(dtype)
 
     # per step: the zeros (asymmetric) and, with group scales, the scales
     stepped = zero_gmem + [scale_gmem] * per_group
 
     def gemm(a_smem, vector_smem, barriers, acc):
         def step(index, xt_smem, codes_smem, *vector_refs):
-            tile_smem = a_smem.at[index[0] % config.slots]
             c = _load(codes_smem, plgpu.Layout.WGMMA_UPCAST_4X, hardware)  # int4: u - 8
             if hardware:  # into the layout of a 16-bit wgmma operand, then widened below
                 c = plgpu.layout_cast(c, plgpu.Layout.WGMMA)
-            w = c.astype(jnp.float32)
-            if zero_gmem:  # u - 8 - (zero - 8): exact
-                w = w - lax.broadcast_in_dim(factor(vector_refs[0]), (bn, bk), [0])
-            if per_group:  # (u - zero) * scale in float32 rounded to x's dtype, as the xla form
-                w = w * lax.broadcast_in_dim(factor(vector_refs[-1]), (bn, bk), [0])
-            tile_smem[...] = w.astype(tile_smem.dtype)
+            # exact (|u - 8| <= 8); Mosaic unpacks int4 to bfloat16 with integer ops (the code
+            # OR-ed into a bfloat16's mantissa, the bias subtracted), where float32 takes a
+            # convert per code
+            w = c.astype(jnp.bfloat16)
+            if zero_gmem:  # u - 8 - (zero - 8): exact in bfloat16 (|u - zero| <= 15)
+                w = w - column(vector_refs[0], jnp.bfloat16)
+            w = dequantized(w, vector_refs[-1] if per_group else None)
+            if a_smem is None:  # [bn, bk] @ [bk, mp]: W^T x^T, W^T from registers
+                plgpu.wgmma(acc, w, xt_smem)
+                plgpu.wgmma_wait(0)  # the next step's tile takes these registers
+                return
+            tile_smem = a_smem.at[index[0] % config.slots]
+            tile_smem[...] = w
             plgpu.commit_smem()  # the store above, visible to the tensor cores
             plgpu.wgmma(acc, tile_smem, xt_smem)  # [bn, bk] @ [bk, mp]: W^T x^T
             plgpu.wgmma_wait(config.in_flight)  # a tile is rewritten once its wgmma is done
@@ -302,12 +336,16 @@ def _w4a16_kernel(xt_gmem, codes_gmem, scale_gmem, *zero_and_out, config, hardwa
 
     blocks = [(scale_gmem, j * bn, bn)]
 
-    def scoped(a_smem, vector_smem, barriers):  # registers get a scope of their own
+    def scoped(vector_smem, barriers, a_smem=None):  # registers get a scope of their own
         gemm_ = functools.partial(gemm, a_smem, vector_smem, barriers)
         pl.run_scoped(gemm_, plgpu.ACC((bn, mp), jnp.float32))
 
-    a_tile = plgpu.SMEM((config.slots, bn, bk), xt_gmem.dtype, transforms=_tiled(bk, 16, swizzle))
-    pl.run_scoped(scoped, a_tile, *_vector_scratch(blocks))
+    tiles = []  # the unpacked tiles in shared memory, unless wgmma reads registers
+    if not (config.registers and hardware):  # (the interpreter takes no register operand)
+        tiles = [
+            plgpu.SMEM((config.slots, bn, bk), xt_gmem.dtype, transforms=_tiled(bk, 16, swizzle))
+        ]
+    pl.run_scoped(scoped, *_vector_scratch(blocks), *tiles)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "interpret"))
@@ -332,7 +370,7 @@ def w4a16_mosaic(
     mp = max(16, 1 << (m - 1).bit_length())  # 16, 32 or 64 x^T columns: a swizzle's width
     xt = jnp.pad(permuted_input(x, w), ((0, mp - m), (0, 0))).T  # [K, Mp]
     scale = _column_scales(w)
-    zeros = [] if w.zero is None else [_column_zeros(w, scale.dtype).reshape(-1)]
+    zeros = [] if w.zero is None else [_column_zeros(w, jnp.bfloat16).reshape(-1)]
     kernel = functools.partial(_w4a16_kernel, config=config, hardware=not interpret)
     parts = plgpu.kernel(
         kernel,
@@ -342,6 +380,11 @@ def w4a16_mosaic(
         interpret=_interpreter() if interpret else None,
     )(xt, _int4(w), scale.reshape(-1), *zeros)
     return jnp.sum(parts, axis=0).T[:m]
+
+
+def _exactly(w: jax.Array, dtype) -> jax.Array:
+    """Small integers held in bfloat16 as ``dtype`` (exact: through float32 unless bfloat16)."""
+    return w if dtype == jnp.bfloat16 else w.astype(jnp.float32).astype(dtype)
 
 
 def _column_scales(w: QTensor) -> jax.Array:

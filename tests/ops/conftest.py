@@ -28,3 +28,28 @@ def lowered_for_cuda():
             return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
     return lower
+
+
+@pytest.fixture
+def mosaic_kernel_ir(lowered_for_cuda, monkeypatch):
+    """``ir(fn, *args)``: the MLIR of the Mosaic GPU kernels in ``jit(fn)`` lowered for CUDA, as
+    Mosaic GPU emits it (register-level ops and inline PTX); the lowered program carries it only
+    as bytecode, so it is taken as Mosaic GPU serializes it."""
+    from jax.experimental.mosaic.gpu import core
+
+    modules = []
+    serialize = core._run_serde_pass
+
+    def keep(module, **kwargs):
+        modules.append(module.operation.get_asm(enable_debug_info=False))
+        return serialize(module, **kwargs)
+
+    monkeypatch.setattr(core, "_run_serde_pass", keep)
+
+    def ir(fn, *args) -> str:
+        modules.clear()
+        lowered_for_cuda(fn, *args)
+        assert modules, "no Mosaic GPU kernel was lowered"
+        return "\n".join(modules)
+
+    return ir

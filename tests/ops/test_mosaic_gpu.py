@@ -3,10 +3,12 @@ a GPU runs); on a GPU the kernels themselves."""
 
 import dataclasses
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from q4lab.core import QuantSpec, dequantize_matrix, relayout
 from q4lab.ops import int_matmul, on_gpu, w4a16_matmul
@@ -53,13 +55,15 @@ def test_mosaic_w4a4_equals_the_xla_form_bit_for_bit():
 
 def test_mosaic_w4a16_is_x_times_the_16_bit_weight_of_the_xla_form():
     """Group scales: ``(u - zero) * scale`` rounded to bfloat16 in shared memory, as the xla form
-    rounds its weight; one scale row: the codes, then the scale after the dot, as the xla form.
-    Rows of x padded to 16 and 32; K split in two; act-order rows; laid out once or per call."""
+    rounds its weight (multiplied in bfloat16 with bfloat16 scales, in float32 with others); one
+    scale row: the codes, then the scale after the dot, as the xla form.
+    Rows of x padded to 16 and 32; bfloat16 and float16 x; K split in two; act-order rows; laid
+    out once or per call."""
     w = jax.random.normal(jax.random.key(26), (256, 128))
     perm = jnp.asarray(np.random.default_rng(27).permutation(256), jnp.int32)
     specs = [
-        QuantSpec(group_size=64),
-        QuantSpec(group_size=64, symmetric=False, scale_dtype="float16"),
+        QuantSpec(group_size=64, symmetric=False, scale_dtype="bfloat16"),
+        QuantSpec(group_size=64, scale_dtype="float16"),
         QuantSpec(),
         QuantSpec(symmetric=False),
     ]
@@ -70,7 +74,8 @@ def test_mosaic_w4a16_is_x_times_the_16_bit_weight_of_the_xla_form():
         if t < 2:  # the same code bytes, re-ordered; the same scales
             assert laid_out.codes.nbytes == qt.codes.nbytes == w.size // 2
             assert laid_out.scale.nbytes == qt.scale.nbytes
-        for rows in (x[:1], x):
+        halves = (x.astype(jnp.float16),) if t % 2 else ()  # float16 x: f16 scales, one row
+        for rows in (x[:1], x, *halves):
             y = w4a16_mosaic(rows, laid_out, config=FORMS[t % 2], interpret=not on_gpu())
             assert y.shape == (rows.shape[0], 128)
             # float32 sums of the same products in another order
@@ -89,6 +94,8 @@ def test_mosaic_kernels_refuse_what_they_cannot_run():
     per_channel = get_quantizer("minmax").quantize(w, QuantSpec())
     assert "not a multiple of" in unsupported(per_channel, 16, SMALL)
     assert "at most 64" in unsupported(per_channel, 65, w4a4=False)
+    with pytest.raises(ValueError, match="choose one"):
+        MosaicConfig(overlap=True, registers=True)
 
 
 def test_mosaic_kernels_lower_for_the_gpu(lowered_for_cuda):
@@ -110,3 +117,30 @@ def test_mosaic_kernels_lower_for_the_gpu(lowered_for_cuda):
         default = MOSAIC_DEFAULT if kernel is w4a4_mosaic else W4A16_MOSAIC_DEFAULT
         kernel = functools.partial(kernel, config=dataclasses.replace(default, overlap=t % 2 == 1))
         assert "mosaic_gpu" in lowered_for_cuda(kernel, *args, qt)
+
+
+def test_mosaic_w4a16_unpacks_codes_with_integer_ops(mosaic_kernel_ir):
+    """On the GPU the 4-bit codes become bfloat16 with integer ops (the code OR-ed into the
+    mantissa of a bfloat16 whose exponent makes it an integer, then that bias subtracted: the
+    0x4308 constant), never a convert per code; scales stored in x's dtype multiply two to a
+    register in that dtype, others in float32. With ``registers=True`` wgmma takes the unpacked
+    tile from registers (its A operand a list of registers, not a shared-memory descriptor)."""
+    w = jax.random.normal(jax.random.key(29), (1024, 128))
+    cases = [  # x dtype, scale dtype, what multiplies the scales, wgmma's A from registers
+        (jnp.bfloat16, "bfloat16", "vector<2xbf16>", True),
+        (jnp.float16, "float16", "vector<2xf16>", False),
+        (jnp.bfloat16, "float16", "vector<2xf32>", True),
+    ]
+    for dtype, scale_dtype, product, registers in cases:
+        spec = QuantSpec(group_size=128, symmetric=False, scale_dtype=scale_dtype)
+        qt = relayout(get_quantizer("minmax").quantize(w, spec), "kmajor")
+        config = dataclasses.replace(W4A16_MOSAIC_DEFAULT, registers=registers)
+        kernel = functools.partial(w4a16_mosaic, config=config)
+        ir = mosaic_kernel_ir(kernel, jnp.ones((4, 1024), dtype), qt)
+        case = (dtype, scale_dtype, registers)
+        assert "0x43084308" in ir, case  # CUTLASS's int4 -> bfloat16 converter
+        assert not re.search(r"sitofp %\w+ : vector<\d+xi4>", ir), case
+        multiplies = set(re.findall(r"arith\.mulf .* : (vector<\d+x\w+>)", ir))
+        assert multiplies == {product}, (case, multiplies)
+        wgmma = re.findall(r"wgmma\.mma_async\S* \{[$\d,]+\}, (\{|\$)", ir)
+        assert wgmma and set(wgmma) == {"{" if registers else "$"}, (case, wgmma)
