@@ -116,6 +116,8 @@ def unsupported(
         return f"group size {w.k // groups} != block_k={config.block_k} (one group a step)"
     if not w4a4 and m > W4A16_MAX_ROWS:
         return f"M={m} rows: the W4A16 kernel takes at most {W4A16_MAX_ROWS}"
+    if w4a4 and config.registers:
+        return "registers=True: W4A4's codes are wgmma's right operand, read from shared memory"
     if config.block_n % 64 or config.block_k % 64 or (w4a4 and config.block_m % 64):
         return f"{config} is not a multiple of 64 in every block"
     depth = config.block_k * (1 if w4a4 else config.split_k)

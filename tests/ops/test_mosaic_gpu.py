@@ -94,6 +94,7 @@ def test_mosaic_kernels_refuse_what_they_cannot_run():
     per_channel = get_quantizer("minmax").quantize(w, QuantSpec())
     assert "not a multiple of" in unsupported(per_channel, 16, SMALL)
     assert "at most 64" in unsupported(per_channel, 65, w4a4=False)
+    assert "right operand" in unsupported(per_channel, 16, MosaicConfig(registers=True))
     with pytest.raises(ValueError, match="choose one"):
         MosaicConfig(overlap=True, registers=True)
 
