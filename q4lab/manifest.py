@@ -1,4 +1,5 @@
-"""What a result was produced with: package versions, device, git commit, time."""
+"""What a result was produced with: package versions, CPU and BLAS kernels, device, git commit,
+time."""
 
 from __future__ import annotations
 
@@ -88,6 +89,25 @@ def cpu_isa(flags: Sequence[str] | None = None) -> str:
     return f"{machine} {isa}"
 
 
+@functools.cache
+def blas() -> str:
+    """The BLAS behind jax's CPU linear algebra, with the kernels it chose for this CPU, e.g.
+    ``openblas 0.3.30 SkylakeX``; "" if unknown. jaxlib calls SciPy's LAPACK, whose OpenBLAS
+    picks its kernels per CPU model (``OPENBLAS_CORETYPE`` overrides the choice), and they round
+    differently: GPTQ's Cholesky factors, so its codes and scores, follow them (README,
+    "Reproducing published results")."""
+    try:
+        import scipy.linalg  # noqa: F401  (loads SciPy's OpenBLAS, as jax's first LAPACK call does)
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return ""
+    for library in threadpool_info():
+        if Path(library.get("filepath", "")).parent.name.startswith("scipy"):
+            parts = (library.get(key) for key in ("internal_api", "version", "architecture"))
+            return " ".join(str(part) for part in parts if part)
+    return ""
+
+
 def manifest() -> dict[str, str]:
     """Flat manifest fields for a results row."""
     out = {f"{name}_version": _version(name) for name in PACKAGES}
@@ -96,6 +116,7 @@ def manifest() -> dict[str, str]:
         "python_version": platform.python_version(),
         "platform": platform.platform(),
         "cpu": f"{cpu_name()}, {cpu_isa()}",  # float sums are ordered per CPU (see README)
+        "blas": blas(),  # and LAPACK's per BLAS kernel
         "device": f"{device.platform}:{device.device_kind}",
         "git_commit": git_commit(),
         "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

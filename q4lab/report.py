@@ -262,13 +262,16 @@ def _provenance(table: pd.DataFrame) -> list[str]:
         return []
     commits = _distinct(table.assign(git_commit=table["git_commit"].str[:7]), "git_commit")
     cpu = f"{_distinct(table, 'cpu')}, " if "cpu" in table else ""
+    blas = f", BLAS {_distinct(table, 'blas')}" if "blas" in table else ""
     return [
         "",
         f"Computed at commit {commits} on {cpu}{_distinct(table, 'platform')} "
-        f"({_distinct(table, 'device')}), jax {_distinct(table, 'jax_version')}. "
-        "`q4lab reproduce` reruns rows: on the same CPU type and versions every difference is 0; "
-        "on another CPU, from the published float baselines, sizes are exact and a score may "
-        "move where a rounding falls the other way (a flipped test example).",
+        f"({_distinct(table, 'device')}), jax {_distinct(table, 'jax_version')}{blas}. "
+        "`q4lab reproduce` reruns rows: on the same CPU type, BLAS kernels and versions every "
+        "difference is 0; on another CPU, from the published float baselines, sizes are exact "
+        "and a score may move where a rounding falls the other way (a flipped test example), "
+        "GPTQ's by more where OpenBLAS chose other kernels for its Cholesky factors "
+        "(`OPENBLAS_CORETYPE` picks them).",
     ]
 
 

@@ -12,13 +12,19 @@ Each sampled row is turned back into its sweep point (its grid fields, checked a
                 rounding noise, which is expected to move on another CPU.
 ``label``       text and flags (recipe description, granularity, ...): equal.
 
-Timings and the manifest (versions, platform, commit, time) are not compared.
+Timings and the manifest (versions, platform, CPU, BLAS, commit, time) are not compared; the
+CPU and BLAS kernels of the table and of this machine are printed above the comparison.
 
-Same CPU instruction set and package versions: every difference should be 0. On another CPU the
+Same CPU, BLAS kernels and package versions: every difference should be 0. On another CPU the
 float baselines still match when they are loaded from the published files (`q4lab.baselines`),
-but XLA:CPU may order float sums differently in calibration (e.g. GPTQ's Hessians) and in the
-forward pass, so a weight or activation code at a rounding boundary can flip and a score can
-move by a test example or two (digits: 1/450 = 0.0022; mnist1d: 1/1000).
+but two things may round differently. XLA:CPU may order float sums differently, so a weight or
+activation code at a rounding boundary can flip and a score move by a test example or two
+(digits: 1/450 = 0.0022; mnist1d: 1/1000). And jax's CPU LAPACK (GPTQ's Cholesky factors) runs
+in SciPy's OpenBLAS, whose kernels are chosen per CPU model (or named by ``OPENBLAS_CORETYPE``):
+with other kernels GPTQ's codes change and its scores move by up to a few hundredths at 2 and 3
+bits (quickstart with the Haswell kernels against the published SkylakeX ones: 17 of 160 rows,
+all GPTQ, up to 0.021). ``OPENBLAS_CORETYPE=<the table's kernels>`` reruns a table with its
+kernels where the CPU runs them (README).
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ NOT_COMPARED = frozenset(
         "python_version",
         "platform",
         "device",
+        "cpu",
+        "blas",
         "git_commit",
         "timestamp",
         *(f"{name}_version" for name in PACKAGES),
@@ -246,6 +254,10 @@ def _versions(frame: pd.DataFrame) -> str:
             values = sorted({str(v) for v in frame[column]})
             short = [v[:12] + ("-dirty" if v.endswith("-dirty") else "") for v in values]
             parts.append(f"{column.removesuffix('_version')} {', '.join(short)}")
+    for column in ("cpu", "blas"):  # what orders float sums and LAPACK's roundings
+        values = sorted({str(v) for v in frame.get(column, pd.Series()).dropna() if v})
+        if values:
+            parts.append(f"{column} {' / '.join(values)}")
     return "; ".join(parts)
 
 

@@ -141,9 +141,17 @@ def test_reproduce_a_published_row_exactly_and_flag_a_doctored_one(tmp_path, cap
     table = pd.read_parquet(DIGITS / "runs.parquet")
     pick = table.query("quantizer == 'minmax' and group_size == 0 and act_bits == 16 and seed == 0")
     row = int(pick.index[0])
-    assert main(["reproduce", str(DIGITS), "--rows", str(row), "--no-progress"]) == 0
+    # run metadata is shown, never compared: here another CPU's name and BLAS kernels, or none
+    elsewhere = tmp_path / "digits"
+    elsewhere.mkdir()
+    table.assign(cpu=None, blas="openblas 0.3.30 SkylakeX").assign(
+        cpu=lambda t: t["cpu"].where(t.index != row, "Other CPU, x86_64 AVX2")
+    ).to_parquet(elsewhere / "runs.parquet", index=False)
+    assert main(["reproduce", str(elsewhere), "--rows", str(row), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert f"1 of {len(table)} rows rerun: reproduced" in out and "DIFFERS" not in out
+    assert "cpu Other CPU, x86_64 AVX2; blas openblas 0.3.30 SkylakeX" in out
+    assert f"blas {manifest()['blas']}" in out  # this machine's, on the "here" line
     assert not empty_cache.exists()  # the baseline came from the published file
 
     doctored = tmp_path / "quickstart"
