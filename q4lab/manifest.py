@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import functools
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import subprocess
@@ -89,23 +90,41 @@ def cpu_isa(flags: Sequence[str] | None = None) -> str:
     return f"{machine} {isa}"
 
 
-@functools.cache
 def blas() -> str:
-    """The BLAS behind jax's CPU linear algebra, with the kernels it chose for this CPU, e.g.
-    ``openblas 0.3.30 SkylakeX``; "" if unknown. jaxlib calls SciPy's LAPACK, whose OpenBLAS
-    picks its kernels per CPU model (``OPENBLAS_CORETYPE`` overrides the choice), and they round
-    differently: GPTQ's Cholesky factors, so its codes and scores, follow them (README,
-    "Reproducing published results")."""
+    """The BLAS behind jax's CPU linear algebra: its kernels for this CPU and its threads, e.g.
+    ``openblas 0.3.30 SkylakeX, 2 threads``; "" if unknown. jaxlib calls SciPy's LAPACK, whose
+    OpenBLAS picks its kernels per CPU model (``OPENBLAS_CORETYPE`` names them) and splits work
+    over its threads (``OPENBLAS_NUM_THREADS``; by default one per core); both change how it
+    rounds, so GPTQ's Cholesky factors, codes and scores follow them (README, `q4lab
+    reproduce`)."""
     try:
-        import scipy.linalg  # noqa: F401  (loads SciPy's OpenBLAS, as jax's first LAPACK call does)
+        import scipy
+        import scipy.linalg  # loads SciPy's BLAS, as jax's first LAPACK call does
         from threadpoolctl import threadpool_info
     except ImportError:
         return ""
-    for library in threadpool_info():
-        if Path(library.get("filepath", "")).parent.name.startswith("scipy"):
-            parts = (library.get(key) for key in ("internal_api", "version", "architecture"))
-            return " ".join(str(part) for part in parts if part)
+    libraries = [lib for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    scipy_dir = Path(scipy.__file__).resolve().parent
+    # SciPy's wheels bundle it beside the package (scipy.libs) or inside it (scipy/.dylibs)
+    bundled = [scipy_dir, scipy_dir.parent / "scipy.libs"]
+    ours = [lib for lib in libraries if _under(lib.get("filepath"), bundled)]
+    numpy_dir = Path(importlib.util.find_spec("numpy").origin).resolve().parent
+    not_numpys = [
+        lib
+        for lib in libraries
+        if not _under(lib.get("filepath"), [numpy_dir, numpy_dir.parent / "numpy.libs"])
+    ]
+    for library in ours or not_numpys[:1]:  # else: the one BLAS loaded besides NumPy's own
+        parts = (library.get(key) for key in ("internal_api", "version", "architecture"))
+        threads = library.get("num_threads")
+        count = f", {threads} thread{'s' * (threads != 1)}" if threads else ""
+        return " ".join(str(part) for part in parts if part) + count
     return ""
+
+
+def _under(path: str | None, folders: Sequence[Path]) -> bool:
+    resolved = Path(path or "/").resolve()
+    return any(resolved.is_relative_to(folder) for folder in folders)
 
 
 def manifest() -> dict[str, str]:

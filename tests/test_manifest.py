@@ -10,19 +10,28 @@ import pytest
 from q4lab.manifest import blas, manifest
 
 
-def test_manifest_names_the_blas_kernels_jax_linear_algebra_runs_on():
-    here = manifest()
-    assert here["blas"] == blas()
-    name, version, kernels = here["blas"].split(" ", 2)
-    assert name == "openblas" and version[0].isdigit() and kernels, here["blas"]
+def _openblas() -> str:
+    kernels = blas()
+    if not kernels.startswith("openblas "):
+        pytest.skip(f"SciPy's BLAS here is not OpenBLAS ({kernels or 'unknown'})")
+    return kernels
+
+
+def test_manifest_names_the_blas_kernels_and_threads_jax_linear_algebra_runs_on():
+    kernels = _openblas()
+    assert manifest()["blas"] == kernels
+    _, version, rest = kernels.split(" ", 2)
+    core, threads = rest.split(", ")
+    assert version[0].isdigit() and core and threads.split()[0].isdigit(), kernels
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="OpenBLAS' x86-64 kernel names")
-def test_openblas_coretype_picks_the_kernels_the_manifest_names():
-    """What `q4lab reproduce`'s docstring tells a researcher to set to rerun a table with its
-    kernels (Sandybridge's need AVX, which every CPU the suite runs on has)."""
-    env = os.environ | {"OPENBLAS_CORETYPE": "Sandybridge"}
+def test_openblas_coretype_and_threads_are_what_the_manifest_names():
+    """What README tells a researcher to set to rerun a table with its kernels and threads
+    (Sandybridge's kernels need AVX, which every CPU the suite runs on has)."""
+    _openblas()
+    env = os.environ | {"OPENBLAS_CORETYPE": "Sandybridge", "OPENBLAS_NUM_THREADS": "1"}
     code = "from q4lab.manifest import blas; print(blas())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split()[-1] == "Sandybridge", out.stdout
+    assert out.stdout.strip().endswith(" Sandybridge, 1 thread"), out.stdout

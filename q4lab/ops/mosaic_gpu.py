@@ -18,16 +18,16 @@ back to shared memory; ``acc += x @ codes.T`` in int32. The epilogue subtracts `
 sum x`` (asymmetric weights) and applies the weight scale, then the row scale, in the order of
 `q4lab.ops.matmul`'s xla form: the result is that form's, bit for bit.
 
-W4A16 (`w4a16_mosaic`, at most 64 rows of 16-bit x). ``wgmma``'s rows come in 64s, so the weight
-is its left operand: ``y^T = W^T x^T``, x^T ``[K, M]`` padded to 16, 32 or 64 columns. A step is
-one scale group (``block_k`` = the group size): codes unpacked to bfloat16 with integer ops
-(Mosaic's int4 -> bfloat16 conversion: each code OR-ed into the mantissa of a bfloat16 whose
-exponent makes it an integer, then that bias subtracted, as CUTLASS and Marlin do; a convert per
-code to float32 was the alternative), ``u - zero`` subtracted (exact), times the scale rounded
-once to x's dtype (the xla form's 16-bit weight: in x's dtype two to a register when the scales
-are stored in it, the exact product rounded once; else in float32), then ``wgmma`` with float32
-accumulation. One scale row: the codes (exact in 16 bits) go in and the scale is applied after,
-as the xla form does. ``split_k`` programs share a column block; XLA adds them.
+W4A16 (`w4a16_mosaic`, at most 64 rows of 16-bit x). ``wgmma``'s rows come in 64s, so the weight is
+its left operand: ``y^T = W^T x^T``, x^T ``[K, M]`` padded to 16, 32 or 64 columns. A step is one
+scale group (``block_k`` = the group size): codes unpacked to bfloat16 with integer ops (Mosaic's
+int4 -> bfloat16 conversion: each nibble XOR-ed into 0x4308, a bfloat16 whose exponent makes its
+mantissa an integer (the XOR also flips the nibble's sign bit), then 136 subtracted, as CUTLASS and
+Marlin do; a convert per code to float32 was the alternative), ``u - zero`` subtracted (exact),
+times the scale rounded once to x's dtype (the xla form's 16-bit weight: in x's dtype two to a
+register when the scales are stored in it, the exact product rounded once; else in float32), then
+``wgmma`` with float32 accumulation. One scale row: the codes (exact in 16 bits) go in and the scale
+is applied after, as the xla form does. ``split_k`` programs share a column block; XLA adds them.
 
 The unpacked tile reaches ``wgmma`` through shared memory by default. ``overlap=True`` keeps two
 such tiles, so a step unpacks while the previous step's ``wgmma`` runs (that step's TMA operand
@@ -280,8 +280,8 @@ def _w4a16_kernel(xt_gmem, codes_gmem, scale_gmem, *zero_and_out, config, hardwa
     def dequantized(w, scale_ref):
         """``u - zero`` (exact, bfloat16) times the step's scales, rounded once to x's dtype:
         the xla form's 16-bit weight. The product of a 5-bit integer and a 16-bit scale is exact
-        in float32 and in the scale's own width, so with scales stored in x's dtype the multiply
-        runs there, two to a register."""
+        in float32, and a 16-bit multiply rounds the exact product once, so with scales stored
+        in x's dtype the multiply runs there, two to a register."""
         dtype = xt_gmem.dtype
         if scale_ref is None:  # one scale row: the codes themselves, the scale after the dot
             return _exactly(w, dtype)
@@ -297,8 +297,8 @@ def _w4a16_kernel(xt_gmem, codes_gmem, scale_gmem, *zero_and_out, config, hardwa
             c = _load(codes_smem, plgpu.Layout.WGMMA_UPCAST_4X, hardware)  # int4: u - 8
             if hardware:  # into the layout of a 16-bit wgmma operand, then widened below
                 c = plgpu.layout_cast(c, plgpu.Layout.WGMMA)
-            # exact (|u - 8| <= 8); Mosaic unpacks int4 to bfloat16 with integer ops (the code
-            # OR-ed into a bfloat16's mantissa, the bias subtracted), where float32 takes a
+            # exact (|u - 8| <= 8); Mosaic unpacks int4 to bfloat16 with integer ops (the nibble
+            # XOR-ed into a bfloat16's mantissa, the bias subtracted), where float32 takes a
             # convert per code
             w = c.astype(jnp.bfloat16)
             if zero_gmem:  # u - 8 - (zero - 8): exact in bfloat16 (|u - zero| <= 15)
@@ -360,7 +360,8 @@ def w4a16_mosaic(
 ) -> jax.Array:
     """W4A16 for a few rows (``M <= 64``) of 16-bit ``x[M, K]`` times a 4-bit weight (best laid
     out ``"kmajor"`` once), as ``(W^T x^T)^T``: the weight is wgmma's left operand, unpacked
-    and scaled into shared memory one group a step (float32 ``[M, N]``). Rows of x are wgmma's N,
+    and scaled one group a step, into shared memory or (``registers=True``) registers (float32
+    ``[M, N]``). Rows of x are wgmma's N,
     padded to 16, 32 or 64 (the widths of a 32-, 64- or 128-byte swizzle)."""
     m = x.shape[0]
     reason = unsupported(w, m, config, w4a4=False)
