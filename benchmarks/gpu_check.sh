@@ -43,9 +43,9 @@ step() { # name, limit, command...
   echo "=== $name: exit ${PIPESTATUS[0]}, $((SECONDS - t0)) s"
 }
 smoke() { step smoke 50 $py benchmarks/harness_smoke.py experiments/quickstart.py --limit 16; }
-tests() { step tests 75 $pytest tests/ops -k "not mosaic"; }
+tests() { step tests 65 $pytest tests/ops -k "not mosaic"; }
 mosaic() {
-  step mosaic-tests 25 $pytest tests/ops/test_mosaic_gpu.py
+  step mosaic-tests 35 $pytest tests/ops/test_mosaic_gpu.py
   # does XLA hold int4 two to a byte here? (the kernels bit-cast K-major bytes to int4)
   step int4-bytes 10 $py -c "$int4_bytes"
   step mosaic 40 $bench --tune --check --shapes 8192x28672 --m 1 16 --seconds 0.1 \
