@@ -53,7 +53,7 @@ from q4lab.adapters import (
     get_at,
     set_at,
 )
-from q4lab.core import LAYOUTS, QTensor, QuantSpec
+from q4lab.core import QTensor, QuantSpec
 from q4lab.core.transforms import InputTransform
 from q4lab.layer_quant import ActState
 from q4lab.manifest import manifest
@@ -427,15 +427,6 @@ def _adapter(config: dict[str, Any], model: nn.Module | nnx.Module | None, where
     return adapt(model)
 
 
-def _layout(layout: Any, key: tuple) -> str:
-    if layout not in LAYOUTS:
-        raise ValueError(
-            f"layer {'/'.join(map(str, key))}: layout={layout!r} is invalid; allowed: "
-            f"{', '.join(LAYOUTS)}"
-        )
-    return layout
-
-
 def _params(adapter: Adapter, config: dict[str, Any], arrays: dict[str, jax.Array]) -> PyTree:
     """The parameter dict: float leaves and rebuilt `QTensor`s at their keys."""
     entries = config["tensors"]
@@ -449,17 +440,20 @@ def _params(adapter: Adapter, config: dict[str, Any], arrays: dict[str, jax.Arra
         transform = None
         if q["transform"]:
             transform = InputTransform(smooth=held["smooth"], seed=held["seed"])
-        leaves[key] = QTensor(
-            codes=held["codes"],
-            scale=held["scale"],
-            zero=held["zero"],
-            perm=held["perm"],
-            spec=_quant_spec(q["spec"]),
-            shape=tuple(q["shape"]),
-            in_axes=tuple(q["in_axes"]),
-            transform=transform,
-            layout=_layout(q.get("layout", "rows"), key),
-        )
+        try:
+            leaves[key] = QTensor(
+                codes=held["codes"],
+                scale=held["scale"],
+                zero=held["zero"],
+                perm=held["perm"],
+                spec=_quant_spec(q["spec"]),
+                shape=tuple(q["shape"]),
+                in_axes=tuple(q["in_axes"]),
+                transform=transform,
+                layout=q.get("layout", "rows"),  # files written before layouts: rows
+            )
+        except ValueError as error:  # the QTensor's own checks (its layout), naming the layer
+            raise ValueError(f"layer {_name(key)}: {error}") from error
     if isinstance(adapter, LinenAdapter):
         params: PyTree = {}
         for key, leaf in leaves.items():

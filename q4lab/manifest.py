@@ -114,12 +114,13 @@ def blas() -> str:
         for lib in libraries
         if not _under(lib.get("filepath"), [numpy_dir, numpy_dir.parent / "numpy.libs"])
     ]
-    for library in ours or not_numpys[:1]:  # else: the one BLAS loaded besides NumPy's own
-        parts = (library.get(key) for key in ("internal_api", "version", "architecture"))
-        threads = library.get("num_threads")
-        count = f", {threads} thread{'s' * (threads != 1)}" if threads else ""
-        return " ".join(str(part) for part in parts if part) + count
-    return ""
+    library = next(iter(ours or not_numpys), None)  # else: a BLAS loaded besides NumPy's own
+    if library is None:
+        return ""
+    parts = (library.get(key) for key in ("internal_api", "version", "architecture"))
+    threads = library.get("num_threads")
+    count = f", {threads} thread{'s' * (threads != 1)}" if threads else ""
+    return " ".join(str(part) for part in parts if part) + count
 
 
 def _under(path: str | None, folders: Sequence[Path]) -> bool:

@@ -139,7 +139,9 @@ def test_a_rows_model_is_written_and_read_as_version_1(saved_linen, tmp_path):
     )
     config["layers"][0]["qtensor"]["layout"] = "diagonal"
     (old / CONFIG_FILE).write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"layout='diagonal' is invalid; allowed: rows, kmajor"):
+    layer = "/".join(map(str, config["layers"][0]["key"]))
+    unknown = rf"layer {layer}: layout='diagonal' is unknown; allowed: rows, kmajor"
+    with pytest.raises(ValueError, match=unknown):
         load(old, UserCNN())
 
 

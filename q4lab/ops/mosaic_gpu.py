@@ -361,8 +361,8 @@ def w4a16_mosaic(
     """W4A16 for a few rows (``M <= 64``) of 16-bit ``x[M, K]`` times a 4-bit weight (best laid
     out ``"kmajor"`` once), as ``(W^T x^T)^T``: the weight is wgmma's left operand, unpacked
     and scaled one group a step, into shared memory or (``registers=True``) registers (float32
-    ``[M, N]``). Rows of x are wgmma's N,
-    padded to 16, 32 or 64 (the widths of a 32-, 64- or 128-byte swizzle)."""
+    ``[M, N]``). Rows of x are wgmma's N, padded to 16, 32 or 64 (the widths of a 32-, 64- or
+    128-byte swizzle)."""
     m = x.shape[0]
     reason = unsupported(w, m, config, w4a4=False)
     if reason:
