@@ -385,10 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="rerun a sample of a results table; the largest difference per column",
         description="Reruns rows of <results>/runs.parquet and compares every column: sizes "
         "exactly, metrics within --tol, float-noise diagnostics shown only. Exit status 1 if "
-        "a difference exceeds its tolerance. On the same CPU type, BLAS kernels and threads and "
-        "package versions every difference should be 0; on another CPU scores may move by a test "
-        "example or two, GPTQ's by a few hundredths with other OpenBLAS kernels or threads "
-        "(README).",
+        "a difference exceeds its tolerance. On the same CPU type, core count, BLAS kernels and "
+        "threads and package versions every difference should be 0; on another CPU scores may "
+        "move by a test example or two, GPTQ's by a few hundredths on another core count or with "
+        "other OpenBLAS kernels or threads (README).",
     )
     repro.add_argument("results", help="e.g. results/quickstart")
     repro.add_argument("--sample", type=int, default=4, help="rows, spread over task/quantizer")

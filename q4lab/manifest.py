@@ -1,5 +1,5 @@
-"""What a result was produced with: package versions, CPU and BLAS kernels, device, git commit,
-time."""
+"""What a result was produced with: package versions, CPU (its cores included) and BLAS kernels,
+device, git commit, time."""
 
 from __future__ import annotations
 
@@ -90,6 +90,16 @@ def cpu_isa(flags: Sequence[str] | None = None) -> str:
     return f"{machine} {isa}"
 
 
+def cores() -> int:
+    """The CPUs this process may run on: XLA:CPU runs one thread per core and splits a large
+    dot's sums over them (1 and 2 cores give different bits for a 2048x128 ``X^T X``), as
+    OpenBLAS does by default, so the count changes float results (GPTQ's Hessians above all)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def blas() -> str:
     """The BLAS behind jax's CPU linear algebra: its kernels for this CPU and its threads, e.g.
     ``openblas 0.3.30 SkylakeX, 2 threads``; "" if unknown. jaxlib calls SciPy's LAPACK, whose
@@ -135,7 +145,8 @@ def manifest() -> dict[str, str]:
     out |= {
         "python_version": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": f"{cpu_name()}, {cpu_isa()}",  # float sums are ordered per CPU (see README)
+        # float sums are ordered per CPU and split per core (see README)
+        "cpu": f"{cpu_name()}, {cpu_isa()}, {cores()} core{'s' * (cores() != 1)}",
         "blas": blas(),  # and LAPACK's per BLAS kernel
         "device": f"{device.platform}:{device.device_kind}",
         "git_commit": git_commit(),

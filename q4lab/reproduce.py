@@ -13,19 +13,21 @@ Each sampled row is turned back into its sweep point (its grid fields, checked a
 ``label``       text and flags (recipe description, granularity, ...): equal.
 
 Timings and the manifest (versions, platform, CPU, BLAS, commit, time) are not compared; the
-CPU and BLAS (kernels, threads) of the table and of this machine are printed above the comparison.
+CPU (its cores included) and BLAS (kernels, threads) of the table and of this machine are printed
+above the comparison.
 
-Same CPU, BLAS kernels and threads, and package versions: every difference should be 0. On another
-CPU the float baselines still match when they are loaded from the published files
+Same CPU, core count, BLAS kernels and threads, and package versions: every difference should be 0.
+On another CPU the float baselines still match when they are loaded from the published files
 (`q4lab.baselines`), but two things may round differently. XLA:CPU may order float sums differently,
 so a weight or activation code at a rounding boundary can flip and a score move by a test example or
-two (digits: 1/450 = 0.0022; mnist1d: 1/1000). And jax's CPU LAPACK (GPTQ's Cholesky factors) runs
-in SciPy's OpenBLAS, whose kernels are chosen per CPU model (or named by ``OPENBLAS_CORETYPE``) and
-whose thread count is one per core (or ``OPENBLAS_NUM_THREADS``): with other kernels or threads
+two (digits: 1/450 = 0.0022; mnist1d: 1/1000). GPTQ moves more: XLA:CPU splits its Hessians' sums
+(``X^T X``) over one thread per core, and jax's CPU LAPACK (its Cholesky factors) runs in SciPy's
+OpenBLAS, whose kernels are chosen per CPU model (or named by ``OPENBLAS_CORETYPE``) and whose
+thread count is one per core (or ``OPENBLAS_NUM_THREADS``). With other cores, kernels or threads
 GPTQ's codes change and its scores move by up to a few hundredths at 2 and 3 bits (quickstart with
-Haswell kernels against the tables' SkylakeX ones, 2 threads each: 17 of 160 rows, all GPTQ, up to
-0.021). Setting both to the table's reruns it where the CPU runs those kernels (README; the
-published tables: SkylakeX, 2 threads).
+Haswell kernels against the tables' SkylakeX ones, 2 cores each: 17 of 160 rows, all GPTQ, up to
+0.021; on 1 core, 4 of 5 rows at 2 bits, up to 0.011). Running on the table's core count with its
+kernels reruns it where the CPU has them (README; the published tables: 2 cores, SkylakeX).
 """
 
 from __future__ import annotations

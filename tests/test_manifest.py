@@ -35,3 +35,18 @@ def test_openblas_coretype_and_threads_are_what_the_manifest_names():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith(" Sandybridge, 1 thread"), out.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux's")
+def test_manifest_names_the_cores_xla_and_openblas_split_their_sums_over():
+    """Pinned to one core (as `taskset -c 0` does), the manifest says so: README tells a
+    researcher to rerun the tables on as many cores as they were made on."""
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "from q4lab.manifest import manifest; print(manifest()['cpu'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith(", 1 core"), out.stdout
+    here = len(os.sched_getaffinity(0))
+    assert manifest()["cpu"].endswith(f", {here} core{'s' * (here != 1)}")
