@@ -19,12 +19,12 @@ the INT4 weights are symmetric 4-bit codes with group-128 float16 scales (4.125 
 Each variant cycles through enough copies of its weight that they fill 512 MiB (8 GiB on a GPU, at
 most 64 copies), so no cache holds the weight being read; the time is the median of calls after
 a compile and 200 warm-up calls (at most 15 s; 20 on a GPU). On a GPU a call shorter than 1 ms
-is timed as 64 calls queued back to back before one wait (`_time_pipelined`: waiting after each
-call measured the wait, about 0.1 ms, as much as the call). "x dense"
-is the dense time over the path's time, in the same run. "floor" is the fraction of the
-memory-bandwidth floor reached: the bytes the call must read and write (weights, scales, x, y)
-over the best read bandwidth measured in this run (a streaming reduction over 1 GiB, or the dense
-dot if that was faster), divided by the measured time. Below the table, for each shape, M and
+is timed as 64 calls queued back to back before one wait (`timing.pipelined_seconds`: waiting
+after each call measured the wait, about 0.1 ms, as much as the call). "x dense" is the dense
+time over the path's time, in the same run. "floor" is the fraction of the memory-bandwidth floor
+reached: the bytes the call must read and write (weights, scales, x, y) over the best read
+bandwidth measured in this run (a streaming reduction over 1 GiB, or the dense dot if that was
+faster), divided by the measured time. Below the table, for each shape, M and
 operation: what `auto` ran beside the fastest path that agreed with the reference, flagged when
 auto is more than 10 % slower (`auto_report`), and the fastest path on K-major codes.
 """
@@ -35,9 +35,7 @@ import argparse
 import dataclasses
 import functools
 import math
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -45,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from timing import copy_count, median_seconds, replicate
 
 from q4lab.core import (
     QTensor,
@@ -73,82 +72,15 @@ from q4lab.recipe import ActSpec
 SHAPES = ((4096, 4096), (8192, 8192), (8192, 28672))
 BATCHES = (1, 16, 128, 4096)
 ACT = ActSpec(bits=4)
-ROTATION_BYTES = 512 << 20
-GPU_ROTATION_BYTES = 8 << 30  # HBM is large: enough copies that no cache holds the next one
 TOLERANCE = 1e-4  # relative to max |y|: exact weights, float32 sums in another order
 ROUNDED_TOLERANCE = 1e-2  # the GPU xla form (and W4A16 mosaic) round code * scale to bfloat16
-MAX_COPIES = 64
-
-
-def _copies(nbytes: int) -> int:
-    budget = GPU_ROTATION_BYTES if on_gpu() else ROTATION_BYTES
-    return int(min(MAX_COPIES, max(2, math.ceil(budget / nbytes))))
-
-
-def _replicate(tree, count: int) -> list:
-    """``count`` copies of a pytree of arrays, each in buffers of its own."""
-    return [jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), tree) for _ in range(count)]
-
-
-WARM_CALLS, WARM_SECONDS = 200, 15.0
-GPU_WARM_CALLS = 20  # no allocator warm-up on a GPU: a few calls settle clocks and caches
-ONE_CALL_PER_WAIT = 1e-3  # seconds: above this the cost of waiting for each call is noise
-
-
-def _time(fn: Callable, args: list[tuple], seconds: float) -> float:
-    """Median seconds per call, cycling through ``args`` (one tuple per weight copy).
-
-    CPU: one call per measurement, after a warm-up of ``WARM_CALLS`` calls (at most
-    ``WARM_SECONDS``): the first ~100 calls of a process run up to 8x slower until glibc's
-    allocator keeps the large temporaries instead of mapping them afresh each call
-    (``benchmarks/NOTES.md``). GPU: calls shorter than ``ONE_CALL_PER_WAIT`` are timed queued
-    back to back (`_time_pipelined`)."""
-    jax.block_until_ready(fn(*args[0]))  # compile
-    start = time.perf_counter()
-    calls = 0
-    warm_calls = GPU_WARM_CALLS if on_gpu() else WARM_CALLS
-    while calls < 2 or (calls < warm_calls and time.perf_counter() - start < WARM_SECONDS):
-        jax.block_until_ready(fn(*args[calls % len(args)]))
-        calls += 1
-    per_call = (time.perf_counter() - start) / calls
-    if on_gpu() and per_call < ONE_CALL_PER_WAIT:
-        return _time_pipelined(fn, args, seconds)
-    repeats = int(min(50, max(3, seconds / per_call)))
-    times = []
-    for i in range(repeats):
-        a = args[i % len(args)]
-        begin = time.perf_counter()
-        jax.block_until_ready(fn(*a))
-        times.append(time.perf_counter() - begin)
-    return statistics.median(times)
-
-
-PIPELINED_CALLS = 64  # calls queued before one wait
-
-
-def _time_pipelined(fn: Callable, args: list[tuple], seconds: float) -> float:
-    """Seconds per call of ``PIPELINED_CALLS`` calls queued back to back (cycling through the
-    weight copies: JAX dispatches asynchronously) before one wait, median over repeats. Waiting
-    after each call cost about 0.1 ms on the H200 of 2026-11-28, as much as one memory-bound call
-    at these sizes: timed one call at a time, every fast path looked the same
-    (benchmarks/RESULTS.md). Queued, the GPU runs call after call while the host dispatches the
-    next; a call shorter than the host's dispatch is still bounded by it."""
-    times = []
-    start = time.perf_counter()
-    while len(times) < 3 or (len(times) < 20 and time.perf_counter() - start < seconds):
-        begin = time.perf_counter()
-        outputs = [fn(*args[i % len(args)]) for i in range(PIPELINED_CALLS)]
-        jax.block_until_ready(outputs)
-        times.append((time.perf_counter() - begin) / PIPELINED_CALLS)
-        del outputs
-    return statistics.median(times)
 
 
 def stream_bandwidth() -> float:
     """Bytes per second of a jitted sum over 1 GiB (4 GiB on a GPU, where a dispatch's fixed
     cost would be a quarter of the time of 1 GiB), read once."""
     a = jnp.ones((1 << (30 if on_gpu() else 28),), jnp.float32)
-    t = _time(jax.jit(jnp.sum), [(a,)], seconds=1.0)
+    t = median_seconds(jax.jit(jnp.sum), [(a,)], seconds=1.0)
     return a.nbytes / t
 
 
@@ -353,15 +285,15 @@ def bench_shape(
     qt = get_quantizer("minmax").quantize(w, spec)
     dense_w = w.astype(dtype)
     del w
-    dense_copies = _replicate(dense_w, _copies(dense_w.nbytes))
+    dense_copies = replicate(dense_w, copy_count(dense_w.nbytes))
     q_bytes = stored_bytes(qt)
-    q_copies = _replicate(qt, _copies(q_bytes))
+    q_copies = replicate(qt, copy_count(q_bytes))
     kmajor_copies = []  # K-major codes (relayout), made once (offline) as a model would hold them
     rows = []
     for m in batches:
         x = jax.random.normal(jax.random.key(m), (m, k), jnp.float32).astype(dtype)
         io = x.nbytes + m * n * jnp.dtype(dtype).itemsize
-        dense = _time(jax.jit(lambda x, w: x @ w), [(x, c) for c in dense_copies], seconds)
+        dense = median_seconds(jax.jit(lambda x, w: x @ w), [(x, c) for c in dense_copies], seconds)
         rows.append(
             _row(k, n, m, f"dense {jnp.dtype(dtype).name}", dense, dense, dense_w.nbytes + io)
         )
@@ -375,7 +307,7 @@ def bench_shape(
                 kmajor_copies = kmajor_copies or [relayout(c, "kmajor") for c in q_copies]
                 weights = kmajor_copies
             try:
-                t = _time(fn, [(x, c) for c in weights], seconds)
+                t = median_seconds(fn, [(x, c) for c in weights], seconds)
             except Exception as err:  # a kernel that does not lower here: say so, go on
                 rows.append({**_row(k, n, m, name, math.nan, dense, 0), "error": repr(err)[:120]})
                 print(f"{k}x{n} M={m} {name}: failed {err!r:.300}", file=sys.stderr, flush=True)

@@ -13,9 +13,10 @@ the second commit is slower) and how far apart each commit's own rounds were.
 
 A commit is checked out with ``git worktree`` into a temporary folder and imported from there
 (PYTHONPATH); "." ("here" in the table) is this checkout as it stands, uncommitted changes
-included. The timing child
-imports only what every commit since 3ae195c (the first CPU table) has: `w4a16_matmul`,
-`int_matmul`, `QuantSpec` and the min-max quantizer; hence its own timer, not bench_ops'.
+included. The timing child runs on the CPU (``JAX_PLATFORMS=cpu``) and imports from q4lab only
+what every commit since 3ae195c (the first CPU table) has: `w4a16_matmul`, `int_matmul`,
+`QuantSpec` and the min-max quantizer. Its timer is bench_ops' (`timing.py`, from the checkout
+that runs this script, so both commits are timed alike).
 
 Paths: "dense float32" (x @ W), "W4A16 auto" (`w4a16_matmul`), "W4A4 auto" (`int_matmul` on int8
 activation codes with row scales; without bench_ops' activation quantization). Weights as in
@@ -29,53 +30,25 @@ import argparse
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
 
 SHAPES = ["4096x4096", "8192x8192", "8192x28672"]
 BATCHES = [1, 16, 128]
-ROTATION_BYTES = 512 << 20
-WARM_CALLS, WARM_SECONDS, SECONDS = 200, 5.0, 1.0
 SLOWER = 1.10  # a best time this much over the base's is flagged
-
-
-def _time(fn, args: list[tuple]) -> float:
-    """Median milliseconds per call, cycling through ``args``, after a compile and a warm-up
-    (glibc keeps the large temporaries only after the first ~100 calls: NOTES.md)."""
-    import jax
-
-    jax.block_until_ready(fn(*args[0]))
-    start, calls = time.perf_counter(), 0
-    while calls < 2 or (calls < WARM_CALLS and time.perf_counter() - start < WARM_SECONDS):
-        jax.block_until_ready(fn(*args[calls % len(args)]))
-        calls += 1
-    per_call = (time.perf_counter() - start) / calls
-    times = []
-    for i in range(int(min(50, max(5, SECONDS / per_call)))):
-        begin = time.perf_counter()
-        jax.block_until_ready(fn(*args[i % len(args)]))
-        times.append(time.perf_counter() - begin)
-    return statistics.median(times) * 1e3
-
-
-def _copies(tree, nbytes: int) -> list:
-    import jax
-    import jax.numpy as jnp
-
-    count = max(2, min(64, math.ceil(ROTATION_BYTES / nbytes)))
-    return [jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), tree) for _ in range(count)]
+SECONDS = 1.0  # timing budget per cell, as bench_ops --seconds
+MARK = "compare_commits: "  # starts the child's result lines (a commit may print others)
 
 
 def child(shapes: list[str], batches: list[int]) -> None:
     """Time this process's q4lab (from PYTHONPATH); one JSON line per shape, M and path."""
     import jax
     import jax.numpy as jnp
+    from timing import copy_count, median_seconds, replicate
 
     import q4lab
     from q4lab.core import QuantSpec
@@ -89,21 +62,24 @@ def child(shapes: list[str], batches: list[int]) -> None:
     for shape in shapes:
         k, n = map(int, shape.split("x"))
         w = jax.random.normal(jax.random.key(k + n), (k, n), jnp.float32) / math.sqrt(k)
-        quantized = _copies(get_quantizer("minmax").quantize(w, spec), k * n // 2)
-        dense = _copies(w, w.nbytes)
+        qt = get_quantizer("minmax").quantize(w, spec)
+        quantized = replicate(qt, copy_count(k * n // 2))
+        dense = replicate(w, copy_count(w.nbytes))
         del w
         for m in batches:
             x = jax.random.normal(jax.random.key(m), (m, k), jnp.float32)
             codes = jax.random.randint(jax.random.key(m + 1), (m, k), -7, 8).astype(jnp.int8)
             scales = jnp.full((m, 1), 0.01, jnp.float32)
-            times = {
-                "dense float32": _time(dense_fn, [(x, d) for d in dense]),
-                "W4A16 auto": _time(w4a16_fn, [(x, q) for q in quantized]),
-                "W4A4 auto": _time(w4a4_fn, [(codes, scales, q) for q in quantized]),
+            seconds = {
+                "dense float32": median_seconds(dense_fn, [(x, d) for d in dense], SECONDS),
+                "W4A16 auto": median_seconds(w4a16_fn, [(x, q) for q in quantized], SECONDS),
+                "W4A4 auto": median_seconds(
+                    w4a4_fn, [(codes, scales, q) for q in quantized], SECONDS
+                ),
             }
-            for path, ms in times.items():
-                cell = {"KxN": shape, "M": m, "path": path, "ms": ms, "q4lab": q4lab.__file__}
-                print(json.dumps(cell), flush=True)
+            for path, t in seconds.items():
+                cell = {"KxN": shape, "M": m, "path": path, "ms": t * 1e3, "q4lab": q4lab.__file__}
+                print(MARK + json.dumps(cell), flush=True)
 
 
 def summarize(cells: pd.DataFrame, base: str, head: str) -> pd.DataFrame:
@@ -139,13 +115,28 @@ def _run(command: list[str], cwd: Path) -> str:
     return done.stdout.strip()
 
 
+def _time_checkout(checkout: Path, shapes: list[str], batches: list[int]) -> list[dict]:
+    """The child's cells for the q4lab in ``checkout``, run on the CPU."""
+    env = os.environ | {"PYTHONPATH": str(checkout), "JAX_PLATFORMS": "cpu"}
+    command = [sys.executable, __file__, "--child", "--shapes", *shapes]
+    command += ["--m", *map(str, batches)]
+    out = subprocess.run(command, env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"timing {checkout} failed:\n{out.stderr[-2000:]}")
+    cells = [json.loads(line[len(MARK) :]) for line in out.stdout.splitlines() if MARK in line]
+    for cell in cells:
+        if not Path(cell.pop("q4lab")).resolve().is_relative_to(checkout.resolve()):
+            raise SystemExit(f"the child did not import q4lab from {checkout}")
+    return cells
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("base", nargs="?", help="a commit, e.g. 3ae195c")
     parser.add_argument("head", nargs="?", default=".", help="a commit, or . (this checkout)")
     parser.add_argument("--shapes", nargs="+", default=SHAPES)
     parser.add_argument("--m", nargs="+", type=int, default=BATCHES)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="turns each commit takes (>= 1)")
     parser.add_argument("--out", help="also write the table (markdown) to this file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -153,58 +144,50 @@ def main() -> None:
         return child(args.shapes, args.m)
     if args.base is None:
         parser.error("the base commit is required")
+    if args.rounds < 1:
+        parser.error(f"--rounds is {args.rounds}; it must be at least 1")
     root = Path(_run(["git", "rev-parse", "--show-toplevel"], Path(__file__).parent))
     names = {}
     for rev in (args.base, args.head):
-        names[rev] = "here" if rev == "." else _run(["git", "rev-parse", "--short", rev], root)
+        commit = ["git", "rev-parse", "--short", f"{rev}^{{commit}}"]
+        names[rev] = "here" if rev == "." else _run(commit, root)
     if len(set(names.values())) < 2:
         raise SystemExit(f"base and head are the same commit: {args.base} {args.head}")
+    cells = []
     with tempfile.TemporaryDirectory() as tmp:
-        checkouts = {}
+        checkouts = {rev: root if rev == "." else Path(tmp) / name for rev, name in names.items()}
         try:
-            for rev, name in names.items():
-                if rev == ".":
-                    checkouts[rev] = root
-                    continue
-                checkouts[rev] = Path(tmp) / name
-                _run(["git", "worktree", "add", "--detach", str(checkouts[rev]), rev], root)
-            cells = []
+            for rev, checkout in checkouts.items():
+                if rev != ".":
+                    _run(["git", "worktree", "add", "--detach", str(checkout), rev], root)
             for round_ in range(args.rounds):
                 for rev, checkout in checkouts.items():
                     print(f"round {round_ + 1}: {names[rev]}", file=sys.stderr, flush=True)
-                    env = os.environ | {"PYTHONPATH": str(checkout)}
-                    command = [sys.executable, __file__, "--child", "--shapes", *args.shapes]
-                    command += ["--m", *map(str, args.m)]
-                    out = subprocess.run(command, env=env, capture_output=True, text=True)
-                    if out.returncode:
-                        raise SystemExit(f"timing {names[rev]} failed:\n{out.stderr[-2000:]}")
-                    for line in out.stdout.splitlines():
-                        cell = json.loads(line)
-                        imported = Path(cell.pop("q4lab")).resolve()
-                        if not imported.is_relative_to(checkout.resolve()):
-                            raise SystemExit(
-                                f"{names[rev]}: q4lab was not imported from {checkout}"
-                            )
+                    for cell in _time_checkout(checkout, args.shapes, args.m):
                         cells.append({**cell, "commit": names[rev], "round": round_})
-        finally:
+        finally:  # a worktree that was never added, or is gone, is pruned
             for rev, checkout in checkouts.items():
                 if rev != ".":
-                    subprocess.run(
-                        ["git", "worktree", "remove", "--force", str(checkout)], cwd=root
-                    )
+                    remove = ["git", "worktree", "remove", "--force", str(checkout)]
+                    subprocess.run(remove, cwd=root, capture_output=True)
+            subprocess.run(["git", "worktree", "prune"], cwd=root, capture_output=True)
     base, head = names[args.base], names[args.head]
     table = summarize(pd.DataFrame(cells), base, head)
     slower = table[table["slower"]]
     quantized = (table["path"] != "dense float32").sum()
-    lines = [
+    verdict = (
         f"{len(slower)} of {quantized} quantized cells: {head} over {SLOWER:.2f}x {base}'s best"
-    ]
+    )
+    lines = [verdict]
     lines += [f"- {r['KxN']} M={r['M']} {r['path']}" for _, r in slower.iterrows()]
-    text = table.to_markdown(index=False, floatfmt=".3g") + "\n\n" + "\n".join(lines) + "\n"
-    header = f"cpu, {args.rounds} rounds, best of each commit's rounds; spread: worst / best\n\n"
-    print(header + text)
+    header = (
+        f"cpu, {args.rounds} rounds; times: each commit's best round; spread: the larger of the "
+        "two commits' worst / best round\n\n"
+    )
+    text = header + table.to_markdown(index=False, floatfmt=".3g") + "\n\n" + "\n".join(lines)
+    print(text)
     if args.out:
-        Path(args.out).write_text(header + text)
+        Path(args.out).write_text(text + "\n")
 
 
 if __name__ == "__main__":

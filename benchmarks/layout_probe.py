@@ -12,7 +12,7 @@ gemm   int8 x int8 -> int32 at 4096 x 8192 x 8192 (pre-unpacked operands): XLA's
        Hopper's 8-bit MMA reads), beside the same loop in bf16, against XLA's bf16 dot: the
        ceiling of a fused W4A4 kernel.
 
-Times: `bench_ops._time` (median after warm-up; the codes rotate through 512 MiB of copies).
+Times: `timing.median_seconds` (median after warm-up; the codes rotate through 512 MiB of copies).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import sys
 import jax
 import jax.numpy as jnp
 import pandas as pd
-from bench_ops import _copies, _replicate, _time
 from jax import lax
 from jax.experimental import pallas as pl
+from timing import copy_count, median_seconds, replicate
 
 from q4lab.ops import on_gpu
 
@@ -81,9 +81,10 @@ def _layout(codes: jax.Array, layout: str, bn: int) -> jax.Array:
 
 def loads() -> list[dict]:
     codes = jax.random.bits(jax.random.key(0), (K, N // 2), jnp.uint8)
-    copies = _replicate(codes, _copies(codes.nbytes))
+    copies = replicate(codes, copy_count(codes.nbytes))
     rows = []
-    xla = _time(jax.jit(lambda c: jnp.bitwise_xor.reduce(c, axis=0)), [(c,) for c in copies], 0.2)
+    xor = jax.jit(lambda c: jnp.bitwise_xor.reduce(c, axis=0))
+    xla = median_seconds(xor, [(c,) for c in copies], 0.2)
     rows.append({"layout": "xla reduce", "config": "", "ms": xla * 1e3})
     for block_bytes, step, layout in itertools.product(
         (128, 256, 512), (64, 128), ("rows", "tiles", "words")
@@ -93,7 +94,7 @@ def loads() -> list[dict]:
         fn = functools.partial(read_codes, bn=bn, step=step, split=8, warps=4, stages=4)
         config = f"{block_bytes} bytes x {step} rows"
         try:
-            t = _time(fn, args, 0.2)
+            t = median_seconds(fn, args, 0.2)
         except Exception as err:
             print(f"loads {layout} {config}: failed {err!r:.200}", file=sys.stderr)
             continue
@@ -150,10 +151,10 @@ def gemm() -> list[dict]:
     a8 = jax.random.randint(jax.random.key(2), (m, k), -7, 8, jnp.int8)
     b8 = jax.random.randint(jax.random.key(3), (k, n), -7, 8, jnp.int8)
     a16, b16 = a8.astype(jnp.bfloat16), b8.astype(jnp.bfloat16)
-    t_dense = _time(jax.jit(lambda a, b: a @ b), [(a16, b16)], 0.2)
+    t_dense = median_seconds(jax.jit(lambda a, b: a @ b), [(a16, b16)], 0.2)
     rows = [{"path": "xla bf16", "ms": t_dense * 1e3}]
     xla8 = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.int32))
-    rows.append({"path": "xla int8", "ms": _time(xla8, [(a8, b8)], 0.2) * 1e3})
+    rows.append({"path": "xla int8", "ms": median_seconds(xla8, [(a8, b8)], 0.2) * 1e3})
     operands = {
         "int8 n-major": (a8, b8, False),
         "int8 k-major": (a8, jnp.array(b8.T, copy=True), True),
@@ -167,7 +168,7 @@ def gemm() -> list[dict]:
             pallas_gemm, bm=bm, bn=bn, bk=bk, warps=warps, stages=stages, k_major=k_major
         )
         try:
-            t = _time(fn, [(a, b)], 0.2)
+            t = median_seconds(fn, [(a, b)], 0.2)
         except Exception as err:
             print(f"gemm {name}: failed {err!r:.200}", file=sys.stderr)
             continue

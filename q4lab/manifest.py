@@ -91,9 +91,9 @@ def cpu_isa(flags: Sequence[str] | None = None) -> str:
 
 
 def cores() -> int:
-    """The CPUs this process may run on: XLA:CPU runs one thread per core and splits a large
-    dot's sums over them (1 and 2 cores give different bits for a 2048x128 ``X^T X``), as
-    OpenBLAS does by default, so the count changes float results (GPTQ's Hessians above all)."""
+    """The CPUs this process may run on. XLA:CPU runs one thread per core, and OpenBLAS does by
+    default; a large dot rounds differently on 1 and 2 cores (a 2048x128 ``X^T X``:
+    benchmarks/NOTES.md), so the count changes float results, GPTQ's Hessians above all."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -142,11 +142,11 @@ def manifest() -> dict[str, str]:
     """Flat manifest fields for a results row."""
     out = {f"{name}_version": _version(name) for name in PACKAGES}
     device = jax.devices()[0]
+    count = cores()
     out |= {
         "python_version": platform.python_version(),
         "platform": platform.platform(),
-        # float sums are ordered per CPU and split per core (see README)
-        "cpu": f"{cpu_name()}, {cpu_isa()}, {cores()} core{'s' * (cores() != 1)}",
+        "cpu": f"{cpu_name()}, {cpu_isa()}, {count} core{'s' * (count != 1)}",  # orders sums
         "blas": blas(),  # and LAPACK's per BLAS kernel
         "device": f"{device.platform}:{device.device_kind}",
         "git_commit": git_commit(),

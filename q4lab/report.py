@@ -267,13 +267,12 @@ def _provenance(table: pd.DataFrame) -> list[str]:
         "",
         f"Computed at commit {commits} on {cpu}{_distinct(table, 'platform')} "
         f"({_distinct(table, 'device')}), jax {_distinct(table, 'jax_version')}{blas}. "
-        "`q4lab reproduce` reruns rows: on the same CPU type, core count, BLAS kernels and "
-        "threads and versions every difference is 0; on another CPU, from the published float "
+        "`q4lab reproduce` reruns rows. On the same CPU type, core count, BLAS kernels and "
+        "threads and versions, every difference is 0. On another CPU, from the published float "
         "baselines, sizes are exact and a score may move where a rounding falls the other way "
-        "(a flipped test example), GPTQ's by more on another core count (XLA splits its "
-        "Hessians' sums per core) or where OpenBLAS ran its Cholesky factors with other kernels "
-        "or threads "
-        "(`OPENBLAS_CORETYPE`, `OPENBLAS_NUM_THREADS`).",
+        "(a flipped test example). GPTQ's scores move more on another core count (XLA rounds "
+        "its Hessians otherwise) or where OpenBLAS ran its Cholesky factors with other kernels "
+        "or threads (`OPENBLAS_CORETYPE`, `OPENBLAS_NUM_THREADS`).",
     ]
 
 

@@ -18,16 +18,17 @@ above the comparison.
 
 Same CPU, core count, BLAS kernels and threads, and package versions: every difference should be 0.
 On another CPU the float baselines still match when they are loaded from the published files
-(`q4lab.baselines`), but two things may round differently. XLA:CPU may order float sums differently,
-so a weight or activation code at a rounding boundary can flip and a score move by a test example or
-two (digits: 1/450 = 0.0022; mnist1d: 1/1000). GPTQ moves more: XLA:CPU splits its Hessians' sums
-(``X^T X``) over one thread per core, and jax's CPU LAPACK (its Cholesky factors) runs in SciPy's
-OpenBLAS, whose kernels are chosen per CPU model (or named by ``OPENBLAS_CORETYPE``) and whose
-thread count is one per core (or ``OPENBLAS_NUM_THREADS``). With other cores, kernels or threads
-GPTQ's codes change and its scores move by up to a few hundredths at 2 and 3 bits (quickstart with
-Haswell kernels against the tables' SkylakeX ones, 2 cores each: 17 of 160 rows, all GPTQ, up to
-0.021; on 1 core, 4 of 5 rows at 2 bits, up to 0.011). Running on the table's core count with its
-kernels reruns it where the CPU has them (README; the published tables: 2 cores, SkylakeX).
+(`q4lab.baselines`), but two things may round differently. XLA:CPU may order float sums
+differently, so a weight or activation code at a rounding boundary can flip and a score move by a
+test example or two (digits: 1/450 = 0.0022; mnist1d: 1/1000). GPTQ moves more: XLA:CPU rounds
+its Hessians (``X^T X``) differently on another core count, and jax's CPU LAPACK (its Cholesky
+factors) runs in SciPy's OpenBLAS, whose kernels are chosen per CPU model (or named by
+``OPENBLAS_CORETYPE``) and whose thread count is one per core (or ``OPENBLAS_NUM_THREADS``). On
+another core count, or with other kernels or threads, GPTQ's codes change and its scores move by
+up to a few hundredths at 2 and 3 bits (quickstart with Haswell kernels against the tables'
+SkylakeX ones, 2 cores each: 17 of 160 rows, all GPTQ, up to 0.021; on 1 core, 4 of 5 rows at 2
+bits, up to 0.011). Running on the table's core count with its kernels reruns it where the CPU
+has them (README; the published tables: 2 cores, SkylakeX).
 """
 
 from __future__ import annotations
