@@ -123,7 +123,9 @@ def _time_checkout(checkout: Path, shapes: list[str], batches: list[int]) -> lis
     out = subprocess.run(command, env=env, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"timing {checkout} failed:\n{out.stderr[-2000:]}")
-    cells = [json.loads(line[len(MARK) :]) for line in out.stdout.splitlines() if MARK in line]
+    cells = [
+        json.loads(line[len(MARK) :]) for line in out.stdout.splitlines() if line.startswith(MARK)
+    ]
     for cell in cells:
         if not Path(cell.pop("q4lab")).resolve().is_relative_to(checkout.resolve()):
             raise SystemExit(f"the child did not import q4lab from {checkout}")
