@@ -38,7 +38,7 @@ def test_openblas_coretype_and_threads_are_what_the_manifest_names():
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux's")
-def test_manifest_names_the_cores_xla_and_openblas_split_their_sums_over():
+def test_manifest_names_the_cores_xla_and_openblas_run_on():
     """Pinned to one core (as `taskset -c 0` does), the manifest says so: README tells a
     researcher to rerun the tables on as many cores as they were made on."""
     code = (
