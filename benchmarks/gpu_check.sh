@@ -13,6 +13,9 @@
 #            8192x8192 and 8192x28672, M in {1, 16, 4096} (what GPU_CHOICES comes from)
 #   w4a4     per-channel W4A4 at M=4096: auto and the W4A4 tilings (the int8 GEMM; the Mosaic
 #            kernel, Triton N- and K-major kernels)
+#   dispatch dispatch_check.py: every path that can run each call (the autotuner's candidates,
+#            Q4LAB_AUTOTUNE=1) timed side by side at 8192x8192 and 8192x28672, M in {1, 16,
+#            4096}, beside what GPU_CHOICES picks; also the autotuner's first run on a GPU
 #   probe    layout_probe.py: load rates of bytes / tiles / words, the Pallas int8 GEMM ceiling
 #   compile  the W4A16 kernel's compile time on a harness-sized float32 layer
 # A step that fails or reaches its limit keeps its per-cell lines in its log, and the script goes
@@ -59,6 +62,10 @@ w4a4() {
   step w4a4 30 $bench --tune --check --group 0 --shapes 8192x8192 --m 4096 --seconds 0.1 \
     --only "W4A4" dense --out "$out/w4a4.md"
 }
+dispatch() {
+  step dispatch 90 $py benchmarks/dispatch_check.py --shapes 8192x8192 8192x28672 --m 1 16 4096 \
+    --seconds 0.1 --out "$out/dispatch.md"
+}
 probe() { step probe 75 $py benchmarks/layout_probe.py; }
 compile() {
   step compile 60 $py benchmarks/kernel_compile.py --rows 360 --k 64 --n 256 --group 32 --limit 30
@@ -71,7 +78,7 @@ $py -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__
 # the same line on a clean checkout of a commit says whether that commit is what ran
 files=$(find q4lab benchmarks tests -type f \( -name '*.py' -o -name '*.sh' \) | LC_ALL=C sort)
 echo "tree $(cat $files | sha1sum | cut -c1-12)" | tee -a "$out/gpu.txt"
-steps="smoke tests mosaic check w4a4 probe compile"
+steps="smoke tests mosaic check w4a4 dispatch probe compile"
 for name in ${@:-smoke tests mosaic check w4a4}; do
   case " $steps " in
   *" $name "*) $name ;;

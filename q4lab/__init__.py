@@ -6,6 +6,7 @@ registered task, and the numbers underneath (``q4lab.QuantSpec``, ``q4lab.quanti
 ``q4lab.get_quantizer``, ...). Implementation modules live in the subpackages and may move.
 """
 
+from q4lab import autotune_cache as _autotune_cache
 from q4lab.core import (
     Ledger,
     QTensor,
@@ -23,6 +24,8 @@ from q4lab.quantizers import Quantizer, available, get_quantizer, register
 from q4lab.recipe import ActSpec, Recipe, Rule, TransformSpec
 
 __version__ = "0.1.0"
+
+_autotune_cache.configure()  # Q4LAB_AUTOTUNE=1: impl="auto" times the paths on this device
 
 __all__ = [
     "ActSpec",

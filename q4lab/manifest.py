@@ -1,5 +1,5 @@
 """What a result was produced with: package versions, CPU (its cores included) and BLAS kernels,
-device, git commit, time."""
+device, how ``impl="auto"`` dispatched, git commit, time."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jax
+
+from q4lab.ops import autotune
 
 PACKAGES = ("q4lab", "jax", "jaxlib", "flax", "optax", "numpy")
 
@@ -149,6 +151,7 @@ def manifest() -> dict[str, str]:
         "cpu": f"{cpu_name()}, {cpu_isa()}, {count} core{'s' * (count != 1)}",  # orders sums
         "blas": blas(),  # and LAPACK's per BLAS kernel
         "device": f"{device.platform}:{device.device_kind}",
+        "dispatch": "autotuned" if autotune.current() is not None else "rules",  # impl="auto"
         "git_commit": git_commit(),
         "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }

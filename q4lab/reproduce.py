@@ -67,6 +67,7 @@ NOT_COMPARED = frozenset(
         "python_version",
         "platform",
         "device",
+        "dispatch",
         "cpu",
         "blas",
         "git_commit",

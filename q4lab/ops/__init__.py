@@ -3,6 +3,7 @@
 from q4lab.ops.matmul import (
     GPU_CHOICES,
     IMPLEMENTATIONS,
+    candidates,
     centered_weight_codes,
     choose,
     int_matmul,
@@ -13,6 +14,7 @@ from q4lab.ops.matmul import (
 __all__ = [
     "GPU_CHOICES",
     "IMPLEMENTATIONS",
+    "candidates",
     "centered_weight_codes",
     "choose",
     "int_matmul",

@@ -26,7 +26,9 @@ Implementations (``impl=``), all equal to the reference up to the order of float
              operation, dtype and M (`GPU_CHOICES`), blocked on CPU, else xla. K-major codes
              (laid out for the Mosaic kernels, the caller's choice): those kernels on a Hopper GPU
              where they take the weight, M and dtype, else xla. Other widths: xla on GPU,
-             reference elsewhere.
+             reference elsewhere. With an autotuning table in use (`q4lab.ops.autotune`;
+             ``Q4LAB_AUTOTUNE=1``), 4-bit codes take instead the fastest of `candidates` measured
+             on this device.
 
 Widths (`WIDTHS`): reference and xla read codes through `QTensor.int_codes` and take every width
 (2..8); blocked and the Pallas kernels read the stored bytes as 4-bit nibbles
@@ -37,11 +39,14 @@ the rest read either (through `QTensor.int_codes`, or re-laid).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from q4lab.core import LAYOUTS, QTensor, affine, dequantize_matrix
-from q4lab.ops import blocked, halves, pallas_gpu
+from q4lab.ops import autotune, blocked, halves, pallas_gpu
 
 IMPLEMENTATIONS: tuple[str, ...] = (
     "auto",
@@ -117,6 +122,12 @@ def choose(
     gpu = on_gpu(backend)
     if not qt.spec.nibbles:  # 2-, 3- and 5..8-bit codes: the paths that unpack any width
         return "xla" if gpu else "reference"
+    table = autotune.current()
+    if table is not None and backend == jax.default_backend():  # measured here, on this device
+        names = candidates(qt, m, w4a4=w4a4, dtype=dtype)
+        entry_key = autotune.key(qt, m, w4a4=w4a4, dtype=dtype)
+        paths = functools.partial(_tuning_paths, names, qt, m, w4a4=w4a4, dtype=dtype)
+        return autotune.pick(table, entry_key, names, paths)
     if qt.layout != "rows":  # K-major: laid out for the Mosaic kernels, which run where they can
         return "mosaic" if gpu and _mosaic_runs(qt, m, w4a4=w4a4, dtype=dtype) else "xla"
     if gpu:
@@ -128,6 +139,56 @@ def choose(
             return "xla"
         return impl
     return "blocked" if backend == "cpu" else "xla"
+
+
+def candidates(qt: QTensor, m: int, *, w4a4: bool = False, dtype=jnp.float32) -> tuple[str, ...]:
+    """The implementations that can run this call (4-bit codes) on the default backend, each
+    form once: what autotuning (`q4lab.ops.autotune`) checks and times. W4A4's reference and xla
+    forms are one einsum, named "xla"; so are W4A16's for group scales and float32 x."""
+    sixteen_bit = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+    if w4a4:
+        names = ["xla"]
+    else:
+        names = ["reference"] + (["xla"] if qt.scale.shape[0] == 1 or sixteen_bit else [])
+    if qt.layout == "rows":
+        names.append("blocked")
+        if on_gpu() and not pallas_gpu.unsupported(qt, m, w4a4=w4a4):
+            names.append("pallas")
+    if on_gpu() and _mosaic_runs(qt, m, w4a4=w4a4, dtype=dtype):
+        names.append("mosaic")
+    if w4a4 and "blocked" in names and _einsum_bytes(qt, m) > _EINSUM_LIMIT:
+        names.remove("xla")  # its [M, G, N] int32 intermediate would not fit; blocked is trusted
+    return tuple(names)
+
+
+_EINSUM_LIMIT = 2 << 30
+
+
+def _einsum_bytes(qt: QTensor, m: int) -> int:
+    """Bytes of the W4A4 einsum's ``[M, G, N]`` int32 intermediate."""
+    return m * qt.scale.shape[0] * qt.n * 4
+
+
+def _tuning_paths(
+    names: tuple[str, ...], qt: QTensor, m: int, *, w4a4: bool, dtype
+) -> tuple[dict, list[tuple], object]:
+    """For `autotune.pick`: each candidate compiled, its arguments (stand-in operands of this
+    call's shapes, one tuple per weight copy) and the trusted path (the reference form; for W4A4
+    whose einsum would not fit, the blocked one)."""
+    weights = autotune.weight_copies(qt)
+    rng = np.random.default_rng(m)
+    op = int_matmul if w4a4 else w4a16_matmul
+    with jax.ensure_compile_time_eval():
+        if w4a4:  # centered activation codes (4-bit asymmetric ones reach +-15) and row scales
+            xc = jnp.asarray(rng.integers(-15, 16, (m, qt.k)), jnp.int8)
+            x_scale = jnp.asarray(rng.uniform(0.5, 1.5, (m, 1)), jnp.float32)
+            args = [(xc, x_scale, w) for w in weights]
+        else:
+            x = jnp.asarray(rng.standard_normal((m, qt.k)), jnp.float32).astype(dtype)
+            args = [(x, w) for w in weights]
+    paths = {name: jax.jit(functools.partial(op, impl=name)) for name in names}
+    trusted = "reference" if not w4a4 else "xla" if "xla" in names else "blocked"
+    return paths, args, paths.get(trusted) or jax.jit(functools.partial(op, impl=trusted))
 
 
 def _mosaic_runs(qt: QTensor, m: int, *, w4a4: bool, dtype) -> bool:

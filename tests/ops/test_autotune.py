@@ -1,0 +1,177 @@
+import dataclasses
+import json
+import time
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from q4lab import autotune_cache
+from q4lab.core import QuantSpec, dequantize_matrix, relayout
+from q4lab.manifest import manifest
+from q4lab.ops import autotune, candidates, choose, int_matmul, on_gpu, w4a16_matmul
+from q4lab.quantizers import get_quantizer
+
+GROUPED = QuantSpec(bits=4, group_size=16)
+PER_CHANNEL = QuantSpec(bits=4, symmetric=False, granularity="per_channel")
+
+
+def _weight(spec, k=64, n=32, perm=False):
+    w = jax.random.normal(jax.random.key(0), (k, n))
+    qt = get_quantizer("minmax").quantize(w, spec)
+    if perm:
+        qt = dataclasses.replace(qt, perm=jnp.arange(k, dtype=jnp.int32)[::-1])
+    return qt
+
+
+@pytest.fixture
+def quick(monkeypatch):
+    """Few, short timing rounds: the tests check what is picked and kept, not speed."""
+    monkeypatch.setattr(autotune, "ROUNDS", 2)
+    monkeypatch.setattr(autotune, "SECONDS", 0.0)
+
+
+def test_measure_picks_the_fastest_path_that_runs_and_agrees(quick):
+    right = lambda x: x * 2.0  # noqa: E731
+    slow = lambda x: (time.sleep(0.005), x * 2.0)[1]  # noqa: E731
+
+    def fails(x):
+        raise RuntimeError("does not lower here")
+
+    paths = {"slow": slow, "fast": right, "wrong": lambda x: x * 2.0 + 1.0, "fails": fails}
+    entry = autotune.measure(paths, [(np.ones(4, np.float32),)], trusted=right)
+    assert entry["impl"] == "fast"
+    assert set(entry["ms"]) == {"slow", "fast"} and entry["ms"]["slow"] >= 5
+    assert entry["rejected"]["wrong"].startswith("disagrees")
+    assert "does not lower here" in entry["rejected"]["fails"]
+    with pytest.raises(RuntimeError, match="no path ran and agreed"):
+        autotune.measure({"wrong": paths["wrong"]}, [(np.ones(4, np.float32),)], trusted=right)
+
+
+@pytest.mark.skipif(on_gpu(), reason="the CPU's candidates (a GPU adds its kernels)")
+def test_candidates_name_each_form_once_on_cpu():
+    grouped, per_channel = _weight(GROUPED), _weight(PER_CHANNEL)
+    assert candidates(grouped, 4) == ("reference", "blocked")  # xla's form is the reference's
+    assert candidates(grouped, 4, dtype=jnp.bfloat16) == ("reference", "xla", "blocked")
+    assert candidates(per_channel, 4) == ("reference", "xla", "blocked")
+    assert candidates(grouped, 4, w4a4=True, dtype=jnp.int8) == ("xla", "blocked")
+    assert candidates(relayout(grouped, "kmajor"), 4) == ("reference",)
+    assert candidates(relayout(per_channel, "kmajor"), 4) == ("reference", "xla")
+
+
+def test_key_tells_apart_what_changes_the_fastest_path():
+    qt = _weight(GROUPED)
+    base = autotune.key(qt, 16, w4a4=False, dtype=jnp.float32)
+    assert base == "w4a16 64x32 g16 float32 sym rows m16 float32"
+    others = {
+        autotune.key(qt, 1, w4a4=False, dtype=jnp.float32),
+        autotune.key(qt, 16, w4a4=True, dtype=jnp.int8),
+        autotune.key(qt, 16, w4a4=False, dtype=jnp.bfloat16),
+        autotune.key(_weight(PER_CHANNEL), 16, w4a4=False, dtype=jnp.float32),
+        autotune.key(relayout(qt, "kmajor"), 16, w4a4=False, dtype=jnp.float32),
+        autotune.key(_weight(GROUPED, perm=True), 16, w4a4=False, dtype=jnp.float32),
+    }
+    assert base not in others and len(others) == 6
+
+
+def test_stand_in_has_the_weights_structure_with_concrete_random_arrays():
+    qt = _weight(PER_CHANNEL, perm=True)
+    seen = []
+
+    @jax.jit
+    def traced(qt):  # the weight is a tracer here, as in a jitted model
+        seen.append(autotune.stand_in(qt))
+        return qt.scale
+
+    traced(qt)
+    (stand_in,) = seen
+    leaves, like = jax.tree_util.tree_leaves(stand_in), jax.tree_util.tree_leaves(qt)
+    assert jax.tree_util.tree_structure(stand_in) == jax.tree_util.tree_structure(qt)
+    assert [(a.shape, a.dtype) for a in leaves] == [(a.shape, a.dtype) for a in like]
+    assert all(isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) for a in leaves)
+    assert sorted(np.asarray(stand_in.perm).tolist()) == list(range(qt.k))
+    assert len(np.unique(np.asarray(stand_in.codes))) > 16  # random bytes, not a constant
+
+
+def test_auto_measures_each_new_call_once_inside_jit_and_agrees(quick, monkeypatch):
+    qt = _weight(GROUPED)
+    x = jax.random.normal(jax.random.key(1), (3, qt.k))
+    measured = []
+    measure = autotune.measure
+    monkeypatch.setattr(autotune, "measure", lambda *a: measured.append(1) or measure(*a))
+    table = {}
+    with autotune.use(table):
+        y = jax.jit(w4a16_matmul)(x, qt)
+        jax.jit(lambda x, qt: w4a16_matmul(x, qt) + 1)(x, qt)  # a new trace, the same call
+        xc = jnp.asarray(np.random.default_rng(0).integers(-7, 8, (3, qt.k)), jnp.int8)
+        jax.jit(int_matmul)(xc, jnp.ones((3, 1)), qt)
+    assert measured == [1, 1]
+    w4a16 = table["w4a16 64x32 g16 float32 sym rows m3 float32"]
+    assert set(w4a16["ms"]) | set(w4a16["rejected"]) == set(candidates(qt, 3))
+    assert {"reference", "blocked"} <= set(w4a16["ms"])  # the XLA forms run everywhere
+    assert w4a16["impl"] == min(w4a16["ms"], key=w4a16["ms"].get)
+    assert table["w4a4 64x32 g16 float32 sym rows m3 int8"]["impl"] in ("xla", "blocked")
+    np.testing.assert_allclose(y, x @ dequantize_matrix(qt), rtol=1e-5, atol=1e-5)
+
+
+def test_a_kept_choice_no_longer_a_candidate_is_measured_again(quick):
+    qt = _weight(GROUPED)
+    table = {autotune.key(qt, 2, w4a4=False, dtype=jnp.float32): {"impl": "pallas"}}
+    with autotune.use(table):
+        assert choose(qt, 2) in ("reference", "blocked")
+    (entry,) = table.values()
+    assert "ms" in entry
+
+
+def test_another_backend_follows_the_rules_untimed():
+    qt, other = _weight(GROUPED), "cpu" if on_gpu() else "gpu"
+    table = {}
+    with autotune.use(table):
+        picked = choose(qt, 16, backend=other, dtype=jnp.bfloat16)
+    assert picked == choose(qt, 16, backend=other, dtype=jnp.bfloat16) and table == {}
+
+
+def test_device_table_keeps_choices_for_the_next_process(quick, tmp_path):
+    path = tmp_path / "autotune" / "cpu.json"
+    qt = _weight(PER_CHANNEL)
+    with autotune.use(autotune_cache.DeviceTable(path)):
+        picked = choose(qt, 5)
+        assert manifest()["dispatch"] == "autotuned"
+    assert manifest()["dispatch"] == "rules"
+    data = json.loads(path.read_text())
+    (entry_key,) = data["choices"]
+    assert data["format"] == autotune_cache.FORMAT and data["choices"][entry_key]["impl"] == picked
+    later = autotune_cache.DeviceTable(path)  # another process: reads, does not time
+    with autotune.use(later):
+        assert choose(qt, 5) == picked
+    assert dict(later) == data["choices"]
+    path.write_text(json.dumps({"format": 0, "choices": {}}))
+    with pytest.raises(ValueError, match="format 0, expected 1; delete the file"):
+        len(autotune_cache.DeviceTable(path))
+
+
+def test_cache_file_is_per_device_kind_and_jax_version(monkeypatch, tmp_path):
+    monkeypatch.setenv("Q4LAB_CACHE", str(tmp_path))
+    h200 = types.SimpleNamespace(platform="cuda", device_kind="NVIDIA H200")
+    path = autotune_cache.cache_file(h200)
+    assert path == tmp_path / "autotune" / f"cuda-NVIDIA-H200-jax{jax.__version__}.json"
+    assert autotune_cache.cache_file().name.startswith(jax.devices()[0].platform)
+
+
+def test_the_environment_switches_autotuning_and_names_bad_values(monkeypatch):
+    monkeypatch.setenv("Q4LAB_AUTOTUNE", "yes")
+    with pytest.raises(
+        ValueError, match=r"Q4LAB_AUTOTUNE='yes' is not a setting; allowed: 0: .*1: "
+    ):
+        autotune_cache.configure()
+    monkeypatch.setenv("Q4LAB_AUTOTUNE", "1")
+    try:
+        autotune_cache.configure()
+        assert isinstance(autotune.current(), autotune_cache.DeviceTable)
+    finally:
+        autotune.install(None)
+    monkeypatch.setenv("Q4LAB_AUTOTUNE", "0")
+    autotune_cache.configure()
+    assert autotune.current() is None
