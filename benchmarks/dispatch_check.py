@@ -10,8 +10,9 @@ bfloat16 on a GPU and float32 on CPU (``--dtype``); W4A4 takes int8 activation c
 shape, M and operation: each path's ms (paths that failed or disagreed with the reference are
 listed apart), the fastest, the rules' pick and its time over the fastest, flagged ``SLOW`` when
 more than 10 % slower (issue 14's dispatch rule: the cue to change `GPU_CHOICES`, or to run with
-``Q4LAB_AUTOTUNE=1``). Times are medians of alternating rounds (`autotune.time_paths`), each
-path cycling through weight copies that fill 256 MiB.
+``Q4LAB_AUTOTUNE=1``) and ``NOT RUN`` when the rules' pick failed or disagreed. Times are medians
+of alternating rounds (`autotune.time_paths`), each path cycling through weight copies that fill
+256 MiB.
 """
 
 from __future__ import annotations
@@ -25,22 +26,24 @@ import jax.numpy as jnp
 import pandas as pd
 
 from q4lab.core import QuantSpec
-from q4lab.ops import autotune, choose, on_gpu
+from q4lab.ops import autotune, candidates, choose, on_gpu, tuning_paths
 from q4lab.quantizers import get_quantizer
 
 SHAPES = ("4096x4096", "8192x8192", "8192x28672")
 BATCHES = (1, 16, 4096)
-SLACK = 0.10
+SLACK = autotune.SLACK
 SAME_FORM = {"xla": "reference", "reference": "xla"}  # named once among the candidates
 
 
-def check_call(qt, m: int, *, w4a4: bool, dtype) -> dict:
-    """One row: the autotuner's measurement of this call beside the rules' pick."""
-    table: dict = {}
-    with autotune.use(table):
-        choose(qt, m, w4a4=w4a4, dtype=dtype)
-    (entry,) = table.values()
-    rules = choose(qt, m, w4a4=w4a4, dtype=dtype)
+def check_call(qt, m: int, *, w4a4: bool, dtype, seconds: float = autotune.SECONDS) -> dict:
+    """One row: every candidate of this call measured as the autotuner does, beside the rules'
+    pick (taken with no table in use, whatever ``$Q4LAB_AUTOTUNE`` says)."""
+    with autotune.use(None):
+        rules = choose(qt, m, w4a4=w4a4, dtype=dtype)
+    names = candidates(qt, m, w4a4=w4a4, dtype=dtype)
+    entry = autotune.measure(
+        *tuning_paths(names, qt, m, w4a4=w4a4, dtype=dtype), rules=rules, seconds=seconds
+    )
     ms = entry["ms"]
     timed = rules if rules in ms else SAME_FORM.get(rules, rules)
     ratio = ms[timed] / min(ms.values()) if timed in ms else math.nan
@@ -49,10 +52,10 @@ def check_call(qt, m: int, *, w4a4: bool, dtype) -> dict:
         "M": m,
         "op": "W4A4" if w4a4 else "W4A16",
         "paths (ms)": ", ".join(f"{name} {t:.4g}" for name, t in ms.items()),
-        "fastest": entry["impl"],
+        "fastest": min(ms, key=ms.get),
         "rules": rules,
         "rules / fastest": ratio,
-        "flag": "SLOW" if not ratio <= 1 + SLACK else "",
+        "flag": "NOT RUN" if math.isnan(ratio) else "SLOW" if ratio > 1 + SLACK else "",
         "rejected": "; ".join(f"{k}: {v}" for k, v in entry["rejected"].items()),
     }
 
@@ -66,7 +69,6 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=autotune.SECONDS, help="per call")
     parser.add_argument("--out", help="also write the table (markdown) to this file")
     args = parser.parse_args()
-    autotune.SECONDS = args.seconds
     dtype = jnp.dtype(args.dtype or ("bfloat16" if on_gpu() else "float32"))
     spec = QuantSpec(bits=4, group_size=args.group or None, scale_dtype="float16")
     rows = []
@@ -76,7 +78,7 @@ def main() -> None:
         qt = get_quantizer("minmax").quantize(w, spec)
         for m in args.m:
             for w4a4, x_dtype in ((False, dtype), (True, jnp.int8)):
-                rows.append(check_call(qt, m, w4a4=w4a4, dtype=x_dtype))
+                rows.append(check_call(qt, m, w4a4=w4a4, dtype=x_dtype, seconds=args.seconds))
                 row = rows[-1]
                 print(
                     f"{row['KxN']} M={m} {row['op']}: {row['paths (ms)']}; rules {row['rules']} "

@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu_check.sh check probe  # only the steps named
 # Steps (pytest runs one process: the pyproject's -n 2 would put two on the GPU):
 #   smoke    the harness: the quickstart's points on the GPU, compile and run time per point
-#   tests    pytest tests/ops on the GPU but the Mosaic kernels' (references at HIGHEST precision)
+#   tests    pytest tests/ops on the GPU but the Mosaic kernels' and the autotuner's (references at
+#            HIGHEST precision)
 #   mosaic   the Mosaic GPU kernels' tests on the GPU, the bytes XLA gives an int4 array, then
 #            the W4A16 Mosaic tilings beside auto and bf16 at 8192x28672, M in {1, 16}
 #   check    bench_ops --check --tune (less the Mosaic W4A16 tilings): every path and kernel
@@ -13,9 +14,10 @@
 #            8192x8192 and 8192x28672, M in {1, 16, 4096} (what GPU_CHOICES comes from)
 #   w4a4     per-channel W4A4 at M=4096: auto and the W4A4 tilings (the int8 GEMM; the Mosaic
 #            kernel, Triton N- and K-major kernels)
-#   dispatch dispatch_check.py: every path that can run each call (the autotuner's candidates,
+#   dispatch (not in the default run; 120 s) the autotuner's tests on the GPU, then
+#            dispatch_check.py: every path that can run each call (the autotuner's candidates,
 #            Q4LAB_AUTOTUNE=1) timed side by side at 8192x8192 and 8192x28672, M in {1, 16,
-#            4096}, beside what GPU_CHOICES picks; also the autotuner's first run on a GPU
+#            4096}, beside what GPU_CHOICES picks
 #   probe    layout_probe.py: load rates of bytes / tiles / words, the Pallas int8 GEMM ceiling
 #   compile  the W4A16 kernel's compile time on a harness-sized float32 layer
 # A step that fails or reaches its limit keeps its per-cell lines in its log, and the script goes
@@ -25,6 +27,7 @@ set -uo pipefail
 out=${OUT:-gpu_check}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} JAX_PLATFORMS=cuda
+unset Q4LAB_AUTOTUNE # auto by the rules (GPU_CHOICES): what the steps check
 export WANDB_MODE=disabled Q4LAB_CACHE=${Q4LAB_CACHE:-/tmp/q4lab-cache}
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
@@ -46,7 +49,7 @@ step() { # name, limit, command...
   echo "=== $name: exit ${PIPESTATUS[0]}, $((SECONDS - t0)) s"
 }
 smoke() { step smoke 50 $py benchmarks/harness_smoke.py experiments/quickstart.py --limit 16; }
-tests() { step tests 65 $pytest tests/ops -k "not mosaic"; }
+tests() { step tests 65 $pytest tests/ops -k "not mosaic and not autotune"; }
 mosaic() {
   step mosaic-tests 35 $pytest tests/ops/test_mosaic_gpu.py
   # does XLA hold int4 two to a byte here? (the kernels bit-cast K-major bytes to int4)
@@ -63,6 +66,7 @@ w4a4() {
     --only "W4A4" dense --out "$out/w4a4.md"
 }
 dispatch() {
+  step autotune-tests 30 $pytest tests/ops/test_autotune.py
   step dispatch 90 $py benchmarks/dispatch_check.py --shapes 8192x8192 8192x28672 --m 1 16 4096 \
     --seconds 0.1 --out "$out/dispatch.md"
 }

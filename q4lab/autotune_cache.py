@@ -1,15 +1,17 @@
 """Autotuned dispatch kept across processes: one JSON file of choices per device kind.
 
 ``Q4LAB_AUTOTUNE=1`` (read when q4lab is imported) puts a `DeviceTable` in use: ``impl="auto"``
-then times the paths that can run each new call on this device and runs the fastest that agrees
-with the reference (`q4lab.ops.autotune`), and the choice is written to
-``$Q4LAB_CACHE/autotune/<device kind>-jax<version>.json``, so the next process (a sweep's other
-points, a Ray worker, tomorrow's run) on the same kind of device picks without timing. Unset or
-``0``: ``auto`` follows the rules of `q4lab.ops.choose` (`GPU_CHOICES` on a GPU).
+then times the paths that can run each new call on this device and runs the fastest of those
+that agree with the reference (the rules' pick unless another is more than 10 % faster;
+`q4lab.ops.autotune`). The choice is written to ``$Q4LAB_CACHE/autotune/<device>-jax<version>
+.json`` (`cache_file`), so the next process (a sweep's other points, a Ray worker, tomorrow's
+run) on the same kind of device picks without timing. Unset, empty or ``0``: ``auto`` follows
+the rules of `q4lab.ops.choose` (`GPU_CHOICES` on a GPU, blocked on CPU).
 
 The file is plain JSON, one entry per call key (`q4lab.ops.autotune.key`) with the pick, the
-milliseconds of every path timed and the paths rejected (failed, or disagreed with the
-reference). Delete it to measure again.
+rules' pick, the milliseconds of every path timed and the paths rejected (failed, or disagreed
+with the reference). Delete it to measure again. Concurrent processes may time the same call
+twice (each writes its own entries merged into the file), nothing worse.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from typing import Any
 import jax
 
 from q4lab.baselines.store import atomic_write_bytes
+from q4lab.manifest import cores, cpu_name
 from q4lab.ops import autotune
 
 ENV = "Q4LAB_AUTOTUNE"
@@ -35,19 +39,25 @@ FORMAT = 1
 
 
 def cache_file(device: jax.Device | None = None) -> Path:
-    """``$Q4LAB_CACHE/autotune/<device kind>-jax<version>.json`` (``~/.cache/q4lab`` without
-    ``$Q4LAB_CACHE``): kernels' speeds differ between kinds of cards and versions of jax."""
+    """``$Q4LAB_CACHE/autotune/<device>-jax<version>.json`` (``~/.cache/q4lab`` without
+    ``$Q4LAB_CACHE``): paths' speeds differ between kinds of cards (and of CPUs, and their core
+    counts) and versions of jax."""
     from q4lab.tasks.base import cache_dir
 
     device = device or jax.devices()[0]
-    kind = re.sub(r"[^A-Za-z0-9.]+", "-", f"{device.platform} {device.device_kind}").strip("-")
+    kind = f"{device.platform} {device.device_kind}"
+    if device.platform == "cpu":
+        kind = f"cpu {cpu_name()} {cores()} cores"
+    kind = re.sub(r"[^A-Za-z0-9.]+", "-", kind).strip("-")
     return cache_dir() / "autotune" / f"{kind}-jax{jax.__version__}.json"
 
 
 class DeviceTable(MutableMapping[str, dict[str, Any]]):
     """Measured choices for one device kind, read from and written through to a JSON file. The
     file is read on first use (not at import: that would start jax's backend) and rewritten
-    atomically on each new entry, merged with what other processes wrote meanwhile."""
+    atomically on each new entry, merged with what other processes wrote meanwhile. A file that
+    cannot be read or written costs a warning and a measurement, never a failed trace: the
+    choices then live in memory, and an unreadable file is replaced by the next write."""
 
     def __init__(self, path: Path | None = None) -> None:
         self._path = path
@@ -60,15 +70,19 @@ class DeviceTable(MutableMapping[str, dict[str, Any]]):
         return self._path
 
     def _read(self) -> dict[str, dict[str, Any]]:
-        if not self.path.exists():
+        try:
+            data = json.loads(self.path.read_text())
+            if not (isinstance(data, dict) and data.get("format") == FORMAT):
+                raise ValueError(f"not format {FORMAT} of {__name__}")
+            choices = data["choices"]
+            if not all(isinstance(entry, dict) and "impl" in entry for entry in choices.values()):
+                raise ValueError("an entry without 'impl'")
+            return choices
+        except (FileNotFoundError, NotADirectoryError):  # nothing kept yet
             return {}
-        data = json.loads(self.path.read_text())
-        if data.get("format") != FORMAT:
-            raise ValueError(
-                f"{self.path}: format {data.get('format')!r}, expected {FORMAT}; "
-                "delete the file to measure again"
-            )
-        return data["choices"]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            warnings.warn(f"{self.path}: {err}; measuring again", RuntimeWarning, stacklevel=3)
+            return {}
 
     @property
     def entries(self) -> dict[str, dict[str, Any]]:
@@ -82,7 +96,14 @@ class DeviceTable(MutableMapping[str, dict[str, Any]]):
     def __setitem__(self, key: str, entry: dict[str, Any]) -> None:
         self._entries = self._read() | self.entries | {key: entry}
         data = {"format": FORMAT, "choices": dict(sorted(self._entries.items()))}
-        atomic_write_bytes(self.path, (json.dumps(data, indent=1) + "\n").encode())
+        try:
+            atomic_write_bytes(self.path, (json.dumps(data, indent=1) + "\n").encode())
+        except OSError as err:
+            warnings.warn(
+                f"{self.path}: {err}; this process keeps its choices in memory",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def __delitem__(self, key: str) -> None:
         raise TypeError(f"delete {self.path} to measure again")
@@ -95,8 +116,9 @@ class DeviceTable(MutableMapping[str, dict[str, Any]]):
 
 
 def setting() -> bool:
-    """Whether ``$Q4LAB_AUTOTUNE`` asks for autotuning; a value other than `SETTINGS` raises."""
-    value = os.environ.get(ENV, "0").strip()
+    """Whether ``$Q4LAB_AUTOTUNE`` asks for autotuning (unset or empty: no); a value other than
+    `SETTINGS` raises."""
+    value = os.environ.get(ENV, "").strip() or "0"
     if value not in SETTINGS:
         allowed = "; ".join(f"{k}: {v}" for k, v in SETTINGS.items())
         raise ValueError(f"{ENV}={value!r} is not a setting; allowed: {allowed}")
@@ -104,6 +126,5 @@ def setting() -> bool:
 
 
 def configure() -> None:
-    """Put a `DeviceTable` in use for this process when ``$Q4LAB_AUTOTUNE=1``."""
-    if setting():
-        autotune.install(DeviceTable())
+    """Put a `DeviceTable` in use for this process when ``$Q4LAB_AUTOTUNE=1``, none when 0."""
+    autotune.install(DeviceTable() if setting() else None)

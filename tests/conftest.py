@@ -11,6 +11,8 @@ native = os.environ.get("Q4LAB_NATIVE_ISA") or platform.machine() not in ("x86_6
 if not native and "xla_cpu_max_isa" not in flags:
     os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_max_isa=AVX2".strip()
 os.environ.setdefault("WANDB_MODE", "offline")
+# auto dispatches by the rules in tests (tests/ops/test_autotune.py puts tables in use itself)
+os.environ.pop("Q4LAB_AUTOTUNE", None)
 
 import pytest  # noqa: E402  (after the environment above: JAX reads it once)
 from hypothesis import HealthCheck, settings  # noqa: E402

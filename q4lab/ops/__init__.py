@@ -8,6 +8,7 @@ from q4lab.ops.matmul import (
     choose,
     int_matmul,
     on_gpu,
+    tuning_paths,
     w4a16_matmul,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "choose",
     "int_matmul",
     "on_gpu",
+    "tuning_paths",
     "w4a16_matmul",
 ]

@@ -1,25 +1,30 @@
 """Dispatch by measurement on the device at hand (``impl="auto"`` with a table in use).
 
 With a table in use (`use`, `install`; ``Q4LAB_AUTOTUNE=1`` installs one kept in a file per
-device kind, `q4lab.autotune`), `q4lab.ops.choose` meets a call it has not seen — operation,
-weight shape, scale grid, layout, M, activation dtype (`key`) — by running every implementation
-that can take it (`q4lab.ops.matmul.candidates`) on stand-in operands of that shape
-(`stand_in`: random codes and scales, a random permutation where the weight has one). A path
-whose result disagrees with the trusted one (`AGREEMENT`) is never picked; a path that fails to
-lower or run is noted and skipped. The rest are timed in alternating rounds (`time_paths`) and
-the fastest is kept in the table and run. Later calls with the same key, in this process or
-(through the file) another one on the same kind of device, pick without timing.
+device kind, `q4lab.autotune_cache`), `q4lab.ops.choose` meets a call it has not seen —
+operation, weight shape, scale grid, layout, M, activation dtype (`key`) — by running every
+implementation that can take it (`q4lab.ops.matmul.candidates`) on stand-in operands of that
+shape (`stand_in`: random codes and scales, a random permutation where the weight has one). A
+path whose result disagrees with the trusted one (`AGREEMENT`) is never picked; a path that fails
+to lower or run is noted and skipped. The rest are timed in alternating rounds (`time_paths`).
+The rules' pick (`GPU_CHOICES` on a GPU, blocked on CPU) is kept unless another path is more than
+`SLACK` faster, so timing noise does not move the choice; the choice is kept in the table. Later
+calls with the same key, in this process or (through the file) another one on the same kind of
+device, pick without timing. If measuring itself fails (e.g. out of memory), the rules' pick runs
+and a warning says why.
 
-Without a table (the default), ``auto`` follows `q4lab.ops.GPU_CHOICES`, measured on one H200.
-Choices are made while a function is traced: a jitted model compiled before a table was put in
+Without a table (the default), ``auto`` follows the rules alone. Choices are made while a
+function is traced, for the default backend: a jitted model compiled before a table was put in
 use keeps the paths it was traced with.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
@@ -34,33 +39,38 @@ Table = MutableMapping[str, dict[str, Any]]
 # A path must agree with the trusted one to this fraction of max |y|: the GPU's 16-bit forms
 # round code * scale to bfloat16 (bench_ops measured up to ~4e-3), a broken kernel is off by O(1).
 AGREEMENT = 2e-2
+SLACK = 0.10  # another path replaces the rules' pick only when more than this much faster
 ROTATION_BYTES = 256 << 20  # weight copies cycled while timing, so no cache holds the next one
 MAX_COPIES = 8
 ROUNDS, MAX_ROUNDS = 5, 50  # timing rounds over all paths: at least, at most
 SECONDS = 0.2  # rounds continue past ROUNDS while the timing has taken less than this
 GPU_QUEUED = 8  # calls queued before one wait on a GPU (a wait alone costs ~0.1 ms there)
 
-_installed: list[Table | None] = [None]
+_process_table: list[Table | None] = [None]
+_UNSET = object()
+_context_table: contextvars.ContextVar[Any] = contextvars.ContextVar("q4lab_autotune")
 
 
 def current() -> Table | None:
-    """The table `choose` fills and reads, or None (dispatch by `GPU_CHOICES`)."""
-    return _installed[-1]
+    """The table `choose` fills and reads, or None (dispatch by the rules alone): the one of
+    the innermost `use` block in this thread, else the process's (`install`)."""
+    table = _context_table.get(_UNSET)
+    return _process_table[0] if table is _UNSET else table
 
 
 def install(table: Table | None) -> None:
-    """Use ``table`` for the rest of the process (None: back to `GPU_CHOICES`)."""
-    _installed[0] = table
+    """Use ``table`` for the rest of the process outside `use` blocks (None: the rules)."""
+    _process_table[0] = table
 
 
 @contextlib.contextmanager
 def use(table: Table | None) -> Iterator[Table | None]:
-    """Use ``table`` inside the block (None: `GPU_CHOICES` there), then what was in use."""
-    _installed.append(table)
+    """Use ``table`` inside the block, in this thread (None: the rules there)."""
+    token = _context_table.set(table)
     try:
         yield table
     finally:
-        _installed.pop()
+        _context_table.reset(token)
 
 
 def key(qt: QTensor, m: int, *, w4a4: bool, dtype) -> str:
@@ -109,44 +119,56 @@ def stand_in(qt: QTensor, seed: int = 0) -> QTensor:
 
 def weight_copies(qt: QTensor, seed: int = 0) -> list[QTensor]:
     """`stand_in` and copies of it in buffers of their own, enough to fill `ROTATION_BYTES`
-    (2 to `MAX_COPIES`), so that timing reads the weight from memory as a model's layer does."""
+    (1 to `MAX_COPIES`), so that timing reads the weight from memory as a model's layer does."""
     first = stand_in(qt, seed)
     nbytes = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(first))
-    count = int(np.clip(ROTATION_BYTES // max(nbytes, 1), 2, MAX_COPIES))
+    count = int(np.clip(ROTATION_BYTES // max(nbytes, 1), 1, MAX_COPIES))
     with jax.ensure_compile_time_eval():
         copy = lambda a: jnp.array(a, copy=True)  # noqa: E731
         return [first] + [jax.tree_util.tree_map(copy, first) for _ in range(count - 1)]
 
 
-def time_paths(paths: Mapping[str, Callable], args: list[tuple]) -> dict[str, float]:
+def time_paths(
+    paths: Mapping[str, Callable], args: list[tuple], seconds: float = SECONDS
+) -> dict[str, float]:
     """Median seconds per call of each compiled path, cycling through ``args`` (one tuple per
-    weight copy). The paths take turns, one measurement each per round, so a slow spell of the
-    machine falls on all of them; on a GPU each measurement queues `GPU_QUEUED` calls."""
+    weight copy, each path from its own offset). The paths take turns, one measurement each per
+    round, so a slow spell of the machine falls on all of them; rounds go on past `ROUNDS` while
+    they have taken less than ``seconds``. On a GPU each measurement queues `GPU_QUEUED` calls."""
     queued = GPU_QUEUED if jax.default_backend() in ("gpu", "cuda", "rocm") else 1
     for fn in paths.values():  # warm-up: each path's buffers and clocks
         jax.block_until_ready([fn(*a) for a in args])
     times: dict[str, list[float]] = {name: [] for name in paths}
     start = time.perf_counter()
     for done in range(MAX_ROUNDS):
-        if done >= ROUNDS and time.perf_counter() - start > SECONDS:
+        if done >= ROUNDS and time.perf_counter() - start > seconds:
             break
-        for name, fn in paths.items():
+        for offset, (name, fn) in enumerate(paths.items()):
+            calls = [args[(done + offset + i) % len(args)] for i in range(queued)]
             begin = time.perf_counter()
-            jax.block_until_ready([fn(*args[(done + i) % len(args)]) for i in range(queued)])
+            jax.block_until_ready([fn(*a) for a in calls])
             times[name].append((time.perf_counter() - begin) / queued)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def measure(paths: Mapping[str, Callable], args: list[tuple], trusted: Callable) -> dict[str, Any]:
+def measure(
+    paths: Mapping[str, Callable],
+    args: list[tuple],
+    trusted: Callable,
+    *,
+    rules: str | None = None,
+    seconds: float = SECONDS,
+) -> dict[str, Any]:
     """Check each path against ``trusted`` on ``args[0]``, time those that agree, and return the
-    table entry: ``impl`` (the fastest), ``ms`` per timed path, ``rejected`` (path -> why)."""
+    table entry: ``impl`` (the ``rules`` pick when it is within `SLACK` of the fastest, else the
+    fastest), ``rules``, ``ms`` per timed path and ``rejected`` (path -> why)."""
     with jax.ensure_compile_time_eval():
         expected = np.asarray(trusted(*args[0]), np.float32)
         bound = AGREEMENT * max(float(np.abs(expected).max()), np.finfo(np.float32).tiny)
         agreeing, rejected = {}, {}
         for name, fn in paths.items():
             try:
-                y = np.asarray(fn(*args[0]), np.float32)
+                y = expected if fn is trusted else np.asarray(fn(*args[0]), np.float32)
             except Exception as err:  # a kernel that does not lower or run on this device
                 rejected[name] = f"failed: {err!r:.200}"
                 continue
@@ -157,23 +179,36 @@ def measure(paths: Mapping[str, Callable], args: list[tuple], trusted: Callable)
             agreeing[name] = fn
         if not agreeing:
             raise RuntimeError(f"no path ran and agreed with the trusted one: {rejected}")
-        seconds = time_paths(agreeing, args)
-    fastest = min(seconds, key=seconds.get)
-    ms = {name: round(t * 1e3, 6) for name, t in seconds.items()}
-    return {"impl": fastest, "ms": ms, "rejected": rejected}
+        timed = time_paths(agreeing, args, seconds)
+    fastest = min(timed, key=timed.get)
+    keep = rules in timed and timed[rules] <= (1 + SLACK) * timed[fastest]
+    ms = {name: round(t * 1e3, 6) for name, t in timed.items()}
+    return {"impl": rules if keep else fastest, "rules": rules, "ms": ms, "rejected": rejected}
 
 
 def pick(
     table: Table,
     entry_key: str,
     names: tuple[str, ...],
+    rules: str,
     paths: Callable[[], tuple[dict[str, Callable], list[tuple], Callable]],
 ) -> str:
     """The implementation ``table`` holds for ``entry_key``, measured first when it holds none
-    or one not among ``names`` (the candidates now). ``paths()`` gives the candidates' compiled
-    functions, their arguments (one tuple per weight copy) and the trusted path."""
+    or was measured over other candidates than ``names`` (a kernel added or no longer taking
+    the call). ``paths()`` gives the candidates' compiled functions, their arguments (one tuple
+    per weight copy) and the trusted path; ``rules`` is the rules' pick (a name in ``names``):
+    kept within `SLACK`, and run, untimed, if measuring fails."""
     entry = table.get(entry_key)
-    if entry is None or entry.get("impl") not in names:
-        entry = measure(*paths())
+    if entry is None or set(entry.get("ms", ())) | set(entry.get("rejected", ())) != set(names):
+        try:
+            entry = measure(*paths(), rules=rules)
+        except Exception as err:  # e.g. out of memory for the stand-ins or the trusted form
+            warnings.warn(
+                f"autotuning '{entry_key}' failed ({err!r:.300}); running {rules!r}, the rules' "
+                "pick",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return rules
         table[entry_key] = entry
     return entry["impl"]

@@ -40,6 +40,7 @@ the rest read either (through `QTensor.int_codes`, or re-laid).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -117,17 +118,35 @@ def choose(
     dtype=jnp.float32,
 ) -> str:
     """The implementation ``impl="auto"`` runs for this weight, M rows of ``dtype`` activations
-    and backend (`GPU_CHOICES` on a GPU)."""
+    and backend: the rules (`GPU_CHOICES` on a GPU, blocked on CPU), or, with an autotuning
+    table in use and the default backend, what was measured here (`q4lab.ops.autotune`: a call
+    not yet in the table compiles and times its `candidates` first)."""
     backend = backend or jax.default_backend()
+    rules = _rules(qt, m, w4a4=w4a4, backend=backend, dtype=dtype)
+    table = autotune.current()
+    if table is None or backend != jax.default_backend() or not qt.spec.nibbles:
+        return rules
+    names = candidates(qt, m, w4a4=w4a4, dtype=dtype)
+    if len(names) < 2:  # nothing to choose between
+        return rules
+    named = rules if rules in names else _SAME_FORM.get(rules)  # the rules' form, as named there
+    entry_key = autotune.key(qt, m, w4a4=w4a4, dtype=dtype)
+    paths = functools.partial(tuning_paths, names, qt, m, w4a4=w4a4, dtype=dtype)
+    impl = autotune.pick(table, entry_key, names, named, paths)
+    return rules if impl is None else impl
+
+
+_SAME_FORM = {
+    "xla": "reference",
+    "reference": "xla",
+}  # one computation where `candidates` names one
+
+
+def _rules(qt: QTensor, m: int, *, w4a4: bool, backend: str, dtype) -> str:
+    """What ``auto`` runs without measuring (module docstring)."""
     gpu = on_gpu(backend)
     if not qt.spec.nibbles:  # 2-, 3- and 5..8-bit codes: the paths that unpack any width
         return "xla" if gpu else "reference"
-    table = autotune.current()
-    if table is not None and backend == jax.default_backend():  # measured here, on this device
-        names = candidates(qt, m, w4a4=w4a4, dtype=dtype)
-        entry_key = autotune.key(qt, m, w4a4=w4a4, dtype=dtype)
-        paths = functools.partial(_tuning_paths, names, qt, m, w4a4=w4a4, dtype=dtype)
-        return autotune.pick(table, entry_key, names, paths)
     if qt.layout != "rows":  # K-major: laid out for the Mosaic kernels, which run where they can
         return "mosaic" if gpu and _mosaic_runs(qt, m, w4a4=w4a4, dtype=dtype) else "xla"
     if gpu:
@@ -141,10 +160,16 @@ def choose(
     return "blocked" if backend == "cpu" else "xla"
 
 
+_EINSUM_LIMIT = 2 << 30  # bytes of W4A4's [M, G, N] int32 einsum intermediate worth timing
+
+
 def candidates(qt: QTensor, m: int, *, w4a4: bool = False, dtype=jnp.float32) -> tuple[str, ...]:
     """The implementations that can run this call (4-bit codes) on the default backend, each
-    form once: what autotuning (`q4lab.ops.autotune`) checks and times. W4A4's reference and xla
-    forms are one einsum, named "xla"; so are W4A16's for group scales and float32 x."""
+    computation named once: what autotuning (`q4lab.ops.autotune`) checks and times. W4A4's
+    reference and xla forms are one einsum, named "xla"; W4A16's xla form with group scales and
+    float32 x is the reference's, named "reference". The Mosaic kernels only for K-major codes
+    (where the rules run them; on codes in rows they would re-lay the weight on every call);
+    W4A4's einsum not where its intermediate passes `_EINSUM_LIMIT` and blocked can run."""
     sixteen_bit = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
     if w4a4:
         names = ["xla"]
@@ -154,27 +179,19 @@ def candidates(qt: QTensor, m: int, *, w4a4: bool = False, dtype=jnp.float32) ->
         names.append("blocked")
         if on_gpu() and not pallas_gpu.unsupported(qt, m, w4a4=w4a4):
             names.append("pallas")
-    if on_gpu() and _mosaic_runs(qt, m, w4a4=w4a4, dtype=dtype):
+    elif on_gpu() and _mosaic_runs(qt, m, w4a4=w4a4, dtype=dtype):
         names.append("mosaic")
-    if w4a4 and "blocked" in names and _einsum_bytes(qt, m) > _EINSUM_LIMIT:
-        names.remove("xla")  # its [M, G, N] int32 intermediate would not fit; blocked is trusted
+    if w4a4 and "blocked" in names and m * qt.scale.shape[0] * qt.n * 4 > _EINSUM_LIMIT:
+        names.remove("xla")
     return tuple(names)
 
 
-_EINSUM_LIMIT = 2 << 30
-
-
-def _einsum_bytes(qt: QTensor, m: int) -> int:
-    """Bytes of the W4A4 einsum's ``[M, G, N]`` int32 intermediate."""
-    return m * qt.scale.shape[0] * qt.n * 4
-
-
-def _tuning_paths(
-    names: tuple[str, ...], qt: QTensor, m: int, *, w4a4: bool, dtype
-) -> tuple[dict, list[tuple], object]:
-    """For `autotune.pick`: each candidate compiled, its arguments (stand-in operands of this
-    call's shapes, one tuple per weight copy) and the trusted path (the reference form; for W4A4
-    whose einsum would not fit, the blocked one)."""
+def tuning_paths(
+    names: tuple[str, ...], qt: QTensor, m: int, *, w4a4: bool = False, dtype=jnp.float32
+) -> tuple[dict[str, Callable], list[tuple], Callable]:
+    """What `autotune.measure` takes for this call: each of ``names`` compiled, the arguments
+    (stand-in operands of the call's shapes, one tuple per weight copy) and the trusted path (the
+    reference form; W4A4's einsum, or blocked where that was left out of ``names``)."""
     weights = autotune.weight_copies(qt)
     rng = np.random.default_rng(m)
     op = int_matmul if w4a4 else w4a16_matmul
