@@ -10,9 +10,11 @@ bfloat16 on a GPU and float32 on CPU (``--dtype``); W4A4 takes int8 activation c
 shape, M and operation: each path's ms (paths that failed or disagreed with the reference are
 listed apart), the fastest, the rules' pick and its time over the fastest, flagged ``SLOW`` when
 more than 10 % slower (issue 14's dispatch rule: the cue to change `GPU_CHOICES`, or to run with
-``Q4LAB_AUTOTUNE=1``) and ``NOT RUN`` when the rules' pick failed or disagreed. Times are medians
-of alternating rounds (`autotune.time_paths`), each path cycling through weight copies that fill
-256 MiB.
+``Q4LAB_AUTOTUNE=1``) and ``NOT RUN`` when the rules' pick was not timed (it failed or disagreed,
+or is not among the candidates); "tune s" is what the autotuner's measuring of this call took,
+compiles included (`Q4LAB_AUTOTUNE=1` pays it once per call and device). Times are medians of
+alternating rounds (`autotune.time_paths`), each path cycling through up to 8 weight copies (at
+most 256 MiB; small weights may stay in cache, as they would in a small model).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +35,7 @@ from q4lab.quantizers import get_quantizer
 SHAPES = ("4096x4096", "8192x8192", "8192x28672")
 BATCHES = (1, 16, 4096)
 SLACK = autotune.SLACK
-SAME_FORM = {"xla": "reference", "reference": "xla"}  # named once among the candidates
+SAME_FORM = {"xla": "reference"}  # one computation, named so among the candidates
 
 
 def check_call(qt, m: int, *, w4a4: bool, dtype, seconds: float = autotune.SECONDS) -> dict:
@@ -41,9 +44,11 @@ def check_call(qt, m: int, *, w4a4: bool, dtype, seconds: float = autotune.SECON
     with autotune.use(None):
         rules = choose(qt, m, w4a4=w4a4, dtype=dtype)
     names = candidates(qt, m, w4a4=w4a4, dtype=dtype)
+    start = time.perf_counter()
     entry = autotune.measure(
         *tuning_paths(names, qt, m, w4a4=w4a4, dtype=dtype), rules=rules, seconds=seconds
     )
+    tune_seconds = time.perf_counter() - start
     ms = entry["ms"]
     timed = rules if rules in ms else SAME_FORM.get(rules, rules)
     ratio = ms[timed] / min(ms.values()) if timed in ms else math.nan
@@ -57,6 +62,7 @@ def check_call(qt, m: int, *, w4a4: bool, dtype, seconds: float = autotune.SECON
         "rules / fastest": ratio,
         "flag": "NOT RUN" if math.isnan(ratio) else "SLOW" if ratio > 1 + SLACK else "",
         "rejected": "; ".join(f"{k}: {v}" for k, v in entry["rejected"].items()),
+        "tune s": tune_seconds,
     }
 
 
@@ -82,7 +88,8 @@ def main() -> None:
                 row = rows[-1]
                 print(
                     f"{row['KxN']} M={m} {row['op']}: {row['paths (ms)']}; rules {row['rules']} "
-                    f"{row['rules / fastest']:.3g}x the fastest {row['flag']}",
+                    f"{row['rules / fastest']:.3g}x the fastest {row['flag']} "
+                    f"({row['tune s']:.1f} s)",
                     file=sys.stderr,
                     flush=True,
                 )

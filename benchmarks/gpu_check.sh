@@ -15,9 +15,9 @@
 #   w4a4     per-channel W4A4 at M=4096: auto and the W4A4 tilings (the int8 GEMM; the Mosaic
 #            kernel, Triton N- and K-major kernels)
 #   dispatch (not in the default run; 120 s) the autotuner's tests on the GPU, then
-#            dispatch_check.py: every path that can run each call (the autotuner's candidates,
-#            Q4LAB_AUTOTUNE=1) timed side by side at 8192x8192 and 8192x28672, M in {1, 16,
-#            4096}, beside what GPU_CHOICES picks
+#            dispatch_check.py: every path that can run each call (what Q4LAB_AUTOTUNE=1 would
+#            time) timed side by side at 8192x8192 and 8192x28672, M in {1, 16, 4096}, beside
+#            what GPU_CHOICES picks
 #   probe    layout_probe.py: load rates of bytes / tiles / words, the Pallas int8 GEMM ceiling
 #   compile  the W4A16 kernel's compile time on a harness-sized float32 layer
 # A step that fails or reaches its limit keeps its per-cell lines in its log, and the script goes

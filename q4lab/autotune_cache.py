@@ -33,7 +33,7 @@ from q4lab.ops import autotune
 ENV = "Q4LAB_AUTOTUNE"
 SETTINGS = {
     "0": "off (auto follows q4lab.ops.choose's rules)",
-    "1": "on (time paths, keep the fastest)",
+    "1": "on (time the paths of each new call on this device, run the fastest)",
 }
 FORMAT = 1
 

@@ -7,8 +7,9 @@ implementation that can take it (`q4lab.ops.matmul.candidates`) on stand-in oper
 shape (`stand_in`: random codes and scales, a random permutation where the weight has one). A
 path whose result disagrees with the trusted one (`AGREEMENT`) is never picked; a path that fails
 to lower or run is noted and skipped. The rest are timed in alternating rounds (`time_paths`).
-The rules' pick (`GPU_CHOICES` on a GPU, blocked on CPU) is kept unless another path is more than
-`SLACK` faster, so timing noise does not move the choice; the choice is kept in the table. Later
+The rules' pick (`GPU_CHOICES` on a GPU, blocked on CPU) runs unless another path is more than
+`SLACK` faster (`decide`), so timing noise does not move the choice; the times are kept in the
+table. Later
 calls with the same key, in this process or (through the file) another one on the same kind of
 device, pick without timing. If measuring itself fails (e.g. out of memory), the rules' pick runs
 and a warning says why.
@@ -129,12 +130,14 @@ def weight_copies(qt: QTensor, seed: int = 0) -> list[QTensor]:
 
 
 def time_paths(
-    paths: Mapping[str, Callable], args: list[tuple], seconds: float = SECONDS
+    paths: Mapping[str, Callable], args: list[tuple], seconds: float | None = None
 ) -> dict[str, float]:
     """Median seconds per call of each compiled path, cycling through ``args`` (one tuple per
     weight copy, each path from its own offset). The paths take turns, one measurement each per
     round, so a slow spell of the machine falls on all of them; rounds go on past `ROUNDS` while
-    they have taken less than ``seconds``. On a GPU each measurement queues `GPU_QUEUED` calls."""
+    they have taken less than ``seconds`` (default `SECONDS`). On a GPU each measurement queues
+    `GPU_QUEUED` calls."""
+    seconds = SECONDS if seconds is None else seconds
     queued = GPU_QUEUED if jax.default_backend() in ("gpu", "cuda", "rocm") else 1
     for fn in paths.values():  # warm-up: each path's buffers and clocks
         jax.block_until_ready([fn(*a) for a in args])
@@ -157,11 +160,11 @@ def measure(
     trusted: Callable,
     *,
     rules: str | None = None,
-    seconds: float = SECONDS,
+    seconds: float | None = None,
 ) -> dict[str, Any]:
     """Check each path against ``trusted`` on ``args[0]``, time those that agree, and return the
-    table entry: ``impl`` (the ``rules`` pick when it is within `SLACK` of the fastest, else the
-    fastest), ``rules``, ``ms`` per timed path and ``rejected`` (path -> why)."""
+    table entry: ``impl`` (`decide`), ``rules``, ``ms`` per timed path and ``rejected`` (path ->
+    why)."""
     with jax.ensure_compile_time_eval():
         expected = np.asarray(trusted(*args[0]), np.float32)
         bound = AGREEMENT * max(float(np.abs(expected).max()), np.finfo(np.float32).tiny)
@@ -180,35 +183,48 @@ def measure(
         if not agreeing:
             raise RuntimeError(f"no path ran and agreed with the trusted one: {rejected}")
         timed = time_paths(agreeing, args, seconds)
-    fastest = min(timed, key=timed.get)
-    keep = rules in timed and timed[rules] <= (1 + SLACK) * timed[fastest]
     ms = {name: round(t * 1e3, 6) for name, t in timed.items()}
-    return {"impl": rules if keep else fastest, "rules": rules, "ms": ms, "rejected": rejected}
+    return {"impl": decide(ms, rules), "rules": rules, "ms": ms, "rejected": rejected}
+
+
+def decide(ms: Mapping[str, float], rules: str | None) -> str:
+    """The path to run given each timed path's time: the rules' pick when it was timed and is
+    within `SLACK` of the fastest, else the fastest."""
+    fastest = min(ms, key=ms.get)
+    return rules if rules in ms and ms[rules] <= (1 + SLACK) * ms[fastest] else fastest
+
+
+_failed: set[str] = set()  # keys whose measuring failed in this process: not tried again
 
 
 def pick(
     table: Table,
     entry_key: str,
     names: tuple[str, ...],
-    rules: str,
+    rules: str | None,
     paths: Callable[[], tuple[dict[str, Callable], list[tuple], Callable]],
-) -> str:
-    """The implementation ``table`` holds for ``entry_key``, measured first when it holds none
-    or was measured over other candidates than ``names`` (a kernel added or no longer taking
-    the call). ``paths()`` gives the candidates' compiled functions, their arguments (one tuple
-    per weight copy) and the trusted path; ``rules`` is the rules' pick (a name in ``names``):
-    kept within `SLACK`, and run, untimed, if measuring fails."""
+) -> str | None:
+    """The implementation to run for ``entry_key``, from the times ``table`` holds and today's
+    ``rules`` pick (`decide`; ``rules`` as named in ``names``, or None). Measured first when the
+    table holds no entry, or one over other candidates than ``names`` (a kernel added, or no
+    longer taking the call). ``paths()`` gives the candidates' compiled functions, their
+    arguments (one tuple per weight copy) and the trusted path. None when measuring failed (with
+    a warning, once per key and process): the caller runs its rules' pick."""
     entry = table.get(entry_key)
-    if entry is None or set(entry.get("ms", ())) | set(entry.get("rejected", ())) != set(names):
-        try:
-            entry = measure(*paths(), rules=rules)
-        except Exception as err:  # e.g. out of memory for the stand-ins or the trusted form
-            warnings.warn(
-                f"autotuning '{entry_key}' failed ({err!r:.300}); running {rules!r}, the rules' "
-                "pick",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return rules
-        table[entry_key] = entry
+    measured = entry is not None and set(entry.get("ms", ())) | set(entry.get("rejected", ()))
+    if measured == set(names) and entry.get("ms"):
+        return decide(entry["ms"], rules)
+    if entry_key in _failed:
+        return None
+    try:
+        entry = measure(*paths(), rules=rules)
+    except Exception as err:  # e.g. out of memory for the stand-ins or the trusted form
+        _failed.add(entry_key)
+        warnings.warn(
+            f"autotuning '{entry_key}' failed ({err!r:.300}); auto runs the rules' pick",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    table[entry_key] = entry
     return entry["impl"]
