@@ -29,28 +29,27 @@ import jax.numpy as jnp
 import pandas as pd
 
 from q4lab.core import QuantSpec
-from q4lab.ops import autotune, candidates, choose, on_gpu, tuning_paths
+from q4lab.ops import autotune, candidate_name, candidates, choose, on_gpu, tuning_paths
 from q4lab.quantizers import get_quantizer
 
 SHAPES = ("4096x4096", "8192x8192", "8192x28672")
 BATCHES = (1, 16, 4096)
 SLACK = autotune.SLACK
-SAME_FORM = {"xla": "reference"}  # one computation, named so among the candidates
 
 
-def check_call(qt, m: int, *, w4a4: bool, dtype, seconds: float = autotune.SECONDS) -> dict:
+def check_call(qt, m: int, *, w4a4: bool, dtype, seconds: float | None = None) -> dict:
     """One row: every candidate of this call measured as the autotuner does, beside the rules'
     pick (taken with no table in use, whatever ``$Q4LAB_AUTOTUNE`` says)."""
     with autotune.use(None):
         rules = choose(qt, m, w4a4=w4a4, dtype=dtype)
     names = candidates(qt, m, w4a4=w4a4, dtype=dtype)
+    timed = candidate_name(rules, names)  # as the autotuner passes the rules' pick
     start = time.perf_counter()
     entry = autotune.measure(
-        *tuning_paths(names, qt, m, w4a4=w4a4, dtype=dtype), rules=rules, seconds=seconds
+        *tuning_paths(names, qt, m, w4a4=w4a4, dtype=dtype), rules=timed, seconds=seconds
     )
     tune_seconds = time.perf_counter() - start
     ms = entry["ms"]
-    timed = rules if rules in ms else SAME_FORM.get(rules, rules)
     ratio = ms[timed] / min(ms.values()) if timed in ms else math.nan
     return {
         "KxN": f"{qt.k}x{qt.n}",
@@ -72,7 +71,7 @@ def main() -> None:
     parser.add_argument("--m", nargs="*", type=int, default=list(BATCHES))
     parser.add_argument("--group", type=int, default=128, help="weight group size (0: per-channel)")
     parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"))
-    parser.add_argument("--seconds", type=float, default=autotune.SECONDS, help="per call")
+    parser.add_argument("--seconds", type=float, help="per call (default: autotune.SECONDS)")
     parser.add_argument("--out", help="also write the table (markdown) to this file")
     args = parser.parse_args()
     dtype = jnp.dtype(args.dtype or ("bfloat16" if on_gpu() else "float32"))

@@ -94,7 +94,7 @@ class DeviceTable(MutableMapping[str, dict[str, Any]]):
         return self.entries[key]
 
     def __setitem__(self, key: str, entry: dict[str, Any]) -> None:
-        self._entries = self._read() | self.entries | {key: entry}
+        self._entries = self._read() | (self._entries or {}) | {key: entry}
         data = {"format": FORMAT, "choices": dict(sorted(self._entries.items()))}
         try:
             atomic_write_bytes(self.path, (json.dumps(data, indent=1) + "\n").encode())

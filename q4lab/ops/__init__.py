@@ -3,6 +3,7 @@
 from q4lab.ops.matmul import (
     GPU_CHOICES,
     IMPLEMENTATIONS,
+    candidate_name,
     candidates,
     centered_weight_codes,
     choose,
@@ -15,6 +16,7 @@ from q4lab.ops.matmul import (
 __all__ = [
     "GPU_CHOICES",
     "IMPLEMENTATIONS",
+    "candidate_name",
     "candidates",
     "centered_weight_codes",
     "choose",

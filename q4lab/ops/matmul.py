@@ -129,7 +129,7 @@ def choose(
     names = candidates(qt, m, w4a4=w4a4, dtype=dtype)
     if len(names) < 2:  # nothing to choose between
         return rules
-    named = rules if rules in names else _SAME_FORM.get(rules)  # the rules' form, as named there
+    named = candidate_name(rules, names)
     entry_key = autotune.key(qt, m, w4a4=w4a4, dtype=dtype)
     paths = functools.partial(tuning_paths, names, qt, m, w4a4=w4a4, dtype=dtype)
     impl = autotune.pick(table, entry_key, names, named, paths)
@@ -137,6 +137,11 @@ def choose(
 
 
 _SAME_FORM = {"xla": "reference"}  # W4A16 with group scales and float32 x: one computation
+
+
+def candidate_name(impl: str, names: tuple[str, ...]) -> str | None:
+    """``impl`` as `candidates` names its computation among ``names`` (None: not among them)."""
+    return impl if impl in names else _SAME_FORM.get(impl)
 
 
 def _rules(qt: QTensor, m: int, *, w4a4: bool, backend: str, dtype) -> str:
