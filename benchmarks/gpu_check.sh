@@ -4,7 +4,9 @@
 #   bash benchmarks/gpu_check.sh              # smoke, tests, mosaic, check, w4a4, in this order
 #   bash benchmarks/gpu_check.sh check probe  # only the steps named
 # Steps (pytest runs one process: the pyproject's -n 2 would put two on the GPU):
-#   smoke    the harness: the quickstart's points on the GPU, compile and run time per point
+#   smoke    the harness: the quickstart's 4-bit points of seed 0 by min-max and GPTQ (every layer
+#            shape and kernel path of the sweep, and GPTQ's calibration) on the GPU, compile and
+#            run time per point
 #   tests    pytest tests/ops on the GPU but the Mosaic kernels' and the autotuner's (references at
 #            HIGHEST precision)
 #   mosaic   the Mosaic GPU kernels' tests on the GPU, the bytes XLA gives an int4 array, then
@@ -48,7 +50,10 @@ step() { # name, limit, command...
   timeout "$limit" "$@" 2>&1 | tee "$out/$name.log" | grep -v '^\s*$' | tail -n 80
   echo "=== $name: exit ${PIPESTATUS[0]}, $((SECONDS - t0)) s"
 }
-smoke() { step smoke 50 $py benchmarks/harness_smoke.py experiments/quickstart.py --limit 16; }
+smoke() {
+  step smoke 50 $py benchmarks/harness_smoke.py experiments/quickstart.py \
+    --where seed=0 bits=4 quantizer=minmax quantizer=gptq
+}
 tests() { step tests 65 $pytest tests/ops -k "not mosaic and not autotune"; }
 mosaic() {
   step mosaic-tests 35 $pytest tests/ops/test_mosaic_gpu.py

@@ -8,6 +8,8 @@ error ~2.5e-4 measured on an H200), so the references and the float forms under 
 import jax
 import pytest
 
+from q4lab.ops import lowered_for_gpu
+
 
 @pytest.fixture(autouse=True)
 def _highest_matmul_precision():
@@ -18,16 +20,8 @@ def _highest_matmul_precision():
 @pytest.fixture
 def lowered_for_cuda():
     """``lower(fn, *args)``: the text of ``jit(fn)`` lowered for CUDA from this machine, for an
-    H200 (Triton needs a GPU to target; jax >= 0.11 takes it from the abstract mesh when no GPU is
-    present, and then refuses to lower without one)."""
-
-    def lower(fn, *args) -> str:
-        device = jax.sharding.AbstractDevice("NVIDIA H200", None, "gpu")
-        mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)
-        with jax.sharding.use_abstract_mesh(mesh):
-            return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-
-    return lower
+    H200 (`q4lab.ops.lowered_for_gpu`)."""
+    return lambda fn, *args: lowered_for_gpu(fn, *args).as_text()
 
 
 @pytest.fixture

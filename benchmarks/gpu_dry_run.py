@@ -1,0 +1,281 @@
+"""What the shipped experiments would run on a GPU, checked from this CPU (issue 14 without a
+device: the quantized matmuls of every experiment, as the GPU rules would run them).
+
+    python benchmarks/gpu_dry_run.py                                   # experiments/*.py
+    python benchmarks/gpu_dry_run.py experiments/w4a4.py --out dry.md
+
+1. Each experiment's 4-bit points are reduced to one per structure: the fields that decide a
+   model's quantized matmuls (`STRUCTURE`: task, group size, activation bits and mode, symmetry,
+   scale dtype, rotation, rules, calibration size), by min-max weights at seed 0 with no QAT.
+   The quantizer, the seed, clipping, smoothing and QAT change the codes' values, not the calls;
+   QAT trains through fake quantization, not these ops. Each point runs here as a sweep runs
+   it, and every ``w4a16_matmul`` / ``int_matmul`` call the model makes is recorded: operation,
+   K x N, scale grid, M, activation dtype, row-scale rows. Where an experiment's GPTQ uses
+   act-order, each call is also checked with a row permutation (GPTQ's ``perm``). Mixed-
+   precision budget points are left out: their 4-bit layers are those of the uniform points
+   beside them.
+2. Each distinct call is checked as a GPU would run it, without one:
+   - "GPU runs": the path ``impl="auto"`` takes on a GPU (`choose` with ``backend="gpu"``: the
+     `GPU_CHOICES` rules), and "Triton kernel": its tiling for the call, or why it cannot take it;
+   - "lowered": that path lowered for CUDA from here (`q4lab.ops.lowered_for_gpu`; a Triton
+     kernel is lowered to its Triton IR), ``ok`` or the error;
+   - "max err": that path run here on random operands of the call's shape (a Triton kernel
+     through Pallas' interpreter) against the reference, max |delta| / max |y|, flagged above
+     1e-4 (exact weights, float32 sums in another order).
+
+What it cannot show: compile and run times on a GPU (`gpu_check.sh`, step smoke). Exit status 1
+when a call fails to lower or disagrees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import glob
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+import q4lab.evaluate  # noqa: F401  (imports the modules whose op calls are recorded)
+from q4lab import ops
+from q4lab.core import QTensor
+from q4lab.ops import activation_stand_ins, autotune, choose, lowered_for_gpu, pallas_gpu
+from q4lab.sweep import load_experiment
+from q4lab.sweep.runner import evaluate_point
+
+TOLERANCE = 1e-4  # relative to max |y|: exact weights, float32 sums in another order
+# the point fields that decide a model's quantized matmuls (the rest change values only: the
+# quantizer, seed, clipping, smoothing, QAT), and the values the dry run gives the others
+STRUCTURE = (
+    "task",
+    "bits",
+    "symmetric",
+    "group_size",
+    "scale_dtype",
+    "act_bits",
+    "act_mode",
+    "act_symmetric",
+    "rotation",
+    "rules",
+    "calib_size",
+)
+VALUES_ONLY = {"seed": 0, "quantizer": "minmax", "options": {}, "qat_steps": 0}
+OPS = {"w4a16_matmul": ops.w4a16_matmul, "int_matmul": ops.int_matmul}
+
+
+@dataclasses.dataclass
+class Call:
+    """One distinct quantized matmul: its stand-in weight and what made it."""
+
+    op: str
+    qt: QTensor
+    m: int
+    dtype: jnp.dtype
+    scale_rows: int | None  # W4A4: rows of x_scale (M dynamic, 1 static)
+    impl: str
+    sources: set[str] = dataclasses.field(default_factory=set)
+
+    @property
+    def w4a4(self) -> bool:
+        return self.op == "int_matmul"
+
+    @property
+    def key(self) -> str:
+        text = autotune.key(self.qt, self.m, w4a4=self.w4a4, dtype=self.dtype)
+        scales = f" x_scale[{self.scale_rows}]" if self.w4a4 and self.scale_rows == 1 else ""
+        return text + scales + ("" if self.impl == "auto" else f" impl={self.impl}")
+
+
+def structures(points: list[dict]) -> list[dict]:
+    """One point per structure of the experiment's 4-bit points (module docstring)."""
+    chosen = {}
+    for point in points:
+        if point["bits"] != 4 or point["bits_budget"]:
+            continue
+        chosen.setdefault(repr([point[field] for field in STRUCTURE]), point | VALUES_ONLY)
+    return list(chosen.values())
+
+
+def _act_order(points: list[dict]) -> bool:
+    return any(p["quantizer"] == "gptq" and p["options"].get("act_order") for p in points)
+
+
+@contextlib.contextmanager
+def recording(calls: dict[str, Call], source: str) -> Iterator[None]:
+    """Record into ``calls`` every op call q4lab's modules make inside the block (they call the
+    ops by the names they imported, which are swapped for recording wrappers)."""
+
+    def wrap(op: str, fn: Callable) -> Callable:
+        def recorded(*args, impl: str = "auto"):
+            *activations, qt = args
+            w4a4 = op == "int_matmul"
+            call = Call(
+                op=op,
+                qt=qt,
+                m=activations[0].shape[0],
+                dtype=jnp.dtype(activations[0].dtype),
+                scale_rows=activations[1].shape[0] if w4a4 else None,
+                impl=impl,
+            )
+            if call.key not in calls:
+                calls[call.key] = dataclasses.replace(call, qt=autotune.stand_in(qt))
+            calls[call.key].sources.add(source)
+            return fn(*args, impl=impl)
+
+        return recorded
+
+    swapped = [
+        (module, name, fn)
+        for module in list(sys.modules.values())
+        if getattr(module, "__name__", "").startswith("q4lab.")
+        and not module.__name__.startswith("q4lab.ops")
+        for name, fn in OPS.items()
+        if getattr(module, name, None) is fn
+    ]
+    if not swapped:
+        raise RuntimeError("no q4lab module calls the ops by these names; nothing to record")
+    for module, name, fn in swapped:
+        setattr(module, name, wrap(name, fn))
+    try:
+        yield
+    finally:
+        for module, name, fn in swapped:
+            setattr(module, name, fn)
+
+
+def with_permutation(call: Call) -> Call:
+    """``call`` on a weight whose rows are stored in GPTQ's act-order (a random ``perm``)."""
+    perm = np.random.default_rng(call.qt.k).permutation(call.qt.k)
+    qt = dataclasses.replace(call.qt, perm=jnp.asarray(perm, jnp.uint16))
+    return dataclasses.replace(call, qt=qt, sources=set(call.sources))
+
+
+def _gpu_path(call: Call) -> str:
+    if call.impl != "auto":
+        return call.impl
+    if call.w4a4 and call.dtype != jnp.int8:  # int_matmul sends these to xla on every backend
+        return "xla"
+    return choose(call.qt, call.m, w4a4=call.w4a4, dtype=call.dtype, backend="gpu")
+
+
+def _kernel(call: Call) -> str:
+    """The Triton kernel's tiling for this call, or why it cannot take it."""
+    why = pallas_gpu.unsupported(call.qt, call.m, w4a4=call.w4a4)
+    if why:
+        return f"no: {why}"
+    c = pallas_gpu.default_config(call.m, w4a4=call.w4a4)
+    split = "" if call.w4a4 else f", split_k {c.split_k}"
+    return f"block_m {c.block_m}, block_n {c.block_n}{split}"
+
+
+def _operands(call: Call) -> tuple:
+    scale_rows = call.scale_rows if call.w4a4 else None
+    dtype = jnp.float32 if call.w4a4 else call.dtype
+    return (
+        *activation_stand_ins(
+            call.qt.k, call.m, w4a4=call.w4a4, dtype=dtype, scale_rows=scale_rows
+        ),
+        call.qt,
+    )
+
+
+def _as_run(path: str, op: Callable, *, on_gpu: bool) -> Callable:
+    """``op`` by ``path``: on the GPU (for lowering) or here (a Triton kernel interpreted)."""
+    kernel = pallas_gpu.w4a4_pallas if op is ops.int_matmul else pallas_gpu.w4a16_pallas
+    if path == "pallas":  # the kernel itself: impl="pallas" is refused off a GPU
+        return lambda *a: kernel(*a, interpret=not on_gpu)
+    return lambda *a: op(*a, impl=path)
+
+
+def check(call: Call) -> dict:
+    """One row of the table (module docstring)."""
+    start = time.perf_counter()
+    path, op = _gpu_path(call), OPS[call.op]
+    args = _operands(call)
+    try:
+        lowered_for_gpu(_as_run(path, op, on_gpu=True), *args)
+        lowered = "ok"
+    except Exception as error:
+        lowered = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
+    if path == "mosaic":  # K-major codes; the harness lays none out, and its tests interpret it
+        error = float("nan")
+    else:
+        with jax.default_matmul_precision("highest"):
+            y = np.asarray(jax.jit(_as_run(path, op, on_gpu=False))(*args))
+            ref = np.asarray(jax.jit(lambda *a: op(*a, impl="reference"))(*args))
+        error = float(np.abs(y - ref).max() / max(np.abs(ref).max(), 1e-30))
+    return {
+        "experiments": ", ".join(sorted(call.sources)),
+        "call": call.key,
+        "GPU runs": path,
+        "Triton kernel": _kernel(call) if call.qt.spec.nibbles else "",
+        "lowered": lowered,
+        "max err": error,
+        "flag": "" if lowered == "ok" and not error > TOLERANCE else "FAIL",
+        "s": time.perf_counter() - start,
+    }
+
+
+def record_experiment(path: str, calls: dict[str, Call]) -> int:
+    """Run ``path``'s structures here, recording their calls; returns how many points ran."""
+    name = path.rsplit("/", 1)[-1].removesuffix(".py")
+    points = load_experiment(path).points
+    chosen = structures(points)
+    before = set(calls)
+    jax.clear_caches()  # calls are seen while a model is traced: retrace what others compiled
+    for point in chosen:
+        start = time.perf_counter()
+        with recording(calls, name):
+            evaluate_point(point)
+        fields = ", ".join(f"{field}={point[field]!r}" for field in STRUCTURE)
+        print(
+            f"{name}: {fields} ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True
+        )
+    if _act_order(points):
+        for key in sorted(set(calls) - before):
+            variant = with_permutation(calls[key])
+            if calls[key].qt.perm is None and calls[key].qt.spec.nibbles:
+                calls.setdefault(variant.key, variant).sources.add(name)
+    return len(chosen)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("experiments", nargs="*", default=sorted(glob.glob("experiments/*.py")))
+    parser.add_argument("--out", help="also write the table (markdown) to this file")
+    args = parser.parse_args()
+    calls: dict[str, Call] = {}
+    with autotune.use(None):  # the rules, whatever $Q4LAB_AUTOTUNE says
+        ran = sum(record_experiment(path, calls) for path in args.experiments)
+        rows = []
+        for call in sorted(calls.values(), key=lambda c: (c.op, c.qt.k, c.qt.n, c.m, c.key)):
+            rows.append(check(call))
+            cells = (
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()
+            )
+            print(" | ".join(cells), file=sys.stderr, flush=True)
+    table = pd.DataFrame(rows)
+    text = (
+        f"{len(calls)} distinct quantized matmuls of {ran} points ({', '.join(args.experiments)}),"
+        f" checked as a GPU runs them from {jax.default_backend()}, jax {jax.__version__}\n\n"
+        + table.to_markdown(index=False, floatfmt=".2g")
+        + "\n"
+    )
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    failed = table[table["flag"] != ""]
+    if len(failed):
+        print(f"{len(failed)} call(s) failed to lower or disagreed", file=sys.stderr)
+    return int(len(failed) > 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
