@@ -4,9 +4,9 @@
 #   bash benchmarks/gpu_check.sh              # smoke, tests, mosaic, check, w4a4, in this order
 #   bash benchmarks/gpu_check.sh check probe  # only the steps named
 # Steps (pytest runs one process: the pyproject's -n 2 would put two on the GPU):
-#   smoke    the harness: the quickstart's 4-bit points of seed 0 by min-max and GPTQ (every layer
-#            shape and kernel path of the sweep, and GPTQ's calibration) on the GPU, compile and
-#            run time per point
+#   smoke    the harness: the quickstart's W4A16 and W4A4 points of seed 0 by min-max and GPTQ
+#            (every layer shape and kernel path of the sweep, and GPTQ's calibration) on the GPU,
+#            compile and run time per point
 #   tests    pytest tests/ops on the GPU but the Mosaic kernels' and the autotuner's (references at
 #            HIGHEST precision)
 #   mosaic   the Mosaic GPU kernels' tests on the GPU, the bytes XLA gives an int4 array, then
@@ -52,7 +52,7 @@ step() { # name, limit, command...
 }
 smoke() {
   step smoke 50 $py benchmarks/harness_smoke.py experiments/quickstart.py \
-    --where seed=0 bits=4 quantizer=minmax quantizer=gptq
+    --where seed=0 bits=4 quantizer=minmax quantizer=gptq act_bits=16 act_bits=4
 }
 tests() { step tests 65 $pytest tests/ops -k "not mosaic and not autotune"; }
 mosaic() {

@@ -6,25 +6,28 @@ device: the quantized matmuls of every experiment, as the GPU rules would run th
 
 1. Each experiment's 4-bit points are reduced to one per structure: the fields that decide a
    model's quantized matmuls (`STRUCTURE`: task, group size, activation bits and mode, symmetry,
-   scale dtype, rotation, rules, calibration size), by min-max weights at seed 0 with no QAT.
-   The quantizer, the seed, clipping, smoothing and QAT change the codes' values, not the calls;
-   QAT trains through fake quantization, not these ops. Each point runs here as a sweep runs
-   it, and every ``w4a16_matmul`` / ``int_matmul`` call the model makes is recorded: operation,
-   K x N, scale grid, M, activation dtype, row-scale rows. Where an experiment's GPTQ uses
-   act-order, each call is also checked with a row permutation (GPTQ's ``perm``). Mixed-
-   precision budget points are left out: their 4-bit layers are those of the uniform points
-   beside them.
+   scale dtype, rotation, rules, calibration size; with QAT its method, loss and batch size),
+   by min-max weights at seed 0, and one QAT step where the point trains (QAT's training forward
+   runs the same ops, at its batch's M). The quantizer, the seed, clipping, smoothing and the
+   number of QAT steps change the codes' values, not the calls. A mixed-precision budget point
+   stands for uniform 4-bit points at each of its groups. Each point runs here as a sweep runs
+   it, and every ``w4a16_matmul`` / ``int_matmul`` call its model makes is recorded: operation,
+   K x N, scale grid, M, activation dtype, row-scale rows. Where a point of the structure stores
+   GPTQ's act-order permutation (act-order with dynamic groups, so grouped weights; by GPTQ's
+   options or AWQ's final GPTQ), its grouped calls are also checked with one.
 2. Each distinct call is checked as a GPU would run it, without one:
    - "GPU runs": the path ``impl="auto"`` takes on a GPU (`choose` with ``backend="gpu"``: the
-     `GPU_CHOICES` rules), and "Triton kernel": its tiling for the call, or why it cannot take it;
+     `GPU_CHOICES` rules; K-major weights, which no experiment lays out, show their non-Hopper
+     path), and "Triton kernel": its tiling for the call, or why it cannot take it;
    - "lowered": that path lowered for CUDA from here (`q4lab.ops.lowered_for_gpu`; a Triton
-     kernel is lowered to its Triton IR), ``ok`` or the error;
+     kernel is lowered to its Triton IR), ``ok`` or the error; "TF32 dots": the float32 dots in
+     it at the default precision, which a GPU rounds (`q4lab.ops.rounded_dots`);
    - "max err": that path run here on random operands of the call's shape (a Triton kernel
      through Pallas' interpreter) against the reference, max |delta| / max |y|, flagged above
-     1e-4 (exact weights, float32 sums in another order).
+     1e-4 (exact weights, float32 sums in another order); "run error": what stopped it.
 
 What it cannot show: compile and run times on a GPU (`gpu_check.sh`, step smoke). Exit status 1
-when a call fails to lower or disagrees.
+when a call fails to lower or to run, has TF32 dots, or disagrees.
 """
 
 from __future__ import annotations
@@ -45,13 +48,14 @@ import pandas as pd
 import q4lab.evaluate  # noqa: F401  (imports the modules whose op calls are recorded)
 from q4lab import ops
 from q4lab.core import QTensor
-from q4lab.ops import activation_stand_ins, autotune, choose, lowered_for_gpu, pallas_gpu
+from q4lab.ops import autotune, choose, lowered_for_gpu, pallas_gpu, rounded_dots
 from q4lab.sweep import load_experiment
 from q4lab.sweep.runner import evaluate_point
 
 TOLERANCE = 1e-4  # relative to max |y|: exact weights, float32 sums in another order
 # the point fields that decide a model's quantized matmuls (the rest change values only: the
-# quantizer, seed, clipping, smoothing, QAT), and the values the dry run gives the others
+# quantizer, seed, clipping, smoothing, QAT's steps and rate), and the values the dry run gives
+# the others
 STRUCTURE = (
     "task",
     "bits",
@@ -65,7 +69,8 @@ STRUCTURE = (
     "rules",
     "calib_size",
 )
-VALUES_ONLY = {"seed": 0, "quantizer": "minmax", "options": {}, "qat_steps": 0}
+QAT_STRUCTURE = ("qat_method", "qat_loss", "qat_batch_size")  # where the point trains
+VALUES_ONLY = {"seed": 0, "quantizer": "minmax", "options": {}}
 OPS = {"w4a16_matmul": ops.w4a16_matmul, "int_matmul": ops.int_matmul}
 
 
@@ -76,7 +81,7 @@ class Call:
     op: str
     qt: QTensor
     m: int
-    dtype: jnp.dtype
+    dtype: jnp.dtype  # of x (W4A16) or of the activation codes (W4A4)
     scale_rows: int | None  # W4A4: rows of x_scale (M dynamic, 1 static)
     impl: str
     sources: set[str] = dataclasses.field(default_factory=set)
@@ -92,24 +97,47 @@ class Call:
         return text + scales + ("" if self.impl == "auto" else f" impl={self.impl}")
 
 
-def structures(points: list[dict]) -> list[dict]:
-    """One point per structure of the experiment's 4-bit points (module docstring)."""
-    chosen = {}
+def _structure(point: dict) -> str:
+    qat = [point[field] for field in QAT_STRUCTURE] if point["qat_steps"] else []
+    return repr([point[field] for field in STRUCTURE] + qat)
+
+
+def stores_perm(point: dict) -> bool:
+    """Whether this point's weights keep GPTQ's act-order permutation (`q4lab.quantizers.gptq`:
+    act-order with dynamic groups), by its quantizer options (AWQ's final quantizer included)."""
+    quantizer, options = point["quantizer"], dict(point["options"])
+    if quantizer == "awq":
+        quantizer, options = options.get("quantizer"), dict(options.get("quantizer_options", ()))
+    dynamic_groups = point["group_size"] > 0 and not options.get("static_groups")
+    return quantizer == "gptq" and bool(options.get("act_order")) and dynamic_groups
+
+
+def _four_bit(points: list[dict]) -> Iterator[dict]:
+    """The 4-bit points; a budget point as uniform 4-bit points at each of its groups."""
     for point in points:
-        if point["bits"] != 4 or point["bits_budget"]:
-            continue
-        chosen.setdefault(repr([point[field] for field in STRUCTURE]), point | VALUES_ONLY)
+        if not point["bits_budget"]:
+            yield from [point] if point["bits"] == 4 else []
+        elif 4 in point["budget_widths"]:
+            for group in point["budget_groups"] or [point["group_size"]]:
+                yield point | {"bits": 4, "group_size": group, "bits_budget": 0.0}
+
+
+def structures(points: list[dict]) -> list[tuple[dict, bool]]:
+    """One point per structure of the experiment's 4-bit points (module docstring), each with
+    whether a point of that structure stores an act-order permutation."""
+    chosen: dict[str, tuple[dict, bool]] = {}
+    for point in _four_bit(points):
+        first = point | VALUES_ONLY | {"qat_steps": min(point["qat_steps"], 1)}
+        first, perm = chosen.get(_structure(point), (first, False))
+        chosen[_structure(point)] = (first, perm or stores_perm(point))
     return list(chosen.values())
 
 
-def _act_order(points: list[dict]) -> bool:
-    return any(p["quantizer"] == "gptq" and p["options"].get("act_order") for p in points)
-
-
 @contextlib.contextmanager
-def recording(calls: dict[str, Call], source: str) -> Iterator[None]:
-    """Record into ``calls`` every op call q4lab's modules make inside the block (they call the
-    ops by the names they imported, which are swapped for recording wrappers)."""
+def recording(calls: dict[str, Call], source: str, seen: set[str]) -> Iterator[None]:
+    """Record into ``calls`` every op call q4lab's modules make while a model is traced inside
+    the block, and their keys into ``seen`` (the modules call the ops by the names they
+    imported, which are swapped for recording wrappers)."""
 
     def wrap(op: str, fn: Callable) -> Callable:
         def recorded(*args, impl: str = "auto"):
@@ -126,6 +154,7 @@ def recording(calls: dict[str, Call], source: str) -> Iterator[None]:
             if call.key not in calls:
                 calls[call.key] = dataclasses.replace(call, qt=autotune.stand_in(qt))
             calls[call.key].sources.add(source)
+            seen.add(call.key)
             return fn(*args, impl=impl)
 
         return recorded
@@ -153,7 +182,7 @@ def with_permutation(call: Call) -> Call:
     """``call`` on a weight whose rows are stored in GPTQ's act-order (a random ``perm``)."""
     perm = np.random.default_rng(call.qt.k).permutation(call.qt.k)
     qt = dataclasses.replace(call.qt, perm=jnp.asarray(perm, jnp.uint16))
-    return dataclasses.replace(call, qt=qt, sources=set(call.sources))
+    return dataclasses.replace(call, qt=qt, sources=set())
 
 
 def _gpu_path(call: Call) -> str:
@@ -174,17 +203,6 @@ def _kernel(call: Call) -> str:
     return f"block_m {c.block_m}, block_n {c.block_n}{split}"
 
 
-def _operands(call: Call) -> tuple:
-    scale_rows = call.scale_rows if call.w4a4 else None
-    dtype = jnp.float32 if call.w4a4 else call.dtype
-    return (
-        *activation_stand_ins(
-            call.qt.k, call.m, w4a4=call.w4a4, dtype=dtype, scale_rows=scale_rows
-        ),
-        call.qt,
-    )
-
-
 def _as_run(path: str, op: Callable, *, on_gpu: bool) -> Callable:
     """``op`` by ``path``: on the GPU (for lowering) or here (a Triton kernel interpreted)."""
     kernel = pallas_gpu.w4a4_pallas if op is ops.int_matmul else pallas_gpu.w4a16_pallas
@@ -193,31 +211,43 @@ def _as_run(path: str, op: Callable, *, on_gpu: bool) -> Callable:
     return lambda *a: op(*a, impl=path)
 
 
+def _first_line(error: Exception) -> str:
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:120]}"
+
+
 def check(call: Call) -> dict:
     """One row of the table (module docstring)."""
     start = time.perf_counter()
     path, op = _gpu_path(call), OPS[call.op]
-    args = _operands(call)
+    scale_rows = call.scale_rows if call.w4a4 else None
+    activations = autotune.activation_stand_ins(
+        call.qt.k, call.m, w4a4=call.w4a4, dtype=call.dtype, scale_rows=scale_rows
+    )
+    args = (*activations, call.qt)
+    lowered, rounded, error, run_error = "ok", 0, float("nan"), ""
     try:
-        lowered_for_gpu(_as_run(path, op, on_gpu=True), *args)
-        lowered = "ok"
-    except Exception as error:
-        lowered = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
-    if path == "mosaic":  # K-major codes; the harness lays none out, and its tests interpret it
-        error = float("nan")
-    else:
-        with jax.default_matmul_precision("highest"):
-            y = np.asarray(jax.jit(_as_run(path, op, on_gpu=False))(*args))
-            ref = np.asarray(jax.jit(lambda *a: op(*a, impl="reference"))(*args))
+        rounded = len(
+            rounded_dots(lowered_for_gpu(_as_run(path, op, on_gpu=True), *args).as_text())
+        )
+    except Exception as e:
+        lowered = _first_line(e)
+    try:
+        y = np.asarray(jax.jit(_as_run(path, op, on_gpu=False))(*args))
+        ref = np.asarray(jax.jit(lambda *a: op(*a, impl="reference"))(*args))
         error = float(np.abs(y - ref).max() / max(np.abs(ref).max(), 1e-30))
+    except Exception as e:
+        run_error = _first_line(e)
+    passed = lowered == "ok" and not rounded and error <= TOLERANCE  # NaN fails
     return {
         "experiments": ", ".join(sorted(call.sources)),
         "call": call.key,
         "GPU runs": path,
         "Triton kernel": _kernel(call) if call.qt.spec.nibbles else "",
         "lowered": lowered,
+        "TF32 dots": rounded,
         "max err": error,
-        "flag": "" if lowered == "ok" and not error > TOLERANCE else "FAIL",
+        "run error": run_error,
+        "flag": "" if passed else "FAIL",
         "s": time.perf_counter() - start,
     }
 
@@ -225,23 +255,19 @@ def check(call: Call) -> dict:
 def record_experiment(path: str, calls: dict[str, Call]) -> int:
     """Run ``path``'s structures here, recording their calls; returns how many points ran."""
     name = path.rsplit("/", 1)[-1].removesuffix(".py")
-    points = load_experiment(path).points
-    chosen = structures(points)
-    before = set(calls)
-    jax.clear_caches()  # calls are seen while a model is traced: retrace what others compiled
-    for point in chosen:
-        start = time.perf_counter()
-        with recording(calls, name):
+    chosen = structures(load_experiment(path).points)
+    for point, perm in chosen:
+        start, seen = time.perf_counter(), set()
+        jax.clear_caches()  # calls are seen while a model is traced: trace this point's afresh
+        with recording(calls, name, seen):
             evaluate_point(point)
-        fields = ", ".join(f"{field}={point[field]!r}" for field in STRUCTURE)
-        print(
-            f"{name}: {fields} ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True
-        )
-    if _act_order(points):
-        for key in sorted(set(calls) - before):
-            variant = with_permutation(calls[key])
-            if calls[key].qt.perm is None and calls[key].qt.spec.nibbles:
+        for key in sorted(seen) if perm else []:
+            if calls[key].qt.spec.nibbles and calls[key].qt.scale.shape[0] > 1:
+                variant = with_permutation(calls[key])
                 calls.setdefault(variant.key, variant).sources.add(name)
+        fields = ", ".join(f"{field}={point[field]!r}" for field in STRUCTURE)
+        took = time.perf_counter() - start
+        print(f"{name}: {fields}, act-order {perm} ({took:.1f} s)", file=sys.stderr, flush=True)
     return len(chosen)
 
 
@@ -273,7 +299,10 @@ def main() -> int:
             f.write(text)
     failed = table[table["flag"] != ""]
     if len(failed):
-        print(f"{len(failed)} call(s) failed to lower or disagreed", file=sys.stderr)
+        print(
+            f"{len(failed)} call(s) failed (lowering, TF32 dots, running or disagreeing)",
+            file=sys.stderr,
+        )
     return int(len(failed) > 0)
 
 

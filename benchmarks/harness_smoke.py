@@ -50,7 +50,7 @@ def _select(points: list[dict], conditions: list[str]) -> list[dict]:
             raise SystemExit(f"--where {condition!r}: no field {key!r}; fields: {fields}")
         wanted.setdefault(key, []).append(literal_value(value))
     chosen = [p for p in points if all(p[k] in values for k, values in wanted.items())]
-    if not chosen:
+    if conditions and not chosen:
         raise SystemExit(f"no point of the experiment has {' '.join(conditions)}")
     return chosen
 

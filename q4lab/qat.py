@@ -204,7 +204,7 @@ def train(
     (inputs, targets or None) with ``loss(outputs, targets, float outputs)``; the float outputs
     (distillation only) come from ``fp_params``, the unquantized model. Deterministic in
     ``seed``. ``progress``: a bar over steps with the running loss (None: only on a terminal)."""
-    warmup = max(1, config.steps // 10)
+    warmup = min(max(1, config.steps // 10), config.steps - 1)  # one step: no warm-up
     schedule = optax.warmup_cosine_decay_schedule(0.0, config.lr, warmup, config.steps)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
     opt_state = opt.init(params)

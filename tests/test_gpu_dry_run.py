@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 import q4lab.layer_quant
+from q4lab.core import dequantize_matrix
 from q4lab.ops import autotune, int_matmul, w4a16_matmul
 from q4lab.sweep import load_experiment
 
@@ -40,21 +41,44 @@ def test_one_point_per_structure_of_the_4_bit_points(experiment):
     points = load_experiment(str(experiment)).points
     chosen = gpu_dry_run.structures(points)
     assert len(points) == 32
-    assert {(p["group_size"], p["act_bits"]) for p in chosen} == {
-        (0, 16),
-        (0, 4),
-        (32, 16),
-        (32, 4),
+    assert {(p["group_size"], p["act_bits"]): perm for p, perm in chosen} == {
+        (0, 16): False,  # GPTQ keeps no permutation for per-channel weights
+        (0, 4): False,
+        (32, 16): True,
+        (32, 4): True,
     }
-    assert len(chosen) == 4
-    assert all(p["bits"] == 4 and p["seed"] == 0 and p["quantizer"] == "minmax" for p in chosen)
-    assert gpu_dry_run.structures([points[0] | {"bits": 4, "bits_budget": 3.5}]) == []
+    assert all(p["bits"] == 4 and p["seed"] == 0 and p["quantizer"] == "minmax" for p, _ in chosen)
+    budget = points[0] | {"bits_budget": 3.5, "budget_widths": [2, 4], "budget_groups": [0, 128]}
+    assert [(p["bits"], p["group_size"]) for p, _ in gpu_dry_run.structures([budget])] == [
+        (4, 0),
+        (4, 128),
+    ]
+    assert gpu_dry_run.structures([budget | {"budget_widths": [2, 3]}]) == []
+    trains = points[0] | {"bits": 4, "qat_steps": 300}
+    ((point, _),) = gpu_dry_run.structures([trains, trains | {"qat_steps": 150}])
+    assert point["qat_steps"] == 1  # one step records the training forward's calls
+
+
+@pytest.mark.parametrize(
+    ("quantizer", "options", "group_size", "stores"),
+    [
+        ("gptq", {"act_order": True}, 128, True),
+        ("gptq", {"act_order": True}, 0, False),
+        ("gptq", {"act_order": True, "static_groups": True}, 128, False),
+        ("gptq", {}, 128, False),
+        ("awq", {"quantizer": "gptq", "quantizer_options": {"act_order": True}}, 128, True),
+        ("awq", {"quantizer": "minmax"}, 128, False),
+    ],
+)
+def test_which_points_store_an_act_order_permutation(quantizer, options, group_size, stores):
+    point = {"quantizer": quantizer, "options": options, "group_size": group_size}
+    assert gpu_dry_run.stores_perm(point) is stores
 
 
 def test_recording_sees_the_models_calls_and_puts_the_ops_back():
-    calls = {}
+    calls, seen = {}, set()
     x, qt = jnp.ones((3, 64)), autotune.stand_in(_weight())
-    with gpu_dry_run.recording(calls, "here"):
+    with gpu_dry_run.recording(calls, "here", seen):
         q4lab.layer_quant.w4a16_matmul(x, qt)
         q4lab.layer_quant.w4a16_matmul(x, qt)  # the same call again: one entry
     assert q4lab.layer_quant.w4a16_matmul is w4a16_matmul
@@ -62,22 +86,49 @@ def test_recording_sees_the_models_calls_and_puts_the_ops_back():
     (call,) = calls.values()
     assert (call.op, call.m, call.sources) == ("w4a16_matmul", 3, {"here"})
     assert call.key == "w4a16 64x256 g16 float16 sym rows m3 float32"
+    assert seen == {call.key}
 
 
-def test_a_path_that_disagrees_with_the_reference_is_flagged(monkeypatch):
-    call = gpu_dry_run.Call(
+def _call(m: int = 8) -> "gpu_dry_run.Call":
+    return gpu_dry_run.Call(
         op="w4a16_matmul",
         qt=autotune.stand_in(_weight()),
-        m=8,
+        m=m,
         dtype=jnp.dtype("float32"),
         scale_rows=None,
         impl="auto",
     )
-    assert gpu_dry_run.check(call)["flag"] == ""
+
+
+def test_a_path_that_disagrees_or_gives_nan_is_flagged(monkeypatch):
+    assert gpu_dry_run.check(_call())["flag"] == ""
     wrong = lambda *a: w4a16_matmul(*a[:-1], autotune.stand_in(a[-1], seed=1))  # noqa: E731
     monkeypatch.setattr(gpu_dry_run, "_as_run", lambda path, op, on_gpu: wrong)
-    row = gpu_dry_run.check(call)
+    row = gpu_dry_run.check(_call())
     assert row["max err"] > 0.1 and row["flag"] == "FAIL"
+    nan = lambda *a: w4a16_matmul(*a) * jnp.nan  # noqa: E731
+    monkeypatch.setattr(gpu_dry_run, "_as_run", lambda path, op, on_gpu: nan)
+    assert gpu_dry_run.check(_call())["flag"] == "FAIL"
+
+
+def test_a_path_that_fails_to_lower_or_to_run_is_flagged(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise NotImplementedError("no lowering\nfor this")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gpu_dry_run, "lowered_for_gpu", refuse)
+        row = gpu_dry_run.check(_call())
+    assert (row["lowered"], row["flag"]) == ("NotImplementedError: no lowering", "FAIL")
+    monkeypatch.setattr(gpu_dry_run, "_as_run", lambda path, op, on_gpu: refuse)
+    row = gpu_dry_run.check(_call())
+    assert (row["run error"], row["flag"]) == ("NotImplementedError: no lowering", "FAIL")
+
+
+def test_a_float32_dot_a_gpu_would_round_is_flagged(monkeypatch):
+    rounded = lambda x, qt: x @ dequantize_matrix(qt)  # noqa: E731  (default precision)
+    monkeypatch.setattr(gpu_dry_run, "_as_run", lambda path, op, on_gpu: rounded if on_gpu else op)
+    row = gpu_dry_run.check(_call())
+    assert (row["TF32 dots"], row["flag"]) == (1, "FAIL")
 
 
 def test_an_experiments_calls_lower_for_cuda_and_agree(experiment, tmp_path, monkeypatch):
@@ -85,15 +136,18 @@ def test_an_experiments_calls_lower_for_cuda_and_agree(experiment, tmp_path, mon
     monkeypatch.setattr(sys, "argv", ["gpu_dry_run.py", str(experiment), "--out", str(out)])
     assert gpu_dry_run.main() == 0
     text = out.read_text()
-    # digits-mlp 64-256-128-10: W4A16 and W4A4 at each layer, per-channel and g32, and with
-    # GPTQ's act-order permutation (the experiment's GPTQ uses it)
-    assert text.startswith("24 distinct quantized matmuls of 4 points")
+    # digits-mlp 64-256-128-10: W4A16 and W4A4 at each layer, per-channel and g32, and the g32
+    # ones again with GPTQ's act-order permutation (the experiment's GPTQ keeps one there)
+    assert text.startswith("18 distinct quantized matmuls of 4 points")
     for call in (
         "w4a16 64x256 g32",
         "w4a4 256x128 per-channel",
         "w4a4 128x10 g32 float16 sym rows perm",
     ):
         assert call in text
+    assert "per-channel float16 sym rows perm" not in text
+    # blocked, what a GPU runs for float32 activations, asks for float32 products
+    assert "| blocked " in text and "TF32" in text
     assert "| pallas " in text  # W4A4 g32 at 256x128: the Triton kernel, interpreted here
     assert "FAIL" not in text
 

@@ -12,7 +12,7 @@ from user_models import UserNNX  # pytest puts tests/ on the path
 from q4lab.core import QuantSpec, dequantize, quantize
 from q4lab.evaluate import evaluate
 from q4lab.layer_quant import ActState, quantized_dot
-from q4lab.qat import QATConfig, QATModel
+from q4lab.qat import QATConfig, QATModel, train
 from q4lab.quantize_model import quantize_model
 from q4lab.quantizers import get_quantizer
 from q4lab.recipe import ActSpec, Recipe, Rule, TransformSpec
@@ -141,6 +141,18 @@ def test_ste_trains_master_weights_and_keeps_the_steps(linen):
     for plan in ptq.layers.values():
         key = plan.layer.key
         np.testing.assert_array_equal(_at(frozen.params, key).scale, _at(ptq.params, key).scale)
+
+
+def test_one_step_trains_at_the_peak_rate(linen):
+    model, params, x = linen  # (qat_steps=1 used to leave optax's cosine no steps to decay over)
+    ptq = quantize_model(model, params, QAT_RECIPES["W4A4 g4 dynamic"], sample_input=x)
+    qat, state = QATModel.start(ptq, "ste")
+    config = QATConfig(steps=1, lr=1e-2, method="ste")
+    loss = lambda out, y, fp_out: jnp.sum(out**2)  # noqa: E731
+    trained, log = train(qat, state, lambda rng: (x, None), loss, config, fp_params=params)
+    assert len(log.losses) == 1
+    kernel = trained["model"]["Conv_0"]["kernel"] - state["model"]["Conv_0"]["kernel"]
+    assert float(jnp.max(jnp.abs(kernel))) > 1e-3  # AdamW's first step moves by about lr
 
 
 def test_lsq_steps_get_gradients(linen):

@@ -74,6 +74,22 @@ def use(table: Table | None) -> Iterator[Table | None]:
         _context_table.reset(token)
 
 
+def activation_stand_ins(
+    k: int, m: int, *, w4a4: bool = False, dtype=jnp.float32, scale_rows: int | None = None
+) -> tuple[jax.Array, ...]:
+    """Random concrete activations for a call of M rows on a K-row weight (also while tracing):
+    ``(x,)`` of ``dtype`` (W4A16), or ``(xc, x_scale)`` (W4A4): centered codes of ``dtype``
+    when it is an integer type, else int8 (4-bit asymmetric ones reach +-15), and
+    ``[scale_rows or M, 1]`` float32 row scales."""
+    rng = np.random.default_rng(m)
+    with jax.ensure_compile_time_eval():
+        if w4a4:
+            codes = dtype if jnp.issubdtype(dtype, jnp.integer) else jnp.int8
+            xc = jnp.asarray(rng.integers(-15, 16, (m, k)), codes)
+            return xc, jnp.asarray(rng.uniform(0.5, 1.5, (scale_rows or m, 1)), jnp.float32)
+        return (jnp.asarray(rng.standard_normal((m, k)), jnp.float32).astype(dtype),)
+
+
 def key(qt: QTensor, m: int, *, w4a4: bool, dtype) -> str:
     """What a measured choice depends on, as one readable string, e.g.
     ``"w4a16 8192x28672 g128 float16 sym rows m16 bfloat16"``."""

@@ -7,7 +7,8 @@ than the float dot at M = 1. Here a `lax.fori_loop` walks K in blocks of `block_
 unpacks the block's low and high nibbles (the even and odd output columns, see `q4lab.ops.halves`)
 to float32 while they stay in cache, and accumulates the block's product. The weight values are
 exactly those of `dequantize` (``(u - z) * s`` in float32); only the order of the float sums
-differs from the one big dot.
+differs from the one big dot. Its dots ask for float32 products (``HIGHEST``): on a GPU, where
+`GPU_CHOICES` runs this path for float32 activations, the default would round them as TF32 does.
 
 W4A4 runs the same walk on integer-valued float32 operands: a block lies within one scale group
 and its products and sums are integers below 2^24 (|x_c| <= 128, |w_c| <= 15, at most 8192 rows),
@@ -116,7 +117,7 @@ def w4a16_blocked(x: jax.Array, qt: QTensor, *, rows: int | None = None) -> jax.
     def step(acc, nibbles, scale, zero, r0, size):
         w = (nibbles.astype(jnp.float32) - zero) * scale
         xb = lax.dynamic_slice_in_dim(x, r0, size, 1)
-        return acc + xb @ w.reshape(size, -1)
+        return acc + jnp.dot(xb, w.reshape(size, -1), precision=lax.Precision.HIGHEST)
 
     init = jnp.zeros((x.shape[0], hv.codes.shape[1]), jnp.float32)
     even, odd = _walk(hv, rows, init, step)

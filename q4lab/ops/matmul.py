@@ -44,7 +44,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from q4lab.core import LAYOUTS, QTensor, affine, dequantize_matrix
 from q4lab.ops import autotune, blocked, halves, pallas_gpu
@@ -194,37 +193,12 @@ def tuning_paths(
     """What `autotune.measure` takes for this call: each of ``names`` compiled, the arguments
     (stand-in operands of the call's shapes, one tuple per weight copy) and the trusted path (the
     reference form; W4A4's einsum, or blocked where that was left out of ``names``)."""
-    activations = activation_stand_ins(qt.k, m, w4a4=w4a4, dtype=dtype)
+    activations = autotune.activation_stand_ins(qt.k, m, w4a4=w4a4, dtype=dtype)
     args = [(*activations, w) for w in autotune.weight_copies(qt)]
     op = int_matmul if w4a4 else w4a16_matmul
     paths = {name: jax.jit(functools.partial(op, impl=name)) for name in names}
     trusted = "reference" if not w4a4 else "xla" if "xla" in names else "blocked"
     return paths, args, paths.get(trusted) or jax.jit(functools.partial(op, impl=trusted))
-
-
-def activation_stand_ins(
-    k: int, m: int, *, w4a4: bool = False, dtype=jnp.float32, scale_rows: int | None = None
-) -> tuple[jax.Array, ...]:
-    """Random concrete activations for a call of M rows on a K-row weight (also while tracing):
-    ``(x,)`` of ``dtype`` (W4A16), or ``(xc, x_scale)`` (W4A4): int8 centered codes (4-bit
-    asymmetric ones reach +-15) and ``[scale_rows or M, 1]`` float32 row scales."""
-    rng = np.random.default_rng(m)
-    with jax.ensure_compile_time_eval():
-        if w4a4:
-            xc = jnp.asarray(rng.integers(-15, 16, (m, k)), jnp.int8)
-            return xc, jnp.asarray(rng.uniform(0.5, 1.5, (scale_rows or m, 1)), jnp.float32)
-        return (jnp.asarray(rng.standard_normal((m, k)), jnp.float32).astype(dtype),)
-
-
-def lowered_for_gpu(fn: Callable, *args, device_kind: str = "NVIDIA H200") -> jax.stages.Lowered:
-    """``jit(fn)`` lowered for CUDA from whatever backend this is (a CPU included), as for a
-    ``device_kind`` card: a GPU path's lowering, Triton and Mosaic kernels included, checked
-    without a GPU. Triton needs a card to target; with no GPU present, jax >= 0.11 takes it from
-    the abstract mesh, and refuses to lower without one."""
-    device = jax.sharding.AbstractDevice(device_kind, None, "gpu")
-    mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)
-    with jax.sharding.use_abstract_mesh(mesh):
-        return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
 
 
 def _mosaic_runs(qt: QTensor, m: int, *, w4a4: bool, dtype) -> bool:
