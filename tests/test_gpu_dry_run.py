@@ -10,7 +10,7 @@ import pytest
 
 import q4lab.layer_quant
 from q4lab.core import dequantize_matrix
-from q4lab.ops import autotune, int_matmul, w4a16_matmul
+from q4lab.ops import autotune, int_matmul, lowered_for_gpu, rounded_dots, w4a16_matmul
 from q4lab.sweep import load_experiment
 
 _PATH = Path(__file__).parents[1] / "benchmarks" / "gpu_dry_run.py"
@@ -124,6 +124,15 @@ def test_a_path_that_fails_to_lower_or_to_run_is_flagged(monkeypatch):
     assert (row["run error"], row["flag"]) == ("NotImplementedError: no lowering", "FAIL")
 
 
+@pytest.mark.parametrize("precision", ["default", "high", "highest"])
+def test_rounded_dots_finds_the_float32_dots_a_gpu_would_run_as_tf32(precision):
+    x = jnp.ones((4, 8))
+    text = lowered_for_gpu(lambda a: jnp.dot(a, a.T, precision=precision), x).as_text()
+    assert len(rounded_dots(text)) == (precision != "highest")
+    bf16 = lowered_for_gpu(lambda a: a @ a.T, x.astype(jnp.bfloat16)).as_text()
+    assert rounded_dots(bf16) == []
+
+
 def test_a_float32_dot_a_gpu_would_round_is_flagged(monkeypatch):
     rounded = lambda x, qt: x @ dequantize_matrix(qt)  # noqa: E731  (default precision)
     monkeypatch.setattr(gpu_dry_run, "_as_run", lambda path, op, on_gpu: rounded if on_gpu else op)
@@ -147,7 +156,9 @@ def test_an_experiments_calls_lower_for_cuda_and_agree(experiment, tmp_path, mon
         assert call in text
     assert "per-channel float16 sym rows perm" not in text
     # blocked, what a GPU runs for float32 activations, asks for float32 products
-    assert "| blocked " in text and "TF32" in text
+    rows = [[cell.strip() for cell in line.split("|")] for line in text.splitlines()]
+    blocked = [(row[5], row[6]) for row in rows if len(row) > 6 and row[3] == "blocked"]
+    assert blocked == [("ok", "0")] * 9  # 3 layers: per-channel, g32, g32 act-order
     assert "| pallas " in text  # W4A4 g32 at 256x128: the Triton kernel, interpreted here
     assert "FAIL" not in text
 
