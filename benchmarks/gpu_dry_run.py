@@ -127,9 +127,10 @@ def structures(points: list[dict]) -> list[tuple[dict, bool]]:
     whether a point of that structure stores an act-order permutation."""
     chosen: dict[str, tuple[dict, bool]] = {}
     for point in _four_bit(points):
+        structure = _structure(point)
         first = point | VALUES_ONLY | {"qat_steps": min(point["qat_steps"], 1)}
-        first, perm = chosen.get(_structure(point), (first, False))
-        chosen[_structure(point)] = (first, perm or stores_perm(point))
+        first, perm = chosen.get(structure, (first, False))
+        chosen[structure] = (first, perm or stores_perm(point))
     return list(chosen.values())
 
 
@@ -141,14 +142,13 @@ def recording(calls: dict[str, Call], source: str, seen: set[str]) -> Iterator[N
 
     def wrap(op: str, fn: Callable) -> Callable:
         def recorded(*args, impl: str = "auto"):
-            *activations, qt = args
-            w4a4 = op == "int_matmul"
+            *activations, qt = args  # (x,) or W4A4's (xc, x_scale)
             call = Call(
                 op=op,
                 qt=qt,
                 m=activations[0].shape[0],
                 dtype=jnp.dtype(activations[0].dtype),
-                scale_rows=activations[1].shape[0] if w4a4 else None,
+                scale_rows=activations[1].shape[0] if len(activations) == 2 else None,
                 impl=impl,
             )
             if call.key not in calls:
@@ -219,9 +219,8 @@ def check(call: Call) -> dict:
     """One row of the table (module docstring)."""
     start = time.perf_counter()
     path, op = _gpu_path(call), OPS[call.op]
-    scale_rows = call.scale_rows if call.w4a4 else None
     activations = autotune.activation_stand_ins(
-        call.qt.k, call.m, w4a4=call.w4a4, dtype=call.dtype, scale_rows=scale_rows
+        call.qt.k, call.m, w4a4=call.w4a4, dtype=call.dtype, scale_rows=call.scale_rows
     )
     args = (*activations, call.qt)
     lowered, rounded, error, run_error = "ok", 0, float("nan"), ""
