@@ -5,11 +5,12 @@ device: the quantized matmuls of every experiment, as the GPU rules would run th
     python benchmarks/gpu_dry_run.py experiments/w4a4.py --out dry.md
 
 1. Each experiment's 4-bit points are reduced to one per structure: the fields that decide a
-   model's quantized matmuls (`STRUCTURE`: task, group size, activation bits and mode, symmetry,
-   scale dtype, rotation, rules, calibration size; with QAT its method, loss and batch size),
-   by min-max weights at seed 0, and one QAT step where the point trains (QAT's training forward
-   runs the same ops, at its batch's M). The quantizer, the seed, clipping, smoothing and the
-   number of QAT steps change the codes' values, not the calls. A mixed-precision budget point
+   model's quantized matmuls (`STRUCTURE`, every point field but `VALUE_FIELDS`: task, group
+   size, activation bits and mode, symmetry, scale dtype, rotation, rules, calibration size;
+   with QAT its method, loss and batch size), by min-max weights at seed 0, and one QAT step
+   where the point trains (QAT's training forward runs the same ops, at its batch's M). The
+   quantizer, the seed, clipping, smoothing and the number of QAT steps change the codes'
+   values, not the calls. A mixed-precision budget point
    stands for uniform 4-bit points at each of its groups. Each point runs here as a sweep runs
    it, and every ``w4a16_matmul`` / ``int_matmul`` call its model makes is recorded: operation,
    K x N, scale grid, M, activation dtype, row-scale rows. Where a point of the structure stores
@@ -50,27 +51,29 @@ from q4lab import ops
 from q4lab.core import QTensor
 from q4lab.ops import autotune, choose, lowered_for_gpu, pallas_gpu, rounded_dots
 from q4lab.sweep import load_experiment
+from q4lab.sweep.fields import BUDGET_FIELDS, FIELDS, QAT_FIELDS
 from q4lab.sweep.runner import evaluate_point
 
 TOLERANCE = 1e-4  # relative to max |y|: exact weights, float32 sums in another order
-# the point fields that decide a model's quantized matmuls (the rest change values only: the
-# quantizer, seed, clipping, smoothing, QAT's steps and rate), and the values the dry run gives
-# the others
-STRUCTURE = (
-    "task",
-    "bits",
-    "symmetric",
-    "group_size",
-    "scale_dtype",
-    "act_bits",
-    "act_mode",
-    "act_symmetric",
-    "rotation",
-    "rules",
-    "calib_size",
+# The point fields that change only the codes' values, not which matmuls a model makes (the
+# quantizer, seed, clipping, smoothing, calibration order, QAT's steps and rate), and the
+# budget fields (`_four_bit` expands them). Every other field is structure: a field added to
+# `FIELDS` later splits points until it is listed here.
+VALUE_FIELDS = (
+    "seed",
+    "quantizer",
+    "options",
+    "act_clipping",
+    "act_clipping_options",
+    "smooth_alpha",
+    "sequential",
+    "qat_steps",
+    "qat_lr",
+    *BUDGET_FIELDS,
 )
-QAT_STRUCTURE = ("qat_method", "qat_loss", "qat_batch_size")  # where the point trains
-VALUES_ONLY = {"seed": 0, "quantizer": "minmax", "options": {}}
+STRUCTURE = tuple(f for f in FIELDS if f not in VALUE_FIELDS and f not in QAT_FIELDS)
+QAT_STRUCTURE = tuple(f for f in QAT_FIELDS if f not in VALUE_FIELDS)  # where the point trains
+VALUES_ONLY = {"seed": 0, "quantizer": "minmax", "options": {}}  # what the dry run runs
 OPS = {"w4a16_matmul": ops.w4a16_matmul, "int_matmul": ops.int_matmul}
 
 

@@ -59,6 +59,25 @@ def test_one_point_per_structure_of_the_4_bit_points(experiment):
     assert point["qat_steps"] == 1  # one step records the training forward's calls
 
 
+def test_a_point_field_is_structure_unless_listed_as_values_only():
+    """A field added to the sweep's FIELDS splits the dry run's points until someone lists it
+    in VALUE_FIELDS: this test names today's split, so adding one means deciding."""
+    assert gpu_dry_run.STRUCTURE == (
+        "task",
+        "bits",
+        "symmetric",
+        "group_size",
+        "scale_dtype",
+        "act_bits",
+        "act_mode",
+        "act_symmetric",
+        "rotation",
+        "rules",
+        "calib_size",
+    )
+    assert gpu_dry_run.QAT_STRUCTURE == ("qat_method", "qat_loss", "qat_batch_size")
+
+
 @pytest.mark.parametrize(
     ("quantizer", "options", "group_size", "stores"),
     [
