@@ -13,7 +13,7 @@ Variants (4-bit weights, g128 where a layer is wider, 4-bit activations):
   ... + float target          and GPTQ fitting the float model's outputs from the quantized
                    model's inputs (GPTAQ, Li et al. 2025; sequential calibration on every task)
 each with dynamic per-row ranges and static per-tensor ranges (calibrated), seeds 0 and 1 (the
-seed also draws the rotation's signs; results/w4a4 holds seed 0 so far, seed 1 resumes).
+seed also draws the rotation's signs).
 Tasks: minilm (all 36 linear layers), charlm, digits-mlp; mnist1d-cnn is left out (its
 convolutions take no transform).
 

@@ -304,7 +304,7 @@ class ByteLMTask(Task):
 
 @register_task("minilm")
 def minilm() -> Task:
-    """all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, 22.7M parameters), pretrained."""
+    """all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384; 22.6M parameters, no pooler), pretrained."""
     return SentenceEmbeddingTask()
 
 
