@@ -73,7 +73,7 @@ VALUE_FIELDS = (
 )
 STRUCTURE = tuple(f for f in FIELDS if f not in VALUE_FIELDS and f not in QAT_FIELDS)
 QAT_STRUCTURE = tuple(f for f in QAT_FIELDS if f not in VALUE_FIELDS)  # where the point trains
-VALUES_ONLY = {"seed": 0, "quantizer": "minmax", "options": {}}  # what the dry run runs
+DRY_RUN_VALUES = {"seed": 0, "quantizer": "minmax", "options": {}}  # what the dry run runs instead
 OPS = {"w4a16_matmul": ops.w4a16_matmul, "int_matmul": ops.int_matmul}
 
 
@@ -131,7 +131,7 @@ def structures(points: list[dict]) -> list[tuple[dict, bool]]:
     chosen: dict[str, tuple[dict, bool]] = {}
     for point in _four_bit(points):
         structure = _structure(point)
-        first = point | VALUES_ONLY | {"qat_steps": min(point["qat_steps"], 1)}
+        first = point | DRY_RUN_VALUES | {"qat_steps": min(point["qat_steps"], 1)}
         first, perm = chosen.get(structure, (first, False))
         chosen[structure] = (first, perm or stores_perm(point))
     return list(chosen.values())
