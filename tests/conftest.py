@@ -1,5 +1,7 @@
 import os
 import platform
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # XLA:CPU generates code for the machine's widest vector unit, and float sums come out in a
@@ -11,6 +13,15 @@ native = os.environ.get("Q4LAB_NATIVE_ISA") or platform.machine() not in ("x86_6
 if not native and "xla_cpu_max_isa" not in flags:
     os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_max_isa=AVX2".strip()
 os.environ.setdefault("WANDB_MODE", "offline")
+# One persistent compilation cache for the run, shared by the two xdist workers (which inherit
+# this process's environment) and the processes tests start (a sweep killed and resumed, Ray's
+# workers, the notebook's kernel): each compiles what another already compiled. A cached
+# executable is the same program, so results do not change; only the compile time goes.
+# Every compile is kept (they take well under JAX's default 1 s threshold here).
+owned_compile_cache = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if owned_compile_cache:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="q4lab-jax-cache-")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # auto dispatches by the rules in tests (tests/ops/test_autotune.py puts tables in use itself)
 os.environ.pop("Q4LAB_AUTOTUNE", None)
 
@@ -26,6 +37,11 @@ settings.register_profile(
     derandomize=True,
 )
 settings.load_profile("q4lab")
+
+
+def pytest_unconfigure(config):
+    if owned_compile_cache:  # only the process that made the cache removes it
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
