@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from q4lab.core import QTensor
+from q4lab.ops.lowering import on_gpu
 
 Table = MutableMapping[str, dict[str, Any]]
 
@@ -154,7 +155,7 @@ def time_paths(
     they have taken less than ``seconds`` (default `SECONDS`). On a GPU each measurement queues
     `GPU_QUEUED` calls."""
     seconds = SECONDS if seconds is None else seconds
-    queued = GPU_QUEUED if jax.default_backend() in ("gpu", "cuda", "rocm") else 1
+    queued = GPU_QUEUED if on_gpu() else 1
     for fn in paths.values():  # warm-up: each path's buffers and clocks
         jax.block_until_ready([fn(*a) for a in args])
     times: dict[str, list[float]] = {name: [] for name in paths}

@@ -1,5 +1,6 @@
-"""What a GPU would compile, seen from any backend: a function lowered for CUDA (Triton and
-Mosaic kernels included) and the float32 dots in it that a GPU would round."""
+"""What a GPU would compile, seen from any backend: whether a backend is a GPU, a function
+lowered for CUDA (Triton and Mosaic kernels included) and the float32 dots in it that a GPU
+would round."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ _ROUNDED_FLOAT32_DOT = re.compile(
     r"dot_general .*precision = \[(DEFAULT|HIGH), (DEFAULT|HIGH)\]"
     r".*: \(tensor<[^>]*xf32>, tensor<[^>]*xf32>\)"
 )
+
+
+def on_gpu(backend: str | None = None) -> bool:
+    """True for a GPU backend (the default backend unless one is named)."""
+    return (backend or jax.default_backend()) in ("gpu", "cuda", "rocm")
 
 
 def lowered_for_gpu(fn: Callable, *args, device_kind: str = "NVIDIA H200") -> jax.stages.Lowered:

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 
 from q4lab.core import LAYOUTS, QTensor, affine, dequantize_matrix
 from q4lab.ops import autotune, blocked, halves, pallas_gpu
+from q4lab.ops.lowering import on_gpu
 
 IMPLEMENTATIONS: tuple[str, ...] = (
     "auto",
@@ -79,11 +80,6 @@ READS: dict[str, tuple[str, ...]] = {
     "pallas_interpret": ("rows",),
     "mosaic": LAYOUTS,
 }
-
-
-def on_gpu(backend: str | None = None) -> bool:
-    """True for a GPU backend (the default backend unless one is named)."""
-    return (backend or jax.default_backend()) in ("gpu", "cuda", "rocm")
 
 
 # What ``auto`` runs on a GPU, by operation and operands: the first (max_rows, impl) whose bound
