@@ -17,8 +17,11 @@ os.environ.setdefault("WANDB_MODE", "offline")
 # this process's environment) and the processes tests start (a sweep killed and resumed, Ray's
 # workers, the notebook's kernel): each compiles what another already compiled. A cached
 # executable is the same program, so results do not change; only the compile time goes.
-# Every compile is kept (they take well under JAX's default 1 s threshold here).
-owned_compile_cache = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+# Every compile is kept (they take well under JAX's default 1 s threshold here). CPU runs only:
+# the GPU check runs the tests in one process, where the cache would only add writes.
+owned_compile_cache = (
+    os.environ["JAX_PLATFORMS"] == "cpu" and "JAX_COMPILATION_CACHE_DIR" not in os.environ
+)
 if owned_compile_cache:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="q4lab-jax-cache-")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
