@@ -375,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument(
         "--x",
         default="bits_per_weight",
-        help="the budget's column (ideal_bits_per_weight: 3-bit codes counted as 3)",
+        help="the budget's column, a size (ideal_bits_per_weight: 3-bit codes counted as 3; "
+        "also total_bytes, quantized_bytes, bits)",
     )
     rep.add_argument("--write", action="store_true", help="also write <results>/report.md")
     rep.set_defaults(func=_cmd_report)

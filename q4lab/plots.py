@@ -94,13 +94,21 @@ LINESTYLES = ("-", "--", ":", "-.", (0, (5, 2, 1, 2)))
 
 def aggregate(table: pd.DataFrame, x: str, y: str, extra: Sequence[str] = ()) -> pd.DataFrame:
     """One row per configuration: ``x`` mean, ``y`` mean/std (0 for one seed)/count over seeds,
-    and the float model's ``fp_<y>`` mean/std over the same seeds where the table has it."""
+    and the float model's ``fp_<y>`` mean/std over the same seeds where the table has it. An
+    ``x`` that is itself a configuration field (``bits``, ``group_size``) still tells
+    configurations apart: W3 and W4 stay two points at x = 3 and 4, never one at 3.5."""
     missing = [c for c in (x, y, *extra) if c not in table]
     if missing:
         raise ValueError(f"column(s) {missing} are not in the results; allowed: {list(table)}")
-    keys = [c for c in dict.fromkeys((*CONFIG_COLUMNS, *extra)) if c in table and c not in (x, y)]
+    keys = [
+        c
+        for c in dict.fromkeys((*CONFIG_COLUMNS, *extra))
+        if c in table and c != y and (c != x or c in CONFIG_COLUMNS)
+    ]
     grouped = table.groupby(keys, dropna=False, sort=True)
     out = grouped.agg(x=(x, "mean"), y=(y, "mean"), y_std=(y, "std"), seeds=(y, "count"))
+    if x in keys:  # the key holds x already
+        out = out.drop(columns="x")
     out["y_std"] = out["y_std"].fillna(0.0)
     for column in ("ideal_bits_per_weight", "bits_per_weight"):
         if column in table and column not in (x, y):
@@ -159,7 +167,8 @@ def plot_points(
 
     - ``row``, ``col``: its panel (the ``facet`` and ``columns`` values, "" when unused);
     - ``series``: a tuple of the hue, style and every other field that varies within a panel,
-      except ``group_size``, which runs along a series' line;
+      except the one a series' line runs along: ``x`` where it is a field (``bits``), else
+      ``group_size``;
     - ``x_plot``: ``x`` dodged within the panel (`dodge`), ``step_pt`` points apart on a plotting
       area ``width`` inches wide (default `axes_width`), closer where a crowd must fit between its
       neighbours or within `MAX_SPREAD`; the column ``step_pt`` holds the spacing used;
@@ -171,13 +180,14 @@ def plot_points(
         facet = "task"
     named = [c for c in (hue, style, facet, columns) if c]
     agg = aggregate(table, x, y, named)
-    if style and (style not in agg or agg[style].nunique() < 2):
-        style = None
+    if style and (style == x or style not in agg or agg[style].nunique() < 2):
+        style = None  # the x axis already shows a field it would mark
     if columns and (columns not in agg or agg[columns].nunique() < 2):
         columns = None
     keys = [c for c in dict.fromkeys((*CONFIG_COLUMNS, *named)) if c in agg]
-    # fields that vary within a panel and are not shown by colour or marker tell series apart too
-    along = "group_size" if "group_size" not in (hue, style) else None
+    # fields that vary within a panel and are not shown by colour or marker tell series apart too,
+    # but for the one a series' line runs along: x where x is a field, else the group size
+    along = x if x in CONFIG_COLUMNS else "group_size" if "group_size" not in (hue, style) else None
     panel_keys = [c for c in (facet, columns) if c]
     varying = set()
     for _, part in agg.groupby(panel_keys, dropna=False) if panel_keys else [(None, agg)]:

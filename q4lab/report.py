@@ -43,9 +43,13 @@ NOISE_RULE = (
     "so differences are paired by seed); with fewer than two such seeds there is no spread "
     "and nothing is marked"
 )
-X_NAMES = {
-    "bits_per_weight": "stored bits per weight",
-    "ideal_bits_per_weight": "ideal bits/weight",
+# What a budget can be counted in (a size: more is bigger), by column: its name and unit.
+BUDGET_AXES = {
+    "bits_per_weight": ("stored bits per weight", "bits/weight"),
+    "ideal_bits_per_weight": ("ideal bits/weight", "bits/weight"),
+    "total_bytes": ("stored bytes", "bytes"),
+    "quantized_bytes": ("stored bytes of the quantized layers", "bytes"),
+    "bits": ("weight code width", "bits"),
 }
 
 
@@ -116,7 +120,8 @@ def configuration_label(point: pd.Series, fields: list[str]) -> str:
 
 
 def budget_table(table: pd.DataFrame, x: str = "bits_per_weight", y: str = "score") -> pd.DataFrame:
-    """The Pareto-best point per budget of ``x``, per task and activation width.
+    """The Pareto-best point per budget of ``x`` (a size, one of `BUDGET_AXES`), per task and
+    activation width.
 
     One row per point on the front (scanning budgets upwards, a point joins when it is strictly
     better than every smaller one; ties go to the smaller), with ``budget`` (the range of budgets
@@ -126,6 +131,9 @@ def budget_table(table: pd.DataFrame, x: str = "bits_per_weight", y: str = "scor
     quantizer within the row's budgets, - the row's point), each paired by seed, with its
     ``*_std`` over seeds and ``*_noise`` flag (`NOISE_RULE`).
     """
+    if x not in BUDGET_AXES:
+        why = " (it grows as the model shrinks)" if x == "compression" else ""
+        raise ValueError(f"x={x!r} is not a size to budget by{why}; allowed: {list(BUDGET_AXES)}")
     points = aggregate(table, x, y)
     points["_values"] = _seed_values(table, points, y)
     base = baseline_column(table, y)
@@ -230,9 +238,10 @@ def best_points(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
 
 def _budget_markdown(part: pd.DataFrame, x: str, y: str, metric: str) -> str:
     """One section of `budget_table` as a markdown table of formatted strings."""
-    out = pd.DataFrame({"budget (bits/weight)": part["budget"]})
+    name, unit = BUDGET_AXES[x]
+    out = pd.DataFrame({f"budget ({unit})": part["budget"]})
     out["best configuration"] = part["configuration"]
-    out[X_NAMES.get(x, x)] = [f"{v:.4g}" for v in part[x]]
+    out[name] = [f"{v:.4g}" for v in part[x]]
     out[f"{metric} (mean ± std)"] = [
         format_value(m) + (f" ± {format_value(s)}" if np.isfinite(s) else "")
         for m, s in zip(part[y], part[f"{y}_std"], strict=True)
@@ -351,7 +360,7 @@ def report(
     lines = [f"# {title}", ""] if title else []
     lines += [
         f"{len(table)} runs: {configs} configurations, {_count(seeds, 'seed')}. Per task and "
-        f"activation width, the best configuration within each budget b of {X_NAMES.get(x, x)} "
+        f"activation width, the best configuration within each budget b of {BUDGET_AXES[x][0]} "
         "(the Pareto front; ties go to the smaller configuration):",
         "",
         "- a row holds for every budget in its range; a bigger budget buys a better point only "

@@ -98,6 +98,20 @@ def test_configurations_of_different_bits_or_act_bits_are_never_merged():
     assert titles == ["weights only (float activations)", "A4 activations (dynamic)"]
 
 
+def test_a_field_on_the_x_axis_still_tells_configurations_apart():
+    table = make_table(grid(["minmax", "gptq"], [3, 4], [0, 32], [16]))
+    points = plot_points(table, x="bits")
+    assert len(points) == 8 and sorted(points["bits"].unique()) == [3, 4]  # never one at 3.5
+    assert points.attrs["style"] is None  # the axis shows the bits already
+    for _, series in points.groupby("series"):  # a line per quantizer and group size
+        assert sorted(series["bits"]) == [3, 4]
+    assert budget_table(table, x="bits")["bits"].tolist() == [3]  # equal scores: the smaller
+    assert "| budget (bits) " in report(table, x="bits")
+    table["compression"] = 32 / table["bits_per_weight"]
+    with pytest.raises(ValueError, match="'compression' is not a size .* grows as the model"):
+        budget_table(table, x="compression")
+
+
 def test_the_pareto_front_needs_two_points():
     dominated = grid(["minmax", "gptq"], [4], [0, 32], [16])
     dominated[("gptq", 4, 0, 16)] = [0.99, 0.99]  # best and smallest: a front of one point
