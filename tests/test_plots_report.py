@@ -108,7 +108,7 @@ def test_a_field_on_the_x_axis_still_tells_configurations_apart():
     assert budget_table(table, x="bits")["bits"].tolist() == [3]  # equal scores: the smaller
     assert "| budget (bits) " in report(table, x="bits")
     table["compression"] = 32 / table["bits_per_weight"]
-    with pytest.raises(ValueError, match="'compression' is not a size .* grows as the model"):
+    with pytest.raises(ValueError, match=r"'compression' is not a size .* grows as the model"):
         budget_table(table, x="compression")
 
 
