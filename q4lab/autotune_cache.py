@@ -26,7 +26,7 @@ from typing import Any
 
 import jax
 
-from q4lab.baselines.store import atomic_write_bytes
+from q4lab.files import atomic_write_bytes
 from q4lab.manifest import cores, cpu_name
 from q4lab.ops import autotune
 

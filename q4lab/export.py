@@ -55,6 +55,7 @@ from q4lab.adapters import (
 )
 from q4lab.core import QTensor, QuantSpec
 from q4lab.core.transforms import InputTransform
+from q4lab.files import share_as_opened
 from q4lab.layer_quant import ActState
 from q4lab.manifest import manifest
 from q4lab.quantize_model import LayerPlan, QuantizedModel
@@ -329,6 +330,7 @@ def save(qmodel: QuantizedModel, directory: str | os.PathLike, *, task: str | No
     tmp = weights.with_name(weights.name + ".tmp")
     safetensors.numpy.save_file(arrays, tmp, metadata=meta)
     config["weights_bytes"] = tmp.stat().st_size
+    share_as_opened(tmp)  # safetensors writes it private
     tmp.replace(weights)
     tmp = out / (CONFIG_FILE + ".tmp")
     tmp.write_text(json.dumps(config, indent=1) + "\n")

@@ -4,6 +4,7 @@ bytes, and a newer, missing or corrupted file is refused with an error naming wh
 import dataclasses
 import json
 import shutil
+import stat
 import struct
 
 import jax
@@ -157,6 +158,9 @@ def test_file_bytes_are_the_ledgers(saved_linen, saved_nnx):
         )
         assert len(data) - header == qm.ledger().total_bytes + acts
         assert len(data) <= 1.01 * qm.ledger().total_bytes + 64 * 1024
+        # as readable as q4lab.json (safetensors writes its file private)
+        modes = {stat.S_IMODE((directory / f).stat().st_mode) for f in (WEIGHTS_FILE, CONFIG_FILE)}
+        assert len(modes) == 1
 
 
 def _copy(directory, tmp_path):

@@ -18,13 +18,14 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from q4lab.files import atomic_write_bytes
 
 PUBLISHED_DIR = Path(__file__).resolve().parent
 INDEX = "index.json"
@@ -93,20 +94,6 @@ def params_from_bytes(data: bytes) -> dict[str, Any]:
     """The nested params dict (numpy arrays) of `params_to_bytes`' output."""
     with np.load(io.BytesIO(data), allow_pickle=False) as archive:
         return unflatten({name: archive[name] for name in archive.files})
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp's 0o600 would make installed package data unreadable
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def read_index(directory: Path) -> dict[str, dict[str, Any]]:

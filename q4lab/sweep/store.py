@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from q4lab.files import share_as_opened
+
 RUNS = "runs.parquet"
 LAYERS = "layers.parquet"
 
@@ -85,6 +87,7 @@ class ResultsStore:
         os.close(fd)
         try:
             table.to_parquet(tmp, index=False)
+            share_as_opened(tmp)
             os.replace(tmp, self.directory / name)
         finally:
             if os.path.exists(tmp):

@@ -32,13 +32,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from q4lab.baselines.store import (
-    atomic_write_bytes,
     digest,
     find_published,
     params_from_bytes,
     params_to_bytes,
     published_dir,
 )
+from q4lab.files import atomic_write_bytes
 from q4lab.losses import Loss
 
 Forward = Callable[[jax.Array], jax.Array]
