@@ -157,6 +157,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     experiment = load_experiment(args.experiment)  # validated: nothing runs on a bad file
     directory = Path(args.results) / experiment.name
+    try:  # before any point runs: a --results that cannot hold the table fails now, not later
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"--results {args.results!r} cannot hold {directory}: {err.strerror}"
+        ) from err
     total, missing = len(experiment.points), missing_points(experiment, args.results)
     if not missing:
         print(
@@ -174,14 +180,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         wandb = WandbSettings(mode="online", project=args.wandb_project, entity=args.wandb_entity)
     else:
         wandb = WandbSettings()
-    table = run_experiment(
-        experiment,
-        args.results,
-        executor=args.executor,
-        address=args.address,
-        wandb=wandb,
-        progress=not args.no_progress,
-    )
+    try:
+        table = run_experiment(
+            experiment,
+            args.results,
+            executor=args.executor,
+            address=args.address,
+            wandb=wandb,
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:  # every finished point is saved: say so instead of a traceback
+        saved = total - missing_points(experiment, args.results)
+        print(
+            f"\nInterrupted: {saved} of {total} points are saved in {directory / 'runs.parquet'}."
+            f"\n  To run the rest: q4lab run {args.experiment} --results {args.results}",
+            file=sys.stderr,
+        )
+        return 130
     print(f"{len(table)} rows in {directory / 'runs.parquet'}; plot: q4lab plot {directory}")
     return 0
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from q4lab.core import QuantSpec
 from q4lab.qat import QATConfig
-from q4lab.recipe import ActSpec, Recipe, Rule, TransformSpec
+from q4lab.quantizers import RangeQuantizer, available, quantizer_class
+from q4lab.recipe import ACT_MODES, ActSpec, Recipe, Rule, TransformSpec
 
 Point = dict[str, Any]
 
@@ -131,6 +132,24 @@ def config_hash(point: Point) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _check_act_fields(p: Point) -> None:
+    """The activation fields name valid values, at 16 bits too: there a typo ("dynamc") would
+    pass unused and make a new point that reruns the float-activation one."""
+    bits, mode, clipping = p["act_bits"], p["act_mode"], p["act_clipping"]
+    if bits != 16 and (type(bits) is not int or not 2 <= bits <= 8):
+        raise ValueError(
+            f"act_bits={bits!r} is invalid; allowed: an int in 2..8, or 16 (float activations)"
+        )
+    if mode not in ACT_MODES:
+        raise ValueError(f"act_mode={mode!r} is invalid; allowed: {', '.join(ACT_MODES)}")
+    clippers = [n for n in available() if issubclass(quantizer_class(n), RangeQuantizer)]
+    if clipping not in clippers:
+        raise ValueError(
+            f"act_clipping={clipping!r} is invalid; allowed: {', '.join(clippers)} (a clipping "
+            "quantizer: one that picks a range without calibration statistics)"
+        )
+
+
 def _rule(p: Point, pattern: str) -> Rule:
     """The rule of the recipe fields of ``p`` (a point with defaults) for ``pattern``."""
     if p["quantizer"] is None:
@@ -141,6 +160,7 @@ def _rule(p: Point, pattern: str) -> Rule:
         group_size=p["group_size"] or None,
         scale_dtype=p["scale_dtype"],
     )
+    _check_act_fields(p)
     act = None
     if p["act_bits"] != 16:
         act = ActSpec(

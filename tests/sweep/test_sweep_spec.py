@@ -1,11 +1,12 @@
 """Sweep grids, zipped axes, filters, hashes and the validation of experiment files."""
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from q4lab.cli import main
-from q4lab.sweep import Sweep, config_hash, load_experiment, recipe_of
+from q4lab.sweep import ResultsStore, Sweep, config_hash, load_experiment, recipe_of
 
 
 def test_grid_zip_and_filter_expand_in_order():
@@ -87,7 +88,16 @@ BAD_FILES = {
     "typo in a field": ('"act_bit": [4]', r"unknown field 'act_bit' \(did you mean 'act_bits'"),
     "unknown task": ('"seed": [0]', None),
     "bad option": ('"options": [{"act_oder": True}], "quantizer": ["gptq"]', r"act_oder"),
-    "bad act bits": ('"act_bits": [1]', r"QuantSpec.bits=1 is invalid; allowed: an int in 2..8"),
+    "bad act bits": ('"act_bits": [1]', r"act_bits=1 is invalid; allowed: an int in 2..8, or 16"),
+    # at float activations too: the typo would make a new point that reruns the float one
+    "typo in act mode": (
+        '"act_mode": ["dynamc"]',
+        r"act_mode='dynamc' .* allowed: dynamic, static",
+    ),
+    "typo in act clipping": (
+        '"act_clipping": ["percentle"]',
+        r"act_clipping='percentle' is invalid; allowed: minmax, mse, percentile",
+    ),
     "typo in a rule": (
         '"rules": [[{"pattern": "Dense_0", "bit": 8}]]',
         r"rules\[0\]: unknown field 'bit' \(did you mean 'bits'\?\); allowed: pattern, quantizer",
@@ -125,6 +135,39 @@ def test_malformed_experiment_files_fail_before_anything_is_written(tmp_path, ca
     assert exit_.value.code == 2
     assert str(path) in capsys.readouterr().err
     assert not (tmp_path / "results").exists()  # nothing written
+
+
+def write_sweep(directory, grid: str):
+    path = directory / "ok.py"
+    path.write_text(f"from q4lab.sweep import Sweep\nsweep = Sweep(name='ok', grid={grid})\n")
+    return path
+
+
+def test_a_results_path_that_cannot_hold_the_table_fails_before_a_point_runs(tmp_path, capsys):
+    path = write_sweep(tmp_path, "{'task': ['digits-mlp'], 'bits': [4]}")
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(path), "--results", str(tmp_path / "afile"), "--no-wandb"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--results '{tmp_path / 'afile'}' cannot hold" in err and "Not a directory" in err
+
+
+def test_an_interrupted_run_says_what_is_saved_and_how_to_resume(tmp_path, capsys, monkeypatch):
+    import q4lab.sweep
+
+    path = write_sweep(tmp_path, "{'task': ['digits-mlp'], 'bits': [3, 4]}")
+    results = tmp_path / "results"
+
+    def one_point_then_ctrl_c(experiment, root, **kwargs):
+        ResultsStore(Path(root) / experiment.name).append({"config_hash": experiment.hashes[0]})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(q4lab.sweep, "run_experiment", one_point_then_ctrl_c)
+    assert main(["run", str(path), "--results", str(results), "--no-wandb"]) == 130
+    err = capsys.readouterr().err
+    assert f"Interrupted: 1 of 2 points are saved in {results / 'ok' / 'runs.parquet'}" in err
+    assert f"To run the rest: q4lab run {path} --results {results}" in err
 
 
 def test_a_file_without_a_sweep(tmp_path):
