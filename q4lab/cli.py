@@ -152,7 +152,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from q4lab.sweep import WandbSettings, load_experiment, run_experiment
+    from q4lab.sweep import ResultsStore, WandbSettings, load_experiment, run_experiment
     from q4lab.sweep.runner import missing_points
 
     experiment = load_experiment(args.experiment)  # validated: nothing runs on a bad file
@@ -164,6 +164,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"--results {args.results!r} cannot hold {directory}: {err.strerror}"
         ) from err
     total, missing = len(experiment.points), missing_points(experiment, args.results)
+    others = ResultsStore(directory).done() - set(experiment.hashes)
+    if others:
+        print(
+            f"Note: {len(others)} row{'s' * (len(others) > 1)} in {directory / 'runs.parquet'} "
+            f"not among the points of {args.experiment} (an earlier grid, or another file named "
+            f"{experiment.name!r}); plot and report show every row"
+        )
     if not missing:
         print(
             f"All {total} points of {experiment.name!r} are already in "

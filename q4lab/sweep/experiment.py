@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import runpy
+import traceback
 from pathlib import Path
 
 import jax
@@ -58,7 +59,10 @@ def _layers(task_name: str, seed: int):
 
 def validate(sweep: Sweep, where: str) -> list[Point]:
     """The sweep's points, every one checked against its task's model."""
-    points = sweep.points()
+    try:
+        points = sweep.points()
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err.__cause__
     if not points:
         raise ValueError(f"{where}: the sweep has no points (is `where` dropping every one?)")
     for i, point in enumerate(points):
@@ -85,6 +89,13 @@ def load_experiment(path: str | Path) -> Experiment:
         namespace = runpy.run_path(str(path), run_name="__experiment__")
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
+    except SyntaxError as err:
+        raise ValueError(f"{path}, line {err.lineno}: {err.msg}") from None
+    except Exception as err:  # the file's own Python failed: say where in it, not in q4lab
+        frames = traceback.extract_tb(err.__traceback__)
+        lines = [f.lineno for f in frames if Path(f.filename).resolve() == path.resolve()]
+        at = f", line {lines[-1]}" if lines else ""
+        raise ValueError(f"{path}{at}: {type(err).__name__}: {err}") from err
     sweep = namespace.get("sweep")
     if not isinstance(sweep, Sweep):
         raise ValueError(f"{path}: defines no `sweep = Sweep(...)` (found {type(sweep).__name__})")

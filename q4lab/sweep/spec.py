@@ -51,6 +51,15 @@ class Sweep:
         if "task" not in axes:
             raise ValueError(f"{where}: no 'task' field; allowed tasks: see `q4lab ls`")
 
+    def _keeps(self, point: Point) -> bool:
+        try:
+            return bool(self.where(point))
+        except Exception as err:  # e.g. a misspelled field: KeyError('bit')
+            raise ValueError(
+                f"Sweep {self.name!r}: where(point) raised {type(err).__name__}: {err}; a point "
+                f"has the fields {', '.join(point)}"
+            ) from err
+
     def points(self) -> list[Point]:
         """Every point of the grid (zipped groups crossed in), in order, after ``where``."""
         axes: list[list[dict[str, Any]]] = [
@@ -67,6 +76,6 @@ class Sweep:
             for part in combo:
                 point.update(part)
             full = with_defaults(point)
-            if self.where is None or self.where(full):
+            if self.where is None or self._keeps(full):
                 points.append(full)
         return points

@@ -164,10 +164,37 @@ def test_an_interrupted_run_says_what_is_saved_and_how_to_resume(tmp_path, capsy
         raise KeyboardInterrupt
 
     monkeypatch.setattr(q4lab.sweep, "run_experiment", one_point_then_ctrl_c)
+    ResultsStore(results / "ok").append({"config_hash": "of-an-earlier-grid"})
     assert main(["run", str(path), "--results", str(results), "--no-wandb"]) == 130
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert f"Note: 1 row in {results / 'ok' / 'runs.parquet'} not among the points of" in out
     assert f"Interrupted: 1 of 2 points are saved in {results / 'ok' / 'runs.parquet'}" in err
     assert f"To run the rest: q4lab run {path} --results {results}" in err
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            "sweep = Sweep(name='bad', grid={'task': ['digits-mlp']",
+            r"bad\.py, line 2: '{' was never closed",
+        ),
+        (
+            "sweep = Sweep(name='bad', grid={'task': ['digits-mlp']}, filter=None)",
+            r"bad\.py, line 2: TypeError: .*unexpected keyword argument 'filter'",
+        ),
+        (
+            "sweep = Sweep(name='bad', grid={'task': ['digits-mlp']}, where=lambda p: p['bit'])",
+            r"bad\.py: Sweep 'bad': where\(point\) raised KeyError: 'bit'; a point has the fields "
+            "task, seed",
+        ),
+    ],
+)
+def test_an_experiment_files_own_errors_name_its_line(tmp_path, body, message):
+    path = tmp_path / "bad.py"
+    path.write_text(f"from q4lab.sweep import Sweep\n{body}\n")
+    with pytest.raises(ValueError, match=message):
+        load_experiment(path)
 
 
 def test_a_file_without_a_sweep(tmp_path):
