@@ -230,6 +230,12 @@ class QuantizedModel:
             for p in self.layers.values()
         )
 
+    @functools.cached_property
+    def _int_forward_layers(self) -> tuple[_ForwardLayer, ...]:
+        """As `_forward_layers`, for the integer forward: every layer runs from its codes there,
+        so GPTQ's models and round-to-nearest ones share one compiled forward."""
+        return tuple(dataclasses.replace(f, rounds_to_nearest=False) for f in self._forward_layers)
+
     def int_hooked(self, path: str) -> bool:
         """True when the integer forward runs layer ``path`` through a `QuantHook` (quantized
         activations, an input transform, a hookable dense layer); the others multiply their
@@ -243,7 +249,7 @@ class QuantizedModel:
         same recipe."""
         return _forward(
             self.adapter,
-            self._forward_layers,
+            self._forward_layers if fake else self._int_forward_layers,
             fake,
             self.params,
             self.float_params if fake else None,
