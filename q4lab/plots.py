@@ -97,9 +97,9 @@ def aggregate(table: pd.DataFrame, x: str, y: str, extra: Sequence[str] = ()) ->
     and the float model's ``fp_<y>`` mean/std over the same seeds where the table has it. An
     ``x`` that is itself a configuration field (``bits``, ``group_size``) still tells
     configurations apart: W3 and W4 stay two points at x = 3 and 4, never one at 3.5."""
-    missing = [c for c in (x, y, *extra) if c not in table]
-    if missing:
-        raise ValueError(f"column(s) {missing} are not in the results; allowed: {list(table)}")
+    from q4lab.sweep.fields import check_field_names
+
+    check_field_names([x, y, *extra], "the results table", list(table), kind="column")
     keys = [
         c
         for c in dict.fromkeys((*CONFIG_COLUMNS, *extra))

@@ -112,6 +112,11 @@ def test_a_field_on_the_x_axis_still_tells_configurations_apart():
         budget_table(table, x="compression")
 
 
+def test_a_misspelled_column_is_named_with_its_closest_match():
+    with pytest.raises(ValueError, match=r"unknown column 'scor' \(did you mean 'score'\?\)"):
+        plot_points(make_table(grid(["minmax"], [4], [0], [16])), y="scor")
+
+
 def test_the_pareto_front_needs_two_points():
     dominated = grid(["minmax", "gptq"], [4], [0, 32], [16])
     dominated[("gptq", 4, 0, 16)] = [0.99, 0.99]  # best and smallest: a front of one point

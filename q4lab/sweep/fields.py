@@ -93,15 +93,18 @@ def with_defaults(point: Point) -> Point:
     return {name: point.get(name, default) for name, (default, _) in FIELDS.items()}
 
 
-def check_field_names(names: Sequence[str], where: str, allowed: Sequence[str] = ()) -> None:
-    """Raise a ValueError naming the first unknown field (with a close match) and the allowed."""
+def check_field_names(
+    names: Sequence[str], where: str, allowed: Sequence[str] = (), kind: str = "field"
+) -> None:
+    """Raise a ValueError naming the first unknown field (or other ``kind`` of name), with a
+    close match, and the allowed."""
     allowed = list(allowed or FIELDS)
     for name in names:
         if name not in allowed:
             close = difflib.get_close_matches(name, allowed, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(
-                f"{where}: unknown field {name!r}{hint}; allowed: {', '.join(allowed)}"
+                f"{where}: unknown {kind} {name!r}{hint}; allowed: {', '.join(allowed)}"
             )
 
 
