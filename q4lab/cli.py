@@ -360,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run an experiment file's sweep into results/<experiment>/runs.parquet (resumable)",
     )
     run.add_argument("experiment", help="an experiment file, e.g. experiments/quickstart.py")
-    run.add_argument("--results", default="results", help="results root directory")
+    run.add_argument(
+        "--results", default="results", help="results root directory (default: ./results)"
+    )
     run.add_argument("--executor", choices=["local", "ray"], default="local")
     run.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
     run.add_argument("--no-wandb", action="store_true", help="do not log to wandb")

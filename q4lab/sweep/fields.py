@@ -298,7 +298,10 @@ def validate_point(point: Point) -> Recipe:
                 "rules are invalid with a bits_budget (the allocation writes them); "
                 "allowed: rules=[]"
             )
-    for name in ("options", "act_clipping_options"):
+    for name, example in (
+        ("options", "{'act_order': True}"),
+        ("act_clipping_options", "{'p': 2.4}"),
+    ):
         if not isinstance(point[name], Mapping):
-            raise ValueError(f"{name}={point[name]!r} is invalid; allowed: a dict")
+            raise ValueError(f"{name}={point[name]!r} is invalid; allowed: a dict, e.g. {example}")
     return recipe_of(point)

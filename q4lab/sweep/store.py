@@ -50,7 +50,11 @@ class ResultsStore:
         before a sweep field existed get its default (they ran with it)."""
         if not self.path.exists():
             return pd.DataFrame()
-        return _with_field_defaults(pd.read_parquet(io.BytesIO(self.path.read_bytes())))
+        try:
+            table = pd.read_parquet(io.BytesIO(self.path.read_bytes()))
+        except Exception as err:  # pyarrow's error names a buffer, not the file
+            raise ValueError(f"{self.path} is not a readable parquet table: {err}") from err
+        return _with_field_defaults(table)
 
     def done(self) -> set[str]:
         """Config hashes already in the table."""

@@ -88,6 +88,10 @@ BAD_FILES = {
     "typo in a field": ('"act_bit": [4]', r"unknown field 'act_bit' \(did you mean 'act_bits'"),
     "unknown task": ('"seed": [0]', None),
     "bad option": ('"options": [{"act_oder": True}], "quantizer": ["gptq"]', r"act_oder"),
+    "options not a dict": (
+        '"options": ["act_order=True"], "quantizer": ["gptq"]',
+        r"options='act_order=True' is invalid; allowed: a dict, e.g. \{'act_order': True\}",
+    ),
     "bad act bits": ('"act_bits": [1]', r"act_bits=1 is invalid; allowed: an int in 2..8, or 16"),
     # at float activations too: the typo would make a new point that reruns the float one
     "typo in act mode": (
@@ -195,6 +199,13 @@ def test_an_experiment_files_own_errors_name_its_line(tmp_path, body, message):
     path.write_text(f"from q4lab.sweep import Sweep\n{body}\n")
     with pytest.raises(ValueError, match=message):
         load_experiment(path)
+
+
+def test_a_corrupt_results_table_is_named(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.path.write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match=f"{store.path} is not a readable parquet table"):
+        store.read()
 
 
 def test_a_file_without_a_sweep(tmp_path):
