@@ -281,8 +281,10 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
     print("tasks:      " + ", ".join(available_tasks()))
     print("quantizers: " + ", ".join(available()))
-    experiments = sorted(Path(args.experiments).glob("*.py"))
-    print("experiments: " + ", ".join(str(p) for p in experiments))
+    folder = Path(args.experiments)
+    experiments = ", ".join(str(p) for p in sorted(folder.glob("*.py")))
+    missing = "" if folder.is_dir() else " (no such folder)"
+    print("experiments: " + (experiments or f"none in {str(folder)!r}{missing}"))
     print("\nsweep fields (experiments/*.py, Sweep(grid={field: [values]})):")
     for name, (default, meaning) in FIELDS.items():
         print(f"  {name:<22} {meaning} (default {default!r})")
@@ -427,14 +429,22 @@ def build_parser() -> argparse.ArgumentParser:
     repro.set_defaults(func=_cmd_reproduce)
 
     ls = sub.add_parser("ls", help="list tasks, quantizers, experiments and sweep fields")
-    ls.add_argument("--experiments", default="experiments")
+    ls.add_argument(
+        "--experiments",
+        default="experiments",
+        help="a folder of experiment files (default: ./experiments)",
+    )
     ls.set_defaults(func=_cmd_ls)
+    for command in sub.choices.values():  # a wrong flag is shown with its command's usage
+        command.set_defaults(parser=command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args)
     except ValueError as err:  # configuration errors: one clear line, no traceback

@@ -1,3 +1,5 @@
+import pytest
+
 from q4lab.cli import main
 from q4lab.demo import compare_quantizers, synthetic_weights
 
@@ -14,3 +16,11 @@ def test_demo_table_has_ledger_bits():
     g128 = table[table.spec == "W4 sym g128 f16"]
     assert set(g128.bits_per_weight) == {4.125}
     assert (table.rel_sq_error > 0).all()
+
+
+def test_a_wrong_flag_is_shown_with_its_commands_usage(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", "results/quickstart", "--wirte"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "q4lab report [-h]" in err and "unrecognized arguments: --wirte" in err
