@@ -36,6 +36,9 @@ def cosine_distance(emb: jax.Array, _labels: jax.Array | None, fp_emb: jax.Array
 
 
 LOSSES: tuple[str, ...] = ("task", "distill")
+# the losses above that read the float model's outputs (`q4lab.qat.train` computes them only
+# for ``QATConfig(loss="distill")``)
+DISTILLATION = frozenset({kl_to_float, cosine_distance})
 
 
 def check_loss(kind: str, task: str, allowed: tuple[str, ...] = LOSSES) -> None:

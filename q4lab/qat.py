@@ -43,7 +43,7 @@ from q4lab.adapters import Adapter, PyTree, get_at, set_at
 from q4lab.core import QuantSpec
 from q4lab.hooks import QuantHook
 from q4lab.layer_quant import ActState, WeightQuant, unfolded_weight
-from q4lab.losses import LOSSES, Loss
+from q4lab.losses import DISTILLATION, LOSSES, Loss
 from q4lab.quantize_model import QuantizedModel
 from q4lab.recipe import ActSpec
 
@@ -53,7 +53,9 @@ METHODS: tuple[str, ...] = ("ste", "lsq")
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class QATConfig:
     """How to fine-tune: ``steps`` of AdamW at peak ``lr`` (linear warm-up over the first 10 %,
-    cosine decay), gradients clipped to global norm 1, batches of ``batch_size``."""
+    cosine decay), gradients clipped to global norm 1, with the ``loss`` "task" (labels) or
+    "distill" (the float model's outputs). ``method`` must be the `QATModel`'s; ``batch_size``
+    sizes a task's sampler (`q4lab.evaluate`): `train` takes batches as they are drawn."""
 
     steps: int = 200
     lr: float = 1e-4
@@ -202,8 +204,20 @@ def train(
 ) -> tuple[PyTree, TrainLog]:
     """Fine-tune ``params`` for ``config.steps`` steps on batches drawn by ``batch(rng)``
     (inputs, targets or None) with ``loss(outputs, targets, float outputs)``; the float outputs
-    (distillation only) come from ``fp_params``, the unquantized model. Deterministic in
-    ``seed``. ``progress``: a bar over steps with the running loss (None: only on a terminal)."""
+    come from ``fp_params``, the unquantized model, with ``config.loss == "distill"`` only (None
+    otherwise). Deterministic in ``seed``. ``progress``: a bar over steps with the running loss
+    (None: only on a terminal)."""
+    if config.method != qat.method:
+        raise ValueError(
+            f"QATConfig.method={config.method!r} is invalid for a QATModel started with "
+            f"method={qat.method!r}; allowed: {qat.method!r}"
+        )
+    if loss in DISTILLATION and config.loss != "distill":
+        raise ValueError(
+            f"loss {loss.__name__} distills from the float model's outputs, which train computes "
+            f"only for QATConfig(loss='distill'); allowed with QATConfig.loss={config.loss!r}: "
+            "a loss of the labels"
+        )
     warmup = min(max(1, config.steps // 10), config.steps - 1)  # one step: no warm-up
     schedule = optax.warmup_cosine_decay_schedule(0.0, config.lr, warmup, config.steps)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))

@@ -12,6 +12,7 @@ from user_models import UserNNX  # pytest puts tests/ on the path
 from q4lab.core import QuantSpec, dequantize, quantize
 from q4lab.evaluate import evaluate
 from q4lab.layer_quant import ActState, quantized_dot
+from q4lab.losses import kl_to_float
 from q4lab.qat import QATConfig, QATModel, train
 from q4lab.quantize_model import quantize_model
 from q4lab.quantizers import get_quantizer
@@ -153,6 +154,12 @@ def test_one_step_trains_at_the_peak_rate(linen):
     assert len(log.losses) == 1
     kernel = trained["model"]["Conv_0"]["kernel"] - state["model"]["Conv_0"]["kernel"]
     assert float(jnp.max(jnp.abs(kernel))) > 1e-3  # AdamW's first step moves by about lr
+
+    # a config that does not match what runs is refused, not silently half-used
+    with pytest.raises(ValueError, match=r"method='lsq' is invalid .* allowed: 'ste'"):
+        train(qat, state, lambda rng: (x, None), loss, QATConfig(steps=1), fp_params=params)
+    with pytest.raises(ValueError, match=r"kl_to_float distills .* QATConfig\(loss='distill'\)"):
+        train(qat, state, lambda rng: (x, None), kl_to_float, config, fp_params=params)
 
 
 def test_lsq_steps_get_gradients(linen):
