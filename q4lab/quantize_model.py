@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import flax.linen as nn
@@ -35,7 +35,7 @@ from q4lab.layer_quant import (
     transform_stats,
     unfolded_weight,
 )
-from q4lab.quantizers import ACTIVATIONS, CROSS, HESSIAN, RangeQuantizer
+from q4lab.quantizers import ACTIVATIONS, CROSS, HESSIAN, RangeQuantizer, range_quantizers
 from q4lab.recipe import Recipe, Rule
 
 
@@ -99,17 +99,26 @@ def plan(recipe: Recipe, layers: list[Layer]) -> dict[str, LayerPlan]:
             p.spec.check_input_size(p.layer.k)
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
+        a_kind = f"{'an' if p.layer.kind[0] in 'aeiou' else 'a'} {p.layer.kind}"
         if p.rule.act is not None and not p.layer.hookable:
             raise ValueError(
-                f"{where}: activation quantization is not supported on a {p.layer.kind} layer; "
+                f"{where}: activation quantization is not supported on {a_kind} layer; "
                 "allowed: dense (Dense, DenseGeneral without batch dims, Linear) and conv layers"
             )
-        scales_inputs = ACTIVATIONS in p.rule.build_quantizer().needs  # AWQ: its own transform
+        needs = p.rule.build_quantizer().needs
+        if needs and not p.layer.hookable:  # calibration sees the inputs of hooked layers only
+            raise ValueError(
+                f"{where}: quantizer {p.rule.quantizer!r} needs statistics of the layer's inputs "
+                f"({', '.join(sorted(needs))}), which calibration does not collect on {a_kind} "
+                f"layer; allowed there: a quantizer of the weights alone "
+                f"({', '.join(range_quantizers())})"
+            )
+        scales_inputs = ACTIVATIONS in needs  # AWQ: its own transform
         if (p.rule.transform is not None or scales_inputs) and not (
             p.layer.hookable and p.layer.kind == "dense"
         ):
             raise ValueError(
-                f"{where}: an input transform is not supported on a {p.layer.kind} layer; "
+                f"{where}: an input transform is not supported on {a_kind} layer; "
                 "allowed: dense layers (Dense, DenseGeneral without batch dims, Linear)"
             )
         if p.rule.transform is not None and scales_inputs:
@@ -309,6 +318,12 @@ def quantize_model(
         if not isinstance(model, nnx.Module):
             raise ValueError("params is None; allowed only for an NNX model (Linen needs params)")
         params = adapter.params()
+    elif isinstance(params, Mapping) and isinstance(params.get("params"), Mapping):
+        raise ValueError(
+            f"params has the collections {sorted(params)}, as Linen's init returns them; allowed: "
+            "the 'params' collection alone (variables['params']); models that also hold other "
+            "collections (batch_stats) are not supported"
+        )
     plans = plan(recipe, adapter.layers(params, sample_input))
     needs = {path: _needs(p) for path, p in plans.items()}
     batches = list(calibration)

@@ -49,9 +49,26 @@ def test_activation_quantization_on_an_einsum_is_refused_by_name(tiny):
     model, params, x = tiny
     recipe = Recipe((Rule(pattern="mix", act=ActSpec()),))
     with pytest.raises(
-        ValueError, match=r"layer 'mix': activation quantization is not supported on a einsum"
+        ValueError, match=r"layer 'mix': activation quantization is not supported on an einsum"
     ):
         quantize_model(model, params, recipe, sample_input=x)
+
+
+def test_a_calibrating_quantizer_on_an_einsum_is_refused_before_calibration(tiny):
+    model, params, x = tiny  # calibration never sees an einsum's inputs: GPTQ has no Hessian
+    recipe = Recipe((Rule(pattern="mix", quantizer="gptq"),))
+    with pytest.raises(
+        ValueError,
+        match=r"layer 'mix': quantizer 'gptq' needs statistics of the layer's inputs \(hessian\)"
+        r".* on an einsum layer; allowed there: .*minmax, mse, percentile",
+    ):
+        quantize_model(model, params, recipe, sample_input=x, calibration=_never())
+
+
+def test_linens_whole_variables_dict_is_refused_by_name(tiny):
+    model, params, x = tiny
+    with pytest.raises(ValueError, match=r"collections \['params'\].*allowed: the 'params'"):
+        quantize_model(model, {"params": params}, Recipe.single(), sample_input=x)
 
 
 def test_unknown_quantizer_and_bad_fields_are_named():

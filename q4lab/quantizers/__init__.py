@@ -13,6 +13,7 @@ from q4lab.quantizers.base import (
     get_quantizer,
     minmax_range,
     quantizer_class,
+    range_quantizers,
     register,
 )
 from q4lab.quantizers.gptq import GPTQ, output_error
@@ -39,5 +40,6 @@ __all__ = [
     "minmax_range",
     "output_error",
     "quantizer_class",
+    "range_quantizers",
     "register",
 ]

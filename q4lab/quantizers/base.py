@@ -151,6 +151,12 @@ def available() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
+def range_quantizers() -> tuple[str, ...]:
+    """Registered names of the quantizers that choose a range from the tensor alone (no
+    calibration statistics): activation clipping, and weights where no inputs are seen."""
+    return tuple(n for n in available() if issubclass(_REGISTRY[n], RangeQuantizer))
+
+
 def quantizer_class(name: str) -> type[Quantizer]:
     if name not in _REGISTRY:
         raise ValueError(f"unknown quantizer {name!r}; registered: {', '.join(available())}")

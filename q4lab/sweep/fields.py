@@ -18,7 +18,7 @@ from typing import Any
 
 from q4lab.core import QuantSpec
 from q4lab.qat import QATConfig
-from q4lab.quantizers import RangeQuantizer, available, quantizer_class
+from q4lab.quantizers import range_quantizers
 from q4lab.recipe import ACT_MODES, ActSpec, Recipe, Rule, TransformSpec
 
 Point = dict[str, Any]
@@ -145,11 +145,10 @@ def _check_act_fields(p: Point) -> None:
         )
     if mode not in ACT_MODES:
         raise ValueError(f"act_mode={mode!r} is invalid; allowed: {', '.join(ACT_MODES)}")
-    clippers = [n for n in available() if issubclass(quantizer_class(n), RangeQuantizer)]
-    if clipping not in clippers:
+    if clipping not in range_quantizers():
         raise ValueError(
-            f"act_clipping={clipping!r} is invalid; allowed: {', '.join(clippers)} (a clipping "
-            "quantizer: one that picks a range without calibration statistics)"
+            f"act_clipping={clipping!r} is invalid; allowed: {', '.join(range_quantizers())} "
+            "(a clipping quantizer: one that picks a range without calibration statistics)"
         )
 
 
