@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -95,7 +96,12 @@ class LoadedModel(QuantizedModel):
                 "simulation needs the float weights, which a saved model does not hold; "
                 "allowed: fake=False (the integer forward)"
             )
-        return super().apply(x)
+        try:
+            return super().apply(x)
+        except (flax.errors.ScopeParamShapeError, flax.errors.ScopeParamNotFoundError) as err:
+            # a Linen module holds no parameters to check at load: its first call finds out
+            saved = f"{self.config['model']['class']} saved in {self.config.get('source')}"
+            raise ValueError(f"model is not of the saved architecture ({saved}): {err}") from err
 
 
 # ---------------------------------------------------------------------------------- encoding

@@ -7,6 +7,7 @@ import shutil
 import stat
 import struct
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -189,6 +190,19 @@ def test_newer_version_missing_file_and_wrong_model_are_refused(saved_linen, tmp
         load(directory)
     with pytest.raises(ValueError, match="saved from a linen model"):
         load(directory, UserNNX(nnx.Rngs(0)))
+
+
+class Other(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(5, name="head")(x.reshape(x.shape[0], -1))
+
+
+def test_a_linen_model_of_another_architecture_is_named_at_its_first_call(saved_linen):
+    _, directory, x = saved_linen
+    loaded = load(directory, Other())  # a Linen module holds no parameters to compare yet
+    with pytest.raises(ValueError, match=r"model is not of the saved architecture \(.*UserCNN"):
+        loaded.apply(x)
 
 
 def _tensor_span(path, name):
