@@ -44,7 +44,8 @@ class ActSpec:
 
     bits: int = 4  # code width, 2..8
     mode: Literal["dynamic", "static"] = "dynamic"  # ranges computed at run time, or calibrated
-    granularity: Literal["per_row", "per_tensor"] = "per_row"  # one scale per row, or per tensor
+    # one scale per row, or per tensor; None: per row when dynamic, per tensor when static
+    granularity: Literal["per_row", "per_tensor"] | None = None
     symmetric: bool = True  # signed codes; False adds a zero point (e.g. after ReLU)
     clipping: str = "minmax"  # a registered clipping quantizer choosing the range
     clipping_options: tuple[tuple[str, Any], ...] | Mapping[str, Any] = ()  # its options
@@ -53,6 +54,9 @@ class ActSpec:
         object.__setattr__(self, "clipping_options", _items(self.clipping_options))
         if self.mode not in ACT_MODES:
             raise ValueError(f"ActSpec.mode={self.mode!r} is invalid; allowed: {ACT_MODES}")
+        if self.granularity is None:
+            by_mode = "per_row" if self.mode == "dynamic" else "per_tensor"
+            object.__setattr__(self, "granularity", by_mode)
         if self.granularity not in ACT_GRANULARITIES:
             raise ValueError(
                 f"ActSpec.granularity={self.granularity!r} is invalid; allowed: {ACT_GRANULARITIES}"

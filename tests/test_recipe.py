@@ -87,7 +87,9 @@ def test_unknown_quantizer_and_bad_fields_are_named():
     ):
         ActSpec(mode="lazy")
     with pytest.raises(ValueError, match=r"granularity='per_row' is invalid with mode='static'"):
-        ActSpec(mode="static")
+        ActSpec(mode="static", granularity="per_row")
+    assert ActSpec(mode="static").granularity == "per_tensor"  # the default follows the mode
+    assert ActSpec().granularity == "per_row"
     with pytest.raises(ValueError, match=r"QuantSpec.bits=1"):
         ActSpec(bits=1)
     with pytest.raises(ValueError, match=r"Recipe.rules is empty"):
