@@ -1,5 +1,6 @@
-"""wandb logging of sweep points: one wandb run per point, the recipe as config, the metrics,
-ledger and timings as summary.
+"""wandb logging of sweep points: one wandb run per point; its config is every sweep field of
+the point and every text of the row (the recipe, the allocation, the manifest), its summary the
+other numbers (metrics, ledger, timings).
 
 Offline by default: no account and no network, the run files go under the experiment's results
 directory (``wandb sync`` uploads them later). A project (and entity) makes it online.
@@ -12,24 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-CONFIG_KEYS = (
-    "experiment",
-    "config_hash",
-    "task",
-    "seed",
-    "quantizer",
-    "quantizer_name",
-    "quantizer_options",
-    "bits",
-    "symmetric",
-    "granularity",
-    "group_size",
-    "scale_dtype",
-    "act_bits",
-    "act_mode",
-    "sequential",
-    "calib_size",
-)
+from q4lab.sweep.fields import FIELDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,18 +47,19 @@ class WandbLogger:
         import wandb
 
         self.directory.mkdir(parents=True, exist_ok=True)
-        config = {k: row[k] for k in CONFIG_KEYS if k in row}
-        summary = {
+        config = {
             k: v
             for k, v in row.items()
-            if k not in config and isinstance(v, int | float) and not isinstance(v, bool)
+            if k in FIELDS or not isinstance(v, int | float) or isinstance(v, bool)
         }
+        summary = {k: v for k, v in row.items() if k not in config}
         run = wandb.init(
             project=self.settings.project or f"q4lab-{self.experiment}",
             entity=self.settings.entity,
             mode=self.settings.mode,
             dir=str(self.directory),
-            name=f"{self.experiment}-{row['config_hash']}",
+            name=f"{row.get('recipe', self.experiment)} · seed {row.get('seed')} · "
+            f"{row['config_hash'][:8]}",
             group=self.experiment,
             config=config,
             reinit="create_new",

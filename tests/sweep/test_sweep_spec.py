@@ -1,12 +1,15 @@
 """Sweep grids, zipped axes, filters, hashes and the validation of experiment files."""
 
+import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
 
 from q4lab.cli import main
 from q4lab.sweep import ResultsStore, Sweep, config_hash, load_experiment, recipe_of
+from q4lab.sweep.fields import with_defaults
 
 
 def test_grid_zip_and_filter_expand_in_order():
@@ -206,6 +209,34 @@ def test_a_corrupt_results_table_is_named(tmp_path):
     store.path.write_bytes(b"not parquet")
     with pytest.raises(ValueError, match=f"{store.path} is not a readable parquet table"):
         store.read()
+
+
+def test_a_wandb_run_holds_every_field_and_text_as_config_and_the_numbers_as_summary(
+    tmp_path, monkeypatch
+):
+    from q4lab.sweep.runner import point_row
+    from q4lab.sweep.tracking import WandbLogger, WandbSettings
+
+    calls, summary = {}, {}
+
+    class Run:
+        def __init__(self):
+            self.summary = summary
+
+        def finish(self):
+            calls["finished"] = True
+
+    monkeypatch.setitem(
+        sys.modules, "wandb", types.SimpleNamespace(init=lambda **kw: calls.update(kw) or Run())
+    )
+    point = with_defaults({"task": "digits-mlp", "qat_steps": 20, "qat_method": "ste"})
+    record = {"recipe": "minmax W4 A16", "training": "qat ste", "score": 0.9, "total_bytes": 7}
+    WandbLogger(WandbSettings(), "exp", tmp_path).log(point_row(point, record, "exp"))
+    config = calls["config"]
+    assert {"qat_method", "qat_steps", "rotation", "rules", "training", "recipe"} <= set(config)
+    assert config["qat_method"] == "ste" and config["rules"] == "[]"  # as the table stores it
+    assert summary == {"score": 0.9, "total_bytes": 7}
+    assert calls["name"].startswith("minmax W4 A16 · seed 0 · ") and calls["finished"]
 
 
 def test_a_file_without_a_sweep(tmp_path):
