@@ -143,6 +143,16 @@ def _bits_label(bits: Sequence[object]) -> str:
     return "W" + "/".join(str(b) for b in sorted(set(bits), key=natural_key))
 
 
+def _widths_label(points: pd.DataFrame) -> str:
+    """The weight widths of ``points``; mixed-precision ones (a ``bits_budget``) are "mixed":
+    their ``bits`` is only the width most of their weights got."""
+    mixed = points["bits_budget"].fillna(0).astype(float) > 0 if "bits_budget" in points else None
+    if mixed is None or not mixed.any():
+        return _bits_label(points["bits"])
+    uniform = points.loc[~mixed, "bits"]
+    return (_bits_label(uniform) + "/" if len(uniform) else "") + "mixed"
+
+
 def default_title(table: pd.DataFrame, x: str, y: str) -> str:
     """``"digits-mlp: accuracy vs stored bits per weight"``."""
     metric = y_label(table, y)
@@ -252,10 +262,10 @@ def x_ticks(points: pd.DataFrame, x: str, merge: float = TICK_MERGE) -> tuple[li
         configs = []
         if "group_size" in rows:
             for g, part in rows.groupby("group_size", sort=True):
-                width = _bits_label(part["bits"]) + " " if "bits" in part else ""
+                width = _widths_label(part) + " " if "bits" in part else ""
                 configs.append(width + group_label(g))
         elif "bits" in rows:
-            configs.append(_bits_label(rows["bits"]))
+            configs.append(_widths_label(rows))
         ticks.append(float(np.mean(cluster)))
         labels.append("\n".join([number, *configs]))
     return ticks, labels

@@ -197,6 +197,19 @@ def test_budget_table_gives_the_pareto_best_per_budget():
     assert rows["runner_up_delta"].tolist() == pytest.approx([-0.01, -0.04])
 
 
+def test_trained_and_mixed_points_say_so_where_they_stand_alone():
+    table = make_table({("minmax", 4, 0, 4): [0.95, 0.96], ("minmax", 3, 0, 16): [0.9, 0.91]})
+    table["training"], table["qat_steps"] = "ptq", 0
+    table["bits_budget"], table["budget_widths"] = 0.0, "[2, 3, 4]"
+    table.loc[table["act_bits"] == 4, ["training", "qat_steps"]] = ["qat lsq", 20]
+    table.loc[table["act_bits"] == 16, "bits_budget"] = 3.5  # W3: the width most weights got
+    rows = budget_table(table).set_index("act_bits")["configuration"]
+    assert rows[4] == "min-max W4 per-channel training qat lsq qat steps 20"  # alone in A4
+    assert rows[16] == "min-max W2/3/4 ≤ 3.5 bits per-channel"  # no "W3", no ptq defaults
+    ticks = x_ticks(plot_points(table[table["act_bits"] == 16]), "bits_per_weight")[1]
+    assert ticks == ["4.125\nmixed per-channel"]
+
+
 def test_the_report_flags_deltas_within_the_seed_spread():
     scores = {
         ("gptq", 4, 0, 16): [0.950, 0.960, 0.955],
