@@ -365,7 +365,11 @@ def _experiment_points(row: pd.Series, experiment: str | Path | None) -> dict[st
 
     path = Path(experiment or Path("experiments") / f"{row['experiment']}.py")
     if not path.exists():
-        return {}
+        raise ValueError(
+            f"cannot rebuild the point of row {row.name} (config_hash {row['config_hash']}) from "
+            f"its fields (a mixed-precision row holds its allocation's), and {path} does not "
+            "exist; pass --experiment <the file that ran it>"
+        )
     loaded = load_experiment(path)
     return dict(zip(loaded.hashes, loaded.points, strict=True))
 

@@ -170,6 +170,15 @@ def test_reproduce_a_published_row_exactly_and_flag_a_doctored_one(tmp_path, cap
     assert not any(line.startswith("| eval_seconds") for line in lines)
 
 
+def test_a_row_without_its_experiment_file_names_the_missing_file(tmp_path, capsys):
+    table = pd.read_parquet(DIGITS / "runs.parquet").head(1)
+    table.assign(experiment="gone", config_hash="0" * 16).to_parquet(tmp_path / "runs.parquet")
+    with pytest.raises(SystemExit):
+        main(["reproduce", str(tmp_path), "--rows", "0", "--no-progress"])
+    err = capsys.readouterr().err
+    assert "experiments/gone.py does not exist; pass --experiment <the file that ran it>" in err
+
+
 def test_publish_keeps_a_differing_published_file_unless_replaced(tmp_path):
     from q4lab.baselines.publish import publish
     from q4lab.baselines.store import add_published
