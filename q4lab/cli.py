@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -118,6 +119,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from q4lab.plot_sensitivity import save_heatmap, sensitivity_table
+    from q4lab.sweep import recipe_of
     from q4lab.sweep.mixed import sensitivity_rows
 
     configs: dict[str, dict] = {}  # the points of each configuration but its width and group
@@ -131,10 +133,13 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
         if len(point["budget_groups"]) == 1:  # one group size: candidates named by width
             point["budget_groups"] = []
         rows = sensitivity_rows(point, progress=None)  # cached: a rerun only prints
-        stem = f"{point['task']}-seed{point['seed']}-sensitivity"
+        quantizer = recipe_of(point).base.quantizer_label()  # "gptq(act_order=True)"
+        # files per quantizer and options: another quantizer's run beside it keeps its own
+        tag = re.sub(r"[^\w=.-]+", "-", quantizer.replace("'", "")).strip("-")
+        stem = f"{point['task']}-seed{point['seed']}-{tag}-sensitivity"
         if point["budget_groups"]:  # beside the widths-only table of the same task
             stem += "-" + "-".join(f"g{g}" if g else "pc" for g in point["budget_groups"])
-        frame = pd.DataFrame(rows)
+        frame = pd.DataFrame(rows).assign(quantizer=quantizer)
         directory = Path(args.out)
         directory.mkdir(parents=True, exist_ok=True)
         frame.to_csv(directory / f"{stem}.csv", index=False)

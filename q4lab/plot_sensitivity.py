@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from q4lab.plots import save_figure
+from q4lab.plots import quantizer_label, save_figure
 
 
 def sensitivity_table(rows: Sequence[dict] | pd.DataFrame, value: str = "loss") -> pd.DataFrame:
@@ -41,7 +41,8 @@ def sensitivity_heatmap(rows: Sequence[dict] | pd.DataFrame, title: str = "") ->
     kind = frame["loss_kind"].iloc[0] if "loss_kind" in frame else "loss"
     fig.colorbar(image, ax=ax, label=kind.replace(", ", "\n"))
     ax.set_xlabel("only this layer quantized, at")
-    ax.set_title(title or f"{frame['task'].iloc[0]}: per-layer sensitivity", fontsize=10)
+    by = f", {quantizer_label(frame['quantizer'].iloc[0])}" if "quantizer" in frame else ""
+    ax.set_title(title or f"{frame['task'].iloc[0]}: per-layer sensitivity{by}", fontsize=10)
     return fig
 
 
