@@ -89,8 +89,17 @@ def _cmd_layer_error(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from q4lab.sensitivity import layer_errors
-    from q4lab.sweep.fields import recipe_of
+    from q4lab.sweep.fields import FIELDS, recipe_of
 
+    used = ("task", "seed", "quantizer", "options", "bits", "symmetric", "group_size")
+    used += ("scale_dtype", "sequential", "rules")
+    ignored = [n for n, v in vars(args).items() if v is not None and n in FIELDS and n not in used]
+    if ignored:  # activations, transforms, training, budgets: not what this table measures
+        flags = ", ".join(f"--{n.replace('_', '-')}" for n in used)
+        raise ValueError(
+            f"--{ignored[0].replace('_', '-')} is not used: layer-error measures each layer's "
+            f"quantized weights alone; allowed: {flags}"
+        )
     points = _points(args)
     runs = {(p["task"], p["seed"]): [] for p in points}  # first-seen order
     for p in points:
@@ -108,8 +117,9 @@ def _cmd_layer_error(args: argparse.Namespace) -> int:
     for col in [c for c in table.columns if c != base.name]:
         table[f"{col} / {base.name}"] = table[col] / base
     print(
-        "Relative output error ||X (W - W_hat)||^2 / ||X W||^2 per layer on the calibration split "
-        "(float-model inputs)\n"
+        "Relative output error ||X (W - W_hat)||^2 / ||X W||^2 per layer on the calibration split, "
+        "X the float model's inputs to the layer (the weights were quantized as the recipe says: "
+        "sequentially unless --float-inputs)\n"
     )
     print(table.reset_index().to_markdown(index=False, floatfmt=".4g"))
     return 0

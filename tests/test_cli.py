@@ -24,3 +24,12 @@ def test_a_wrong_flag_is_shown_with_its_commands_usage(capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "q4lab report [-h]" in err and "unrecognized arguments: --wirte" in err
+
+
+def test_layer_error_refuses_fields_it_does_not_measure(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["layer-error", "--bits", "4", "--act-bits", "4"])
+    assert exit_.value.code == 2
+    assert "--act-bits is not used: layer-error measures each layer's quantized weights alone" in (
+        capsys.readouterr().err
+    )
