@@ -154,9 +154,8 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
         directory.mkdir(parents=True, exist_ok=True)
         frame.to_csv(directory / f"{stem}.csv", index=False)
         paths = save_heatmap(frame, directory, stem)
-        table = sensitivity_table(frame).join(
-            sensitivity_table(frame, "stored_bytes").add_suffix(" bytes")
-        )
+        stored = sensitivity_table(frame, "stored_bytes").round().astype("Int64")  # not 1.2e+04
+        table = sensitivity_table(frame).join(stored.add_suffix(" bytes"))
         print(
             f"{point['task']} seed {point['seed']}: {frame['loss_kind'].iloc[0]}, with only one "
             "layer quantized at each width (and its stored bytes)\n"

@@ -347,7 +347,7 @@ def mixed_comparison(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
         uniform = part[part["allocation"] == "uniform"].sort_values(x)
 
         def label(p: pd.Series) -> str:
-            return f"W{p['bits']} g{p['group_size']} ({p[x]:.3f}): {format_value(p[y])}"
+            return f"W{p['bits']} {group_label(p['group_size'])} ({p[x]:.3f}): {format_value(p[y])}"
 
         mixed = part[part["allocation"].str.startswith("sensitivity")].sort_values("bits_budget")
         for _, m in mixed.iterrows():

@@ -87,6 +87,18 @@ def is_compared(column: str) -> bool:
 
 
 SHOWN_FIELDS = ("task", "seed", "quantizer", "bits", "group_size", "act_bits")
+# shown beside them where a row sets them: what tells a trained or mixed point from a plain one
+METHOD_FIELDS = ("bits_budget", "qat_steps", "qat_method")
+
+
+def _shown(row: pd.Series | dict, point: Point) -> dict[str, Any]:
+    """The fields that name a row in the tables: `SHOWN_FIELDS`, and `METHOD_FIELDS` in use."""
+    shown = {k: _python(row.get(k, point[k])) for k in SHOWN_FIELDS}
+    trained = bool(point.get("qat_steps"))
+    for k in METHOD_FIELDS:
+        if point.get(k) and (trained or not k.startswith("qat")):
+            shown[k] = point[k]
+    return shown
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,7 +334,7 @@ def reproduce(
         points, desc="reproduce", unit="row", disable=None if progress is None else not progress
     )
     for i, point in zip(positions, bar, strict=True):
-        shown = {k: _python(table.iloc[i].get(k, point[k])) for k in SHOWN_FIELDS}
+        shown = _shown(table.iloc[i], point)
         labels.append(f"#{i} " + " ".join(f"{k}={v}" for k, v in shown.items()))
         records.append(evaluate_point(point))
 
@@ -340,7 +352,7 @@ def reproduce(
         [
             {
                 "row": i,
-                **{k: _python(p.get(k, point[k])) for k in SHOWN_FIELDS},
+                **_shown(p, point),
                 "published score": p.get("score"),
                 "score now": r.get("score"),
                 "difference": r.get("score", math.nan) - p.get("score", math.nan),
@@ -348,6 +360,10 @@ def reproduce(
             for i, point, p, r in zip(positions, points, published, records, strict=True)
         ]
     )
+    methods = [c for c in METHOD_FIELDS if c in per_row]  # blank where a row does not set it
+    per_row[methods] = per_row[methods].astype(object).where(per_row[methods].notna(), "")
+    first = ["row", *SHOWN_FIELDS, *methods]
+    per_row = per_row[first + [c for c in per_row if c not in first]]
     here = manifest()
     return Comparison(
         source=str(store.path),

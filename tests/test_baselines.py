@@ -179,6 +179,19 @@ def test_a_row_without_its_experiment_file_names_the_missing_file(tmp_path, caps
     assert "experiments/gone.py does not exist; pass --experiment <the file that ran it>" in err
 
 
+def test_reproduce_names_a_trained_or_mixed_row_as_such():
+    from q4lab.reproduce import _shown
+    from q4lab.sweep.fields import with_defaults
+
+    plain = with_defaults({"task": "digits-mlp"})
+    assert set(_shown({}, plain)) == {"task", "seed", "quantizer", "bits", "group_size", "act_bits"}
+    trained = _shown({}, with_defaults({"task": "digits-mlp", "qat_steps": 20}))
+    assert (trained["qat_steps"], trained["qat_method"]) == (20, "lsq")
+    assert (
+        _shown({}, with_defaults({"task": "digits-mlp", "bits_budget": 2.5}))["bits_budget"] == 2.5
+    )
+
+
 def test_publish_keeps_a_differing_published_file_unless_replaced(tmp_path):
     from q4lab.baselines.publish import publish
     from q4lab.baselines.store import add_published
