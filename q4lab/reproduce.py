@@ -408,4 +408,12 @@ def format_comparison(result: Comparison) -> str:
             ok=result.columns["ok"].map({True: "ok", False: "DIFFERS"})
         ).to_markdown(index=False, floatfmt=".3g"),
     ]
+    if not result.ok:
+        lines += [
+            "",
+            "A size that differs is a change in what is stored. A score that differs follows the "
+            "machine: CPU type, core count, BLAS kernels and threads (the two lines above), "
+            "versions. Within one machine every difference is 0; --tol T accepts scores up to T "
+            "apart (README, `q4lab reproduce`).",
+        ]
     return "\n".join(lines)

@@ -167,6 +167,9 @@ def test_reproduce_a_published_row_exactly_and_flag_a_doctored_one(tmp_path, cap
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("| total_bytes") and "DIFFERS" in line for line in lines)
     assert any(line.startswith("| score ") and "| ok" in line for line in lines)
+    assert any(
+        line.startswith("A size that differs is a change in what is stored") for line in lines
+    )
     assert not any(line.startswith("| eval_seconds") for line in lines)
 
 
