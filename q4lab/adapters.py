@@ -31,6 +31,11 @@ Inputs = Any  # an array, a tuple of positional inputs or a dict of keyword inpu
 def call_with(fn: Any, inputs: Inputs, *leading: Any) -> Any:
     """``fn(*leading, *inputs)`` for a tuple, ``fn(*leading, **inputs)`` for a dict, else
     ``fn(*leading, inputs)``."""
+    if isinstance(inputs, list):  # ambiguous: one array's rows, or positional inputs
+        raise ValueError(
+            "inputs is a list; allowed: an array, a tuple of positional inputs or a dict of "
+            "keyword inputs"
+        )
     if isinstance(inputs, tuple):
         return fn(*leading, *inputs)
     if isinstance(inputs, Mapping):

@@ -69,6 +69,9 @@ def test_linens_whole_variables_dict_is_refused_by_name(tiny):
     model, params, x = tiny
     with pytest.raises(ValueError, match=r"collections \['params'\].*allowed: the 'params'"):
         quantize_model(model, {"params": params}, Recipe.single(), sample_input=x)
+    qmodel = quantize_model(model, params, Recipe.single(), sample_input=x)
+    with pytest.raises(ValueError, match="inputs is a list; allowed: an array, a tuple"):
+        qmodel.apply(x.tolist())
 
 
 def test_unknown_quantizer_and_bad_fields_are_named():
