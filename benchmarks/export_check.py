@@ -44,7 +44,7 @@ def check(name: str, directory: Path, seed: int = 0) -> dict[str, object]:
     )
     quantize_s = time.perf_counter() - start
     start = time.perf_counter()
-    qmodel.save(directory, task=name)
+    qmodel.save(directory, task=name, overwrite=True)  # --keep: a rerun replaces its own
     save_s = time.perf_counter() - start
     start = time.perf_counter()
     loaded = q4lab.load(directory)

@@ -281,9 +281,18 @@ def _model_json(adapter: Adapter, task: str | None) -> dict[str, Any]:
     }
 
 
-def save(qmodel: QuantizedModel, directory: str | os.PathLike, *, task: str | None = None) -> Path:
+def save(
+    qmodel: QuantizedModel,
+    directory: str | os.PathLike,
+    *,
+    task: str | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write ``qmodel`` to ``directory`` (created if needed): ``weights.safetensors`` and
     ``q4lab.json`` (module docstring). Returns the directory.
+
+    A directory that already holds either file is refused (FileExistsError) unless
+    ``overwrite=True``, so that saving never replaces another model unasked.
 
     ``task``: the registered name of the q4lab task the model came from
     (``get_task(task).model``, checked), so that ``load(directory)`` rebuilds the module itself;
@@ -291,6 +300,12 @@ def save(qmodel: QuantizedModel, directory: str | os.PathLike, *, task: str | No
     survive the JSON round trip (options that are not JSON values).
     """
     out = Path(directory)
+    held = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if (out / name).exists()]
+    if held and not overwrite:
+        raise FileExistsError(
+            f"{out} already holds a saved model ({', '.join(held)}); pass overwrite=True to "
+            "replace it, or save to another directory"
+        )
     out.mkdir(parents=True, exist_ok=True)
     arrays, entries = _collect(qmodel)
     if qmodel.recipe is not None:  # every rule, float ones too
@@ -331,7 +346,9 @@ def save(qmodel: QuantizedModel, directory: str | os.PathLike, *, task: str | No
         "ledger": qmodel.ledger().totals(),
         "manifest": manifest(),
     }
-    meta = {"format": FORMAT, "format_version": str(version)}
+    # one key: safetensors writes its metadata from a hash map, so two keys come out in either
+    # order and the same model would give files of different bytes
+    meta = {"format": f"{FORMAT}/{version}"}
     weights = out / WEIGHTS_FILE
     tmp = weights.with_name(weights.name + ".tmp")
     safetensors.numpy.save_file(arrays, tmp, metadata=meta)

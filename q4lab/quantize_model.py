@@ -266,13 +266,16 @@ class QuantizedModel:
             x,
         )
 
-    def save(self, directory: str | os.PathLike, *, task: str | None = None) -> Path:
+    def save(
+        self, directory: str | os.PathLike, *, task: str | None = None, overwrite: bool = False
+    ) -> Path:
         """Write the packed model to ``directory`` (`q4lab.export.save`: safetensors + JSON);
         ``q4lab.load(directory, model)`` rebuilds its integer forward. ``task``: the q4lab task
-        the model came from, so that loading needs no ``model``."""
+        the model came from, so that loading needs no ``model``. A directory holding a saved
+        model is refused unless ``overwrite=True``."""
         from q4lab.export import save
 
-        return save(self, directory, task=task)
+        return save(self, directory, task=task, overwrite=overwrite)
 
 
 def _quantize_layer(

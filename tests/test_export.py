@@ -256,3 +256,15 @@ def test_a_task_model_loads_by_name(tmp_path):
     assert json.loads((tmp_path / CONFIG_FILE).read_text())["model"]["task"] == "digits-mlp"
     with pytest.raises(ValueError, match="task='charlm' is invalid"):
         qm.save(tmp_path / "other", task="charlm")
+
+
+def test_saving_over_a_saved_model_needs_overwrite(saved_linen, tmp_path):
+    """Also: saving is deterministic, file bytes and all (so a file's hash identifies a model)."""
+    qm, directory, _ = saved_linen
+    before = (directory / WEIGHTS_FILE).read_bytes()
+    with pytest.raises(FileExistsError, match=r"already holds a saved model.*overwrite=True"):
+        qm.save(directory)
+    assert (directory / WEIGHTS_FILE).read_bytes() == before
+    again = qm.save(tmp_path / "again")
+    assert qm.save(again, overwrite=True) == again
+    assert (again / WEIGHTS_FILE).read_bytes() == before
