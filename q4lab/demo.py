@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from q4lab.core import QuantSpec, dequantize, size_ledger
-from q4lab.quantizers import available, get_quantizer
+from q4lab.quantizers import available, check_quantized, get_quantizer
 
 
 def synthetic_weights(k: int = 512, n: int = 512, seed: int = 0) -> dict[str, np.ndarray]:
@@ -52,7 +52,8 @@ def compare_quantizers(
         energy = float(np.sum(np.square(w, dtype=np.float64)))
         for spec in specs:
             for name in names:
-                qt = get_quantizer(name).quantize(w, spec)
+                quantizer = get_quantizer(name)
+                qt = check_quantized(quantizer.quantize(w, spec), quantizer, spec, w, 0, matrix)
                 err = float(np.sum(np.square(np.asarray(dequantize(qt)) - w, dtype=np.float64)))
                 ledger = size_ledger(qt)
                 rows.append(

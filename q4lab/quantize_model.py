@@ -35,7 +35,14 @@ from q4lab.layer_quant import (
     transform_stats,
     unfolded_weight,
 )
-from q4lab.quantizers import ACTIVATIONS, CROSS, HESSIAN, RangeQuantizer, range_quantizers
+from q4lab.quantizers import (
+    ACTIVATIONS,
+    CROSS,
+    HESSIAN,
+    RangeQuantizer,
+    check_quantized,
+    range_quantizers,
+)
 from q4lab.recipe import Recipe, Rule
 
 
@@ -289,9 +296,9 @@ def _quantize_layer(
         transform = make_transform(p.rule.transform, p.layer.path, w2d, stats)
         w = folded_weight(transform, w, p.layer.in_axes)
         stats = transform_stats(transform, stats)
-    qt = p.rule.build_quantizer().quantize(
-        w, p.spec, in_axes=p.layer.in_axes, stats=stats, name=p.layer.path
-    )
+    quantizer = p.rule.build_quantizer()
+    qt = quantizer.quantize(w, p.spec, in_axes=p.layer.in_axes, stats=stats, name=p.layer.path)
+    qt = check_quantized(qt, quantizer, p.spec, w, p.layer.in_axes, p.layer.path)
     if transform is not None:
         qt = dataclasses.replace(qt, transform=transform)
     return qt, stats

@@ -204,6 +204,49 @@ def relayout_tree(tree, layout: str):
     return jax.tree_util.tree_map(convert, tree, is_leaf=lambda x: isinstance(x, QTensor))
 
 
+def held_arrays(qt: QTensor) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """The dtype and shape each array of ``qt`` must have for its spec, logical shape and layout
+    (the ``QTensor`` docstring), by role; a transform's arrays aside."""
+    spec, k, n = qt.spec, qt.k, qt.n
+    grid_n = 1 if spec.granularity == "per_tensor" else n
+    grid = (spec.num_groups(k), grid_n)
+    if qt.layout == "kmajor":
+        codes = (np.dtype(np.uint8), (n, k // 2))
+    elif spec.bits > 4:
+        codes = (np.dtype(np.int8 if spec.symmetric else np.uint8), (k, n))
+    else:
+        codes = (np.dtype(np.uint8), (k, spec.packed_length(n)))
+    held = {"codes": codes, "scale": (np.dtype(spec.jnp_scale_dtype), grid)}
+    if not spec.symmetric:
+        zero_dtype = np.uint8  # unsigned codes: uint8 whether packed (2..4 bits) or not
+        held["zero"] = (np.dtype(zero_dtype), (grid[0], spec.packed_length(grid_n)))
+    if qt.perm is not None:
+        held["perm"] = (np.dtype(qt.perm.dtype), (k,))
+    return held
+
+
+def check_arrays(qt: QTensor) -> None:
+    """Raise a ValueError naming the first array of ``qt`` whose dtype or shape is not what its
+    spec and layout hold (`held_arrays`): a zero point missing or extra, per-channel scales for a
+    per-group spec, int32 codes where packed bytes belong."""
+    want = held_arrays(qt)
+    held = {r: a for r, a in qt.arrays().items() if r in ("codes", "scale", "zero", "perm")}
+    label = f"a QTensor of {qt.spec.describe()}, shape {qt.shape}, layout {qt.layout!r}"
+    for role in sorted(set(want) | set(held)):
+        if role not in held:
+            raise ValueError(f"{label}: it has no {role}, and needs one")
+        if role not in want:
+            raise ValueError(f"{label}: it has a {role}, which symmetric codes do not take")
+        a, (dtype, shape) = held[role], want[role]
+        if role == "perm" and not jnp.issubdtype(a.dtype, jnp.integer):
+            raise ValueError(f"{label}: its perm is {a.dtype}; allowed: integers")
+        if np.dtype(a.dtype) != dtype or tuple(a.shape) != shape:
+            raise ValueError(
+                f"{label}: its {role} is {np.dtype(a.dtype)}{list(a.shape)}; allowed: "
+                f"{dtype}{list(shape)}"
+            )
+
+
 def stored_bytes(qt: QTensor) -> int:
     """Bytes of every array a QTensor holds (codes, scales, zeros, permutation, transform)."""
     return sum(int(a.nbytes) for a in qt.arrays().values())

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from q4lab.core import QTensor, QuantSpec, affine, normalize_in_axes, quantize, to_matrix
-from q4lab.core.qtensor import InAxes
+from q4lab.core.qtensor import InAxes, check_arrays
 
 HESSIAN = "hessian"
 ACTIVATIONS = "act_absmean"
@@ -62,6 +62,50 @@ def weight_matrix(
     return axes, w2d
 
 
+def check_quantized(
+    qt: object, quantizer: Quantizer, spec: QuantSpec, w: jax.Array, in_axes: InAxes, name: str = ""
+) -> QTensor:
+    """``qt``, after checking that it is what ``quantizer.quantize(w, spec, in_axes=...)`` must
+    return: a `QTensor` of that spec, shape and input axes whose arrays have the dtypes and
+    shapes they must (`q4lab.core.qtensor.check_arrays`), with finite non-zero scales, codes and
+    zeros in range and a true permutation. A ValueError names the quantizer and the layer, so a
+    quantizer of one's own that errs fails at once instead of giving wrong scores."""
+    where = f"quantizer {quantizer.name!r} ({type(quantizer).__qualname__})" + (
+        f" on {name!r}" if name else ""
+    )
+    if not isinstance(qt, QTensor):
+        raise ValueError(f"{where} returned a {type(qt).__name__}; allowed: a QTensor")
+    axes = normalize_in_axes(in_axes, jnp.ndim(w))
+    if qt.spec != spec:
+        raise ValueError(f"{where} returned {qt.spec.describe()} ({qt.spec}); asked: {spec}")
+    if qt.shape != tuple(jnp.shape(w)) or qt.in_axes != axes:
+        raise ValueError(
+            f"{where} returned a QTensor of shape {qt.shape}, in_axes {qt.in_axes}; asked: "
+            f"shape {tuple(jnp.shape(w))}, in_axes {axes}"
+        )
+    try:
+        check_arrays(qt)
+    except ValueError as err:
+        raise ValueError(f"{where} returned {err}") from None
+    if any(isinstance(a, jax.core.Tracer) for a in qt.arrays().values()):
+        return qt  # values unknown under jit
+    scale = np.asarray(qt.scale, np.float32)
+    if not np.all(np.isfinite(scale) & (scale != 0)):
+        raise ValueError(f"{where} returned scales that are zero, NaN or Inf")
+    if spec.bits > 4:  # held a byte each, so a code out of range is representable
+        codes = np.asarray(qt.codes)
+        if codes.min() < spec.qmin or codes.max() > spec.qmax:
+            raise ValueError(
+                f"{where} returned codes in [{codes.min()}, {codes.max()}]; allowed: "
+                f"[{spec.qmin}, {spec.qmax}] at {spec.bits} bits"
+            )
+        if qt.zero is not None and np.asarray(qt.zero).max() > spec.qmax:
+            raise ValueError(f"{where} returned zero points above {spec.qmax}")
+    if qt.perm is not None and not np.array_equal(np.sort(np.asarray(qt.perm)), np.arange(qt.k)):
+        raise ValueError(f"{where} returned a perm that is not a permutation of the {qt.k} rows")
+    return qt
+
+
 class Quantizer(abc.ABC):
     """A named quantization strategy. Subclasses are frozen dataclasses holding their options."""
 
@@ -93,7 +137,8 @@ class RangeQuantizer(Quantizer):
     @abc.abstractmethod
     def weight_range(self, wg: jax.Array, spec: QuantSpec) -> tuple[jax.Array, jax.Array]:
         """Clipping range ``(lo, hi)`` of grouped weights ``wg[G, g, N]``; each ``[G, 1, N]``
-        (``[1, 1, 1]`` per-tensor). Pure jnp, jit-compatible."""
+        (``[1, 1, 1]`` per-tensor, where ``wg`` is the whole matrix as ``[1, K, N]``). Pure jnp,
+        jit-compatible; other shapes are refused, naming the quantizer."""
 
     def params(self, w2d: jax.Array, spec: QuantSpec) -> tuple[jax.Array, jax.Array | None]:
         """Scale ``[G, N]`` (and zero) for a weight matrix ``w2d[K, N]``; jit-compiled."""
@@ -120,6 +165,15 @@ def range_params(
     """`RangeQuantizer.params` without its jit and checks, for use inside traced code."""
     wg = affine.group_view(w2d.astype(jnp.float32), spec)
     lo, hi = quantizer.weight_range(wg, spec)
+    want = (1, 1, 1) if spec.granularity == "per_tensor" else (wg.shape[0], 1, wg.shape[2])
+    got = tuple(jnp.shape(lo)), tuple(jnp.shape(hi))
+    if got != (want, want):
+        raise ValueError(
+            f"quantizer {quantizer.name!r} ({type(quantizer).__qualname__}.weight_range) returned "
+            f"ranges of shapes lo {got[0]}, hi {got[1]} for grouped weights {tuple(wg.shape)} "
+            f"and {spec.describe()}; allowed: {want}, one (lo, hi) per scale group "
+            "(reduce axis 1 of wg[G, g, N]; all axes per-tensor)"
+        )
     scale, zero = affine.scale_zero_from_range(lo, hi, spec)
     return scale[:, 0, :], None if zero is None else zero[:, 0, :]
 

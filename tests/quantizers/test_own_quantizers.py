@@ -1,0 +1,135 @@
+"""A researcher's own quantizer: what q4lab checks of it, so that one that errs fails at once,
+naming itself, instead of giving wrong scores."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from q4lab.core import QuantSpec
+from q4lab.core.qtensor import relayout
+from q4lab.quantizers import RangeQuantizer, check_quantized, get_quantizer
+from q4lab.quantizers import base as registry
+from q4lab.quantizers.minmax import MinMax
+
+W = np.random.default_rng(0).normal(size=(32, 6)).astype(np.float32)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    bits=st.integers(2, 8),
+    symmetric=st.booleans(),
+    granularity=st.sampled_from([None, 8, "per_tensor"]),
+    n=st.sampled_from([5, 6]),
+    name=st.sampled_from(["minmax", "mse", "percentile"]),
+)
+def test_every_built_in_quantizer_passes_the_check(bits, symmetric, granularity, n, name):
+    if granularity == "per_tensor":
+        spec = QuantSpec(bits=bits, symmetric=symmetric, granularity="per_tensor")
+    else:
+        spec = QuantSpec(bits=bits, symmetric=symmetric, group_size=granularity)
+    quantizer = get_quantizer(name)
+    qt = quantizer.quantize(W[:, :n], spec)
+    assert check_quantized(qt, quantizer, spec, W[:, :n], 0) is qt
+    if bits == 4:
+        check_quantized(relayout(qt, "kmajor"), quantizer, spec, W[:, :n], 0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Broken(MinMax):
+    """min-max, then one thing changed in what it returns (not registered)."""
+
+    name = "broken"
+    change: str = ""
+
+    def quantize(self, w, spec, *, in_axes=0, stats=None, name=""):
+        right = super().quantize(w, spec, in_axes=in_axes, stats=stats, name=name)
+        if self.change == "not a QTensor":
+            return right.codes
+        if self.change == "no zero":
+            return dataclasses.replace(right, zero=None)
+        if self.change == "int32 codes":
+            return dataclasses.replace(right, codes=right.codes.astype(jnp.int32))
+        if self.change == "NaN scale":
+            return dataclasses.replace(right, scale=right.scale.at[0, 0].set(jnp.nan))
+        if self.change == "float16 scales":
+            return dataclasses.replace(right, scale=right.scale.astype(jnp.float16))
+        if self.change == "per-channel scales":
+            return dataclasses.replace(right, scale=right.scale[:1])
+        if self.change == "another spec":
+            return super().quantize(w, dataclasses.replace(spec, bits=8), in_axes=in_axes)
+        if self.change == "codes out of range":
+            return dataclasses.replace(right, codes=right.codes * 4)
+        if self.change == "not a permutation":
+            return dataclasses.replace(right, perm=jnp.zeros(right.k, jnp.int32))
+        raise AssertionError(self.change)
+
+
+@pytest.mark.parametrize(
+    ("change", "spec", "says"),
+    [
+        ("not a QTensor", QuantSpec(), r"returned a ArrayImpl; allowed: a QTensor"),
+        ("no zero", QuantSpec(symmetric=False), r"it has no zero, and needs one"),
+        ("int32 codes", QuantSpec(), r"its codes is int32\[32, 3\]; allowed: uint8\[32, 3\]"),
+        ("NaN scale", QuantSpec(), r"scales that are zero, NaN or Inf"),
+        ("float16 scales", QuantSpec(), r"its scale is float16\[1, 6\]; allowed: float32\[1, 6\]"),
+        ("per-channel scales", QuantSpec(group_size=8), r"scale is float32\[1, 6\]; .*\[4, 6\]"),
+        ("another spec", QuantSpec(), r"returned W8 sym per-channel .*; asked: QuantSpec\(bits=4"),
+        ("codes out of range", QuantSpec(bits=6), r"codes in \[-124, 124\]; allowed: \[-32, 31\]"),
+        ("not a permutation", QuantSpec(), r"perm that is not a permutation of the 32 rows"),
+    ],
+)
+def test_a_quantizer_returning_a_wrong_qtensor_is_named(change, spec, says):
+    quantizer = Broken(change=change)
+    qt = quantizer.quantize(W, spec)
+    with pytest.raises(ValueError, match=r"quantizer 'broken' \(Broken\) on 'fc1' .*" + says):
+        check_quantized(qt, quantizer, spec, W, 0, "fc1")
+
+
+@dataclasses.dataclass(frozen=True)
+class WrongAxis(RangeQuantizer):
+    name = "wrong-axis"
+
+    def weight_range(self, wg, spec):
+        return wg.min(axis=2, keepdims=True), wg.max(axis=2, keepdims=True)
+
+
+def test_a_range_of_the_wrong_shape_is_named_with_the_shape_it_must_have():
+    with pytest.raises(
+        ValueError,
+        match=r"quantizer 'wrong-axis' \(WrongAxis.weight_range\) returned ranges of shapes "
+        r"lo \(4, 8, 1\), hi \(4, 8, 1\) for grouped weights \(4, 8, 6\) and W4 sym g8; "
+        r"allowed: \(4, 1, 6\)",
+    ):
+        WrongAxis().quantize(W, QuantSpec(group_size=8))
+
+
+def test_quantize_model_refuses_an_own_quantizer_that_errs_naming_the_layer(monkeypatch):
+    from q4lab.quantize_model import quantize_model
+    from q4lab.recipe import Recipe, Rule
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class NoZero(Broken):
+        name = "no-zero"
+        change: str = "no zero"
+
+    monkeypatch.setitem(registry._REGISTRY, "no-zero", NoZero)
+
+    class Model(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(6, name="fc1")(x)
+
+    model = Model()
+    x = jnp.ones((2, 32))
+    params = model.init(jax.random.key(0), x)["params"]
+    recipe = Recipe([Rule(quantizer="no-zero", weight=QuantSpec(symmetric=False))])
+    with pytest.raises(
+        ValueError, match=r"quantizer 'no-zero' \(.*NoZero\) on 'fc1' .*it has no zero"
+    ):
+        quantize_model(model, params, recipe, sample_input=x)
