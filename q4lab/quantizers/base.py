@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import typing
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -191,13 +192,61 @@ _REGISTRY: dict[str, type[Quantizer]] = {}
 
 
 def register(cls: type[Quantizer]) -> type[Quantizer]:
-    """Class decorator: make a quantizer available by ``cls.name`` to recipes and experiments."""
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(
-            f"quantizer name {cls.name!r} is already registered by {_REGISTRY[cls.name]}"
-        )
-    _REGISTRY[cls.name] = cls
+    """Class decorator: make a quantizer available by ``cls.name`` to recipes and experiments.
+
+    ``cls``: a `Quantizer` subclass that is a frozen dataclass of its options, with a class
+    attribute ``name``. A name another class holds is refused; the same class defined again
+    (a notebook cell run twice: same module and qualified name) replaces the first.
+    """
+    how = (
+        "a quantizer is a Quantizer (or RangeQuantizer) subclass, a frozen dataclass of its "
+        "options with a class attribute name: @register above @dataclasses.dataclass(frozen=True)"
+    )
+    if not (isinstance(cls, type) and issubclass(cls, Quantizer)):
+        raise ValueError(f"register({cls!r}): not a Quantizer subclass; {how}")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register({cls.__qualname__}): name={name!r} is invalid; {how}")
+    if not dataclasses.is_dataclass(cls):
+        raise ValueError(f"register({cls.__qualname__}): not a dataclass; {how}")
+    held = _REGISTRY.get(name)
+    if held is not None and _origin(held) != _origin(cls):
+        raise ValueError(f"quantizer name {name!r} is already registered by {held}")
+    _REGISTRY[name] = cls
     return cls
+
+
+def _origin(cls: type) -> tuple[str, str]:
+    return cls.__module__, cls.__qualname__
+
+
+_TYPE_WORDS = {bool: "True or False", int: "an int", float: "a number", str: "a string"}
+
+
+def _check_option_types(cls: type[Quantizer], options: Mapping[str, object]) -> None:
+    """Raise a ValueError naming an option whose value is not of its field's plain type (a
+    string for a float, say), which would otherwise fail deep inside a traced computation."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):  # annotations that do not resolve: nothing to check
+        return
+    for key, value in options.items():
+        hint = hints.get(key)
+        if hint is bool:
+            ok = isinstance(value, bool | np.bool_)
+        elif hint is int:
+            ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
+        elif hint is float:
+            ok = isinstance(value, int | float | np.number) and not isinstance(value, bool)
+        elif hint is str:
+            ok = isinstance(value, str)
+        else:
+            continue
+        if not ok:
+            raise ValueError(
+                f"quantizer {cls.name!r}: option {key}={value!r} is a {type(value).__name__}; "
+                f"allowed: {_TYPE_WORDS[hint]}"
+            )
 
 
 def available() -> tuple[str, ...]:
@@ -226,4 +275,5 @@ def get_quantizer(name: str, **options: object) -> Quantizer:
         raise ValueError(
             f"quantizer {name!r} has no option(s) {unknown}; allowed: {sorted(fields) or 'none'}"
         )
+    _check_option_types(cls, options)
     return cls(**options)

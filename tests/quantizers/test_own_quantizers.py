@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from q4lab.core import QuantSpec
 from q4lab.core.qtensor import relayout
-from q4lab.quantizers import RangeQuantizer, check_quantized, get_quantizer
+from q4lab.quantizers import Quantizer, RangeQuantizer, check_quantized, get_quantizer
 from q4lab.quantizers import base as registry
 from q4lab.quantizers.minmax import MinMax
 
@@ -133,3 +133,66 @@ def test_quantize_model_refuses_an_own_quantizer_that_errs_naming_the_layer(monk
         ValueError, match=r"quantizer 'no-zero' \(.*NoZero\) on 'fc1' .*it has no zero"
     ):
         quantize_model(model, params, recipe, sample_input=x)
+
+
+def test_register_says_what_a_quantizer_class_must_be(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    rule = r"a frozen dataclass of its options with a class attribute name"
+
+    class Plain(Quantizer):  # options taken in __init__: get_quantizer could not see them
+        name = "plain"
+
+        def __init__(self, k=1.0):
+            self.k = k
+
+        def quantize(self, w, spec, *, in_axes=0, stats=None, name=""):
+            raise AssertionError
+
+    with pytest.raises(ValueError, match=r"register\(.*Plain\): not a dataclass; .*" + rule):
+        registry.register(Plain)
+
+    @dataclasses.dataclass(frozen=True)
+    class Anonymous(RangeQuantizer):
+        def weight_range(self, wg, spec):
+            return wg.min(axis=1, keepdims=True), wg.max(axis=1, keepdims=True)
+
+    with pytest.raises(ValueError, match=r"name=None is invalid; .*" + rule):
+        registry.register(Anonymous)
+    with pytest.raises(ValueError, match=r"not a Quantizer subclass"):
+        registry.register(dict)
+
+
+def test_a_class_defined_again_replaces_itself_and_another_class_is_refused(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    def define(scale):  # what a notebook cell run twice does: the same module and name
+        @registry.register
+        @dataclasses.dataclass(frozen=True)
+        class Mine(WrongAxis):
+            name = "mine"
+            factor: float = scale
+
+        return Mine
+
+    first, second = define(1.0), define(2.0)
+    assert first is not second and get_quantizer("mine").factor == 2.0
+    with pytest.raises(ValueError, match=r"quantizer name 'minmax' is already registered by"):
+
+        @registry.register
+        @dataclasses.dataclass(frozen=True)
+        class MinMax(WrongAxis):
+            name = "minmax"
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "says"),
+    [
+        ("mse", {"p": "2.4"}, r"option p='2.4' is a str; allowed: a number"),
+        ("mse", {"grid": 2.5}, r"option grid=2.5 is a float; allowed: an int"),
+        ("gptq", {"act_order": 1}, r"option act_order=1 is a int; allowed: True or False"),
+    ],
+)
+def test_an_option_of_the_wrong_type_is_named(name, options, says):
+    with pytest.raises(ValueError, match=rf"quantizer {name!r}: " + says):
+        get_quantizer(name, **options)
+    assert get_quantizer("mse", p=2).p == 2  # an int is a number
