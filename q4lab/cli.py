@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -218,6 +220,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    except Exception as err:  # a point failed: name it, and say what is saved
+        from q4lab.sweep.runner import FAILED_POINT
+
+        if not isinstance(err, ValueError):  # a bug somewhere: its traceback helps
+            traceback.print_exc()
+        point = [
+            n[len(FAILED_POINT) :]
+            for n in getattr(err, "__notes__", ())
+            if n.startswith(FAILED_POINT)
+        ]
+        saved = total - missing_points(experiment, args.results)
+        print(
+            f"\nq4lab run: a point failed{f' ({point[0]})' if point else ''}: "
+            f"{type(err).__name__}: {err}\n{saved} of {total} points are saved in "
+            f"{directory / 'runs.parquet'}.\n  After a fix, the same command runs the rest: "
+            f"q4lab run {args.experiment} --results {args.results}",
+            file=sys.stderr,
+        )
+        return 1
     print(f"{len(table)} rows in {directory / 'runs.parquet'}; plot: q4lab plot {directory}")
     return 0
 
@@ -336,6 +357,15 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="q4lab", description="INT4 quantization research in JAX")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE before the command (repeatable; the current folder is searched "
+        "too): a module that registers quantizers of one's own, e.g. q4lab --plugin myquant "
+        "quantize --task digits-mlp --quantizer mine. An experiment file imports its own",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo", help="quantize synthetic matrices with every quantizer and print the errors"
@@ -454,12 +484,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _import_plugins(modules: Sequence[str]) -> None:
+    if modules and str(Path.cwd()) not in sys.path and "" not in sys.path:
+        sys.path.append(str(Path.cwd()))
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(f"--plugin {module}: {err}") from err
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
+        _import_plugins(args.plugin)
         return args.func(args)
     except ValueError as err:  # configuration errors: one clear line, no traceback
         parser.exit(2, f"q4lab {args.command}: error: {err}\n")

@@ -293,7 +293,8 @@ def reproduce(
     ``rows``: ``"all"``, a list of row positions, or None for a ``sample`` of rows drawn with
     ``seed`` (`sample_rows`). ``tol``: the largest absolute difference allowed in metric columns
     (sizes are always exact). ``experiment``: the experiment file, needed only when a row's point
-    cannot be rebuilt from its fields (default ``experiments/<experiment>.py`` if it exists).
+    cannot be rebuilt from its fields (default ``experiments/<experiment>.py`` if it exists) or
+    when the rows use a quantizer the file registers; a given file is run first.
     """
     from tqdm.auto import tqdm
 
@@ -317,7 +318,8 @@ def reproduce(
             raise ValueError(f"rows={bad} are invalid; allowed: 0..{len(table) - 1} or 'all'")
         positions = list(rows)
 
-    lookup: dict[str, Point] | None = None
+    # a given file is run first: it registers what its rows need (a quantizer of one's own)
+    lookup = None if experiment is None else _experiment_points(table.iloc[0], experiment)
     points = []
     for i in positions:
         row = table.iloc[i]

@@ -37,3 +37,34 @@ def test_the_recipe_sweep_and_core_examples_run():
     assert len(namespace["sweep"].points()) == 3 * 2 * 3 * (4 + 2 + 2)
     exec(python_block("### GPTQ"), namespace)
     assert namespace["q4lab"].size_ledger({"fc": namespace["qt"]}).bits_per_weight == 4.125
+
+
+def test_the_own_quantizer_example_registers_and_runs(tmp_path, monkeypatch, capsys, task_cache):
+    import sys
+
+    import jax
+
+    from q4lab.cli import main
+    from q4lab.core import QuantSpec, affine
+    from q4lab.quantizers import base, get_quantizer
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # forgotten after the test
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "myquant", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "myquant.py").write_text(python_block("### A quantizer of your own"))
+    assert (
+        main(["--plugin", "myquant", "quantize", "--task", "digits-mlp", "--quantizer", "stdclip"])
+        == 0
+    )
+    assert "stdclip" in capsys.readouterr().out
+    w = np.asarray(jax.random.t(jax.random.key(0), 3.0, (64, 5)))
+    for spec in (QuantSpec(group_size=16), QuantSpec(granularity="per_tensor")):
+        groups = w.reshape(spec.num_groups(64), -1, 5)
+        axes = affine.reduce_axes(spec)
+        mean, std = groups.mean(axis=axes, keepdims=True), groups.std(axis=axes, keepdims=True)
+        lo = np.maximum(groups.min(axis=axes, keepdims=True), mean - 2.5 * std)
+        hi = np.minimum(groups.max(axis=axes, keepdims=True), mean + 2.5 * std)
+        want = np.maximum(-lo, hi) / spec.qmax
+        scale = get_quantizer("stdclip", k=2.5).params(w, spec)[0]
+        np.testing.assert_allclose(np.asarray(scale), want[:, 0, :], rtol=1e-6)

@@ -262,7 +262,11 @@ def range_quantizers() -> tuple[str, ...]:
 
 def quantizer_class(name: str) -> type[Quantizer]:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown quantizer {name!r}; registered: {', '.join(available())}")
+        raise ValueError(
+            f"unknown quantizer {name!r}; registered: {', '.join(available())} (a quantizer of "
+            "one's own registers when its module is imported: import it in the experiment file, "
+            "or name it with q4lab --plugin MODULE)"
+        )
     return _REGISTRY[name]
 
 

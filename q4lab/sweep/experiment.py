@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import runpy
+import sys
 import traceback
 from pathlib import Path
 
@@ -80,13 +81,23 @@ def validate(sweep: Sweep, where: str) -> list[Point]:
     return points
 
 
-def load_experiment(path: str | Path) -> Experiment:
-    """Run an experiment file, take its ``sweep`` and validate it (nothing is run or written)."""
+def run_experiment_file(path: str | Path, cwd: str | Path | None = None) -> dict:
+    """Run an experiment file's Python and return its namespace (errors name the file's line).
+
+    The file's folder and the current folder (``cwd``, default this process's) go last on
+    ``sys.path``, so the file can import a module beside it or from where q4lab runs (a
+    quantizer of one's own registers when its module is imported). Last, not first as
+    ``python file.py`` puts its folder: ``experiments/mnist1d.py`` would hide the ``mnist1d``
+    package.
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"experiment file {str(path)!r} does not exist")
+    for folder in (path.resolve().parent, Path(cwd or Path.cwd()).resolve()):
+        if str(folder) not in sys.path:
+            sys.path.append(str(folder))
     try:
-        namespace = runpy.run_path(str(path), run_name="__experiment__")
+        return runpy.run_path(str(path), run_name="__experiment__")
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
     except SyntaxError as err:
@@ -96,6 +107,13 @@ def load_experiment(path: str | Path) -> Experiment:
         lines = [f.lineno for f in frames if Path(f.filename).resolve() == path.resolve()]
         at = f", line {lines[-1]}" if lines else ""
         raise ValueError(f"{path}{at}: {type(err).__name__}: {err}") from err
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Run an experiment file (`run_experiment_file`), take its ``sweep`` and validate it
+    (nothing is run or written)."""
+    path = Path(path)
+    namespace = run_experiment_file(path)
     sweep = namespace.get("sweep")
     if not isinstance(sweep, Sweep):
         raise ValueError(f"{path}: defines no `sweep = Sweep(...)` (found {type(sweep).__name__})")

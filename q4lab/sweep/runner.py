@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from q4lab.sweep.experiment import Experiment, describe_point
+from q4lab.sweep.experiment import Experiment, describe_point, run_experiment_file
 from q4lab.sweep.fields import Point, config_hash, qat_of, recipe_of
 from q4lab.sweep.store import ResultsStore
 from q4lab.sweep.tracking import WandbLogger, WandbSettings
@@ -58,10 +58,18 @@ def point_row(point: Point, record: dict, experiment: str = "") -> dict:
     return {"experiment": experiment, "config_hash": config_hash(point), **fields, **record}
 
 
+FAILED_POINT = "the point that failed: "  # the note `run_experiment` adds to its error
+
+
 def _local(points: list[Point], bar: tqdm) -> Iterator[tuple[int, dict]]:
     for i, point in enumerate(points):
         bar.set_postfix_str(describe_point(point), refresh=True)
-        yield i, evaluate_point(point)
+        try:
+            record = evaluate_point(point)
+        except Exception as err:
+            err.add_note(FAILED_POINT + describe_point(point))
+            raise
+        yield i, record
 
 
 @contextlib.contextmanager
@@ -93,7 +101,28 @@ def local_ray_environment() -> Iterator[None]:
             os.environ.update(saved)
 
 
-def _ray(points: list[Point], bar: tqdm, address: str | None) -> Iterator[tuple[int, dict]]:
+_FILES_RUN: set[tuple[str, str]] = set()  # experiment files a Ray worker has run
+
+
+def _evaluate_after_file(point: Point, path: str, cwd: str) -> dict[str, Any]:
+    """`evaluate_point` in a Ray worker that first runs the experiment file once, so that the
+    quantizers of one's own it imports are registered there too."""
+    if (path, cwd) not in _FILES_RUN:
+        run_experiment_file(path, cwd)
+        _FILES_RUN.add((path, cwd))
+    return evaluate_point(point)
+
+
+def _own_quantizers() -> list[str]:
+    """Registered quantizers defined outside q4lab (a user's, by an experiment file's import)."""
+    from q4lab.quantizers import available, quantizer_class
+
+    return [n for n in available() if not quantizer_class(n).__module__.startswith("q4lab.")]
+
+
+def _ray(
+    points: list[Point], bar: tqdm, address: str | None, experiment: Path
+) -> Iterator[tuple[int, dict]]:
     import ray
 
     with contextlib.ExitStack() as stack:
@@ -108,12 +137,23 @@ def _ray(points: list[Point], bar: tqdm, address: str | None) -> Iterator[tuple[
         else:
             ray.init(address=address, log_to_driver=False)
         stack.callback(ray.shutdown)
-        remote = ray.remote(num_cpus=1)(evaluate_point)
-        pending = {remote.remote(p): i for i, p in enumerate(points)}
+        if _own_quantizers():  # the workers import them as this process did: by the file
+            remote = ray.remote(num_cpus=1)(_evaluate_after_file)
+            where = (str(experiment.resolve()), str(Path.cwd()))
+            pending = {remote.remote(p, *where): i for i, p in enumerate(points)}
+        else:
+            remote = ray.remote(num_cpus=1)(evaluate_point)
+            pending = {remote.remote(p): i for i, p in enumerate(points)}
         while pending:
             bar.set_postfix_str(f"{len(pending)} running or queued on Ray", refresh=True)
             (ref,), _ = ray.wait(list(pending), num_returns=1)
-            yield pending.pop(ref), ray.get(ref)
+            i = pending.pop(ref)
+            try:
+                record = ray.get(ref)
+            except Exception as err:
+                err.add_note(FAILED_POINT + describe_point(points[i]))
+                raise
+            yield i, record
 
 
 def missing_points(experiment: Experiment, results_dir: str | Path = "results") -> int:
@@ -134,7 +174,7 @@ def run_experiment(
     """Run the points of ``experiment`` missing from ``results_dir/<name>/runs.parquet``.
 
     Returns the whole table. A point that raises stops the sweep after the rows finished so far
-    are written; rerunning resumes from there.
+    are written, its error noted with the point (`FAILED_POINT`); rerunning resumes from there.
     """
     if executor not in EXECUTORS:
         raise ValueError(f"executor={executor!r} is invalid; allowed: {', '.join(EXECUTORS)}")
@@ -156,7 +196,10 @@ def run_experiment(
         disable=not progress,
         dynamic_ncols=True,
     ) as bar:
-        results = _local(points, bar) if executor == "local" else _ray(points, bar, address)
+        if executor == "local":
+            results = _local(points, bar)
+        else:
+            results = _ray(points, bar, address, experiment.path)
         for i, record in results:
             layers = record.pop("layers", None)
             row = point_row(todo[i][0], record, experiment.name)

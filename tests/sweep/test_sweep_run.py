@@ -188,12 +188,34 @@ def test_a_killed_sweep_resumes_with_every_point_exactly_once(tmp_path):
     assert not list(store.directory.glob(".runs-*"))  # a half-written file of the kill is gone
 
 
-def test_ray_executor_gives_the_rows_of_the_local_one(tmp_path):
+OWN_QUANTIZER = """
+import dataclasses
+from q4lab.quantizers import RangeQuantizer, register
+
+@register
+@dataclasses.dataclass(frozen=True)
+class HalfRange(RangeQuantizer):
+    name = "half-range"
+
+    def weight_range(self, wg, spec):
+        lo, hi = wg.min(axis=1, keepdims=True), wg.max(axis=1, keepdims=True)
+        return lo / 2, hi / 2
+"""
+
+
+def test_ray_executor_gives_the_rows_of_the_local_one(tmp_path, monkeypatch):
+    """With a quantizer of one's own too: a module beside the experiment file that the file
+    imports, which the Ray workers must import as well."""
+    from q4lab.quantizers import base
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # forgotten after the test
+    (tmp_path / "ray_test_own_quantizer.py").write_text(OWN_QUANTIZER)
     path = write_experiment(
         tmp_path,
         "onray",
-        '{"task": ["digits-mlp"], "quantizer": ["minmax", "gptq"], "bits": [4, 3]}',
+        '{"task": ["digits-mlp"], "quantizer": ["half-range", "gptq"], "bits": [4, 3]}',
     )
+    path.write_text("import ray_test_own_quantizer  # noqa: F401\n" + path.read_text())
     experiment = load_experiment(path)
     local = run_experiment(experiment, tmp_path / "local", wandb=OFF, progress=False)
     on_ray = run_experiment(experiment, tmp_path / "ray", executor="ray", wandb=OFF, progress=False)

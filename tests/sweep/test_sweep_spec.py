@@ -179,6 +179,49 @@ def test_an_interrupted_run_says_what_is_saved_and_how_to_resume(tmp_path, capsy
     assert f"To run the rest: q4lab run {path} --results {results}" in err
 
 
+def test_a_point_that_fails_is_named_with_what_is_saved(tmp_path, capsys, monkeypatch):
+    import q4lab.sweep.runner
+
+    def third_bit_fine_fourth_fails(point, progress=False):
+        if point["bits"] == 4:
+            raise TypeError("a bug in one's own quantizer")
+        return {"score": 1.0}
+
+    monkeypatch.setattr(q4lab.sweep.runner, "evaluate_point", third_bit_fine_fourth_fails)
+    path = write_sweep(tmp_path, "{'task': ['digits-mlp'], 'bits': [3, 4]}")
+    results = tmp_path / "results"
+    assert main(["run", str(path), "--results", str(results), "--no-wandb", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err  # not a configuration error: where it failed helps
+    assert (
+        "q4lab run: a point failed (task='digits-mlp', seed=0, quantizer='minmax', bits=4, "
+        "group_size=0, act_bits=16): TypeError: a bug in one's own quantizer" in err
+    )
+    assert f"1 of 2 points are saved in {results / 'ok' / 'runs.parquet'}" in err
+    assert f"the same command runs the rest: q4lab run {path} --results {results}" in err
+
+
+def test_a_plugin_module_registers_quantizers_for_every_command(tmp_path, capsys, monkeypatch):
+    from q4lab.quantizers import base
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # forgotten after the test
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plugin_test_quantizer.py").write_text(
+        "import dataclasses\n"
+        "from q4lab.quantizers import register\n"
+        "from q4lab.quantizers.minmax import MinMax\n"
+        "@register\n@dataclasses.dataclass(frozen=True)\n"
+        "class Mine(MinMax):\n    name = 'plugin-test'\n"
+    )
+    assert main(["--plugin", "plugin_test_quantizer", "ls"]) == 0
+    assert "plugin-test" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["--plugin", "no_such_module", "ls"])
+    assert exit_.value.code == 2
+    assert "--plugin no_such_module: No module named 'no_such_module'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
