@@ -107,7 +107,7 @@ def split(qt: QTensor) -> Halves:
     scale_even, scale_odd = phases(qt.scale, qt.n, 2)
     zero_even = zero_odd = None
     if qt.zero is not None:
-        if qt.scale.shape[-1] == 1:  # per-tensor: one zero point for every column
+        if qt.spec.granularity == "per_tensor":  # one zero point for every column
             zero_even = zero_odd = jnp.broadcast_to(low_nibbles(qt.zero), (1, h))
         else:
             zero_even, zero_odd = low_nibbles(qt.zero), high_nibbles(qt.zero)

@@ -44,13 +44,14 @@ specs = st.builds(
     act_symmetric=st.booleans(),
     per_row=st.booleans(),
     impl=st.sampled_from(["reference", "xla", "auto"]),
+    n=st.sampled_from([1, 6]),  # one output column: its grid looks per-tensor by shape
 )
 def test_int_matmul_equals_the_float_product_of_dequantized_operands(
-    seed, spec, act_bits, act_symmetric, per_row, impl
+    seed, spec, act_bits, act_symmetric, per_row, impl, n
 ):
     kx, kw = jax.random.split(jax.random.key(seed))
     x = jax.random.normal(kx, (5, 32))
-    w = jax.random.normal(kw, (32, 6))
+    w = jax.random.normal(kw, (32, n))
     qt = get_quantizer("minmax").quantize(w, spec)
     gran = "per_channel" if per_row else "per_tensor"
     act = QuantSpec(bits=act_bits, symmetric=act_symmetric, granularity=gran)
@@ -60,7 +61,9 @@ def test_int_matmul_equals_the_float_product_of_dequantized_operands(
     np.testing.assert_allclose(np.asarray(y_int), np.asarray(y_float), rtol=1e-5, atol=1e-5)
 
 
-@given(seed=st.integers(0, 1000), spec=specs, n=st.sampled_from([5, 6]), m=st.sampled_from([1, 3]))
+@given(
+    seed=st.integers(0, 1000), spec=specs, n=st.sampled_from([1, 5, 6]), m=st.sampled_from([1, 3])
+)
 def test_every_w4a16_path_is_x_times_the_dequantized_weight(seed, spec, n, m):
     kx, kw = jax.random.split(jax.random.key(seed))
     w = jax.random.normal(kw, (32, n))
@@ -70,6 +73,29 @@ def test_every_w4a16_path_is_x_times_the_dequantized_weight(seed, spec, n, m):
     impls = ["reference", "xla", "auto"] + (["blocked"] if spec.bits == 4 else [])
     for impl in impls:
         assert _rel(w4a16_matmul(x, qt, impl=impl), expected) < 1e-5, impl
+
+
+@pytest.mark.parametrize("group_size", [None, 8])
+def test_a_single_output_column_runs_on_every_path(group_size):
+    """N = 1: a [G, 1] scale grid is not a per-tensor one (the half-column split took it so)."""
+    w = jax.random.normal(jax.random.key(0), (32, 1))
+    x = jax.random.normal(jax.random.key(1), (4, 32))
+    act = QuantSpec(bits=4, granularity="per_channel")
+    scale, zero = act_params(x, act, get_quantizer("minmax"))
+    xc = act_codes(x, scale, zero, act)
+    for symmetric in (True, False):
+        qt = get_quantizer("minmax").quantize(
+            w, QuantSpec(symmetric=symmetric, group_size=group_size)
+        )
+        expected = x @ dequantize_matrix(qt)
+        for impl in ("xla", "blocked", "auto"):
+            assert _rel(w4a16_matmul(x, qt, impl=impl), expected) < 1e-5, impl
+            np.testing.assert_allclose(
+                int_matmul(xc, scale, qt, impl=impl),
+                int_matmul(xc, scale, qt, impl="reference"),
+                rtol=1e-5,
+                atol=1e-5,
+            )
 
 
 def test_act_order_permutation_is_applied_by_every_path():
