@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from q4lab.core import (
     size_ledger,
     to_matrix,
 )
+from q4lab.core.transforms import hadamard_factors
 from q4lab.hooks import QuantHook
 from q4lab.layer_quant import (
     ActState,
@@ -40,6 +42,7 @@ from q4lab.quantizers import (
     CROSS,
     HESSIAN,
     RangeQuantizer,
+    check_finite,
     check_quantized,
     range_quantizers,
 )
@@ -100,12 +103,18 @@ def plan(recipe: Recipe, layers: list[Layer]) -> dict[str, LayerPlan]:
         raise ValueError(
             f"the recipe quantizes no layer (its rules keep every layer float): {paths}"
         )
+    sizes = []  # every layer a group size does not divide, in one error
     for path, p in chosen.items():
-        where = f"recipe rule {p.rule_index} (pattern {p.rule.pattern!r}), layer {path!r}"
         try:
             p.spec.check_input_size(p.layer.k)
         except ValueError as err:
-            raise ValueError(f"{where}: {err}") from None
+            sizes.append(
+                f"recipe rule {p.rule_index} (pattern {p.rule.pattern!r}), layer {path!r}: {err}"
+            )
+    if sizes:
+        raise ValueError("\n".join(sizes))
+    for path, p in chosen.items():
+        where = f"recipe rule {p.rule_index} (pattern {p.rule.pattern!r}), layer {path!r}"
         a_kind = f"{'an' if p.layer.kind[0] in 'aeiou' else 'a'} {p.layer.kind}"
         if p.rule.act is not None and not p.layer.hookable:
             raise ValueError(
@@ -133,7 +142,27 @@ def plan(recipe: Recipe, layers: list[Layer]) -> dict[str, LayerPlan]:
                 f"{where}: quantizer {p.rule.quantizer!r} chooses its own input scales; "
                 "allowed: transform=None"
             )
+        if p.rule.transform is not None and p.rule.transform.rotates:
+            _check_rotation(where, p.layer.k)
     return chosen
+
+
+def _check_rotation(where: str, k: int) -> None:
+    """A Hadamard rotation mixes a layer's K inputs in blocks (`hadamard_factors`): refuse one
+    that would mix nothing (odd K), and warn of one that mixes less than all of them."""
+    m, b = hadamard_factors(k)
+    if m * b == 1:
+        raise ValueError(
+            f"{where}: rotation='hadamard' would leave the layer's K={k} inputs as they are (an "
+            "odd K has no Hadamard factor); allowed: layers with an even K"
+        )
+    if m * b < k:
+        warnings.warn(
+            f"{where}: rotation='hadamard' mixes the layer's K={k} inputs in blocks of {m * b}, "
+            "not all together (whole for K = 2^p, 12·2^p and 20·2^p), so an outlier channel is "
+            f"spread over {m * b} channels only",
+            stacklevel=3,
+        )
 
 
 def _needs(p: LayerPlan) -> set[str]:
@@ -292,6 +321,7 @@ def _quantize_layer(
     the folded weight and the statistics of the transformed input."""
     transform = None
     if p.rule.transform is not None:
+        check_finite(w, p.layer.path)  # the weight as given: folding would spread a NaN
         w2d = to_matrix(w, p.layer.in_axes)
         transform = make_transform(p.rule.transform, p.layer.path, w2d, stats)
         w = folded_weight(transform, w, p.layer.in_axes)

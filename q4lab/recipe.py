@@ -98,7 +98,9 @@ class ActSpec:
 class TransformSpec:
     """An input transform folded into the weight before quantization and applied to the layer's
     input at run time (`q4lab.core.transforms`): exact in float, it reshapes what is rounded.
-    Dense layers only. Smoothing comes first, then the rotation."""
+    Dense layers only. Smoothing comes first, then the rotation. The rotation mixes all K inputs
+    when K is 2^p, 12·2^p or 20·2^p, else blocks of K's largest power-of-two factor (a warning
+    says so); a layer with an odd K is refused (`q4lab.core.transforms.hadamard_factors`)."""
 
     rotation: Literal["none", "hadamard"] = "none"  # "hadamard": randomised Hadamard
     smooth_alpha: float | None = None  # SmoothQuant's migration strength in (0, 1]; None: off

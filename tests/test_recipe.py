@@ -5,7 +5,7 @@ import pytest
 
 from q4lab.core import QuantSpec
 from q4lab.quantize_model import quantize_model
-from q4lab.recipe import ActSpec, Recipe, Rule, literal_value
+from q4lab.recipe import ActSpec, Recipe, Rule, TransformSpec, literal_value
 
 
 class Tiny(nn.Module):
@@ -41,8 +41,27 @@ def test_group_size_not_dividing_a_layer_names_rule_and_layer(tiny):
     recipe = Recipe((Rule(pattern="fc1|head", weight=QuantSpec(group_size=5)),))
     with pytest.raises(
         ValueError, match=r"rule 0 .*layer 'fc1'.*group_size=5 does not divide .*K=12"
-    ):
+    ) as error:
         quantize_model(model, params, recipe, sample_input=x, calibration=_never())
+    assert "layer 'head': QuantSpec.group_size=5 does not divide the input size K=6" in str(
+        error.value
+    )  # every such layer at once, not one per try
+
+
+def test_a_rotation_that_would_mix_nothing_is_refused_and_one_that_mixes_less_warns(tiny):
+    model, params, x = tiny
+    rotate = TransformSpec(rotation="hadamard")
+    recipe = Recipe((Rule(pattern="head", transform=rotate),))
+    with pytest.warns(
+        UserWarning, match=r"layer 'head': .*mixes the layer's K=6 inputs in blocks of 2"
+    ):
+        quantize_model(model, params, recipe, sample_input=x)
+    odd = jnp.ones((2, 7))
+    recipe = Recipe((Rule(pattern="fc1", transform=rotate),))
+    with pytest.raises(ValueError, match=r"layer 'fc1': rotation='hadamard' would leave .*K=7"):
+        quantize_model(
+            model, Tiny().init(jax.random.key(0), odd)["params"], recipe, sample_input=odd
+        )
 
 
 def test_activation_quantization_on_an_einsum_is_refused_by_name(tiny):
@@ -144,3 +163,14 @@ def test_command_line_values_are_python_or_json_literals():
         {"pattern": "head", "quantizer": None}
     ]
     assert literal_value("false") is False and literal_value("mse") == "mse"
+
+
+def test_a_nan_in_a_rotated_weight_is_counted_in_the_weight_as_given(tiny):
+    model, params, x = tiny
+    bad = {
+        **params,
+        "head": {**params["head"], "kernel": params["head"]["kernel"].at[0, 0].set(jnp.nan)},
+    }
+    recipe = Recipe((Rule(pattern="head", transform=TransformSpec(smooth_alpha=0.5)),))
+    with pytest.raises(ValueError, match=r"weight 'head' of shape \(6, 4\) holds 1 NaN/Inf value"):
+        quantize_model(model, bad, recipe, sample_input=x, calibration=[x])
