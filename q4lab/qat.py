@@ -197,14 +197,15 @@ def train(
     loss: Loss,
     config: QATConfig,
     *,
-    fp_params: PyTree,
+    fp_params: PyTree | None = None,
     seed: int = 0,
     progress: bool | None = None,
     desc: str = "qat",
 ) -> tuple[PyTree, TrainLog]:
     """Fine-tune ``params`` for ``config.steps`` steps on batches drawn by ``batch(rng)``
     (inputs, targets or None) with ``loss(outputs, targets, float outputs)``; the float outputs
-    come from ``fp_params``, the unquantized model, with ``config.loss == "distill"`` only (None
+    come from ``fp_params``, the unquantized model (None: the float parameters ``qat`` was
+    quantized from, ``qat.ptq.float_params``), with ``config.loss == "distill"`` only (None
     otherwise). Deterministic in ``seed``. ``progress``: a bar over steps with the running loss
     (None: only on a terminal)."""
     if config.method != qat.method:
@@ -218,6 +219,8 @@ def train(
             f"only for QATConfig(loss='distill'); allowed with QATConfig.loss={config.loss!r}: "
             "a loss of the labels"
         )
+    if fp_params is None:
+        fp_params = qat.ptq.float_params
     warmup = min(max(1, config.steps // 10), config.steps - 1)  # one step: no warm-up
     schedule = optax.warmup_cosine_decay_schedule(0.0, config.lr, warmup, config.steps)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))

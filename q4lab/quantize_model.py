@@ -13,6 +13,7 @@ from pathlib import Path
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -163,6 +164,25 @@ def _check_rotation(where: str, k: int) -> None:
             f"spread over {m * b} channels only",
             stacklevel=3,
         )
+
+
+def _range_rows(path: str, stats: dict[str, jax.Array]) -> jax.Array:
+    """The calibration rows a static activation range is taken from, refused when they could
+    not give one: all zero (the range would be empty and its scale a stand-in 1) or not
+    finite."""
+    rows = np.asarray(stats["act_sample"])
+    if not np.isfinite(rows).all():
+        raise ValueError(
+            f"the calibration inputs of layer {path!r} hold NaN/Inf, so its static activation "
+            "range would be NaN (check the float model on the calibration data)"
+        )
+    if not rows.any():
+        raise ValueError(
+            f"the calibration inputs of layer {path!r} are all zero, so they give no static "
+            "activation range (its scale would be a stand-in 1). Check the calibration data, "
+            "or give this layer mode='dynamic' (a recipe rule for its path)"
+        )
+    return stats["act_sample"]
 
 
 def _needs(p: LayerPlan) -> set[str]:
@@ -364,6 +384,11 @@ def quantize_model(
             "the 'params' collection alone (variables['params']); models that also hold other "
             "collections (batch_stats) are not supported"
         )
+    if isinstance(calibration, jax.Array | np.ndarray | Mapping):  # its rows or keys, not batches
+        raise ValueError(
+            f"calibration is one batch (a {type(calibration).__name__}); allowed: an iterable of "
+            "batches, e.g. [x] or a list of them"
+        )
     plans = plan(recipe, adapter.layers(params, sample_input))
     needs = {path: _needs(p) for path, p in plans.items()}
     batches = list(calibration)
@@ -401,7 +426,7 @@ def quantize_model(
         done.add(path)
         fresh &= stages.get(path, frozenset())  # only same-input layers keep valid statistics
         if "act_sample" in needs[path]:
-            acts[path] = ActState(p.rule.act, *p.rule.act.params(layer_stats["act_sample"]))
+            acts[path] = ActState(p.rule.act, *p.rule.act.params(_range_rows(path, layer_stats)))
     return QuantizedModel(adapter, qparams, params, plans, acts, recipe)
 
 

@@ -161,6 +161,12 @@ def test_one_step_trains_at_the_peak_rate(linen):
     with pytest.raises(ValueError, match=r"kl_to_float distills .* QATConfig\(loss='distill'\)"):
         train(qat, state, lambda rng: (x, None), kl_to_float, config, fp_params=params)
 
+    # distilling from the float model: by default the one the model was quantized from
+    distill = dataclasses.replace(config, loss="distill")
+    given, _ = train(qat, state, lambda rng: (x, None), kl_to_float, distill, fp_params=params)
+    default, _ = train(qat, state, lambda rng: (x, None), kl_to_float, distill)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, given, default)
+
 
 def test_lsq_steps_get_gradients(linen):
     model, params, x = linen

@@ -174,3 +174,18 @@ def test_a_nan_in_a_rotated_weight_is_counted_in_the_weight_as_given(tiny):
     recipe = Recipe((Rule(pattern="head", transform=TransformSpec(smooth_alpha=0.5)),))
     with pytest.raises(ValueError, match=r"weight 'head' of shape \(6, 4\) holds 1 NaN/Inf value"):
         quantize_model(model, bad, recipe, sample_input=x, calibration=[x])
+
+
+def test_static_activation_ranges_from_all_zero_calibration_are_refused(tiny):
+    model, params, x = tiny
+    recipe = Recipe((Rule(pattern="fc1", act=ActSpec(mode="static")),))
+    with pytest.raises(ValueError, match=r"inputs of layer 'fc1' are all zero, so they give no"):
+        quantize_model(model, params, recipe, sample_input=x, calibration=[jnp.zeros_like(x)])
+    quantize_model(model, params, recipe, sample_input=x, calibration=[x])  # a range to take
+
+
+def test_one_batch_given_as_the_calibration_is_refused(tiny):
+    model, params, x = tiny
+    recipe = Recipe((Rule(pattern="fc1", act=ActSpec(mode="static")),))
+    with pytest.raises(ValueError, match=r"calibration is one batch \(a .*\); allowed: .* \[x\]"):
+        quantize_model(model, params, recipe, sample_input=x, calibration=x)
