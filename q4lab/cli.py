@@ -169,7 +169,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from q4lab.sweep import ResultsStore, WandbSettings, load_experiment, run_experiment
-    from q4lab.sweep.runner import missing_points
+    from q4lab.sweep.runner import changed_quantizers, missing_points
 
     experiment = load_experiment(args.experiment)  # validated: nothing runs on a bad file
     directory = Path(args.results) / experiment.name
@@ -186,6 +186,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"Note: {len(others)} row{'s' * (len(others) > 1)} in {directory / 'runs.parquet'} "
             f"not among the points of {args.experiment} (an earlier grid, or another file named "
             f"{experiment.name!r}); plot and report show every row"
+        )
+    if changed := changed_quantizers(experiment, args.results):
+        print(
+            f"Note: rows in {directory / 'runs.parquet'} were made by a quantizer whose code or "
+            "defaults have changed since; they are kept, not rerun (to rerun them: another "
+            "--results):\n  " + "\n  ".join(changed)
         )
     if not missing:
         print(

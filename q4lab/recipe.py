@@ -20,7 +20,7 @@ from typing import Any, Literal
 import jax
 
 from q4lab.core import QuantSpec, act_params
-from q4lab.quantizers import CROSS, RangeQuantizer, get_quantizer
+from q4lab.quantizers import CROSS, RangeQuantizer, get_quantizer, quantizer_identity
 
 ACT_MODES = ("dynamic", "static")
 ACT_GRANULARITIES = ("per_row", "per_tensor")
@@ -303,6 +303,7 @@ class Recipe:
             "quantizer": r.quantizer_label(),
             "quantizer_name": r.quantizer,
             "quantizer_options": r.options_label(),
+            "quantizer_identity": quantizer_identity(r.build_quantizer()),
             "bits": r.weight.bits,
             "symmetric": r.weight.symmetric,
             "granularity": r.weight.granularity,

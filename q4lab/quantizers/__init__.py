@@ -14,6 +14,7 @@ from q4lab.quantizers.base import (
     get_quantizer,
     minmax_range,
     quantizer_class,
+    quantizer_identity,
     range_quantizers,
     register,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "minmax_range",
     "output_error",
     "quantizer_class",
+    "quantizer_identity",
     "range_quantizers",
     "register",
 ]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
+import inspect
 import typing
 from collections.abc import Mapping
 from typing import ClassVar
@@ -214,6 +216,22 @@ def register(cls: type[Quantizer]) -> type[Quantizer]:
         raise ValueError(f"quantizer name {name!r} is already registered by {held}")
     _REGISTRY[name] = cls
     return cls
+
+
+def quantizer_identity(quantizer: Quantizer) -> str:
+    """What a results row records of the quantizer that made it: its every option, defaults
+    included (``MSE(p=2.0, grid=100, max_shrink=0.8)``), and for a class defined outside q4lab
+    (whose code the manifest's git commit does not pin) a hash of its source. A row whose
+    record differs from this now was made by other code or defaults (`q4lab run` says so)."""
+    text = repr(quantizer)
+    cls = type(quantizer)
+    if not cls.__module__.startswith("q4lab."):
+        try:
+            source = inspect.getsource(cls)
+        except (OSError, TypeError):  # defined where no source is kept (an interpreter prompt)
+            return text
+        text += f" source sha256:{hashlib.sha256(source.encode()).hexdigest()[:12]}"
+    return text
 
 
 def _origin(cls: type) -> tuple[str, str]:

@@ -156,6 +156,27 @@ def _ray(
             yield i, record
 
 
+def changed_quantizers(experiment: Experiment, results_dir: str | Path = "results") -> list[str]:
+    """Each quantizer whose rows in ``results_dir/<name>/runs.parquet`` were made by other code
+    or defaults than it has now (`quantizer_identity`): ``"<then> (n rows) -> <now>"``. Such
+    rows are kept as they are (their points are done); the caller says so."""
+    from q4lab.quantizers import quantizer_identity
+
+    table = ResultsStore(Path(results_dir) / experiment.name).read()
+    if "quantizer_identity" not in table:  # rows from before it was recorded
+        return []
+    recorded = dict(zip(table["config_hash"], table["quantizer_identity"], strict=True))
+    changed: dict[tuple[str, str], int] = {}
+    for point, h in zip(experiment.points, experiment.hashes, strict=True):
+        then = recorded.get(h)
+        if not isinstance(then, str) or point.get("bits_budget"):  # mixed: per-layer quantizers
+            continue
+        now = quantizer_identity(recipe_of(point).base.build_quantizer())
+        if then != now:
+            changed[then, now] = changed.get((then, now), 0) + 1
+    return [f"{then} ({n} row{'s' * (n > 1)}) -> {now}" for (then, now), n in changed.items()]
+
+
 def missing_points(experiment: Experiment, results_dir: str | Path = "results") -> int:
     """How many points of ``experiment`` are not yet in ``results_dir/<name>/runs.parquet``."""
     done = ResultsStore(Path(results_dir) / experiment.name).done()

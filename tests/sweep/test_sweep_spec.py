@@ -201,6 +201,39 @@ def test_a_point_that_fails_is_named_with_what_is_saved(tmp_path, capsys, monkey
     assert f"the same command runs the rest: q4lab run {path} --results {results}" in err
 
 
+def test_rows_made_by_a_quantizer_whose_defaults_changed_are_pointed_out(
+    tmp_path, capsys, monkeypatch, task_cache
+):
+    from q4lab.quantizers import base
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # forgotten after the test
+    module = tmp_path / "changing_quantizer.py"
+    source = (
+        "import dataclasses\n"
+        "from q4lab.quantizers import register\n"
+        "from q4lab.quantizers.percentile import Percentile\n"
+        "@register\n@dataclasses.dataclass(frozen=True, kw_only=True)\n"
+        "class Changing(Percentile):\n    name = 'changing'\n    percentile: float = {}\n"
+    )
+    module.write_text(source.format(99.0))
+    path = write_sweep(tmp_path, "{'task': ['digits-mlp'], 'quantizer': ['changing']}")
+    path.write_text("import changing_quantizer  # noqa: F401\n" + path.read_text())
+    results = str(tmp_path / "results")
+    assert main(["run", str(path), "--results", results, "--no-wandb", "--no-progress"]) == 0
+    table = ResultsStore(tmp_path / "results" / "ok").read()
+    assert table["quantizer_identity"][0].startswith("Changing(percentile=99.0) source sha256:")
+    capsys.readouterr()
+
+    module.write_text(source.format(95.0))  # the researcher edits the default
+    monkeypatch.delitem(sys.modules, "changing_quantizer")
+    assert main(["run", str(path), "--results", results, "--no-wandb", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "were made by a quantizer whose code or defaults have changed since" in out
+    assert "Changing(percentile=99.0) source sha256:" in out and "(1 row) -> " in out
+    assert "Changing(percentile=95.0) source sha256:" in out
+    assert "All 1 points of 'ok' are already in" in out
+
+
 def test_a_plugin_module_registers_quantizers_for_every_command(tmp_path, capsys, monkeypatch):
     from q4lab.quantizers import base
 
