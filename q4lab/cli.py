@@ -237,9 +237,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if n.startswith(FAILED_POINT)
         ]
         saved = total - missing_points(experiment, args.results)
+        what = f"a point failed ({point[0]})" if point else "the run failed"
         print(
-            f"\nq4lab run: a point failed{f' ({point[0]})' if point else ''}: "
-            f"{type(err).__name__}: {err}\n{saved} of {total} points are saved in "
+            f"\nq4lab run: {what}: {type(err).__name__}: {err}\n{saved} of {total} points are "
+            "saved in "
             f"{directory / 'runs.parquet'}.\n  After a fix, the same command runs the rest: "
             f"q4lab run {args.experiment} --results {args.results}",
             file=sys.stderr,

@@ -162,7 +162,7 @@ def _check_rotation(where: str, k: int) -> None:
             f"{where}: rotation='hadamard' mixes the layer's K={k} inputs in blocks of {m * b}, "
             "not all together (whole for K = 2^p, 12·2^p and 20·2^p), so an outlier channel is "
             f"spread over {m * b} channels only",
-            stacklevel=3,
+            stacklevel=4,  # _check_rotation < plan < quantize_model < the caller
         )
 
 
@@ -384,7 +384,11 @@ def quantize_model(
             "the 'params' collection alone (variables['params']); models that also hold other "
             "collections (batch_stats) are not supported"
         )
-    if isinstance(calibration, jax.Array | np.ndarray | Mapping):  # its rows or keys, not batches
+    arrays = jax.Array | np.ndarray
+    if isinstance(calibration, Mapping) or (  # iterating one batch gives its keys or its rows
+        isinstance(calibration, arrays)
+        and (not isinstance(sample_input, arrays) or calibration.ndim == sample_input.ndim)
+    ):  # (an array of one more axis than sample_input is a stack of batches)
         raise ValueError(
             f"calibration is one batch (a {type(calibration).__name__}); allowed: an iterable of "
             "batches, e.g. [x] or a list of them"

@@ -167,13 +167,11 @@ def test_command_line_values_are_python_or_json_literals():
 
 def test_a_nan_in_a_rotated_weight_is_counted_in_the_weight_as_given(tiny):
     model, params, x = tiny
-    bad = {
-        **params,
-        "head": {**params["head"], "kernel": params["head"]["kernel"].at[0, 0].set(jnp.nan)},
-    }
-    recipe = Recipe((Rule(pattern="head", transform=TransformSpec(smooth_alpha=0.5)),))
-    with pytest.raises(ValueError, match=r"weight 'head' of shape \(6, 4\) holds 1 NaN/Inf value"):
-        quantize_model(model, bad, recipe, sample_input=x, calibration=[x])
+    kernel = params["fc1"]["kernel"].at[0, 0].set(jnp.nan)
+    bad = {**params, "fc1": {**params["fc1"], "kernel": kernel}}
+    recipe = Recipe((Rule(pattern="fc1", transform=TransformSpec(rotation="hadamard")),))
+    with pytest.raises(ValueError, match=r"weight 'fc1' of shape \(12, 24\) holds 1 NaN/Inf value"):
+        quantize_model(model, bad, recipe, sample_input=x)  # rotated, it held 12
 
 
 def test_static_activation_ranges_from_all_zero_calibration_are_refused(tiny):
@@ -189,3 +187,8 @@ def test_one_batch_given_as_the_calibration_is_refused(tiny):
     recipe = Recipe((Rule(pattern="fc1", act=ActSpec(mode="static")),))
     with pytest.raises(ValueError, match=r"calibration is one batch \(a .*\); allowed: .* \[x\]"):
         quantize_model(model, params, recipe, sample_input=x, calibration=x)
+    stacked = quantize_model(model, params, recipe, sample_input=x, calibration=x[None])
+    assert (
+        stacked.acts["fc1"].scale
+        == quantize_model(model, params, recipe, sample_input=x, calibration=[x]).acts["fc1"].scale
+    )  # a stack of batches is batches

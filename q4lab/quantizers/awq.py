@@ -35,6 +35,7 @@ from q4lab.quantizers.base import (
     Quantizer,
     RangeQuantizer,
     Stats,
+    check_quantized,
     get_quantizer,
     range_params,
     register,
@@ -117,7 +118,9 @@ class AWQ(Quantizer):
         transform = InputTransform(smooth=awq_scales(stats[ACTIVATIONS], jnp.float32(alpha)))
         scaled = from_matrix(transform.fold(w2d), jnp.shape(w), axes)
         final_stats = {HESSIAN: transform.covariance(stats[HESSIAN])}
-        qt = self.final().quantize(scaled, spec, in_axes=axes, stats=final_stats, name=name)
+        final = self.final()
+        qt = final.quantize(scaled, spec, in_axes=axes, stats=final_stats, name=name)
+        qt = check_quantized(qt, final, spec, scaled, axes, name)  # names the inner quantizer
         return dataclasses.replace(qt, transform=transform)
 
 

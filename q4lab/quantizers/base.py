@@ -77,7 +77,9 @@ def check_quantized(
         f" on {name!r}" if name else ""
     )
     if not isinstance(qt, QTensor):
-        raise ValueError(f"{where} returned a {type(qt).__name__}; allowed: a QTensor")
+        raise ValueError(
+            f"{where} returned an object of type {type(qt).__name__}; allowed: a QTensor"
+        )
     axes = normalize_in_axes(in_axes, jnp.ndim(w))
     if qt.spec != spec:
         raise ValueError(f"{where} returned {qt.spec.describe()} ({qt.spec}); asked: {spec}")
@@ -94,7 +96,10 @@ def check_quantized(
         return qt  # values unknown under jit
     scale = np.asarray(qt.scale, np.float32)
     if not np.all(np.isfinite(scale) & (scale != 0)):
-        raise ValueError(f"{where} returned scales that are zero, NaN or Inf")
+        raise ValueError(
+            f"{where} returned scales that are zero, NaN or Inf (in {spec.scale_dtype}, whose "
+            "range a scale may leave: a weight too large for it, or a bug)"
+        )
     if spec.bits > 4:  # held a byte each, so a code out of range is representable
         codes = np.asarray(qt.codes)
         if codes.min() < spec.qmin or codes.max() > spec.qmax:
@@ -209,8 +214,8 @@ def register(cls: type[Quantizer]) -> type[Quantizer]:
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         raise ValueError(f"register({cls.__qualname__}): name={name!r} is invalid; {how}")
-    if not dataclasses.is_dataclass(cls):
-        raise ValueError(f"register({cls.__qualname__}): not a dataclass; {how}")
+    if not dataclasses.is_dataclass(cls) or not cls.__dataclass_params__.frozen:
+        raise ValueError(f"register({cls.__qualname__}): not a frozen dataclass; {how}")
     held = _REGISTRY.get(name)
     if held is not None and _origin(held) != _origin(cls):
         raise ValueError(f"quantizer name {name!r} is already registered by {held}")
@@ -225,17 +230,39 @@ def quantizer_identity(quantizer: Quantizer) -> str:
     record differs from this now was made by other code or defaults (`q4lab run` says so)."""
     text = repr(quantizer)
     cls = type(quantizer)
-    if not cls.__module__.startswith("q4lab."):
-        try:
-            source = inspect.getsource(cls)
-        except (OSError, TypeError):  # defined where no source is kept (an interpreter prompt)
-            return text
+    if not cls.__module__.startswith("q4lab.") and (source := _source(cls)):
         text += f" source sha256:{hashlib.sha256(source.encode()).hexdigest()[:12]}"
     return text
 
 
-def _origin(cls: type) -> tuple[str, str]:
-    return cls.__module__, cls.__qualname__
+def _methods(cls: type) -> list:
+    """The functions a class body defines, from files (not dataclass-made ones)."""
+    return [
+        f
+        for f in vars(cls).values()
+        if inspect.isfunction(f) and not f.__code__.co_filename.startswith("<")
+    ]
+
+
+def _source(cls: type) -> str | None:
+    """A class's source; for one that `inspect` cannot find by its module (an experiment file's
+    ``__experiment__``), its methods'. None where no source is kept (an interpreter prompt)."""
+    try:
+        return inspect.getsource(cls)
+    except (OSError, TypeError):
+        pass
+    try:
+        return "".join(inspect.getsource(f) for f in _methods(cls)) or None
+    except (OSError, TypeError):
+        return None
+
+
+def _origin(cls: type) -> tuple[str, str, str]:
+    """Where a class was defined: module and name, and for a class in an experiment file (every
+    one runs as module ``__experiment__``) the file its methods come from."""
+    files = {f.__code__.co_filename for f in _methods(cls)}
+    where = ",".join(sorted(files)) if cls.__module__ == "__experiment__" else ""
+    return cls.__module__, cls.__qualname__, where
 
 
 _TYPE_WORDS = {bool: "True or False", int: "an int", float: "a number", str: "a string"}
@@ -262,8 +289,8 @@ def _check_option_types(cls: type[Quantizer], options: Mapping[str, object]) -> 
             continue
         if not ok:
             raise ValueError(
-                f"quantizer {cls.name!r}: option {key}={value!r} is a {type(value).__name__}; "
-                f"allowed: {_TYPE_WORDS[hint]}"
+                f"quantizer {cls.name!r}: option {key}={value!r} is of type "
+                f"{type(value).__name__}; allowed: {_TYPE_WORDS[hint]}"
             )
 
 
@@ -291,7 +318,7 @@ def quantizer_class(name: str) -> type[Quantizer]:
 def get_quantizer(name: str, **options: object) -> Quantizer:
     """Build a registered quantizer by name; unknown names or options raise a ValueError."""
     cls = quantizer_class(name)
-    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    fields = {f.name for f in dataclasses.fields(cls)}  # `register` admits dataclasses only
     unknown = sorted(set(options) - fields)
     if unknown:
         raise ValueError(

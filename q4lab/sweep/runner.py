@@ -9,8 +9,10 @@ awaited, so an interrupted sweep resumes where it stopped.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,23 +103,43 @@ def local_ray_environment() -> Iterator[None]:
             os.environ.update(saved)
 
 
-_FILES_RUN: set[tuple[str, str]] = set()  # experiment files a Ray worker has run
+_SETUPS_RUN: set[tuple] = set()  # what a Ray worker has imported and run
 
 
-def _evaluate_after_file(point: Point, path: str, cwd: str) -> dict[str, Any]:
-    """`evaluate_point` in a Ray worker that first runs the experiment file once, so that the
-    quantizers of one's own it imports are registered there too."""
-    if (path, cwd) not in _FILES_RUN:
+def _evaluate_after_setup(
+    point: Point, modules: tuple[tuple[str, str], ...], path: str, cwd: str
+) -> dict[str, Any]:
+    """`evaluate_point` in a Ray worker that first registers the quantizers of one's own as
+    this process did, once: imports their ``modules`` (name, folder; by ``q4lab --plugin`` or
+    the experiment file) and runs the experiment file (classes it defines itself)."""
+    setup = (modules, path, cwd)
+    if setup not in _SETUPS_RUN:
+        for name, folder in modules:
+            if folder not in sys.path:
+                sys.path.append(folder)
+            importlib.import_module(name)
         run_experiment_file(path, cwd)
-        _FILES_RUN.add((path, cwd))
+        _SETUPS_RUN.add(setup)
     return evaluate_point(point)
 
 
-def _own_quantizers() -> list[str]:
-    """Registered quantizers defined outside q4lab (a user's, by an experiment file's import)."""
+def _own_quantizer_modules() -> tuple[tuple[str, str], ...] | None:
+    """None when every registered quantizer is q4lab's; else the importable modules (name, the
+    folder to find it in) that define the others (none for classes of an experiment file)."""
     from q4lab.quantizers import available, quantizer_class
 
-    return [n for n in available() if not quantizer_class(n).__module__.startswith("q4lab.")]
+    names = {quantizer_class(n).__module__ for n in available()}
+    own = sorted(m for m in names if not m.startswith("q4lab."))
+    if not own:
+        return None
+    files = {m: getattr(sys.modules.get(m), "__file__", None) for m in own}
+    return tuple((m, str(_import_root(m, f))) for m, f in files.items() if f)
+
+
+def _import_root(module: str, file: str) -> Path:
+    """The folder on ``sys.path`` from which ``module``, held in ``file``, imports."""
+    depth = module.count(".") + (Path(file).name == "__init__.py")
+    return Path(file).resolve().parents[depth]
 
 
 def _ray(
@@ -137,10 +159,11 @@ def _ray(
         else:
             ray.init(address=address, log_to_driver=False)
         stack.callback(ray.shutdown)
-        if _own_quantizers():  # the workers import them as this process did: by the file
-            remote = ray.remote(num_cpus=1)(_evaluate_after_file)
-            where = (str(experiment.resolve()), str(Path.cwd()))
-            pending = {remote.remote(p, *where): i for i, p in enumerate(points)}
+        modules = _own_quantizer_modules()
+        if modules is not None:  # the workers register them as this process did
+            remote = ray.remote(num_cpus=1)(_evaluate_after_setup)
+            setup = (modules, str(experiment.resolve()), str(Path.cwd()))
+            pending = {remote.remote(p, *setup): i for i, p in enumerate(points)}
         else:
             remote = ray.remote(num_cpus=1)(evaluate_point)
             pending = {remote.remote(p): i for i, p in enumerate(points)}

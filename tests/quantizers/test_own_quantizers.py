@@ -2,6 +2,7 @@
 naming itself, instead of giving wrong scores."""
 
 import dataclasses
+import sys
 
 import flax.linen as nn
 import jax
@@ -73,7 +74,7 @@ class Broken(MinMax):
 @pytest.mark.parametrize(
     ("change", "spec", "says"),
     [
-        ("not a QTensor", QuantSpec(), r"returned a ArrayImpl; allowed: a QTensor"),
+        ("not a QTensor", QuantSpec(), r"returned an object of type ArrayImpl; allowed: a QTensor"),
         ("no zero", QuantSpec(symmetric=False), r"it has no zero, and needs one"),
         ("int32 codes", QuantSpec(), r"its codes is int32\[32, 3\]; allowed: uint8\[32, 3\]"),
         ("NaN scale", QuantSpec(), r"scales that are zero, NaN or Inf"),
@@ -109,14 +110,15 @@ def test_a_range_of_the_wrong_shape_is_named_with_the_shape_it_must_have():
         WrongAxis().quantize(W, QuantSpec(group_size=8))
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NoZero(Broken):
+    name = "no-zero"
+    change: str = "no zero"
+
+
 def test_quantize_model_refuses_an_own_quantizer_that_errs_naming_the_layer(monkeypatch):
     from q4lab.quantize_model import quantize_model
     from q4lab.recipe import Recipe, Rule
-
-    @dataclasses.dataclass(frozen=True, kw_only=True)
-    class NoZero(Broken):
-        name = "no-zero"
-        change: str = "no zero"
 
     monkeypatch.setitem(registry._REGISTRY, "no-zero", NoZero)
 
@@ -148,7 +150,7 @@ def test_register_says_what_a_quantizer_class_must_be(monkeypatch):
         def quantize(self, w, spec, *, in_axes=0, stats=None, name=""):
             raise AssertionError
 
-    with pytest.raises(ValueError, match=r"register\(.*Plain\): not a dataclass; .*" + rule):
+    with pytest.raises(ValueError, match=r"register\(.*Plain\): not a frozen dataclass; .*" + rule):
         registry.register(Plain)
 
     @dataclasses.dataclass(frozen=True)
@@ -187,12 +189,58 @@ def test_a_class_defined_again_replaces_itself_and_another_class_is_refused(monk
 @pytest.mark.parametrize(
     ("name", "options", "says"),
     [
-        ("mse", {"p": "2.4"}, r"option p='2.4' is a str; allowed: a number"),
-        ("mse", {"grid": 2.5}, r"option grid=2.5 is a float; allowed: an int"),
-        ("gptq", {"act_order": 1}, r"option act_order=1 is a int; allowed: True or False"),
+        ("mse", {"p": "2.4"}, r"option p='2.4' is of type str; allowed: a number"),
+        ("mse", {"grid": 2.5}, r"option grid=2.5 is of type float; allowed: an int"),
+        ("gptq", {"act_order": 1}, r"option act_order=1 is of type int; allowed: True or False"),
     ],
 )
 def test_an_option_of_the_wrong_type_is_named(name, options, says):
     with pytest.raises(ValueError, match=rf"quantizer {name!r}: " + says):
         get_quantizer(name, **options)
     assert get_quantizer("mse", p=2).p == 2  # an int is a number
+
+
+def test_register_refuses_a_dataclass_that_is_not_frozen(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @dataclasses.dataclass
+    class Thawed(RangeQuantizer):  # would fail inside jit: its instances are static arguments
+        name = "thawed"
+
+        def weight_range(self, wg, spec):
+            return wg.min(axis=1, keepdims=True), wg.max(axis=1, keepdims=True)
+
+    with pytest.raises(ValueError, match=r"register\(.*Thawed\): not a frozen dataclass"):
+        registry.register(Thawed)
+
+
+def test_two_experiment_files_defining_one_name_are_told_apart(tmp_path, monkeypatch):
+    from q4lab.sweep.experiment import run_experiment_file
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    body = (
+        "import dataclasses\nfrom q4lab.quantizers import register\n"
+        "from q4lab.quantizers.minmax import MinMax\n"
+        "@register\n@dataclasses.dataclass(frozen=True)\nclass Clip(MinMax):\n"
+        "    name = 'clip'\n    def weight_range(self, wg, spec):\n"
+        "        return super().weight_range(wg, spec)\n"
+    )
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "exp.py").write_text(body)
+    run_experiment_file(tmp_path / "a" / "exp.py")
+    run_experiment_file(tmp_path / "a" / "exp.py")  # the same file again: the same class
+    with pytest.raises(ValueError, match=r"quantizer name 'clip' is already registered"):
+        run_experiment_file(tmp_path / "b" / "exp.py")
+
+
+def test_awq_names_its_inner_quantizer_when_that_errs(monkeypatch):
+    from q4lab.quantizers import ACTIVATIONS, HESSIAN
+
+    monkeypatch.setitem(registry._REGISTRY, "no-zero", NoZero)
+    x = np.random.default_rng(1).normal(size=(64, 32)).astype(np.float32)
+    stats = {HESSIAN: jnp.asarray(2 * x.T @ x / 64), ACTIVATIONS: jnp.abs(jnp.asarray(x)).mean(0)}
+    awq = get_quantizer("awq", quantizer="no-zero")
+    with pytest.raises(ValueError, match=r"quantizer 'no-zero' \(.*NoZero\) on 'fc1' returned"):
+        awq.quantize(W, QuantSpec(symmetric=False), stats=stats, name="fc1")

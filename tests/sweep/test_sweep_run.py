@@ -204,22 +204,32 @@ class HalfRange(RangeQuantizer):
 
 
 def test_ray_executor_gives_the_rows_of_the_local_one(tmp_path, monkeypatch):
-    """With a quantizer of one's own too: a module beside the experiment file that the file
-    imports, which the Ray workers must import as well."""
+    """With quantizers of one's own too, which the Ray workers must register as this process
+    did: one from a module the experiment file imports, one from a module imported before (as
+    `q4lab --plugin` does), one the file defines itself."""
+    import importlib
+
     from q4lab.quantizers import base
 
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # forgotten after the test
+    monkeypatch.setattr(sys, "path", [*sys.path, str(tmp_path / "plugins")])
     (tmp_path / "ray_test_own_quantizer.py").write_text(OWN_QUANTIZER)
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "ray_test_plugin.py").write_text(
+        OWN_QUANTIZER.replace("half-range", "plugin-range").replace("/ 2", "/ 3")
+    )
+    importlib.import_module("ray_test_plugin")
     path = write_experiment(
         tmp_path,
         "onray",
-        '{"task": ["digits-mlp"], "quantizer": ["half-range", "gptq"], "bits": [4, 3]}',
+        '{"task": ["digits-mlp"], "quantizer": ["half-range", "plugin-range", "in-file"]}',
     )
-    path.write_text("import ray_test_own_quantizer  # noqa: F401\n" + path.read_text())
+    in_file = OWN_QUANTIZER.replace("half-range", "in-file").replace("/ 2", "/ 4")
+    path.write_text("import ray_test_own_quantizer  # noqa: F401\n" + in_file + path.read_text())
     experiment = load_experiment(path)
     local = run_experiment(experiment, tmp_path / "local", wandb=OFF, progress=False)
     on_ray = run_experiment(experiment, tmp_path / "ray", executor="ray", wandb=OFF, progress=False)
-    assert len(on_ray) == 4
+    assert len(on_ray) == 3 and on_ray["score"].nunique() == 3
     key = "config_hash"
     pd.testing.assert_frame_equal(
         local[METRICS].sort_values(key).reset_index(drop=True),

@@ -207,6 +207,7 @@ def test_rows_made_by_a_quantizer_whose_defaults_changed_are_pointed_out(
     from q4lab.quantizers import base
 
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # forgotten after the test
+    monkeypatch.setattr(sys, "path", list(sys.path))  # load_experiment adds tmp_path
     module = tmp_path / "changing_quantizer.py"
     source = (
         "import dataclasses\n"
@@ -223,6 +224,14 @@ def test_rows_made_by_a_quantizer_whose_defaults_changed_are_pointed_out(
     table = ResultsStore(tmp_path / "results" / "ok").read()
     assert table["quantizer_identity"][0].startswith("Changing(percentile=99.0) source sha256:")
     capsys.readouterr()
+
+    # in a fresh process (nothing registered but q4lab's), reproduce runs the file first
+    monkeypatch.setattr(
+        base, "_REGISTRY", {n: c for n, c in base._REGISTRY.items() if n != "changing"}
+    )
+    monkeypatch.delitem(sys.modules, "changing_quantizer")
+    assert main(["reproduce", f"{results}/ok", "--experiment", str(path), "--rows", "0"]) == 0
+    assert "1 of 1 rows rerun: reproduced" in capsys.readouterr().out
 
     module.write_text(source.format(95.0))  # the researcher edits the default
     monkeypatch.delitem(sys.modules, "changing_quantizer")
