@@ -7,6 +7,7 @@ error ``||W - W_hat||^2 / ||W||^2`` and its SQNR in dB; bits per weight come fro
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -47,19 +48,25 @@ def compare_quantizers(
     """
     weights = synthetic_weights() if weights is None else weights
     names = [q for q in (quantizers or available()) if not get_quantizer(q).needs]
-    rows = []
+    rows, done = [], set()
     for matrix, w in weights.items():
         energy = float(np.sum(np.square(w, dtype=np.float64)))
         for spec in specs:
             for name in names:
                 quantizer = get_quantizer(name)
-                qt = check_quantized(quantizer.quantize(w, spec), quantizer, spec, w, 0, matrix)
+                own = spec  # HQQ: asymmetric, with real-valued zero points
+                if quantizer.zero_point == "float":
+                    own = dataclasses.replace(spec, symmetric=False, zero_point="float")
+                if (matrix, own, name) in done:  # two specs that differ in symmetry alone
+                    continue
+                done.add((matrix, own, name))
+                qt = check_quantized(quantizer.quantize(w, own), quantizer, own, w, 0, matrix)
                 err = float(np.sum(np.square(np.asarray(dequantize(qt)) - w, dtype=np.float64)))
                 ledger = size_ledger(qt)
                 rows.append(
                     {
                         "matrix": matrix,
-                        "spec": spec.describe(),
+                        "spec": own.describe(),
                         "quantizer": name,
                         "rel_sq_error": err / energy,
                         "sqnr_db": 10 * math.log10(energy / err) if err else math.inf,

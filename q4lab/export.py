@@ -65,8 +65,9 @@ from q4lab.recipe import ActSpec, Recipe, Rule, TransformSpec
 FORMAT = "q4lab.packed"
 # raise when a reader of the previous version would misread a new file. 2: some codes are laid
 # out K-major (`QTensor.layout`); a file whose codes are all in rows is written as version 1,
-# which readers of that version read right.
-FORMAT_VERSION = 2
+# which readers of that version read right. 3: some zero points are real-valued (HQQ), held
+# in the scale dtype; a file without them is written as 1 or 2.
+FORMAT_VERSION = 3
 CONFIG_FILE = "q4lab.json"
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -116,9 +117,14 @@ def _is_pairs(value: Any) -> bool:
 
 
 def _to_json(value: Any) -> Any:
-    """Dataclasses as objects of their fields, option pairs as objects, tuples as lists."""
+    """Dataclasses as objects of their fields, option pairs as objects, tuples as lists. A
+    `QuantSpec` leaves out ``zero_point`` at its default, so files without real-valued zero
+    points stay readable by readers from before the field."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        fields = dataclasses.fields(value)
+        if isinstance(value, QuantSpec) and not value.float_zero:
+            fields = [f for f in fields if f.name != "zero_point"]
+        return {f.name: _to_json(getattr(value, f.name)) for f in fields}
     if _is_pairs(value):
         return {k: _to_json(v) for k, v in value}
     if isinstance(value, Mapping):
@@ -331,7 +337,8 @@ def save(
         for path, p in qmodel.layers.items()
     ]
     rows_only = all(d["qtensor"]["layout"] == "rows" for d in layers)
-    version = 1 if rows_only else FORMAT_VERSION
+    float_zeros = any(d["qtensor"]["spec"].get("zero_point") == "float" for d in layers)
+    version = 3 if float_zeros else 1 if rows_only else 2
     config = {
         "format": FORMAT,
         "format_version": version,

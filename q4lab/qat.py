@@ -110,6 +110,12 @@ class QATModel:
         steps: dict[str, dict[str, jax.Array]] = {}
         for path, p in ptq.layers.items():
             qt = get_at(ptq.params, p.layer.key)
+            if qt.spec.float_zero:
+                raise ValueError(
+                    f"layer {path!r} has real-valued zero points ({qt.spec.describe()}); "
+                    "quantization-aware training trains with integer ones: allowed: "
+                    "zero_point='int'"
+                )
             act = ptq.acts.get(path)
             hooked = ptq.int_hooked(path)
             layers.append(_Layer(path, p.layer.key, qt.spec, qt.in_axes, act and act.spec, hooked))

@@ -117,6 +117,12 @@ def plan(recipe: Recipe, layers: list[Layer]) -> dict[str, LayerPlan]:
     for path, p in chosen.items():
         where = f"recipe rule {p.rule_index} (pattern {p.rule.pattern!r}), layer {path!r}"
         a_kind = f"{'an' if p.layer.kind[0] in 'aeiou' else 'a'} {p.layer.kind}"
+        if p.rule.act is not None and p.spec.float_zero:
+            raise ValueError(
+                f"{where}: activation quantization multiplies integer weight codes less integer "
+                f"zero points; {p.spec.describe()} has real-valued ones (HQQ); allowed: act=None "
+                "(weight-only), or integer zero points"
+            )
         if p.rule.act is not None and not p.layer.hookable:
             raise ValueError(
                 f"{where}: activation quantization is not supported on {a_kind} layer; "
@@ -220,7 +226,7 @@ def _weights(layers, fake: bool, params: PyTree, float_params: PyTree) -> PyTree
             w = get_at(float_params, layer.key)
             if qt.transform is not None:
                 w = folded_weight(qt.transform, w, qt.in_axes)
-            value = fake_quant(w, qt.spec, qt.scale, qt.int_zero(), in_axes=qt.in_axes)
+            value = fake_quant(w, qt.spec, qt.scale, qt.zero_points(), in_axes=qt.in_axes)
         else:  # from the packed codes, inside jit (and the weights GPTQ chose)
             value = dequantize(qt)
         params = set_at(params, layer.key, value.astype(jnp.float32))

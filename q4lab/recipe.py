@@ -157,11 +157,20 @@ class Rule:
                 )
             return
         try:
-            get_quantizer(self.quantizer, **dict(self.options))
+            quantizer = get_quantizer(self.quantizer, **dict(self.options))
         except ValueError as err:
             raise ValueError(f"Rule(pattern={self.pattern!r}).quantizer: {err}") from None
         if not isinstance(self.weight, QuantSpec):
             raise ValueError(f"Rule.weight={self.weight!r} is invalid; allowed: a QuantSpec")
+        if quantizer.zero_point == "float" and not self.weight.float_zero:
+            if self.weight.symmetric:  # HQQ: its zero points are what it fits
+                raise ValueError(
+                    f"Rule(pattern={self.pattern!r}): quantizer {self.quantizer!r} fits "
+                    "real-valued zero points; allowed: an asymmetric weight spec "
+                    "(QuantSpec(symmetric=False), sweep field symmetric=False)"
+                )
+            weight = dataclasses.replace(self.weight, zero_point="float")
+            object.__setattr__(self, "weight", weight)
         if self.transform is not None and not isinstance(self.transform, TransformSpec):
             raise ValueError(
                 f"Rule.transform={self.transform!r} is invalid; allowed: None or a TransformSpec"

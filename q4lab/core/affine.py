@@ -7,6 +7,10 @@ goes through these functions, so they agree bit for bit:
 
     codes = clip(round(w / scale) + zero, qmin, qmax)
     w_hat = (codes - zero) * scale          (float32)
+
+A float zero point (``QuantSpec.zero_point="float"``, HQQ) shifts before rounding:
+``codes = clip(round(w / scale + zero), qmin, qmax)``; with an integer zero that form would
+differ from the one above on ties (half to even), so each kind keeps its own.
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ def reduce_axes(spec: QuantSpec) -> tuple[int, ...]:
 def scale_zero_from_range(
     lo: jax.Array, hi: jax.Array, spec: QuantSpec
 ) -> tuple[jax.Array, jax.Array | None]:
-    """Scale (in ``spec.scale_dtype``) and integer zero point (int32, or None if symmetric).
+    """Scale (in ``spec.scale_dtype``) and zero point: int32, in the scale dtype when
+    ``spec.float_zero`` (``-lo / scale``, unrounded), or None if symmetric.
 
     Symmetric: ``scale = max(|lo|, |hi|) / (2^(b-1) - 1)``, codes signed.
     Asymmetric: the range is widened to contain 0 (so 0 is exact, as in GPTQ's quantizer),
-    ``scale = (hi - lo) / (2^b - 1)``, ``zero = round(-lo / scale)``.
+    ``scale = (hi - lo) / (2^b - 1)``, ``zero = round(-lo / scale)``; with float zero points the
+    range is taken as it is and ``zero = -lo / scale``.
     A zero range (constant or all-zero group) gets scale 1 instead of a division by zero; a scale
     that underflows the scale dtype gets the same treatment.
     """
@@ -45,31 +51,40 @@ def scale_zero_from_range(
     if spec.symmetric:
         scale = jnp.maximum(jnp.abs(lo), jnp.abs(hi)) / spec.qmax
     else:
-        lo = jnp.minimum(lo, 0.0)
-        hi = jnp.maximum(hi, 0.0)
+        if not spec.float_zero:  # a real-valued zero cannot make 0 exact: no widening then
+            lo = jnp.minimum(lo, 0.0)
+            hi = jnp.maximum(hi, 0.0)
         scale = (hi - lo) / spec.qmax
     scale = scale.astype(spec.jnp_scale_dtype)
     scale = jnp.where(scale == 0, jnp.ones_like(scale), scale)
     if spec.symmetric:
         return scale, None
+    if spec.float_zero:  # held in the scale dtype, as HQQ keeps it
+        return scale, (-lo / scale.astype(jnp.float32)).astype(spec.jnp_scale_dtype)
     zero = jnp.clip(jnp.round(-lo / scale.astype(jnp.float32)), spec.qmin, spec.qmax)
     return scale, zero.astype(jnp.int32)
 
 
-def _unclipped_codes(wg: jax.Array, scale: jax.Array, zero: jax.Array | None) -> jax.Array:
-    q = jnp.round(wg.astype(jnp.float32) / scale.astype(jnp.float32))
-    return q if zero is None else q + zero.astype(jnp.float32)
+def _unclipped_codes(
+    wg: jax.Array, scale: jax.Array, zero: jax.Array | None, spec: QuantSpec
+) -> jax.Array:
+    q = wg.astype(jnp.float32) / scale.astype(jnp.float32)
+    if zero is None:
+        return jnp.round(q)
+    if spec.float_zero:
+        return jnp.round(q + zero.astype(jnp.float32))
+    return jnp.round(q) + zero.astype(jnp.float32)
 
 
 def to_codes(wg: jax.Array, scale: jax.Array, zero: jax.Array | None, spec: QuantSpec) -> jax.Array:
     """Integer codes (float32 holding integers) of grouped weights ``wg[G, g, N]``."""
-    return jnp.clip(_unclipped_codes(wg, scale, zero), spec.qmin, spec.qmax)
+    return jnp.clip(_unclipped_codes(wg, scale, zero, spec), spec.qmin, spec.qmax)
 
 
 def in_range(wg: jax.Array, scale: jax.Array, zero: jax.Array | None, spec: QuantSpec) -> jax.Array:
     """Boolean mask of ``wg``: True where the code before clipping lies in [qmin, qmax], i.e.
     where `to_codes` does not saturate (the support of a straight-through gradient)."""
-    raw = _unclipped_codes(wg, scale, zero)
+    raw = _unclipped_codes(wg, scale, zero, spec)
     return (raw >= spec.qmin) & (raw <= spec.qmax)
 
 

@@ -5,7 +5,8 @@ Two figures per quantized leaf, never mixed silently:
           transform's smoothing scales and rotation seed). 2-, 3- and 4-bit codes are packed at
           their width (`q4lab.core.packing`), each row of N padded to whole words (4, 8 and 2
           codes); 5..8-bit codes take a byte each. So stored >= ideal.
-  ideal   the packed size: ``bits`` per code and per zero point, plus scales, permutation and
+  ideal   the packed size: ``bits`` per code and per integer zero point, plus scales (and
+          real-valued zero points, HQQ's, held as scales are), permutation and
           transform as stored. Equal to stored for 2..4-bit codes when every row of codes and of
           zero points fills whole words (e.g. 3-bit codes with N a multiple of 8).
 """
@@ -48,9 +49,11 @@ class LeafSize:
 def _leaf_size(path: str, leaf: object) -> LeafSize:
     if isinstance(leaf, QTensor):
         held = {name: int(a.nbytes) for name, a in leaf.arrays().items()}
-        zero_count = 0 if leaf.zero is None else math.prod(leaf.scale.shape)
+        packed_zeros = leaf.zero is not None and not leaf.spec.float_zero
+        zero_count = math.prod(leaf.scale.shape) if packed_zeros else 0
+        float_zeros = 0 if packed_zeros else held.get("zero", 0)  # held as scales are (HQQ)
         transform = held.get("smooth", 0) + held.get("seed", 0)
-        meta_bits = 8 * (held["scale"] + held.get("perm", 0) + transform)
+        meta_bits = 8 * (held["scale"] + float_zeros + held.get("perm", 0) + transform)
         return LeafSize(
             path=path,
             params=leaf.size,

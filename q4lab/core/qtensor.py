@@ -83,7 +83,8 @@ class QTensor:
     scale: ``[G, N]`` (per-group), ``[1, N]`` (per-channel) or ``[1, 1]`` (per-tensor), in
         ``spec.scale_dtype``.
     zero: integer zero points, same grid as ``scale``, packed along N (unsigned, as codes in
-        the rows layout: ``uint8[G, spec.packed_length(N)]``, whatever the layout); None if
+        the rows layout: ``uint8[G, spec.packed_length(N)]``, whatever the layout); with
+        ``spec.float_zero`` real-valued ones ``[G, N]`` in the scale dtype (HQQ); None if
         symmetric.
     perm: optional int row permutation of the ``[K, N]`` matrix (GPTQ act-order): row ``i`` of the
         stored codes is row ``perm[i]`` of the logical matrix. None when rows are in order.
@@ -130,12 +131,26 @@ class QTensor:
         return unpack(self.codes, bits=self.spec.bits, signed=self.spec.symmetric, n=self.n)
 
     def int_zero(self) -> jax.Array | None:
-        """Zero points as ``[G, N]`` integers, or None."""
+        """Zero points as ``[G, N]`` integers, or None. Float zero points (``spec.float_zero``)
+        are not integers: `zero_points` gives either kind."""
         if self.zero is None:
             return None
+        if self.spec.float_zero:
+            raise ValueError(
+                f"int_zero() of {self.spec.describe()}: its zero points are real numbers; "
+                "allowed: zero_points() (float32), or a path that takes them"
+            )
         return unpack(self.zero, bits=self.spec.bits, signed=False, n=self.scale.shape[-1]).astype(
             jnp.int32
         )
+
+    def zero_points(self) -> jax.Array | None:
+        """Zero points as float32 ``[G, N]`` (integer or real-valued), or None."""
+        if self.zero is None:
+            return None
+        if self.spec.float_zero:
+            return self.zero.astype(jnp.float32)
+        return self.int_zero().astype(jnp.float32)
 
     def arrays(self) -> dict[str, jax.Array]:
         """The arrays actually held, by role (what `stored_bytes` and the ledger count)."""
@@ -217,9 +232,10 @@ def held_arrays(qt: QTensor) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
     else:
         codes = (np.dtype(np.uint8), (k, spec.packed_length(n)))
     held = {"codes": codes, "scale": (np.dtype(spec.jnp_scale_dtype), grid)}
-    if not spec.symmetric:
-        zero_dtype = np.uint8  # unsigned codes: uint8 whether packed (2..4 bits) or not
-        held["zero"] = (np.dtype(zero_dtype), (grid[0], spec.packed_length(grid_n)))
+    if spec.float_zero:
+        held["zero"] = (np.dtype(spec.jnp_scale_dtype), grid)
+    elif not spec.symmetric:  # unsigned codes: uint8 whether packed (2..4 bits) or not
+        held["zero"] = (np.dtype(np.uint8), (grid[0], spec.packed_length(grid_n)))
     if qt.perm is not None:
         held["perm"] = (np.dtype(qt.perm.dtype), (k,))
     return held
@@ -281,7 +297,11 @@ def quantize(
             f"zero must be {'None' if spec.symmetric else 'given'} for symmetric={spec.symmetric}"
         )
     scale = scale.astype(spec.jnp_scale_dtype)
-    packed_zero = None if zero is None else pack(zero, bits=spec.bits, signed=False)
+    if zero is None or spec.float_zero:
+        packed_zero = None if zero is None else zero.astype(spec.jnp_scale_dtype)
+        zero = packed_zero  # the codes meet the zero points as stored
+    else:
+        packed_zero = pack(zero, bits=spec.bits, signed=False)
     return QTensor(
         codes=_packed_codes(w2d, scale, zero, spec),
         scale=scale,
@@ -306,7 +326,7 @@ def _packed_codes(
 def dequantize_matrix(qt: QTensor) -> jax.Array:
     """The float32 ``[K, N]`` matrix of a QTensor, rows in logical order."""
     codes = affine.group_view(qt.int_codes(), qt.spec)
-    zero = qt.int_zero()
+    zero = qt.zero_points()
     w2d = affine.from_codes(codes, _grid(qt.scale), None if zero is None else _grid(zero))
     w2d = w2d.reshape(qt.k, qt.n)
     if qt.perm is not None:

@@ -26,6 +26,7 @@ def group_label(group_size: object) -> str:
 
 GRANULARITIES: tuple[str, ...] = ("per_tensor", "per_channel", "per_group")
 SCALE_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+ZERO_POINTS: tuple[str, ...] = ("int", "float")
 MIN_BITS, MAX_BITS = 2, 8
 
 
@@ -46,6 +47,8 @@ class QuantSpec:
     # None means "per_group" when group_size is set, else "per_channel"
     group_size: int | None = None  # g, along the input axis; only with granularity="per_group"
     scale_dtype: str = "float32"  # the dtype scales are stored (and rounded) in
+    zero_point: str = "int"  # asymmetric: "int" codes' zero points, packed as codes; "float":
+    # real-valued ones in the scale dtype (HQQ), which shift w / scale before rounding
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int | np.integer):
@@ -68,6 +71,15 @@ class QuantSpec:
             raise _bad("group_size", self.group_size, f"None when granularity={granularity!r}")
         if self.scale_dtype not in SCALE_DTYPES:
             raise _bad("scale_dtype", self.scale_dtype, ", ".join(SCALE_DTYPES))
+        if self.zero_point not in ZERO_POINTS:
+            raise _bad("zero_point", self.zero_point, ", ".join(ZERO_POINTS))
+        if self.float_zero and self.symmetric:
+            raise _bad("zero_point", self.zero_point, "'int' when symmetric (no zero point)")
+
+    @property
+    def float_zero(self) -> bool:
+        """True when zero points are real numbers held in the scale dtype (`zero_point`)."""
+        return self.zero_point == "float"
 
     @property
     def qmin(self) -> int:
@@ -127,6 +139,6 @@ class QuantSpec:
         gran = {"per_tensor": "per-tensor", "per_channel": "per-channel"}.get(
             self.granularity, f"g{self.group_size}"
         )
-        sym = "sym" if self.symmetric else "asym"
+        sym = "sym" if self.symmetric else "asym float-zero" if self.float_zero else "asym"
         dtype = {"float32": "", "bfloat16": " bf16", "float16": " f16"}[self.scale_dtype]
         return f"W{self.bits} {sym} {gran}{dtype}"

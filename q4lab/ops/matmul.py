@@ -121,6 +121,8 @@ def choose(
     table = autotune.current()
     if table is None or backend != jax.default_backend() or not qt.spec.nibbles:
         return rules
+    if qt.spec.float_zero:  # one path takes them
+        return rules
     names = candidates(qt, m, w4a4=w4a4, dtype=dtype)
     if len(names) < 2:  # nothing to choose between
         return rules
@@ -142,6 +144,8 @@ def candidate_name(impl: str, names: tuple[str, ...]) -> str | None:
 def _rules(qt: QTensor, m: int, *, w4a4: bool, backend: str, dtype) -> str:
     """What ``auto`` runs without measuring (module docstring)."""
     gpu = on_gpu(backend)
+    if qt.spec.float_zero:  # real-valued zero points (HQQ): the dequantized weight's product
+        return "reference"
     if not qt.spec.nibbles:  # 2-, 3- and 5..8-bit codes: the paths that unpack any width
         return "xla" if gpu else "reference"
     if qt.layout != "rows":  # K-major: laid out for the Mosaic kernels, which run where they can
@@ -207,6 +211,12 @@ def _mosaic_runs(qt: QTensor, m: int, *, w4a4: bool, dtype) -> bool:
 def _resolve(impl: str, qt: QTensor, m: int, *, w4a4: bool, dtype) -> str:
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"impl={impl!r} is unknown; allowed: {', '.join(IMPLEMENTATIONS)}")
+    if qt.spec.float_zero and (w4a4 or impl not in ("auto", "reference")):
+        raise ValueError(
+            f"impl={impl!r}{' (W4A4)' if w4a4 else ''} multiplies integer codes less integer zero "
+            f"points; {qt.spec.describe()} has real-valued ones (HQQ); allowed: W4A16 with "
+            "impl='reference' or 'auto' (x times the dequantized weight)"
+        )
     if impl == "auto":
         return choose(qt, m, w4a4=w4a4, dtype=dtype)
     if qt.spec.bits not in WIDTHS[impl]:

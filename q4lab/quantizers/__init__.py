@@ -19,6 +19,7 @@ from q4lab.quantizers.base import (
     register,
 )
 from q4lab.quantizers.gptq import GPTQ, output_error
+from q4lab.quantizers.hqq import HQQ
 from q4lab.quantizers.minmax import MinMax
 from q4lab.quantizers.mse import MSE, lp_error
 from q4lab.quantizers.percentile import Percentile
@@ -29,6 +30,7 @@ __all__ = [
     "AWQ",
     "GPTQ",
     "HESSIAN",
+    "HQQ",
     "MSE",
     "MinMax",
     "Percentile",

@@ -120,6 +120,8 @@ class Quantizer(abc.ABC):
     name: ClassVar[str]
     # the statistics `quantize` reads; read it from an instance (options may add to it)
     needs: ClassVar[frozenset[str]] = frozenset()
+    # "float": it fits real-valued zero points (HQQ); a Rule gives it asymmetric specs with them
+    zero_point: ClassVar[str] = "int"
 
     @abc.abstractmethod
     def quantize(
