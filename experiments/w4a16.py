@@ -9,6 +9,8 @@
                                with symmetric codes and with a zero point (asymmetric)
   ... + float target           the last, GPTQ fitting the float model's outputs from the
                                quantized model's inputs (GPTAQ, Li et al. 2025; sequential)
+  hqq, minmax asymmetric       HQQ's fitted real-valued zero points (Badri & Shaji 2023; no
+                               calibration), beside round to nearest with an integer zero point
 
 at 4 and 3 bits, per-channel and g128, on minilm (36 linear layers, float calibration inputs
 except for the float target) and charlm (sequential calibration), seed 0. AWQ's channel scales
@@ -32,7 +34,9 @@ sweep = Sweep(
     },
     zipped=[
         {
-            "quantizer": ["minmax", "mse", "gptq", "gptq", "awq", "awq", "awq"] + ["gptq"] * 3,
+            "quantizer": ["minmax", "mse", "gptq", "gptq", "awq", "awq", "awq"]
+            + ["gptq"] * 3
+            + ["hqq", "minmax"],
             "options": [
                 {},
                 {},
@@ -44,9 +48,11 @@ sweep = Sweep(
                 AO | {"clipping": "mse"},
                 AO | {"clipping": "mse"},
                 AO | {"clipping": "mse", "float_target": True},
+                {},
+                {},
             ],
-            "rotation": ["none"] * 7 + ["hadamard"] * 3,
-            "symmetric": [True] * 8 + [False] * 2,
+            "rotation": ["none"] * 7 + ["hadamard"] * 3 + ["none"] * 2,
+            "symmetric": [True] * 8 + [False] * 4,
         },
     ],
     # minilm calibrates on float inputs (one shot), charlm sequentially; the float target is
@@ -54,5 +60,5 @@ sweep = Sweep(
     where=lambda p: (
         p["sequential"] == (p["task"] == "charlm" or p["options"].get("float_target", False))
     ),
-    description="weight-only W4/W3: round to nearest, clipping, GPTQ, AWQ",
+    description="weight-only W4/W3: round to nearest, clipping, GPTQ, AWQ, HQQ",
 )
