@@ -41,8 +41,8 @@ def scale_zero_from_range(
 
     Symmetric: ``scale = max(|lo|, |hi|) / (2^(b-1) - 1)``, codes signed.
     Asymmetric: the range is widened to contain 0 (so 0 is exact, as in GPTQ's quantizer),
-    ``scale = (hi - lo) / (2^b - 1)``, ``zero = round(-lo / scale)``; with float zero points the
-    range is taken as it is and ``zero = -lo / scale``.
+    ``scale = (hi - lo) / (2^b - 1)``, ``zero = round(-lo / scale)``; with float zero points
+    ``zero = -lo / scale`` unrounded.
     A zero range (constant or all-zero group) gets scale 1 instead of a division by zero; a scale
     that underflows the scale dtype gets the same treatment.
     """
@@ -50,10 +50,10 @@ def scale_zero_from_range(
     hi = hi.astype(jnp.float32)
     if spec.symmetric:
         scale = jnp.maximum(jnp.abs(lo), jnp.abs(hi)) / spec.qmax
-    else:
-        if not spec.float_zero:  # a real-valued zero cannot make 0 exact: no widening then
-            lo = jnp.minimum(lo, 0.0)
-            hi = jnp.maximum(hi, 0.0)
+    else:  # widened to contain 0 with float zeros too: their start stays in [0, qmax], so a
+        # group far from 0 and narrow cannot put its zero beyond float16's range
+        lo = jnp.minimum(lo, 0.0)
+        hi = jnp.maximum(hi, 0.0)
         scale = (hi - lo) / spec.qmax
     scale = scale.astype(spec.jnp_scale_dtype)
     scale = jnp.where(scale == 0, jnp.ones_like(scale), scale)

@@ -86,6 +86,11 @@ class AWQ(Quantizer):
             raise ValueError("awq quantizer='awq' is invalid; allowed: any other quantizer")
         self.final()  # validates the name and options
 
+    @property
+    def zero_point(self) -> str:  # type: ignore[override]
+        """The final quantizer's: AWQ then HQQ takes real-valued zero points."""
+        return self.final().zero_point
+
     def final(self) -> Quantizer:
         """The quantizer of the final rounding."""
         return get_quantizer(self.quantizer, **dict(self.quantizer_options))

@@ -107,8 +107,10 @@ def check_quantized(
                 f"{where} returned codes in [{codes.min()}, {codes.max()}]; allowed: "
                 f"[{spec.qmin}, {spec.qmax}] at {spec.bits} bits"
             )
-        if qt.zero is not None and np.asarray(qt.zero).max() > spec.qmax:
+        if qt.zero is not None and not spec.float_zero and np.asarray(qt.zero).max() > spec.qmax:
             raise ValueError(f"{where} returned zero points above {spec.qmax}")
+    if spec.float_zero and not np.isfinite(np.asarray(qt.zero, np.float32)).all():
+        raise ValueError(f"{where} returned zero points that are NaN or Inf in {spec.scale_dtype}")
     if qt.perm is not None and not np.array_equal(np.sort(np.asarray(qt.perm)), np.arange(qt.k)):
         raise ValueError(f"{where} returned a perm that is not a permutation of the {qt.k} rows")
     return qt

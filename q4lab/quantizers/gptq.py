@@ -119,6 +119,11 @@ class GPTQ(Quantizer):
         name: str = "",
     ) -> QTensor:
         where = f"layer {name!r}" if name else "this weight"
+        if spec.float_zero:
+            raise ValueError(
+                f"gptq rounds with integer zero points; {spec.describe()} for {where} has "
+                "real-valued ones; allowed: zero_point='int'"
+            )
         axes, w2d = weight_matrix(w, spec, in_axes, name)
         k = w2d.shape[0]
         if not stats or HESSIAN not in stats:

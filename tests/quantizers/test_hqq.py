@@ -27,7 +27,7 @@ def _group_l1(w, qt, spec):
 @settings(max_examples=12, deadline=None)
 @given(
     seed=st.integers(0, 2**16),
-    bits=st.sampled_from([2, 3, 4]),
+    bits=st.sampled_from([2, 3, 4, 6, 8]),
     group=st.sampled_from([None, 16]),
     scale_dtype=st.sampled_from(["float16", "float32"]),
 )
@@ -51,6 +51,16 @@ def test_hqq_fits_better_than_min_max_where_rounding_costs_most():
     fitted = _group_l1(w, get_quantizer("hqq").quantize(w, spec), spec).mean()
     start = _group_l1(w, get_quantizer("minmax").quantize(w, spec), spec).mean()
     assert fitted < 0.95 * start  # measured: 0.184 against 0.200
+
+
+def test_a_narrow_group_far_from_zero_keeps_a_finite_float16_zero():
+    w = np.random.default_rng(2).normal(size=(32, 4)).astype(np.float32) * 0.1
+    w[:16, 0] = 0.5 + np.linspace(0, 1e-5, 16)  # -lo / scale would pass float16's range
+    spec = QuantSpec(symmetric=False, zero_point="float", group_size=16, scale_dtype="float16")
+    for name in ("hqq", "minmax"):
+        qt = get_quantizer(name).quantize(w, spec)
+        assert np.isfinite(np.asarray(qt.zero, np.float32)).all(), name
+        assert np.abs(np.asarray(dequantize(qt)) - w).max() < 0.02, name
 
 
 def test_shrink_is_the_proximal_step_of_the_lp_penalty():
@@ -88,6 +98,14 @@ def test_a_rule_gives_hqq_float_zero_points_and_refuses_a_symmetric_spec():
         ValueError, match=r"QuantSpec.zero_point='float' is invalid; allowed: 'int'"
     ):
         QuantSpec(zero_point="float")
+    awq = Rule(quantizer="awq", options={"quantizer": "hqq"}, weight=QuantSpec(symmetric=False))
+    assert awq.weight.float_zero  # AWQ's scales, then HQQ's zeros
+    with pytest.raises(ValueError, match=r"gptq rounds with integer zero points; W4 asym float"):
+        get_quantizer("gptq").quantize(
+            jnp.ones((8, 4)),
+            QuantSpec(symmetric=False, zero_point="float"),
+            stats={"hessian": jnp.eye(8)},
+        )
 
 
 def test_matmul_paths_take_float_zero_points_where_they_can_and_name_the_others():
