@@ -85,7 +85,7 @@ def allocate(
     if floor > capacity:
         least = 8 * floor / params.sum()
         raise ValueError(
-            f"budget_bits={budget_bits} is below the cheapest allocation; allowed: >= {least:.4f}"
+            f"bits_budget={budget_bits} is below the cheapest allocation; allowed: >= {least:.4f}"
         )
     if method == "knapsack":
         unit_bytes = unit_bytes or max(1, math.ceil(capacity / 2**17))

@@ -164,10 +164,12 @@ class Rule:
             raise ValueError(f"Rule.weight={self.weight!r} is invalid; allowed: a QuantSpec")
         if quantizer.zero_point == "float" and not self.weight.float_zero:
             if self.weight.symmetric:  # HQQ: its zero points are what it fits
+                by = "" if type(quantizer).zero_point == "float" else " (its final quantizer)"
                 raise ValueError(
-                    f"Rule(pattern={self.pattern!r}): quantizer {self.quantizer!r} fits "
+                    f"Rule(pattern={self.pattern!r}): quantizer {self.quantizer!r}{by} fits "
                     "real-valued zero points; allowed: an asymmetric weight spec "
-                    "(QuantSpec(symmetric=False), sweep field symmetric=False)"
+                    "(QuantSpec(symmetric=False), sweep field symmetric=False, CLI "
+                    "--symmetric false)"
                 )
             weight = dataclasses.replace(self.weight, zero_point="float")
             object.__setattr__(self, "weight", weight)

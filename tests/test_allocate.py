@@ -59,7 +59,7 @@ def test_budget_errors_name_the_smallest_budget_and_the_methods():
     rows = _rows([{2: 1.0, 4: 0.0}], [64])
     with pytest.raises(
         ValueError,
-        match=r"budget_bits=1.5 is below the cheapest allocation; "
+        match=r"bits_budget=1.5 is below the cheapest allocation; "
         r"allowed: >= 2.0000",
     ):
         allocate(rows, 1.5)

@@ -303,4 +303,11 @@ def validate_point(point: Point) -> Recipe:
     ):
         if not isinstance(point[name], Mapping):
             raise ValueError(f"{name}={point[name]!r} is invalid; allowed: a dict, e.g. {example}")
-    return recipe_of(point)
+    recipe = recipe_of(point)
+    if point["qat_steps"] and any(r.weight.float_zero for r in recipe.rules if r.quantizer):
+        raise ValueError(
+            f"qat_steps={point['qat_steps']} is invalid with quantizer={point['quantizer']!r}: "
+            "training keeps integer zero points, and it fits real-valued ones (HQQ); allowed: "
+            "qat_steps=0"
+        )
+    return recipe

@@ -151,3 +151,12 @@ def test_integer_zero_points_keep_their_rounding():
     assert float(affine.to_codes(wg, one, three, spec)[0, 0, 0]) == 5.0  # round(2.5) + 3
     float_spec = QuantSpec(symmetric=False, zero_point="float")
     assert float(affine.to_codes(wg, one, three.astype(jnp.float32), float_spec)[0, 0, 0]) == 6.0
+
+
+def test_a_sweep_point_training_after_hqq_is_refused_before_anything_runs():
+    from q4lab.sweep.fields import validate_point, with_defaults
+
+    point = with_defaults({"task": "digits-mlp", "quantizer": "hqq", "symmetric": False})
+    validate_point(point)
+    with pytest.raises(ValueError, match=r"qat_steps=5 is invalid with quantizer='hqq'"):
+        validate_point(point | {"qat_steps": 5})
