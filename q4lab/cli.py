@@ -130,6 +130,7 @@ def _cmd_layer_error(args: argparse.Namespace) -> int:
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from q4lab.core.spec import group_label
     from q4lab.plot_sensitivity import save_heatmap, sensitivity_table
     from q4lab.sweep import recipe_of
     from q4lab.sweep.mixed import sensitivity_rows
@@ -148,10 +149,16 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
         quantizer = recipe_of(point).base.quantizer_label()  # "gptq(act_order=True)"
         # files per quantizer and options: another quantizer's run beside it keeps its own
         tag = re.sub(r"[^\w=.-]+", "-", quantizer.replace("'", "")).strip("-")
-        stem = f"{point['task']}-seed{point['seed']}-{tag}-sensitivity"
-        if point["budget_groups"]:  # beside the widths-only table of the same task
-            stem += "-" + "-".join(f"g{g}" if g else "pc" for g in point["budget_groups"])
-        frame = pd.DataFrame(rows).assign(quantizer=quantizer)
+        # and per weight spec: a run at another group size or symmetry keeps its own too
+        groups = point["budget_groups"] or [point["group_size"]]
+        spec = ["sym" if point["symmetric"] else "asym", *(f"g{g}" if g else "pc" for g in groups)]
+        if point["scale_dtype"] != "float16":
+            spec.append(point["scale_dtype"])
+        stem = f"{point['task']}-seed{point['seed']}-{tag}-sensitivity-{'-'.join(spec)}"
+        weights = "symmetric" if point["symmetric"] else "asymmetric"
+        if not point["budget_groups"]:  # else each candidate names its group
+            weights += f", {group_label(point['group_size'])}"
+        frame = pd.DataFrame(rows).assign(quantizer=quantizer, weights=weights)
         directory = Path(args.out)
         directory.mkdir(parents=True, exist_ok=True)
         frame.to_csv(directory / f"{stem}.csv", index=False)

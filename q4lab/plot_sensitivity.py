@@ -42,6 +42,7 @@ def sensitivity_heatmap(rows: Sequence[dict] | pd.DataFrame, title: str = "") ->
     fig.colorbar(image, ax=ax, label=kind.replace(", ", "\n"))
     ax.set_xlabel("only this layer quantized, at")
     by = f", {quantizer_label(frame['quantizer'].iloc[0])}" if "quantizer" in frame else ""
+    by += f", {frame['weights'].iloc[0]}" if "weights" in frame else ""
     ax.set_title(title or f"{frame['task'].iloc[0]}: per-layer sensitivity{by}", fontsize=10)
     return fig
 

@@ -316,17 +316,26 @@ def _candidates(point: pd.Series) -> str:
     return f"{text} x " + "/".join(map(group_label, groups))
 
 
+_MIXED_CONFIG = ("quantizer", "symmetric", "scale_dtype", "act_bits", "act_mode", "qat_steps")
+
+
 def mixed_comparison(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
     """Per task and sensitivity-allocated point (``allocation`` other than uniform / rules):
     its stored bits per weight and ``y``, the next uniform point up in size and whether the
-    mixed one beats it, and the best uniform point within its budget (seed 0 or the mean)."""
+    mixed one beats it, and the best uniform point within its budget (seed 0 or the mean),
+    among the uniform points of its own configuration (`_MIXED_CONFIG`: quantizer, symmetry,
+    ...; a column each where the table holds several)."""
     x = "bits_per_weight"
+    # a mixed point meets the uniform points of its own configuration (quantizer, symmetry, ...)
+    config = [c for c in _MIXED_CONFIG if c in table]
+    varies = [c for c in config if table[c].astype(str).nunique() > 1]
     points = (
         table.groupby(
             [
                 c
                 for c in (
                     "task",
+                    *config,
                     "allocation",
                     "budget_widths",
                     "budget_groups",
@@ -342,8 +351,9 @@ def mixed_comparison(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
         .reset_index()
     )
     rows = []
-    for task, part in points.groupby("task", sort=False):
+    for (task, *values), part in points.groupby(["task", *config], sort=False, dropna=False):
         higher = bool(part["higher_is_better"].iloc[0])
+        shown = {c: v for c, v in zip(config, values, strict=True) if c in varies}
         uniform = part[part["allocation"] == "uniform"].sort_values(x)
 
         def label(p: pd.Series) -> str:
@@ -358,6 +368,7 @@ def mixed_comparison(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
             rows.append(
                 {
                     "task": task,
+                    **shown,
                     "budget": m["bits_budget"],
                     "chooses from": _candidates(m),
                     "mixed: bits/weight": round(m[x], 3),
@@ -367,7 +378,8 @@ def mixed_comparison(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
                     "best uniform within budget": "" if best is None else label(best),
                 }
             )
-    return pd.DataFrame(rows).sort_values(["task", "budget", "chooses from"], kind="stable")
+    order = ["task", *[c for c in varies], "budget", "chooses from"]
+    return pd.DataFrame(rows).sort_values(order, kind="stable")
 
 
 def report(

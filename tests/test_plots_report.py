@@ -270,3 +270,38 @@ def test_the_report_states_where_its_rows_were_computed():
     text = report(table)
     assert "Computed at commit d436505 on Xeon, x86_64 AVX-512, Linux-x86_64 (cpu:cpu)" in text
     assert "jax 0.10.2" in text and "another CPU" in text
+
+
+def test_mixed_points_of_two_quantizers_are_compared_apart():
+    """Two quantizers' mixed points at one budget were averaged into one row."""
+    from q4lab.report import mixed_comparison
+
+    def row(quantizer, allocation, budget, bits, bpw, score):
+        return {
+            "task": "t",
+            "quantizer": quantizer,
+            "symmetric": False,
+            "allocation": allocation,
+            "bits_budget": budget,
+            "budget_widths": "[2, 3, 4]",
+            "budget_groups": "[]",
+            "bits": bits,
+            "group_size": 32,
+            "bits_per_weight": bpw,
+            "score": score,
+            "higher_is_better": True,
+        }
+
+    table = pd.DataFrame(
+        [
+            row("hqq", "sensitivity knapsack", 3.5, 2, 3.376, 0.98),
+            row("minmax", "sensitivity knapsack", 3.5, 2, 3.285, 0.97),
+            row("hqq", "uniform", 0.0, 4, 5.0, 0.99),
+            row("minmax", "uniform", 0.0, 4, 4.625, 0.95),
+        ]
+    )
+    versus = mixed_comparison(table).set_index("quantizer")
+    assert versus.loc["hqq", "mixed: bits/weight"] == 3.376
+    assert versus.loc["minmax", "mixed: bits/weight"] == 3.285
+    assert versus.loc["hqq", "next uniform up"].startswith("W4 g32 (5.000)")
+    assert versus.loc["minmax", "next uniform up"].startswith("W4 g32 (4.625)")

@@ -156,9 +156,11 @@ def test_a_bits_budget_point_allocates_widths_by_measured_sensitivity(tmp_path, 
     args = ["sensitivity", "--task", "digits-mlp", "--bits", "2", "3", "4", "--group-size", "16"]
     assert main([*args, "--out", str(tmp_path / "sens")]) == 0  # cached by the sweep: no rerun
     assert "| Dense_0 |" in capsys.readouterr().out
-    assert (tmp_path / "sens" / "digits-mlp-seed0-minmax-sensitivity.png").exists()
-    table = pd.read_csv(tmp_path / "sens" / "digits-mlp-seed0-minmax-sensitivity.csv")
+    stem = tmp_path / "sens" / "digits-mlp-seed0-minmax-sensitivity-sym-g16"
+    assert stem.with_suffix(".png").exists()
+    table = pd.read_csv(stem.with_suffix(".csv"))
     assert (table["quantizer"] == "minmax").all()  # another quantizer writes its own files
+    assert (table["weights"] == "symmetric, g16").all()  # and another group size or symmetry
 
 
 def test_a_killed_sweep_resumes_with_every_point_exactly_once(tmp_path):
