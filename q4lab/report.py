@@ -211,7 +211,8 @@ def budget_table(table: pd.DataFrame, x: str = "bits_per_weight", y: str = "scor
 
 def best_points(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
     """Best configuration (best mean ``y`` over seeds) per task, quantizer, weight bits and
-    activation bits, whatever its size (see `budget_table` for the best per size); ``vs_float``
+    activation bits, whatever its size (see `budget_table` for the best per size; a tie goes to
+    the smaller); ``vs_float``
     is `NOISE` where its ``delta_<y>`` (paired by seed) is within the seeds' spread."""
     agg = aggregate(table, "bits_per_weight", y)
     base = baseline_column(table, y)
@@ -231,6 +232,7 @@ def best_points(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
     parts = []
     for _, rows in agg.groupby("task", sort=True) if "task" in agg else [("", agg)]:
         task_rows = table if "task" not in table else table[table["task"] == rows["task"].iloc[0]]
+        rows = rows.sort_values("bits_per_weight", kind="stable")  # a tie goes to the smaller
         grouped = rows.groupby(keys, dropna=False)[y]
         pick = grouped.idxmax() if higher_is_better(task_rows, y) else grouped.idxmin()
         best = rows.loc[pick].copy()
@@ -245,6 +247,7 @@ def best_points(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
         "metric",
         *keys[1:],
         "group_size",
+        *(["symmetric"] if "symmetric" in best and table["symmetric"].nunique() > 1 else []),
         "bits_per_weight",
         "ideal_bits_per_weight",
         y,

@@ -305,3 +305,15 @@ def test_mixed_points_of_two_quantizers_are_compared_apart():
     assert versus.loc["minmax", "mixed: bits/weight"] == 3.285
     assert versus.loc["hqq", "next uniform up"].startswith("W4 g32 (5.000)")
     assert versus.loc["minmax", "next uniform up"].startswith("W4 g32 (4.625)")
+
+
+def test_the_best_point_per_quantizer_takes_the_smaller_on_a_tie():
+    from q4lab.report import best_points
+
+    # asymmetric (larger: its zero points) and symmetric, equal scores: the order of the
+    # configurations must not decide
+    config = {("mse", 4, 32, 16): [0.9, 0.9]}
+    asym = make_table(config).assign(symmetric=False, bits_per_weight=4.625)
+    table = pd.concat([asym, make_table(config).assign(symmetric=True)], ignore_index=True)
+    best = best_points(table)
+    assert len(best) == 1 and best["bits_per_weight"].iloc[0] == 4.5
