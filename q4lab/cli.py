@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
+import json
 import re
 import sys
 import traceback
@@ -127,12 +129,28 @@ def _cmd_layer_error(args: argparse.Namespace) -> int:
     return 0
 
 
+# the fields a sensitivity file's name spells out (the others are hashed into it)
+_SENSITIVITY_NAMED = (
+    "task",
+    "seed",
+    "quantizer",
+    "options",
+    "bits",
+    "symmetric",
+    "group_size",
+    "scale_dtype",
+    "budget_widths",
+    "budget_groups",
+)
+
+
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from q4lab.core.spec import group_label
     from q4lab.plot_sensitivity import save_heatmap, sensitivity_table
     from q4lab.sweep import recipe_of
+    from q4lab.sweep.fields import FIELDS
     from q4lab.sweep.mixed import sensitivity_rows
 
     configs: dict[str, dict] = {}  # the points of each configuration but its width and group
@@ -158,6 +176,17 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
         weights = "symmetric" if point["symmetric"] else "asymmetric"
         if not point["budget_groups"]:  # else each candidate names its group
             weights += f", {group_label(point['group_size'])}"
+        # any other field off its default (calibration, a rotation, ...): named, and hashed
+        # into the file name, so that a run of another setting keeps its own files
+        other = {
+            k: v
+            for k, v in point.items()
+            if k in FIELDS and k not in _SENSITIVITY_NAMED and v != FIELDS[k][0]
+        }
+        if other:
+            digest = hashlib.sha256(json.dumps(other, sort_keys=True, default=str).encode())
+            stem += f"-{digest.hexdigest()[:8]}"
+            weights += "".join(f", {k}={v}" for k, v in other.items())
         frame = pd.DataFrame(rows).assign(quantizer=quantizer, weights=weights)
         directory = Path(args.out)
         directory.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ QUANTIZER_NAMES = {
     "mse": "MSE",
     "gptq": "GPTQ",
     "awq": "AWQ",
-    "hqq": "HQQ (float zero points)",
+    "hqq": "HQQ, float zero points",
     "rotation": "rotation",
 }
 DODGE_PT = 5.0  # spacing of dodged points on the page, in points (1/72 inch)

@@ -319,7 +319,13 @@ def _candidates(point: pd.Series) -> str:
     return f"{text} x " + "/".join(map(group_label, groups))
 
 
-_MIXED_CONFIG = ("quantizer", "symmetric", "scale_dtype", "act_bits", "act_mode", "qat_steps")
+# what a mixed point shares with the uniform points it meets: its configuration but its widths
+_MIXED_CONFIG = tuple(
+    c
+    for c in CONFIG_COLUMNS
+    if c not in ("task", "bits", "group_size", "rules", "bits_budget")
+    and not c.startswith("budget_")
+)
 
 
 def mixed_comparison(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
@@ -331,7 +337,8 @@ def mixed_comparison(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
     x = "bits_per_weight"
     # a mixed point meets the uniform points of its own configuration (quantizer, symmetry, ...)
     config = [c for c in _MIXED_CONFIG if c in table]
-    varies = [c for c in config if table[c].astype(str).nunique() > 1]
+    by_task = table.astype({c: str for c in config}).groupby("task")
+    varies = [c for c in config if (by_task[c].nunique() > 1).any()]  # a column: within a task
     points = (
         table.groupby(
             [

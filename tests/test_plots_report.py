@@ -300,6 +300,11 @@ def test_mixed_points_of_two_quantizers_are_compared_apart():
             row("minmax", "uniform", 0.0, 4, 4.625, 0.95),
         ]
     )
+    # the same quantizer's mixed points of two calibration sizes stay apart too
+    other = table.iloc[[1, 3]].assign(calib_size=64, score=[0.5, 0.6], bits_per_weight=[3.4, 4.7])
+    both = pd.concat([table.assign(calib_size=0), other], ignore_index=True)
+    minmax = mixed_comparison(both).query("quantizer == 'minmax'").set_index("calib_size")
+    assert minmax.loc[0, "mixed: score"] == "0.9700" and minmax.loc[64, "mixed: score"] == "0.5000"
     versus = mixed_comparison(table).set_index("quantizer")
     assert versus.loc["hqq", "mixed: bits/weight"] == 3.376
     assert versus.loc["minmax", "mixed: bits/weight"] == 3.285

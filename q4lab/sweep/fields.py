@@ -304,10 +304,10 @@ def validate_point(point: Point) -> Recipe:
         if not isinstance(point[name], Mapping):
             raise ValueError(f"{name}={point[name]!r} is invalid; allowed: a dict, e.g. {example}")
     recipe = recipe_of(point)
-    if point["qat_steps"] and any(r.weight.float_zero for r in recipe.rules if r.quantizer):
+    fitting = [r.quantizer for r in recipe.rules if r.quantizer and r.weight.float_zero]
+    if point["qat_steps"] and fitting:
         raise ValueError(
-            f"qat_steps={point['qat_steps']} is invalid with quantizer={point['quantizer']!r}: "
-            "training keeps integer zero points, and it fits real-valued ones (HQQ); allowed: "
-            "qat_steps=0"
+            f"qat_steps={point['qat_steps']} is invalid with quantizer {fitting[0]!r}: training "
+            "keeps integer zero points, and it fits real-valued ones (HQQ); allowed: qat_steps=0"
         )
     return recipe

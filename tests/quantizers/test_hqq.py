@@ -158,5 +158,8 @@ def test_a_sweep_point_training_after_hqq_is_refused_before_anything_runs():
 
     point = with_defaults({"task": "digits-mlp", "quantizer": "hqq", "symmetric": False})
     validate_point(point)
-    with pytest.raises(ValueError, match=r"qat_steps=5 is invalid with quantizer='hqq'"):
+    with pytest.raises(ValueError, match=r"qat_steps=5 is invalid with quantizer 'hqq'"):
         validate_point(point | {"qat_steps": 5})
+    rule = {"pattern": "Dense_0", "quantizer": "hqq", "symmetric": False}
+    with pytest.raises(ValueError, match=r"qat_steps=5 is invalid with quantizer 'hqq'"):
+        validate_point(with_defaults({"task": "digits-mlp", "qat_steps": 5, "rules": [rule]}))

@@ -161,6 +161,10 @@ def test_a_bits_budget_point_allocates_widths_by_measured_sensitivity(tmp_path, 
     table = pd.read_csv(stem.with_suffix(".csv"))
     assert (table["quantizer"] == "minmax").all()  # another quantizer writes its own files
     assert (table["weights"] == "symmetric, g16").all()  # and another group size or symmetry
+    assert main([*args, "--calib-size", "64", "--out", str(tmp_path / "sens")]) == 0
+    (other,) = (tmp_path / "sens").glob("*-sym-g16-*.csv")  # another setting: its own files
+    assert (pd.read_csv(other)["weights"] == "symmetric, g16, calib_size=64").all()
+    assert stem.with_suffix(".csv").exists()
 
 
 def test_a_killed_sweep_resumes_with_every_point_exactly_once(tmp_path):
