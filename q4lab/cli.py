@@ -528,8 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _import_plugins(modules: Sequence[str]) -> None:
-    if modules and str(Path.cwd()) not in sys.path and "" not in sys.path:
-        sys.path.append(str(Path.cwd()))
+    if modules:
+        from q4lab.sweep.experiment import search_last
+
+        search_last(Path.cwd())
     for module in modules:
         try:
             importlib.import_module(module)

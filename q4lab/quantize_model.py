@@ -104,18 +104,20 @@ def plan(recipe: Recipe, layers: list[Layer]) -> dict[str, LayerPlan]:
         raise ValueError(
             f"the recipe quantizes no layer (its rules keep every layer float): {paths}"
         )
+    places = {
+        path: f"recipe rule {p.rule_index} (pattern {p.rule.pattern!r}), layer {path!r}"
+        for path, p in chosen.items()
+    }
     sizes = []  # every layer a group size does not divide, in one error
     for path, p in chosen.items():
         try:
             p.spec.check_input_size(p.layer.k)
         except ValueError as err:
-            sizes.append(
-                f"recipe rule {p.rule_index} (pattern {p.rule.pattern!r}), layer {path!r}: {err}"
-            )
+            sizes.append(f"{places[path]}: {err}")
     if sizes:
         raise ValueError("\n".join(sizes))
     for path, p in chosen.items():
-        where = f"recipe rule {p.rule_index} (pattern {p.rule.pattern!r}), layer {path!r}"
+        where = places[path]
         a_kind = f"{'an' if p.layer.kind[0] in 'aeiou' else 'a'} {p.layer.kind}"
         if p.rule.act is not None and p.spec.float_zero:
             raise ValueError(

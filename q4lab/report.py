@@ -388,7 +388,7 @@ def mixed_comparison(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
                     "best uniform within budget": "" if best is None else label(best),
                 }
             )
-    order = ["task", *[c for c in varies], "budget", "chooses from"]
+    order = ["task", *varies, "budget", "chooses from"]
     return pd.DataFrame(rows).sort_values(order, kind="stable")
 
 

@@ -297,11 +297,10 @@ def quantize(
             f"zero must be {'None' if spec.symmetric else 'given'} for symmetric={spec.symmetric}"
         )
     scale = scale.astype(spec.jnp_scale_dtype)
-    if zero is None or spec.float_zero:
-        packed_zero = None if zero is None else zero.astype(spec.jnp_scale_dtype)
-        zero = packed_zero  # the codes meet the zero points as stored
+    if spec.float_zero:  # held in the scale dtype, and the codes meet them as held
+        zero = packed_zero = zero.astype(spec.jnp_scale_dtype)
     else:
-        packed_zero = pack(zero, bits=spec.bits, signed=False)
+        packed_zero = None if zero is None else pack(zero, bits=spec.bits, signed=False)
     return QTensor(
         codes=_packed_codes(w2d, scale, zero, spec),
         scale=scale,

@@ -81,6 +81,14 @@ def validate(sweep: Sweep, where: str) -> list[Point]:
     return points
 
 
+def search_last(*folders: str | Path) -> None:
+    """Append each folder not yet on ``sys.path`` to its end: modules there import, and none
+    hides an installed package of the same name."""
+    for folder in folders:
+        if str(folder) not in sys.path:
+            sys.path.append(str(folder))
+
+
 def run_experiment_file(path: str | Path, cwd: str | Path | None = None) -> dict:
     """Run an experiment file's Python and return its namespace (errors name the file's line).
 
@@ -93,9 +101,7 @@ def run_experiment_file(path: str | Path, cwd: str | Path | None = None) -> dict
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"experiment file {str(path)!r} does not exist")
-    for folder in (path.resolve().parent, Path(cwd or Path.cwd()).resolve()):
-        if str(folder) not in sys.path:
-            sys.path.append(str(folder))
+    search_last(path.resolve().parent, Path(cwd or Path.cwd()).resolve())
     try:
         return runpy.run_path(str(path), run_name="__experiment__")
     except ValueError as err:

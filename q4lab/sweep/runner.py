@@ -21,7 +21,12 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from q4lab.sweep.experiment import Experiment, describe_point, run_experiment_file
+from q4lab.sweep.experiment import (
+    Experiment,
+    describe_point,
+    run_experiment_file,
+    search_last,
+)
 from q4lab.sweep.fields import Point, config_hash, qat_of, recipe_of
 from q4lab.sweep.store import ResultsStore
 from q4lab.sweep.tracking import WandbLogger, WandbSettings
@@ -115,8 +120,7 @@ def _evaluate_after_setup(
     setup = (modules, path, cwd)
     if setup not in _SETUPS_RUN:
         for name, folder in modules:
-            if folder not in sys.path:
-                sys.path.append(folder)
+            search_last(folder)
             importlib.import_module(name)
         run_experiment_file(path, cwd)
         _SETUPS_RUN.add(setup)
