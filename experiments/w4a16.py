@@ -11,6 +11,8 @@
                                quantized model's inputs (GPTAQ, Li et al. 2025; sequential)
   hqq, minmax asymmetric       HQQ's fitted real-valued zero points (Badri & Shaji 2023; no
                                calibration), beside round to nearest with an integer zero point
+                               and with min-max's real-valued one (zero_point float: what the
+                               float zero is worth without HQQ's fit)
 
 at 4 and 3 bits, per-channel and g128, on minilm (36 linear layers, float calibration inputs
 except for the float target) and charlm (sequential calibration), seed 0. AWQ's channel scales
@@ -36,7 +38,7 @@ sweep = Sweep(
         {
             "quantizer": ["minmax", "mse", "gptq", "gptq", "awq", "awq", "awq"]
             + ["gptq"] * 3
-            + ["hqq", "minmax"],
+            + ["hqq", "minmax", "minmax"],
             "options": [
                 {},
                 {},
@@ -50,9 +52,11 @@ sweep = Sweep(
                 AO | {"clipping": "mse", "float_target": True},
                 {},
                 {},
+                {},
             ],
-            "rotation": ["none"] * 7 + ["hadamard"] * 3 + ["none"] * 2,
-            "symmetric": [True] * 8 + [False] * 4,
+            "rotation": ["none"] * 7 + ["hadamard"] * 3 + ["none"] * 3,
+            "symmetric": [True] * 8 + [False] * 5,
+            "zero_point": ["auto"] * 12 + ["float"],
         },
     ],
     # minilm calibrates on float inputs (one shot), charlm sequentially; the float target is

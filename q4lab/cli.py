@@ -54,6 +54,7 @@ def _points(args: argparse.Namespace) -> list[dict]:
     import itertools
 
     from q4lab.recipe import parse_quantizer
+    from q4lab.sweep.experiment import describe_point
     from q4lab.sweep.fields import FIELDS, validate_point, with_defaults
 
     axes = [
@@ -73,7 +74,10 @@ def _points(args: argparse.Namespace) -> list[dict]:
             if isinstance(point.get("options", {}), dict):  # else validate_point names it
                 point["options"] = {**point.get("options", {}), **options}
         point = with_defaults(point)
-        validate_point(point)
+        try:
+            validate_point(point)
+        except ValueError as err:  # one combination of the flags: name it
+            raise ValueError(f"the point {describe_point(point)}: {err}") from None
         points.append(point)
     return points
 
@@ -81,11 +85,20 @@ def _points(args: argparse.Namespace) -> list[dict]:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from q4lab.sweep.fields import FIELDS
     from q4lab.sweep.runner import evaluate_point, point_row
 
     points = _points(args)  # validated before any task runs
     rows = [point_row(p, evaluate_point(p, progress=None)) for p in points]  # a bar on a terminal
-    print(pd.DataFrame(rows)[SHOWN].to_markdown(index=False, floatfmt=".4g"))
+    # the fields a flag set, beside the weight fields: rows that differ show how
+    given = [
+        name
+        for name, (default, _) in FIELDS.items()
+        if name not in SHOWN and any(repr(p[name]) != repr(default) for p in points)
+    ]
+    at = SHOWN.index("act_bits")
+    table = pd.DataFrame(rows)[[*SHOWN[:at], *given, *SHOWN[at:]]]
+    print(table.to_markdown(index=False, floatfmt=".4g"))
     return 0
 
 
@@ -95,8 +108,8 @@ def _cmd_layer_error(args: argparse.Namespace) -> int:
     from q4lab.sensitivity import layer_errors
     from q4lab.sweep.fields import FIELDS, recipe_of
 
-    used = ("task", "seed", "quantizer", "options", "bits", "symmetric", "group_size")
-    used += ("scale_dtype", "sequential", "rules")
+    used = ("task", "seed", "quantizer", "options", "bits", "symmetric", "zero_point")
+    used += ("group_size", "scale_dtype", "sequential", "rules")
     ignored = [n for n, v in vars(args).items() if v is not None and n in FIELDS and n not in used]
     if ignored:  # activations, transforms, training, budgets: not what this table measures
         flags = ", ".join(f"--{n.replace('_', '-')}" for n in used)
@@ -105,16 +118,22 @@ def _cmd_layer_error(args: argparse.Namespace) -> int:
             f"quantized weights alone; allowed: {flags}"
         )
     points = _points(args)
+    # a column per configuration: the quantizer, and the other fields given several values
+    varied = [n for n in used[5:] if n != "group_size" and len({repr(p[n]) for p in points}) > 1]
     runs = {(p["task"], p["seed"]): [] for p in points}  # first-seen order
     for p in points:
-        runs[p["task"], p["seed"]].append(recipe_of(p))
-    rows = [
-        row for (task, seed), recipes in runs.items() for row in layer_errors(task, recipes, seed)
-    ]
-    table = pd.DataFrame(rows).pivot_table(
+        runs[p["task"], p["seed"]].append(p)
+    rows = []
+    for (task, seed), run in runs.items():
+        for row in layer_errors(task, [recipe_of(p) for p in run], seed):
+            point = run[row["recipe_index"]]
+            row["quantizer"] = " ".join([row["quantizer"], *(f"{n}={point[n]}" for n in varied)])
+            rows.append(row)
+    table = pd.DataFrame(rows).pivot_table(  # one value per cell: the columns name each point
         index=["task", "layer", "k", "n", "bits", "group_size"],
         columns="quantizer",
         values="relative_error",
+        aggfunc="first",  # a point given twice
         sort=False,
     )
     base = table[table.columns[0]]  # the first --quantizer (columns keep the order of appearance)

@@ -93,6 +93,9 @@ def value_label(column: str, value: object) -> str:
         return "A16 (weights only)" if int(value) >= 16 else f"A{value}"
     if column == "symmetric":
         return "symmetric" if value else "asymmetric (zero point)"
+    if column == "zero_point":
+        names = {"int": "integer zero points", "float": "float zero points"}
+        return names.get(str(value), "the quantizer's zero points")
     if column == "act_symmetric":
         return "symmetric act." if value else "asymmetric act."
     if column == "act_mode":

@@ -66,6 +66,7 @@ CONFIG_COLUMNS = (
     "quantizer",
     "bits",
     "symmetric",
+    "zero_point",
     "group_size",
     "scale_dtype",
     "act_bits",

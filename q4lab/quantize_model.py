@@ -119,12 +119,6 @@ def plan(recipe: Recipe, layers: list[Layer]) -> dict[str, LayerPlan]:
     for path, p in chosen.items():
         where = places[path]
         a_kind = f"{'an' if p.layer.kind[0] in 'aeiou' else 'a'} {p.layer.kind}"
-        if p.rule.act is not None and p.spec.float_zero:
-            raise ValueError(
-                f"{where}: activation quantization multiplies integer weight codes less integer "
-                f"zero points; {p.spec.describe()} has real-valued ones (HQQ); allowed: act=None "
-                "(weight-only), or integer zero points"
-            )
         if p.rule.act is not None and not p.layer.hookable:
             raise ValueError(
                 f"{where}: activation quantization is not supported on {a_kind} layer; "

@@ -173,6 +173,18 @@ class Rule:
                 )
             weight = dataclasses.replace(self.weight, zero_point="float")
             object.__setattr__(self, "weight", weight)
+        if self.weight.float_zero and not quantizer.takes_float_zero:
+            raise ValueError(
+                f"Rule(pattern={self.pattern!r}): quantizer {self.quantizer!r} rounds with "
+                f"integer zero points; {self.weight.describe()} has real-valued ones; allowed: "
+                "zero_point='int'"
+            )
+        if self.weight.float_zero and self.act is not None:
+            raise ValueError(
+                f"Rule(pattern={self.pattern!r}): activation quantization multiplies integer "
+                f"weight codes less integer zero points; {self.weight.describe()} has "
+                "real-valued ones; allowed: act=None (weight-only), or zero_point='int'"
+            )
         if self.transform is not None and not isinstance(self.transform, TransformSpec):
             raise ValueError(
                 f"Rule.transform={self.transform!r} is invalid; allowed: None or a TransformSpec"

@@ -109,7 +109,7 @@ def _count(n: int, noun: str) -> str:
 
 # Fields whose default is left unsaid, and that a label names when not at it even where they
 # do not vary: a trained or mixed-precision point says so wherever it stands alone.
-METHOD_DEFAULTS = {"training": "ptq", "bits_budget": 0.0, "qat_steps": 0}
+METHOD_DEFAULTS = {"training": "ptq", "bits_budget": 0.0, "qat_steps": 0, "zero_point": "auto"}
 
 
 def _at_default(point: pd.Series, column: str) -> bool:
@@ -247,7 +247,7 @@ def best_points(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
         "metric",
         *keys[1:],
         "group_size",
-        *(["symmetric"] if "symmetric" in best and table["symmetric"].nunique() > 1 else []),
+        *(c for c in ("symmetric", "zero_point") if c in best and table[c].nunique() > 1),
         "bits_per_weight",
         "ideal_bits_per_weight",
         y,

@@ -32,7 +32,8 @@ from q4lab.tasks import Task, get_task
 
 
 def layer_errors(task: Task | str, recipes: Sequence[Recipe], seed: int = 0) -> list[dict]:
-    """One row per (recipe, quantized layer): output error on the task's calibration split."""
+    """One row per (recipe, quantized layer): output error on the task's calibration split.
+    ``recipe_index`` tells apart recipes that share a quantizer, bits and group size."""
     task = get_task(task) if isinstance(task, str) else task
     params = task.baseline(seed)
     batches = task.calibration(seed)
@@ -41,7 +42,7 @@ def layer_errors(task: Task | str, recipes: Sequence[Recipe], seed: int = 0) -> 
     layers = adapter.layers(params, sample)
     hessians = calibrate(adapter, params, {layer.path: {"hessian"} for layer in layers}, batches)
     rows = []
-    for recipe in recipes:
+    for index, recipe in enumerate(recipes):
         qmodel = quantize_model(
             task.model, params, recipe, sample_input=sample, calibration=batches
         )
@@ -58,6 +59,7 @@ def layer_errors(task: Task | str, recipes: Sequence[Recipe], seed: int = 0) -> 
                     "layer": path,
                     "k": qt.k,
                     "n": qt.n,
+                    "recipe_index": index,
                     **{key: fields[key] for key in ("recipe", "quantizer", "bits", "group_size")},
                     "output_error": err,
                     "relative_error": err / float(output_error(w2d, 0 * w2d, h)),

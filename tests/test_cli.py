@@ -33,3 +33,21 @@ def test_layer_error_refuses_fields_it_does_not_measure(capsys):
     assert "--act-bits is not used: layer-error measures each layer's quantized weights alone" in (
         capsys.readouterr().err
     )
+
+
+def _table(out: str) -> list[list[str]]:
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def test_layer_error_gives_each_configuration_its_own_column(capsys):
+    """Two symmetries of one quantizer were averaged into one column, silently."""
+    args = ["layer-error", "--bits", "3", "--quantizer", "minmax", "--symmetric"]
+    assert main([*args, "true", "false"]) == 0
+    header, *rows = _table(capsys.readouterr().out)
+    both = {name: [row[header.index(name)] for row in rows] for name in header[6:8]}
+    assert list(both) == ["minmax symmetric=True", "minmax symmetric=False"]
+    for value in ("true", "false"):
+        assert main([*args, value]) == 0
+        _, *alone = _table(capsys.readouterr().out)
+        assert [row[6] for row in alone] == both[f"minmax symmetric={value.title()}"]

@@ -159,6 +159,8 @@ def test_labels_are_the_ones_a_reader_uses():
     assert value_label("group_size", 0) == "per-channel"
     assert value_label("group_size", 32) == "g32"
     assert value_label("bits", 3) == "W3"
+    assert value_label("zero_point", "float") == "float zero points"
+    assert value_label("zero_point", "auto") == "the quantizer's zero points"
     assert activation_label(16, [4]) == "W4A16 (weights only)"
     assert activation_label(4, [4], "dynamic") == "W4A4 (dynamic)"
     assert activation_label(8, [2, 4], "dynamic") == "A8 activations (dynamic)"

@@ -91,6 +91,10 @@ class AWQ(Quantizer):
         """The final quantizer's: AWQ then HQQ takes real-valued zero points."""
         return self.final().zero_point
 
+    @property
+    def takes_float_zero(self) -> bool:  # type: ignore[override]
+        return self.final().takes_float_zero
+
     def final(self) -> Quantizer:
         """The quantizer of the final rounding."""
         return get_quantizer(self.quantizer, **dict(self.quantizer_options))

@@ -124,6 +124,8 @@ class Quantizer(abc.ABC):
     needs: ClassVar[frozenset[str]] = frozenset()
     # "float": it fits real-valued zero points (HQQ); a Rule gives it asymmetric specs with them
     zero_point: ClassVar[str] = "int"
+    # whether it rounds with real-valued zero points when a spec has them (GPTQ does not)
+    takes_float_zero: ClassVar[bool] = True
 
     @abc.abstractmethod
     def quantize(

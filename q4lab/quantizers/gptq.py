@@ -71,6 +71,7 @@ class GPTQ(Quantizer):
     """Hessian-aware rounding with error feedback; needs calibration (``stats["hessian"]``)."""
 
     name = "gptq"
+    takes_float_zero = False  # its error feedback rounds with integer zero points
 
     percdamp: float = 0.01  # dampening added to diag(H), as a fraction of its mean
     block_size: int = 128  # rows per lazy batch update (adjusted to align with groups)

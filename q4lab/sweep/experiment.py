@@ -39,6 +39,10 @@ class Experiment:
 def describe_point(point: Point) -> str:
     """A short label of a point (progress bars, error messages)."""
     keys = ("task", "seed", "quantizer", "bits", "group_size", "act_bits")
+    if point.get("symmetric") is False:
+        keys += ("symmetric",)
+    if point.get("zero_point", "auto") != "auto":
+        keys += ("zero_point",)
     if point.get("qat_steps"):
         keys += ("qat_steps", "qat_method")
     if point.get("bits_budget"):

@@ -32,6 +32,11 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "bits": (4, "weight bits, 2..8"),
     "symmetric": (True, "signed weight codes, or unsigned with a zero point"),
     "group_size": (0, "weight group size along the input axis; 0 = per-channel"),
+    "zero_point": (
+        "auto",
+        "asymmetric weights' zero points: int (packed as codes), float (real-valued, held as "
+        "scales are), or auto: the quantizer's own (float for HQQ, int for the others)",
+    ),
     "scale_dtype": ("float16", "dtype of the stored scales"),
     "act_bits": (16, "activation bits; 16 keeps activations in float"),
     "act_mode": ("dynamic", "activation ranges at run time or from calibration: dynamic, static"),
@@ -69,7 +74,8 @@ FIELDS: dict[str, tuple[Any, str]] = {
 QAT_FIELDS = tuple(name for name in FIELDS if name.startswith("qat_"))
 # fields added after tables were published: left out of the hash at their default
 BUDGET_FIELDS = ("bits_budget", "budget_widths", "budget_groups", "budget_method")
-LATE_FIELDS = ("rotation", "smooth_alpha", "rules", *BUDGET_FIELDS)
+LATE_FIELDS = ("rotation", "smooth_alpha", "rules", *BUDGET_FIELDS, "zero_point")
+ZERO_POINT_VALUES = ("auto", "int", "float")
 # the fields a per-layer rule may override
 RULE_FIELDS = (
     "quantizer",
@@ -77,6 +83,7 @@ RULE_FIELDS = (
     "bits",
     "symmetric",
     "group_size",
+    "zero_point",
     "scale_dtype",
     "act_bits",
     "act_mode",
@@ -152,6 +159,22 @@ def _check_act_fields(p: Point) -> None:
         )
 
 
+def _zero_point(p: Point) -> str:
+    """The `QuantSpec.zero_point` of the ``zero_point`` field ("auto": int, which a `Rule`
+    turns to float for a quantizer that fits real-valued zero points)."""
+    zero_point = p["zero_point"]
+    if zero_point not in ZERO_POINT_VALUES:
+        raise ValueError(
+            f"zero_point={zero_point!r} is invalid; allowed: {', '.join(ZERO_POINT_VALUES)}"
+        )
+    if zero_point == "float" and p["symmetric"]:
+        raise ValueError(
+            "zero_point='float' is invalid with symmetric=True (symmetric codes have no zero "
+            "point); allowed: symmetric=False, or zero_point 'auto' or 'int'"
+        )
+    return "float" if zero_point == "float" else "int"
+
+
 def _rule(p: Point, pattern: str) -> Rule:
     """The rule of the recipe fields of ``p`` (a point with defaults) for ``pattern``."""
     if p["quantizer"] is None:
@@ -161,6 +184,7 @@ def _rule(p: Point, pattern: str) -> Rule:
         symmetric=p["symmetric"],
         group_size=p["group_size"] or None,
         scale_dtype=p["scale_dtype"],
+        zero_point=_zero_point(p),
     )
     _check_act_fields(p)
     act = None
@@ -178,7 +202,7 @@ def _rule(p: Point, pattern: str) -> Rule:
         transform = TransformSpec(
             rotation=p["rotation"], smooth_alpha=p["smooth_alpha"] or None, seed=p["seed"]
         )
-    return Rule(
+    rule = Rule(
         pattern=pattern,
         quantizer=p["quantizer"],
         options=p["options"],
@@ -186,6 +210,12 @@ def _rule(p: Point, pattern: str) -> Rule:
         act=act,
         transform=transform,
     )
+    if p["zero_point"] == "int" and rule.weight.float_zero:
+        raise ValueError(
+            f"zero_point='int' is invalid with quantizer {p['quantizer']!r}, which fits "
+            "real-valued zero points; allowed: 'auto' or 'float'"
+        )
+    return rule
 
 
 def rules_of(point: Point) -> tuple[Rule, ...]:
@@ -304,10 +334,12 @@ def validate_point(point: Point) -> Recipe:
         if not isinstance(point[name], Mapping):
             raise ValueError(f"{name}={point[name]!r} is invalid; allowed: a dict, e.g. {example}")
     recipe = recipe_of(point)
-    fitting = [r.quantizer for r in recipe.rules if r.quantizer and r.weight.float_zero]
+    fitting = [r for r in recipe.rules if r.quantizer and r.weight.float_zero]
     if point["qat_steps"] and fitting:
+        why = "fits" if fitting[0].build_quantizer().zero_point == "float" else "is given"
         raise ValueError(
-            f"qat_steps={point['qat_steps']} is invalid with quantizer {fitting[0]!r}: training "
-            "keeps integer zero points, and it fits real-valued ones (HQQ); allowed: qat_steps=0"
+            f"qat_steps={point['qat_steps']} is invalid with quantizer {fitting[0].quantizer!r}: "
+            f"training keeps integer zero points, and it {why} real-valued ones; allowed: "
+            "qat_steps=0"
         )
     return recipe

@@ -138,9 +138,8 @@ def test_an_hqq_model_runs_saves_and_loads_and_what_it_cannot_do_is_named(tmp_pa
     assert '"format_version": 3' in (directory / "q4lab.json").read_text()
     with pytest.raises(ValueError, match=r"layer 'fc' has real-valued zero points"):
         QATModel.start(qm)
-    a4 = Recipe((Rule(quantizer="hqq", weight=QuantSpec(symmetric=False), act=ActSpec()),))
-    with pytest.raises(ValueError, match=r"layer 'fc': activation quantization multiplies"):
-        quantize_model(MLP(), params, a4, sample_input=x)
+    with pytest.raises(ValueError, match=r"Rule\(pattern='.\*'\): activation quantization mul"):
+        Rule(quantizer="hqq", weight=QuantSpec(symmetric=False), act=ActSpec())
 
 
 def test_integer_zero_points_keep_their_rounding():
@@ -163,3 +162,57 @@ def test_a_sweep_point_training_after_hqq_is_refused_before_anything_runs():
     rule = {"pattern": "Dense_0", "quantizer": "hqq", "symmetric": False}
     with pytest.raises(ValueError, match=r"qat_steps=5 is invalid with quantizer 'hqq'"):
         validate_point(with_defaults({"task": "digits-mlp", "qat_steps": 5, "rules": [rule]}))
+
+
+def test_the_zero_point_field_gives_any_quantizer_that_takes_them_float_zero_points():
+    """``zero_point='float'`` sweeps min-max or MSE with HQQ's kind of zero point (what the float
+    zero is worth apart from HQQ's fit); 'auto', the default, keeps every point's hash."""
+    from q4lab.sweep.fields import config_hash, recipe_of, validate_point, with_defaults
+
+    base = {"task": "digits-mlp", "symmetric": False, "bits": 3}
+    assert config_hash(base) == config_hash(base | {"zero_point": "auto"})
+    for quantizer in ("minmax", "mse", "percentile"):
+        rule = validate_point(with_defaults(base | {"quantizer": quantizer, "zero_point": "float"}))
+        w = jax.random.normal(jax.random.key(4), (64, 5))
+        qt = rule.rules[-1].build_quantizer().quantize(w, rule.rules[-1].weight)
+        zero = np.asarray(qt.zero, np.float32)
+        assert qt.zero.dtype == jnp.float16 and not np.array_equal(zero, np.round(zero))
+    assert not recipe_of(base).rules[-1].weight.float_zero  # auto: min-max's integer zeros
+    assert recipe_of(base | {"quantizer": "hqq"}).rules[-1].weight.float_zero  # auto: HQQ's
+    bad = {
+        "zero_point='flt' is invalid; allowed: auto, int, float": {"zero_point": "flt"},
+        "zero_point='float' is invalid with symmetric=True": {"zero_point": "float"}
+        | {"symmetric": True},
+        "zero_point='int' is invalid with quantizer 'hqq'": {"zero_point": "int"}
+        | {"quantizer": "hqq"},
+        "quantizer 'gptq' rounds with integer zero points": {"zero_point": "float"}
+        | {"quantizer": "gptq"},
+        "activation quantization multiplies integer": {"zero_point": "float", "act_bits": 4},
+        "qat_steps=5 is invalid with quantizer 'minmax'.*it is given real-valued": {
+            "zero_point": "float",
+            "qat_steps": 5,
+        },
+    }
+    for message, fields in bad.items():
+        with pytest.raises(ValueError, match=message):
+            validate_point(with_defaults(base | fields))
+
+
+def test_q4lab_quantize_shows_the_fields_its_flags_set(capsys):
+    """Rows that differ only in a field outside the usual columns (here zero_point) must not
+    print as duplicates, nor asymmetric rows as symmetric ones."""
+    from q4lab.cli import main
+
+    args = ["quantize", "--task", "digits-mlp", "--symmetric", "false", "--zero-point"]
+    assert main([*args, "auto", "float"]) == 0
+    header, _, auto, float_ = capsys.readouterr().out.strip().splitlines()[-4:]
+    assert "| symmetric   | zero_point " in header and "scale_dtype" not in header
+    assert "| False       | auto " in auto and "| False       | float " in float_
+    args = ["quantize", "--task", "digits-mlp", "--quantizer", "minmax", "hqq", "--act-bits"]
+    with pytest.raises(SystemExit):  # one combination of the flags is invalid: it is named
+        main([*args, "16", "4", "--symmetric", "false"])
+    assert (
+        "error: the point task='digits-mlp', seed=0, quantizer='hqq', bits=4, group_size=0, "
+        "act_bits=4, symmetric=False: Rule(pattern='.*'): activation quantization"
+        in (capsys.readouterr().err)
+    )
