@@ -2,8 +2,13 @@
 statistics its quantizers asked for, accumulated in float32 without keeping all activations:
 
   "hessian"     ``H = 2 X^T X / n`` over the layer's input rows ``X[n, K]`` (conv: im2col patches)
-  "act_sample"  up to ``max_sample_rows`` input rows (conv: whole examples), for static
-                activation ranges chosen by a clipping quantizer (`q4lab.core.act_params`)
+  "act_sample"  up to ``max_sample_rows`` input rows (conv: whole examples) spread evenly over
+                every batch, for static activation ranges chosen by a clipping quantizer
+                (`q4lab.core.act_params`)
+  "act_extremes" up to ``max_sample_rows`` rows of the largest values, the smallest and the
+                largest norms (`q4lab.hooks.extreme_rows`): with the sample, the rows a min-max
+                static range is taken over, exact over all calibration rows for an
+                untransformed layer
   "act_absmax"  ``max |X|`` per input column (float32 ``[K]``), for SmoothQuant's scales
   "act_absmean" mean ``|X|`` per input column (float32 ``[K]``), for AWQ's scales
 
@@ -22,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from q4lab.adapters import Adapter, PyTree
-from q4lab.hooks import CaptureHook, InputsHook
+from q4lab.hooks import CaptureHook, InputsHook, spread_rows
 
 
 def _merge_calls(records: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
@@ -31,8 +36,9 @@ def _merge_calls(records: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
     for moment in _SUMMED:
         if moment in records[0]:
             out[moment] = sum(r[moment] for r in records)
-    if "sample" in records[0]:
-        out["sample"] = jnp.concatenate([r["sample"] for r in records])
+    for rows in ("sample", "extremes"):
+        if rows in records[0]:
+            out[rows] = jnp.concatenate([r[rows] for r in records])
     if "absmax" in records[0]:
         out["absmax"] = functools.reduce(jnp.maximum, [r["absmax"] for r in records])
     return out
@@ -97,7 +103,7 @@ class Calibrator:
             for path, rec in self._step(params, float_params, batch, active).items():
                 if path not in chosen:
                     continue
-                acc = totals.setdefault(path, {"rows": 0.0, "samples": []})
+                acc = totals.setdefault(path, {"rows": 0.0, "samples": [], "extremes": []})
                 acc["rows"] += float(rec["rows"])
                 for moment in _SUMMED:
                     if moment in rec:
@@ -106,9 +112,14 @@ class Calibrator:
                 if "absmax" in rec:
                     seen = np.asarray(rec["absmax"])
                     acc["absmax"] = np.maximum(acc.get("absmax", seen), seen)
-                taken = sum(len(s) for s in acc["samples"])
-                if "sample" in rec and taken < self.max_sample_rows:
-                    acc["samples"].append(np.asarray(rec["sample"]))
+                if "sample" in rec:  # batches alike: thinned by the same stride
+                    stride = acc.setdefault("stride", 1)
+                    fresh_rows = np.asarray(rec["sample"])[::stride]
+                    acc["samples"] = [np.concatenate([*acc["samples"], fresh_rows])]
+                    if len(acc["samples"][0]) >= 2 * self.max_sample_rows:
+                        acc["samples"], acc["stride"] = [acc["samples"][0][::2]], 2 * stride
+                    rows = np.concatenate([*acc["extremes"], np.asarray(rec["extremes"])])
+                    acc["extremes"] = [keep_extremes(rows, self.max_sample_rows)]
         missing = sorted(chosen - set(totals))
         if missing:
             raise ValueError(f"calibration data never reached layer(s) {missing}")
@@ -124,10 +135,24 @@ class Calibrator:
             if "absum" in acc:
                 out["act_absmean"] = jnp.asarray(acc["absum"] / acc["rows"], jnp.float32)
             if acc["samples"]:
-                samples = np.concatenate(acc["samples"])[: self.max_sample_rows]
-                out["act_sample"] = jnp.asarray(samples)
+                samples = acc["samples"][0]
+                out["act_sample"] = jnp.asarray(
+                    samples[spread_rows(len(samples), self.max_sample_rows)]
+                )
+                out["act_extremes"] = jnp.asarray(acc["extremes"][0])
             stats[path] = out
         return stats
+
+
+def keep_extremes(rows: np.ndarray, limit: int) -> np.ndarray:
+    """At most ``limit`` of ``rows``: those holding the largest and the smallest value, then
+    those of the largest norms."""
+    if len(rows) <= limit:
+        return rows
+    ends = [int(rows.max(axis=1).argmax()), int(rows.min(axis=1).argmin())]
+    by_norm = np.argsort(-np.einsum("mk,mk->m", rows, rows), kind="stable")
+    keep = list(dict.fromkeys([*ends, *by_norm.tolist()]))[:limit]
+    return rows[keep]
 
 
 @functools.lru_cache(maxsize=32)

@@ -13,6 +13,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from q4lab.core import QTensor
@@ -130,8 +131,30 @@ class CaptureHook(_FloatHook):
         if self.absum:
             rec["absum"] = jnp.sum(jnp.abs(x32), axis=0)
         if self.sample_rows:
-            rec["sample"] = act_rows[: self.sample_rows].astype(jnp.float32)
+            rows = act_rows.astype(jnp.float32)
+            rec["sample"] = rows[spread_rows(rows.shape[0], self.sample_rows)]
+            rec["extremes"] = rows[extreme_rows(rows)]
         self.records.append(rec)
+
+
+EXTREME_ROWS = 8  # rows per call kept for a min-max static range: its max, its min, the largest
+
+
+def spread_rows(m: int, take: int) -> np.ndarray:
+    """``take`` row indices (at most ``m``) spread evenly over ``m`` rows, first and last
+    included: a sample of every sequence of a batch, not of its first ones."""
+    return np.unique(np.linspace(0, m - 1, min(take, m)).round().astype(np.int64))
+
+
+def extreme_rows(rows: jax.Array) -> jax.Array:
+    """Indices of the rows holding the largest and the smallest value of ``rows[M, K]``, then of
+    those with the largest norms (`EXTREME_ROWS` in all, fewer if M is smaller): the rows a
+    min-max range is made of, before a transform and, for a rotation (which keeps norms, and
+    bounds each rotated value by its row's norm), mostly after it."""
+    m = rows.shape[0]
+    by_norm = jax.lax.top_k(jnp.sum(rows * rows, axis=1), min(EXTREME_ROWS, m))[1]
+    ends = jnp.stack([jnp.argmax(jnp.max(rows, axis=1)), jnp.argmin(jnp.min(rows, axis=1))])
+    return jnp.concatenate([ends, by_norm])[: min(EXTREME_ROWS, m)]
 
 
 @dataclasses.dataclass
@@ -150,8 +173,9 @@ class QuantHook:
 
     ``mode="int"``: ``qt`` (the weight `QTensor`) through integer ops; weight-only convs are not
     hooked (the module runs its own op on the kernel dequantized inside jit). ``"fake"``: the
-    module's kernel is already the fake-quantized weight; the hook quantizes the activations
-    (``act``) and runs the float op (input transform: ``qt``'s, else ``transform``).
+    module's kernel is already the fake-quantized weight (``weight``: the same in float32, where
+    the module casts its kernel to a narrower compute dtype); the hook quantizes the activations
+    (``act``) and runs the float op in float32 (input transform: ``qt``'s, else ``transform``).
     ``"train"``: the values of ``"int"`` for ``qt`` (the training state frozen) with the
     gradients of ``"fake"`` for the module's kernel (its fake-quantized master weight), in input,
     weight and the learned steps.
@@ -161,6 +185,14 @@ class QuantHook:
     act: ActState | None
     mode: str
     transform: InputTransform | None = None
+    weight: jax.Array | None = None
+
+    def _fake_kernel(self, rhs: jax.Array) -> jax.Array:
+        """The kernel the fake op multiplies: ``weight`` where it is the module's kernel (a bf16
+        module rounds its kernel to bf16, the integer path does not), else ``rhs``."""
+        if self.mode == "fake" and self.weight is not None and self.weight.shape == rhs.shape:
+            return self.weight.astype(jnp.float32)
+        return rhs
 
     def dot_general(self, lhs, rhs, dimension_numbers, precision=None, **kwargs):
         x2d, free_shape = dense_rows(lhs, dimension_numbers)
@@ -170,7 +202,7 @@ class QuantHook:
         if self.mode == "int":
             y = quantized_dot(x2d, self.qt, self.act, "int")
         else:
-            w2d = rhs.reshape(x2d.shape[1], -1)
+            w2d = self._fake_kernel(rhs).reshape(x2d.shape[1], -1)
             transform = self.transform if self.qt is None else self.qt.transform
             frozen = self.qt if self.mode == "train" else None
             y = quantized_dot(x2d, w2d, self.act, self.mode, transform, frozen=frozen)
@@ -180,15 +212,18 @@ class QuantHook:
         if self.mode == "int":
             return self._int_conv(self.act, lhs, rhs, window_strides, padding, **kwargs)
 
-        def simulate(x, w):
-            return _lax_conv(x, w, window_strides, padding, **kwargs)
+        def simulate(x, w):  # float32 products in full, as the integer path's
+            full = kwargs | {"precision": lax.Precision.HIGHEST}
+            return _lax_conv(
+                x.astype(jnp.float32), w.astype(jnp.float32), window_strides, padding, **full
+            )
 
         rows = lhs.reshape(lhs.shape[0], -1)
         step = self.act.step(rows) if self.mode == "train" else None  # one range for both paths
         xq, _ = self.act.quantize(rows, self.mode, step)
-        x_fake = xq.reshape(lhs.shape).astype(lhs.dtype)
+        x_fake = xq.reshape(lhs.shape)
         if self.mode == "fake":
-            return simulate(x_fake, rhs)
+            return simulate(x_fake, self._fake_kernel(rhs)).astype(lhs.dtype)
         act, x, step = lax.stop_gradient((self.act, lhs, step))
         served = self._int_conv(act, x, rhs, window_strides, padding, step=step, **kwargs)
         return served_with_gradients_of(simulate, served, x_fake, rhs)
@@ -197,12 +232,13 @@ class QuantHook:
         """The conv as integer codes: im2col patches of the activation codes (one scale per
         example, see ActSpec) times the weight codes (``rhs``: only its shape; ``step``: the
         activations' range when the caller has it)."""
-        xq, scale = act.quantize(lhs.reshape(lhs.shape[0], -1), "int", step)
+        rows = lhs.reshape(lhs.shape[0], -1)
+        xq, scale = act.quantize(rows, "int", step)
         codes = xq.reshape(lhs.shape).astype(jnp.float32)  # small integers: exact in float32
         patches = conv_patches(codes, rhs, window_strides, padding, **kwargs)
         lead = patches.shape[:-1]
         per_example = math.prod(lead[1:])
         row_scale = jnp.repeat(scale, per_example, axis=0) if scale.shape[0] > 1 else scale
         xc = patches.reshape(-1, patches.shape[-1]).astype(xq.dtype)
-        y = int_matmul(xc, row_scale, self.qt)
-        return y.reshape(*lead, -1).astype(lhs.dtype)
+        y = int_matmul(xc, row_scale, self.qt).reshape(*lead, -1)
+        return act.keep_nan(rows, y).astype(lhs.dtype)

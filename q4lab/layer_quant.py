@@ -85,6 +85,15 @@ class ActState:
             return act_lsq_fake_quant(rows, scale, zero, qspec), scale
         return act_fake_quant(rows, scale, zero, qspec), scale
 
+    def keep_nan(self, rows: jax.Array, out: jax.Array) -> jax.Array:
+        """``out`` (leading axis: the rows) NaN where a row of ``rows[M, K]`` holds a NaN. Codes
+        cast a NaN to 0, so against a static range such a row would give a finite output where
+        the float simulation gives NaN (a dynamic range is NaN itself there)."""
+        if self.scale is None:
+            return out
+        bad = jnp.isnan(rows).any(axis=1).reshape((-1,) + (1,) * (out.ndim - 1))
+        return jnp.where(bad, jnp.nan, out)
+
 
 def quantized_dot(
     x2d: jax.Array,
@@ -139,11 +148,15 @@ def _integer_dot(
     if act is None:
         return w4a16_matmul(x2d, qt)
     xc, scale = act.quantize(x2d, "int", step)
-    return int_matmul(xc, scale, qt)
+    return act.keep_nan(x2d, int_matmul(xc, scale, qt))
 
 
 def _float_dot(x: jax.Array, w: jax.Array) -> jax.Array:
-    return jnp.dot(x.astype(jnp.float32), w.astype(jnp.float32))
+    """float32 products in full (a GPU's default would round them to TF32, 2.5e-4 off the
+    integer path)."""
+    return jnp.dot(
+        x.astype(jnp.float32), w.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST
+    )
 
 
 def served_with_gradients_of(
@@ -271,8 +284,9 @@ def transform_stats(
         out["hessian"] = transform.covariance(out["hessian"])
     if "cross" in out:  # X^T X_float of the transformed inputs: R^T C R (`covariance` of C^T)
         out["cross"] = transform.covariance(out["cross"].T)
-    if "act_sample" in out:
-        out["act_sample"] = transform.apply(out["act_sample"])
+    for rows in ("act_sample", "act_extremes"):
+        if rows in out:
+            out[rows] = transform.apply(out[rows])
     return out
 
 

@@ -47,7 +47,7 @@ from q4lab.quantizers import (
     check_quantized,
     range_quantizers,
 )
-from q4lab.recipe import Recipe, Rule
+from q4lab.recipe import ActSpec, Recipe, Rule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,11 +168,14 @@ def _check_rotation(where: str, k: int) -> None:
         )
 
 
-def _range_rows(path: str, stats: dict[str, jax.Array]) -> jax.Array:
-    """The calibration rows a static activation range is taken from, refused when they could
-    not give one: all zero (the range would be empty and its scale a stand-in 1) or not
-    finite."""
+def _range_rows(path: str, stats: dict[str, jax.Array], act: ActSpec) -> jax.Array:
+    """The calibration rows a static activation range is taken from: the sample spread over
+    every batch, and for a clipper that keeps the full range (min-max) the extreme rows too.
+    Refused when they could not give one: all zero (the range would be empty and its scale a
+    stand-in 1) or not finite."""
     rows = np.asarray(stats["act_sample"])
+    if act.clipper().full_range:
+        rows = np.concatenate([rows, np.asarray(stats["act_extremes"])])
     if not np.isfinite(rows).all():
         raise ValueError(
             f"the calibration inputs of layer {path!r} hold NaN/Inf, so its static activation "
@@ -184,7 +187,7 @@ def _range_rows(path: str, stats: dict[str, jax.Array]) -> jax.Array:
             "activation range (its scale would be a stand-in 1). Check the calibration data, "
             "or give this layer mode='dynamic' (a recipe rule for its path)"
         )
-    return stats["act_sample"]
+    return jnp.asarray(rows)
 
 
 def _needs(p: LayerPlan) -> set[str]:
@@ -219,9 +222,7 @@ def _weights(layers, fake: bool, params: PyTree, float_params: PyTree) -> PyTree
     for layer in layers:
         qt: QTensor = get_at(params, layer.key)
         if fake and layer.rounds_to_nearest:
-            w = get_at(float_params, layer.key)
-            if qt.transform is not None:
-                w = folded_weight(qt.transform, w, qt.in_axes)
+            w = get_at(float_params, layer.key)  # folded already where it has a transform
             value = fake_quant(w, qt.spec, qt.scale, qt.zero_points(), in_axes=qt.in_axes)
         else:  # from the packed codes, inside jit (and the weights GPTQ chose)
             value = dequantize(qt)
@@ -229,21 +230,28 @@ def _weights(layers, fake: bool, params: PyTree, float_params: PyTree) -> PyTree
     return params
 
 
-def _hooked(layer: _ForwardLayer, acts: dict, fake: bool) -> bool:
+def _hooked(layer: _ForwardLayer, acts: dict) -> bool:
     """Whether the forward runs ``layer`` through a `QuantHook`: quantized activations, an input
-    transform, or (integer forward) a hookable dense layer."""
-    return layer.path in acts or layer.transformed or (layer.dense and not fake)
+    transform, or a hookable dense layer (the fake forward too: its float32 weight, not the
+    module's kernel cast to a narrower compute dtype, as the integer forward)."""
+    return layer.path in acts or layer.transformed or layer.dense
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _forward(adapter, layers, fake, params, float_params, acts, x):
     mode = "fake" if fake else "int"
+    weights = _weights(layers, fake, params, float_params)
     hooks = {
-        layer.path: QuantHook(get_at(params, layer.key), acts.get(layer.path), mode)
+        layer.path: QuantHook(
+            get_at(params, layer.key),
+            acts.get(layer.path),
+            mode,
+            weight=get_at(weights, layer.key) if fake else None,
+        )
         for layer in layers
-        if _hooked(layer, acts, fake)
+        if _hooked(layer, acts)
     }
-    return adapter.apply(_weights(layers, fake, params, float_params), x, hooks)
+    return adapter.apply(weights, x, hooks)
 
 
 def _stages(stats: dict[str, dict[str, jax.Array]], order: list[str]) -> dict[str, frozenset[str]]:
@@ -308,7 +316,7 @@ class QuantizedModel:
         activations, an input transform, a hookable dense layer); the others multiply their
         kernel dequantized."""
         layer = next(f for f in self._forward_layers if f.path == path)
-        return _hooked(layer, self.acts, fake=False)
+        return _hooked(layer, self.acts)
 
     def apply(self, x: Inputs, *, fake: bool = False) -> jax.Array:
         """Quantized forward of ``x`` (an array, a tuple of positional inputs or a dict of
@@ -319,10 +327,23 @@ class QuantizedModel:
             self._forward_layers if fake else self._int_forward_layers,
             fake,
             self.params,
-            self.float_params if fake else None,
+            self._simulated_weights if fake else None,
             self.acts,
             x,
         )
+
+    @functools.cached_property
+    def _simulated_weights(self) -> PyTree:
+        """The float weights the fake forward rounds: the model's own, folded where a layer has
+        an input transform, eagerly as when it was quantized (folded inside the forward's jit,
+        a Paley-Hadamard rotation rounds otherwise, and a code could flip)."""
+        params = self.float_params
+        for f in self._forward_layers:
+            qt = get_at(self.params, f.key)
+            if params is not None and f.rounds_to_nearest and qt.transform is not None:
+                w = folded_weight(qt.transform, get_at(params, f.key), qt.in_axes)
+                params = set_at(params, f.key, w)
+        return params
 
     def save(
         self, directory: str | os.PathLike, *, task: str | None = None, overwrite: bool = False
@@ -432,7 +453,8 @@ def quantize_model(
         done.add(path)
         fresh &= stages.get(path, frozenset())  # only same-input layers keep valid statistics
         if "act_sample" in needs[path]:
-            acts[path] = ActState(p.rule.act, *p.rule.act.params(_range_rows(path, layer_stats)))
+            rows = _range_rows(path, layer_stats, p.rule.act)
+            acts[path] = ActState(p.rule.act, *p.rule.act.params(rows))
     return QuantizedModel(adapter, qparams, params, plans, acts, recipe)
 
 

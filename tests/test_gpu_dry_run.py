@@ -191,3 +191,29 @@ def _weight():
     return get_quantizer("minmax").quantize(
         w, QuantSpec(bits=4, group_size=16, scale_dtype="float16")
     )
+
+
+def test_the_fake_and_training_forwards_multiply_float32_in_full_on_a_gpu():
+    """The simulation's float32 dots ran at the default precision, which a GPU rounds to TF32
+    (2.5e-4 off the integer path, enough to move codes downstream); the conv's too."""
+    import jax
+
+    from q4lab.hooks import QuantHook
+    from q4lab.layer_quant import ActState, quantized_dot
+    from q4lab.recipe import ActSpec
+
+    w = jax.random.normal(jax.random.key(0), (64, 32))
+    x = jnp.ones((4, 64))
+    act = ActState(ActSpec())
+    fake = lowered_for_gpu(lambda x, w: quantized_dot(x, w, act, "fake"), x, w).as_text()
+    assert rounded_dots(fake) == []
+    hook = QuantHook(None, act, "fake")
+    images, kernel = jnp.ones((2, 6, 6, 4)), jnp.ones((3, 3, 4, 8))
+    dn = jax.lax.conv_dimension_numbers(images.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+    conv = lowered_for_gpu(
+        lambda a, k: hook.conv(a, k, (1, 1), "SAME", dimension_numbers=dn), images, kernel
+    ).as_text()
+    (line,) = [line for line in conv.splitlines() if "stablehlo.convolution" in line]
+    assert "precision_config = [#stablehlo<precision HIGHEST>, #stablehlo<precision HIGHEST>]" in (
+        line
+    )

@@ -148,6 +148,10 @@ class RangeQuantizer(Quantizer):
     scale search of each of its groups.
     """
 
+    # its range is the data's whole range (min-max): a static activation range then takes the
+    # calibration's extreme rows besides the sample (`q4lab.calibrate`)
+    full_range: ClassVar[bool] = False
+
     @abc.abstractmethod
     def weight_range(self, wg: jax.Array, spec: QuantSpec) -> tuple[jax.Array, jax.Array]:
         """Clipping range ``(lo, hi)`` of grouped weights ``wg[G, g, N]``; each ``[G, 1, N]``

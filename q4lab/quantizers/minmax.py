@@ -20,6 +20,7 @@ class MinMax(RangeQuantizer):
     """Round-to-nearest over the full range of each group."""
 
     name = "minmax"
+    full_range = True
 
     def weight_range(self, wg: jax.Array, spec: QuantSpec) -> tuple[jax.Array, jax.Array]:
         return minmax_range(wg, spec)
