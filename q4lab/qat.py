@@ -8,9 +8,11 @@ and activations fake-quantized in the forward pass, then freeze it to packed int
 
 The training forward takes its values from the integer path of the model `QATModel.freeze`
 would give at that step, and its gradients from the fake-quantized forward (straight-through
-and LSQ): what is trained is what is served, so the frozen model's score is the training
-forward's, value for value (a float simulation in the forward would differ from the integer
-kernels by an ulp here and there, enough to move activation codes downstream).
+and LSQ): what is trained is what is served, so each layer's values are the frozen model's,
+value for value (a float simulation in the forward would differ from the integer kernels by an
+ulp here and there, enough to move activation codes downstream). A whole model's agree to
+float32 rounding: XLA may fuse the float epilogues of the two graphs otherwise
+(`benchmarks/qat_start.py`).
 
 Training state (``params``, a plain pytree that `jax.grad` and optax see):
   ``params["model"]``  every parameter of the model, each quantized kernel being its float
@@ -23,8 +25,9 @@ Training state (``params``, a plain pytree that `jax.grad` and optax see):
 Methods: ``"ste"`` keeps the post-training steps and trains the master weights through the
 straight-through estimator; ``"lsq"`` also learns every step (Esser et al., 2020;
 `q4lab.core.lsq`), activation steps as a gain on the static or dynamic range.
-`QATModel.freeze` is exact: the frozen model's integer forward is the training forward, value
-for value; its fake (float-simulated) forward agrees with both as any quantized model's does.
+`QATModel.freeze` is exact: the frozen model's integer forward is the training forward's
+computation, layer by layer; its fake (float-simulated) forward agrees with both as any
+quantized model's does.
 """
 
 from __future__ import annotations
