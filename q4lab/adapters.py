@@ -20,8 +20,10 @@ import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+import flax
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 PyTree = Any
@@ -144,9 +146,17 @@ class LinenAdapter:
             return out
 
         with nn.intercept_methods(record):
-            jax.eval_shape(
-                lambda p, x: call_with(self.module.apply, x, {"params": p}), params, sample_input
-            )
+            try:
+                jax.eval_shape(
+                    lambda p, x: call_with(self.module.apply, x, {"params": p}),
+                    params,
+                    sample_input,
+                )
+            except flax.errors.FlaxError as err:
+                raise ValueError(
+                    f"sample_input of shape(s) {input_shapes(sample_input)} does not fit the "
+                    f"model's parameters: {err}"
+                ) from err
         return list(found.values())
 
     def apply(self, params: PyTree, x: Inputs, hooks: Mapping[str, Hook]) -> jax.Array:
@@ -205,6 +215,11 @@ def adapt(model: nn.Module | nnx.Module) -> Adapter:
     if isinstance(model, nn.Module):
         return LinenAdapter(model)
     raise TypeError(f"expected a flax.linen.Module or flax.nnx.Module, got {type(model).__name__}")
+
+
+def input_shapes(x: Inputs) -> str:
+    """The shapes of a model input (an array, a tuple or a dict of them), for an error."""
+    return str(jax.tree.map(lambda a: tuple(jnp.shape(a)), x))
 
 
 def get_at(tree: PyTree, key: tuple) -> Any:

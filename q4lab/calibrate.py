@@ -22,11 +22,12 @@ import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from q4lab.adapters import Adapter, PyTree
+from q4lab.adapters import Adapter, PyTree, input_shapes
 from q4lab.hooks import CaptureHook, InputsHook, spread_rows
 
 
@@ -99,8 +100,15 @@ class Calibrator:
         chosen = set(self.wanted) if only is None else set(only) & set(self.wanted)
         active = {path: jnp.asarray(path in chosen) for path in self.wanted}
         totals: dict[str, dict[str, Any]] = {}
-        for batch in batches:
-            for path, rec in self._step(params, float_params, batch, active).items():
+        for i, batch in enumerate(batches):
+            try:
+                records = self._step(params, float_params, batch, active)
+            except flax.errors.FlaxError as err:
+                raise ValueError(
+                    f"calibration batch {i} of shape(s) {input_shapes(batch)} does not fit the "
+                    f"model's parameters: {err}"
+                ) from err
+            for path, rec in records.items():
                 if path not in chosen:
                     continue
                 acc = totals.setdefault(path, {"rows": 0.0, "samples": [], "extremes": []})

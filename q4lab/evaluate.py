@@ -127,7 +127,8 @@ def _layers(task: Task, params, sample) -> list[Layer]:
 
 def layer_rows(qmodel: QuantizedModel, recipe: Recipe, layers: list[Layer]) -> list[dict]:
     """One dict per quantizable layer: the rule that matched it (``rule`` -1: none), what it
-    got, and the bytes its kernel stores (the ledger's count; float layers count as float)."""
+    got, and the bytes its kernel stores (the ledger's count; a float layer's ``bits`` is its
+    dtype's width, 32 for float32)."""
     stored = {leaf.path: leaf for leaf in qmodel.ledger().leaves}
     rows = []
     for layer in layers:
@@ -141,7 +142,7 @@ def layer_rows(qmodel: QuantizedModel, recipe: Recipe, layers: list[Layer]) -> l
                 "n": leaf.params // layer.k,
                 "rule": -1 if match is None else match[0],
                 "quantizer": "float" if rule is None else rule.quantizer_label(),
-                "bits": 16 if rule is None else rule.weight.bits,
+                "bits": round(8 * leaf.stored / leaf.params) if rule is None else rule.weight.bits,
                 "group_size": 0 if rule is None else rule.weight.group_size or 0,
                 "act_bits": rule.act.bits if rule is not None and rule.act else 16,
                 "stored_bytes": leaf.stored,

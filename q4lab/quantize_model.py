@@ -133,9 +133,15 @@ def plan(recipe: Recipe, layers: list[Layer]) -> dict[str, LayerPlan]:
                 f"({', '.join(range_quantizers())})"
             )
         scales_inputs = ACTIVATIONS in needs  # AWQ: its own transform
-        if (p.rule.transform is not None or scales_inputs) and not (
-            p.layer.hookable and p.layer.kind == "dense"
-        ):
+        dense = p.layer.hookable and p.layer.kind == "dense"
+        if scales_inputs and not dense:
+            raise ValueError(
+                f"{where}: quantizer {p.rule.quantizer!r} scales the layer's input channels (an "
+                f"input transform folded into the weight), which {a_kind} layer does not take; "
+                "allowed: dense layers (Dense, DenseGeneral without batch dims, Linear): give "
+                "it a rule whose pattern matches those only, and the others another quantizer"
+            )
+        if p.rule.transform is not None and not dense:
             raise ValueError(
                 f"{where}: an input transform is not supported on {a_kind} layer; "
                 "allowed: dense layers (Dense, DenseGeneral without batch dims, Linear)"

@@ -279,9 +279,16 @@ class Recipe:
     sequential: bool = True  # calibration inputs from the model with earlier layers quantized
 
     def __post_init__(self) -> None:
+        if isinstance(self.rules, Rule):
+            raise ValueError(
+                "Recipe.rules is one Rule; allowed: a tuple of Rules, Recipe((rule,)), or "
+                "Recipe.single(**fields) for one rule matching every layer"
+            )
         object.__setattr__(self, "rules", tuple(self.rules))
         if not self.rules:
             raise ValueError("Recipe.rules is empty; allowed: one or more Rule")
+        if bad := [r for r in self.rules if not isinstance(r, Rule)]:
+            raise ValueError(f"Recipe.rules holds {bad[0]!r}; allowed: Rule objects only")
         if not isinstance(self.sequential, bool):
             raise ValueError(f"Recipe.sequential={self.sequential!r} is invalid; allowed: bool")
         for i, rule in enumerate(self.rules):

@@ -99,3 +99,22 @@ def test_a_rule_that_applies_to_no_layer_or_a_recipe_that_quantizes_none_is_refu
         quantize_model(model, None, shadowed, sample_input=x)
     with pytest.raises(ValueError, match="the recipe quantizes no layer"):
         quantize_model(model, None, Recipe((Rule.float("conv|fc|head"),)), sample_input=x)
+
+
+def test_inputs_that_do_not_fit_the_parameters_are_named():
+    """A sample input or a calibration batch of the wrong width raised Flax's
+    ScopeParamShapeError from inside the model, naming neither."""
+    import flax.linen as nn
+
+    class Small(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(4)(x)
+
+    x = jnp.ones((2, 8))
+    params = Small().init(jax.random.key(0), x)["params"]
+    gptq = Recipe.single(quantizer="gptq")
+    with pytest.raises(ValueError, match=r"sample_input of shape\(s\) \(2, 9\) does not fit"):
+        quantize_model(Small(), params, gptq, sample_input=jnp.ones((2, 9)), calibration=[x])
+    with pytest.raises(ValueError, match=r"calibration batch 1 of shape\(s\) \(2, 7\) does not"):
+        quantize_model(Small(), params, gptq, sample_input=x, calibration=[x, jnp.ones((2, 7))])

@@ -116,6 +116,12 @@ def test_unknown_quantizer_and_bad_fields_are_named():
         ActSpec(bits=1)
     with pytest.raises(ValueError, match=r"Recipe.rules is empty"):
         Recipe(())
+    with pytest.raises(
+        ValueError, match=r"Recipe.rules is one Rule; allowed: .*Recipe\(\(rule,\)\)"
+    ):
+        Recipe(Rule())  # a TypeError from iterating it, before
+    with pytest.raises(ValueError, match=r"Recipe.rules holds 'minmax'; allowed: Rule objects"):
+        Recipe(("minmax",))
 
 
 def test_static_activations_without_calibration_data_are_refused(tiny):

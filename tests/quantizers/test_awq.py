@@ -97,7 +97,7 @@ def test_awq_in_a_recipe_runs_integer_and_fake_alike(linen):
     with pytest.raises(ValueError, match="chooses its own input scales"):
         bad = Rule(pattern="Dense_0", quantizer="awq", transform=TransformSpec(rotation="hadamard"))
         quantize_model(model, params, Recipe((bad,)), sample_input=x, calibration=calib)
-    with pytest.raises(ValueError, match="'Conv_0': an input transform is not supported"):
+    with pytest.raises(ValueError, match="'Conv_0': quantizer 'awq' scales the layer's input"):
         quantize_model(
             model, params, Recipe((Rule(pattern="Conv_0", quantizer="awq"),)), sample_input=x
         )

@@ -101,7 +101,7 @@ def test_a_mixed_recipe_from_a_file_and_from_the_cli_gives_one_row(tmp_path, cap
     )
     layers = store.layers().set_index("layer")
     assert (layers["config_hash"] == row["config_hash"]).all()
-    assert layers["bits"].to_dict() == {"Dense_0": 8, "Dense_1": 3, "Dense_2": 16}
+    assert layers["bits"].to_dict() == {"Dense_0": 8, "Dense_1": 3, "Dense_2": 32}  # float32
     assert layers["rule"].to_dict() == {"Dense_0": 0, "Dense_1": 2, "Dense_2": 1}
     assert layers["stored_bytes"].sum() < row["total_bytes"]  # biases are not layers
 
