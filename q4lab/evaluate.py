@@ -53,7 +53,9 @@ def evaluate(
 
     With ``qat``, the quantized model is fine-tuned (`q4lab.qat`) and frozen; the task's metrics
     are those of the frozen integer model, beside ``ptq_score`` (before training),
-    ``qat_fake_score`` (the training forward at the end) and the training's loss and cost.
+    ``qat_fake_score`` (the training forward at the end) and the training's loss and cost
+    (``qat_loss_start`` / ``_end``: the mean loss over the first / last tenth of the steps, one
+    batch's loss being noisy; so two methods from one model can start apart).
     ``train_progress``: a bar over training steps (None: only on a terminal).
 
     ``layers`` holds one dict per quantizable layer (`layer_rows`): the runner stores them in

@@ -95,6 +95,9 @@ class AWQ(Quantizer):
     def takes_float_zero(self) -> bool:  # type: ignore[override]
         return self.final().takes_float_zero
 
+    def inner(self) -> tuple[Quantizer, ...]:
+        return (self.final(),)
+
     def final(self) -> Quantizer:
         """The quantizer of the final rounding."""
         return get_quantizer(self.quantizer, **dict(self.quantizer_options))

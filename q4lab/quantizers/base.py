@@ -139,6 +139,10 @@ class Quantizer(abc.ABC):
     ) -> QTensor:
         """Quantize ``w`` (inputs along ``in_axes``) to ``spec``; ``stats`` holds ``needs``."""
 
+    def inner(self) -> tuple[Quantizer, ...]:
+        """The quantizers its options name and it runs (GPTQ's clipping, AWQ's final one)."""
+        return ()
+
 
 class RangeQuantizer(Quantizer):
     """Quantizers that pick a clipping range ``[lo, hi]`` per scale group, then round to nearest.
@@ -236,12 +240,16 @@ def register(cls: type[Quantizer]) -> type[Quantizer]:
 def quantizer_identity(quantizer: Quantizer) -> str:
     """What a results row records of the quantizer that made it: its every option, defaults
     included (``MSE(p=2.0, grid=100, max_shrink=0.8)``), and for a class defined outside q4lab
-    (whose code the manifest's git commit does not pin) a hash of its source. A row whose
-    record differs from this now was made by other code or defaults (`q4lab run` says so)."""
+    (whose code the manifest's git commit does not pin) a hash of its source, that of one
+    named in its options too (GPTQ's clipping, in brackets). A row whose record differs from
+    this now was made by other code or defaults (`q4lab run` says so)."""
     text = repr(quantizer)
     cls = type(quantizer)
     if not cls.__module__.startswith("q4lab.") and (source := _source(cls)):
         text += f" source sha256:{hashlib.sha256(source.encode()).hexdigest()[:12]}"
+    for inner in quantizer.inner():  # one of one's own named in q4lab's options: its identity
+        if (identity := quantizer_identity(inner)) != repr(inner):
+            text += f" [{identity}]"
     return text
 
 

@@ -110,6 +110,9 @@ class GPTQ(Quantizer):
     def clipper(self) -> Quantizer:
         return get_quantizer(self.clipping, **dict(self.clipping_options))
 
+    def inner(self) -> tuple[Quantizer, ...]:
+        return (self.clipper(),)
+
     def quantize(
         self,
         w: jax.Array,

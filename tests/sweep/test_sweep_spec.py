@@ -204,7 +204,7 @@ def test_a_point_that_fails_is_named_with_what_is_saved(tmp_path, capsys, monkey
 def test_rows_made_by_a_quantizer_whose_defaults_changed_are_pointed_out(
     tmp_path, capsys, monkeypatch, task_cache
 ):
-    from q4lab.quantizers import base
+    from q4lab.quantizers import base, get_quantizer, quantizer_identity
 
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # forgotten after the test
     monkeypatch.setattr(sys, "path", list(sys.path))  # load_experiment adds tmp_path
@@ -224,6 +224,9 @@ def test_rows_made_by_a_quantizer_whose_defaults_changed_are_pointed_out(
     table = ResultsStore(tmp_path / "results" / "ok").read()
     assert table["quantizer_identity"][0].startswith("Changing(percentile=99.0) source sha256:")
     capsys.readouterr()
+    nested = quantizer_identity(get_quantizer("gptq", clipping="changing"))
+    assert nested.startswith("GPTQ(") and "[Changing(percentile=99.0) source sha256:" in nested
+    assert quantizer_identity(get_quantizer("gptq", clipping="mse")).endswith(")")  # q4lab's own
 
     # in a fresh process (nothing registered but q4lab's), reproduce runs the file first
     monkeypatch.setattr(
