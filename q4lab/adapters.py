@@ -152,7 +152,7 @@ class LinenAdapter:
                     params,
                     sample_input,
                 )
-            except flax.errors.FlaxError as err:
+            except flax.errors.ScopeParamShapeError as err:
                 raise ValueError(
                     f"sample_input of shape(s) {input_shapes(sample_input)} does not fit the "
                     f"model's parameters: {err}"

@@ -5,7 +5,7 @@ statistics its quantizers asked for, accumulated in float32 without keeping all 
   "act_sample"  up to ``max_sample_rows`` input rows (conv: whole examples) spread evenly over
                 every batch, for static activation ranges chosen by a clipping quantizer
                 (`q4lab.core.act_params`)
-  "act_extremes" up to ``max_sample_rows`` rows of the largest values, the smallest and the
+  "act_extremes" up to ``max_sample_rows // 8`` rows of the largest value, the smallest and the
                 largest norms (`q4lab.hooks.extreme_rows`): with the sample, the rows a min-max
                 static range is taken over, exact over all calibration rows for an
                 untransformed layer
@@ -103,7 +103,7 @@ class Calibrator:
         for i, batch in enumerate(batches):
             try:
                 records = self._step(params, float_params, batch, active)
-            except flax.errors.FlaxError as err:
+            except flax.errors.ScopeParamShapeError as err:
                 raise ValueError(
                     f"calibration batch {i} of shape(s) {input_shapes(batch)} does not fit the "
                     f"model's parameters: {err}"
@@ -124,10 +124,10 @@ class Calibrator:
                     stride = acc.setdefault("stride", 1)
                     fresh_rows = np.asarray(rec["sample"])[::stride]
                     acc["samples"] = [np.concatenate([*acc["samples"], fresh_rows])]
-                    if len(acc["samples"][0]) >= 2 * self.max_sample_rows:
+                    if len(acc["samples"][0]) >= 2 * self.max_sample_rows:  # held: < 2x
                         acc["samples"], acc["stride"] = [acc["samples"][0][::2]], 2 * stride
                     rows = np.concatenate([*acc["extremes"], np.asarray(rec["extremes"])])
-                    acc["extremes"] = [keep_extremes(rows, self.max_sample_rows)]
+                    acc["extremes"] = [keep_extremes(rows, max(2, self.max_sample_rows // 8))]
         missing = sorted(chosen - set(totals))
         if missing:
             raise ValueError(f"calibration data never reached layer(s) {missing}")

@@ -129,12 +129,10 @@ def _cmd_layer_error(args: argparse.Namespace) -> int:
             point = run[row["recipe_index"]]
             row["quantizer"] = " ".join([row["quantizer"], *(f"{n}={point[n]}" for n in varied)])
             rows.append(row)
-    table = pd.DataFrame(rows).pivot_table(  # one value per cell: the columns name each point
-        index=["task", "layer", "k", "n", "bits", "group_size"],
-        columns="quantizer",
-        values="relative_error",
-        aggfunc="first",  # a point given twice
-        sort=False,
+    index = ["task", "seed", "layer", "k", "n", "bits", "group_size"]
+    frame = pd.DataFrame(rows).drop_duplicates([*index, "quantizer"])  # a point given twice
+    table = frame.pivot_table(  # one value per cell: the index and columns name each point
+        index=index, columns="quantizer", values="relative_error", aggfunc="first", sort=False
     )
     base = table[table.columns[0]]  # the first --quantizer (columns keep the order of appearance)
     for col in [c for c in table.columns if c != base.name]:

@@ -232,8 +232,7 @@ class QuantHook:
         """The conv as integer codes: im2col patches of the activation codes (one scale per
         example, see ActSpec) times the weight codes (``rhs``: only its shape; ``step``: the
         activations' range when the caller has it)."""
-        rows = lhs.reshape(lhs.shape[0], -1)
-        xq, scale = act.quantize(rows, "int", step)
+        xq, scale = act.quantize(lhs.reshape(lhs.shape[0], -1), "int", step)
         codes = xq.reshape(lhs.shape).astype(jnp.float32)  # small integers: exact in float32
         patches = conv_patches(codes, rhs, window_strides, padding, **kwargs)
         lead = patches.shape[:-1]
@@ -241,4 +240,9 @@ class QuantHook:
         row_scale = jnp.repeat(scale, per_example, axis=0) if scale.shape[0] > 1 else scale
         xc = patches.reshape(-1, patches.shape[-1]).astype(xq.dtype)
         y = int_matmul(xc, row_scale, self.qt).reshape(*lead, -1)
-        return act.keep_nan(rows, y).astype(lhs.dtype)
+
+        def nan_inputs():  # the outputs whose receptive field holds a NaN
+            nan = jnp.isnan(lhs).astype(jnp.float32)
+            return conv_patches(nan, rhs, window_strides, padding, **kwargs).max(axis=-1) > 0
+
+        return act.keep_nan(nan_inputs, y).astype(lhs.dtype)

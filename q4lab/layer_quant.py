@@ -85,14 +85,13 @@ class ActState:
             return act_lsq_fake_quant(rows, scale, zero, qspec), scale
         return act_fake_quant(rows, scale, zero, qspec), scale
 
-    def keep_nan(self, rows: jax.Array, out: jax.Array) -> jax.Array:
-        """``out`` (leading axis: the rows) NaN where a row of ``rows[M, K]`` holds a NaN. Codes
-        cast a NaN to 0, so against a static range such a row would give a finite output where
-        the float simulation gives NaN (a dynamic range is NaN itself there)."""
+    def keep_nan(self, nan_inputs: Callable[[], jax.Array], out: jax.Array) -> jax.Array:
+        """``out[..., N]`` NaN where ``nan_inputs()`` (``out.shape[:-1]``) says an output read a
+        NaN input. Codes cast a NaN to 0, so against a static range such an output would be
+        finite where the float simulation gives NaN (a dynamic range is NaN itself there)."""
         if self.scale is None:
             return out
-        bad = jnp.isnan(rows).any(axis=1).reshape((-1,) + (1,) * (out.ndim - 1))
-        return jnp.where(bad, jnp.nan, out)
+        return jnp.where(nan_inputs()[..., None], jnp.nan, out)
 
 
 def quantized_dot(
@@ -148,7 +147,7 @@ def _integer_dot(
     if act is None:
         return w4a16_matmul(x2d, qt)
     xc, scale = act.quantize(x2d, "int", step)
-    return act.keep_nan(x2d, int_matmul(xc, scale, qt))
+    return act.keep_nan(lambda: jnp.isnan(x2d).any(axis=1), int_matmul(xc, scale, qt))
 
 
 def _float_dot(x: jax.Array, w: jax.Array) -> jax.Array:

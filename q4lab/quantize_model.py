@@ -380,6 +380,8 @@ def _quantize_layer(
     qt = check_quantized(qt, quantizer, p.spec, w, p.layer.in_axes, p.layer.path)
     if transform is not None:
         qt = dataclasses.replace(qt, transform=transform)
+    elif qt.transform is not None:  # the quantizer's own (AWQ): its input is transformed too
+        stats = transform_stats(qt.transform, stats)
     return qt, stats
 
 

@@ -45,9 +45,13 @@ def test_layer_error_gives_each_configuration_its_own_column(capsys):
     args = ["layer-error", "--bits", "3", "--quantizer", "minmax", "--symmetric"]
     assert main([*args, "true", "false"]) == 0
     header, *rows = _table(capsys.readouterr().out)
-    both = {name: [row[header.index(name)] for row in rows] for name in header[6:8]}
+    both = {name: [row[header.index(name)] for row in rows] for name in header[7:9]}
     assert list(both) == ["minmax symmetric=True", "minmax symmetric=False"]
     for value in ("true", "false"):
         assert main([*args, value]) == 0
         _, *alone = _table(capsys.readouterr().out)
-        assert [row[6] for row in alone] == both[f"minmax symmetric={value.title()}"]
+        assert [row[7] for row in alone] == both[f"minmax symmetric={value.title()}"]
+    assert main([*args, "true", "--seed", "0", "1"]) == 0  # seeds were averaged, then dropped
+    header, *rows = _table(capsys.readouterr().out)
+    assert header[1] == "seed" and [row[1] for row in rows] == ["0"] * 3 + ["1"] * 3
+    assert [row[7] for row in rows[:3]] == both["minmax symmetric=True"]

@@ -193,7 +193,7 @@ def _weight():
     )
 
 
-def test_the_fake_and_training_forwards_multiply_float32_in_full_on_a_gpu():
+def test_the_fake_forward_multiplies_float32_in_full_on_a_gpu():
     """The simulation's float32 dots ran at the default precision, which a GPU rounds to TF32
     (2.5e-4 off the integer path, enough to move codes downstream); the conv's too."""
     import jax

@@ -334,15 +334,44 @@ def test_the_fake_forward_of_a_half_precision_model_is_its_integer_forward(dtype
         np.testing.assert_allclose(fake, real, rtol=0, atol=ulp, err_msg=rule.describe())
 
 
+class OneConv(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Conv(4, (3, 3), padding="SAME")(x)
+
+
 def test_a_nan_input_against_a_static_range_gives_nan_as_the_simulation_does():
-    """Codes cast NaN to 0: against a static range the integer forward gave a finite output for
-    an example holding a NaN, where the fake forward (and the float model) give NaN."""
+    """Codes cast NaN to 0: against a static range the integer forward gave a finite output
+    where the fake forward (and the float model) give NaN: in a conv, the outputs whose
+    receptive field holds it; through a dense layer, the whole example."""
     x = jax.random.normal(jax.random.key(0), (3, 6, 6, 4))
-    model = HalfCNN(jnp.float32)
-    params = model.init(jax.random.key(1), x)["params"]
+    bad = x.at[1, 0, 0, 0].set(jnp.nan)  # example 1, a corner
     recipe = Recipe((Rule(act=ActSpec(bits=8, mode="static")),))
-    qm = quantize_model(model, params, recipe, sample_input=x, calibration=[x])
-    bad = x.at[1, 2, 3, 0].set(jnp.nan)  # the conv's input, example 1
-    for fake in (False, True):
-        out = np.asarray(qm.apply(bad, fake=fake))
-        assert np.isnan(out[1]).all() and np.isfinite(out[[0, 2]]).all(), fake
+    for model in (OneConv(), HalfCNN(jnp.float32)):
+        params = model.init(jax.random.key(1), x)["params"]
+        qm = quantize_model(model, params, recipe, sample_input=x, calibration=[x])
+        real, fake = np.asarray(qm.apply(bad)), np.asarray(qm.apply(bad, fake=True))
+        np.testing.assert_array_equal(np.isnan(real), np.isnan(fake))
+        assert np.isnan(real[1]).any() and np.isfinite(real[[0, 2]]).all()
+    assert np.isnan(real[1]).all()  # the dense head reads every position
+    conv = quantize_model(
+        OneConv(),
+        params := OneConv().init(jax.random.key(1), x)["params"],
+        recipe,
+        sample_input=x,
+        calibration=[x],
+    )
+    assert np.isnan(np.asarray(conv.apply(bad))[1]).any(axis=-1).sum() == 4  # the 2x2 corner
+
+
+def test_awq_with_static_activations_takes_the_range_of_the_inputs_it_scales():
+    """AWQ divides a layer's inputs by its channel scales before they are quantized; the static
+    range was that of the inputs before, so it could clip or waste the codes."""
+    x = jax.random.normal(jax.random.key(0), (64, 16)) * jnp.linspace(0.1, 4.0, 16)
+    model = OneDense()
+    params = model.init(jax.random.key(1), x)["params"]
+    rule = Rule(quantizer="awq", act=ActSpec(bits=8, mode="static"))
+    qm = quantize_model(model, params, Recipe((rule,)), sample_input=x, calibration=[x])
+    transform = qm.params["Dense_0"]["kernel"].transform
+    expected = float(jnp.abs(transform.apply(x)).max()) / 127
+    assert float(qm.acts["Dense_0"].scale[0, 0]) == pytest.approx(expected, rel=1e-3)

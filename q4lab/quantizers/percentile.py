@@ -26,6 +26,10 @@ class Percentile(RangeQuantizer):
 
     percentile: float = 99.9  # in (50, 100]; 100 is min-max
 
+    @property
+    def full_range(self) -> bool:  # type: ignore[override]
+        return float(self.percentile) >= 100.0
+
     def __post_init__(self) -> None:
         if not 50.0 < float(self.percentile) <= 100.0:
             raise ValueError(
