@@ -1,30 +1,33 @@
 #!/usr/bin/env bash
 # The prepared GPU check (issue 14): one device call of about 5 minutes on an H100/H200 (the step
 # limits sum to 300 s; the GPU query, jax import and file hash before them take seconds).
-#   bash benchmarks/gpu_check.sh              # smoke, tests, mosaic, check, w4a4, in this order
+#   bash benchmarks/gpu_check.sh              # preflight mosaic w4a4 tiling smoke check
+#   bash benchmarks/gpu_check.sh tests dispatch   # a second call: the rest of the issue's checks
 #   bash benchmarks/gpu_check.sh check probe  # only the steps named
-# Steps (pytest runs one process: the pyproject's -n 2 would put two on the GPU):
-#   smoke    the harness: the quickstart's W4A16 and W4A4 points of seed 0 by min-max and GPTQ
-#            (every layer shape and kernel path of the sweep, and GPTQ's calibration) on the GPU,
-#            compile and run time per point
-#   tests    pytest tests/ops on the GPU but the Mosaic kernels' and the autotuner's (references at
-#            HIGHEST precision)
+# The device image lacks mnist1d (the quickstart's data): its wheel waits in the ignored .whl/
+# (`pip download --no-deps mnist1d==0.0.2.post1 -d .whl`); pass carry: [".whl"] to the device
+# call, and the script installs it. Steps, the issue's targets first (pytest runs one process:
+# the pyproject's -n 2 would put two on the GPU):
+#   preflight  what q4lab, the quickstart and the tests import: names any package missing
 #   mosaic   the Mosaic GPU kernels' tests on the GPU, the bytes XLA gives an int4 array, then
 #            the W4A16 Mosaic tilings beside auto and bf16 at 8192x28672, M in {1, 16}
-#   check    bench_ops --check --tune (less the Mosaic W4A16 tilings): every path and kernel
-#            tiling of the --tune grids against the full-precision reference, bf16 x, W4 g128,
-#            8192x8192 and 8192x28672, M in {1, 16, 4096} (what GPU_CHOICES comes from)
 #   w4a4     per-channel W4A4 at M=4096: auto and the W4A4 tilings (the int8 GEMM; the Mosaic
 #            kernel, Triton N- and K-major kernels)
-#   dispatch (not in the default run; 120 s) the autotuner's tests on the GPU, then
-#            dispatch_check.py: every path that can run each call (what Q4LAB_AUTOTUNE=1 would
-#            time) timed side by side at 8192x8192 and 8192x28672, M in {1, 16, 4096}, beside
-#            what GPU_CHOICES picks
+#   tiling   the W4A16 Triton tilings beside auto and bf16 at 8192x28672, M in {1, 16}
+#   smoke    the harness: the quickstart's W4A16 and W4A4 points of seed 0 by min-max and GPTQ
+#            (every layer shape and kernel path of the sweep, and GPTQ's calibration) on the GPU,
+#            compile and run time per point (the digits experiment's if mnist1d is missing)
+#   check    bench_ops --check: every path's default against the full-precision reference, bf16
+#            x, W4 g128, 8192x8192 and 8192x28672, M in {1, 16, 4096}, and what auto ran
+#   tests    (second call; 90 s) pytest tests/ops on the GPU but the Mosaic kernels' and the
+#            autotuner's (references at HIGHEST precision), test names as they pass
+#   dispatch (second call; 120 s) the autotuner's tests on the GPU, then dispatch_check.py:
+#            every path that can run each call (what Q4LAB_AUTOTUNE=1 would time) timed side by
+#            side at 8192x8192 and 8192x28672, M in {1, 16, 4096}, beside what GPU_CHOICES picks
 #   probe    layout_probe.py: load rates of bytes / tiles / words, the Pallas int8 GEMM ceiling
 #   compile  the W4A16 kernel's compile time on a harness-sized float32 layer
 # A step that fails or reaches its limit keeps its per-cell lines in its log, and the script goes
-# on. Logs land in $OUT (the device tool) or ./gpu_check. Missing pure-Python wheels can be
-# carried in .whl/.
+# on. Logs land in $OUT (the device tool) or ./gpu_check.
 set -uo pipefail
 out=${OUT:-gpu_check}
 mkdir -p "$out"
@@ -38,6 +41,11 @@ fi
 py=python3
 bench="$py benchmarks/bench_ops.py"
 pytest="$py -m pytest -o addopts= -q -p no:cacheprovider"
+imports='import importlib.util as u
+need = ["q4lab", "jax", "flax", "optax", "pandas", "matplotlib", "safetensors", "tabulate",
+        "sklearn", "mnist1d", "hypothesis", "pytest", "tqdm"]
+missing = [n for n in need if u.find_spec(n) is None]
+print("missing:", ", ".join(missing) if missing else "none")'
 int4_bytes='import jax, jax.numpy as jnp
 f = jax.jit(lambda b: jax.lax.bitcast_convert_type(b, jnp.int4))
 m = f.lower(jax.ShapeDtypeStruct((8192, 4096), jnp.uint8)).compile().memory_analysis()
@@ -50,20 +58,32 @@ step() { # name, limit, command...
   timeout "$limit" "$@" 2>&1 | tee "$out/$name.log" | grep -v '^\s*$' | tail -n 80
   echo "=== $name: exit ${PIPESTATUS[0]}, $((SECONDS - t0)) s"
 }
+preflight() {
+  step preflight 5 $py -c "$imports"
+}
 smoke() {
-  step smoke 50 $py benchmarks/harness_smoke.py experiments/quickstart.py \
+  local experiment=experiments/quickstart.py
+  if ! $py -c "import mnist1d.data" 2>/dev/null; then
+    echo "mnist1d cannot be imported (carry .whl): the digits experiment instead"
+    experiment=experiments/digits.py
+  fi
+  step smoke 50 $py benchmarks/harness_smoke.py $experiment \
     --where seed=0 bits=4 quantizer=minmax quantizer=gptq act_bits=16 act_bits=4
 }
-tests() { step tests 65 $pytest tests/ops -k "not mosaic and not autotune"; }
+tests() { step tests 90 $pytest -v tests/ops -k "not mosaic and not autotune"; }
 mosaic() {
-  step mosaic-tests 35 $pytest tests/ops/test_mosaic_gpu.py
+  step mosaic-tests 30 $pytest -v tests/ops/test_mosaic_gpu.py
   # does XLA hold int4 two to a byte here? (the kernels bit-cast K-major bytes to int4)
   step int4-bytes 10 $py -c "$int4_bytes"
   step mosaic 40 $bench --tune --check --shapes 8192x28672 --m 1 16 --seconds 0.1 \
     --only "W4A16 mosaic" "W4A16 auto" dense --out "$out/mosaic.md"
 }
+tiling() {
+  step tiling 40 $bench --tune --check --shapes 8192x28672 --m 1 16 --seconds 0.1 \
+    --only "W4A16 pallas" "W4A16 auto" dense --out "$out/tiling.md"
+}
 check() {
-  step check 70 $bench --check --tune --shapes 8192x8192 8192x28672 --m 1 16 4096 \
+  step check 75 $bench --check --shapes 8192x28672 8192x8192 --m 1 16 4096 \
     --seconds 0.1 --skip "W4A16 mosaic" --out "$out/check.md"
 }
 w4a4() {
@@ -87,8 +107,8 @@ $py -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__
 # the same line on a clean checkout of a commit says whether that commit is what ran
 files=$(find q4lab benchmarks tests -type f \( -name '*.py' -o -name '*.sh' \) | LC_ALL=C sort)
 echo "tree $(cat $files | sha1sum | cut -c1-12)" | tee -a "$out/gpu.txt"
-steps="smoke tests mosaic check w4a4 dispatch probe compile"
-for name in ${@:-smoke tests mosaic check w4a4}; do
+steps="preflight mosaic w4a4 tiling smoke check tests dispatch probe compile"
+for name in ${@:-preflight mosaic w4a4 tiling smoke check}; do
   case " $steps " in
   *" $name "*) $name ;;
   *) echo "unknown step '$name'; allowed: $steps" ;;
