@@ -220,6 +220,20 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rerun_command(args: argparse.Namespace) -> str:
+    """The `q4lab run` command line of ``args``, every flag given kept (to resume it)."""
+    import shlex
+
+    words = ["q4lab", "run", str(args.experiment), "--results", str(args.results)]
+    if args.executor != "local":
+        words += ["--executor", args.executor]
+    for flag in ("address", "wandb_project", "wandb_entity"):
+        if getattr(args, flag):
+            words += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    words += [f"--{f.replace('_', '-')}" for f in ("no_wandb", "no_progress") if getattr(args, f)]
+    return shlex.join(words)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from q4lab.sweep import ResultsStore, WandbSettings, load_experiment, run_experiment
     from q4lab.sweep.runner import changed_quantizers, missing_points
@@ -232,6 +246,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--results {args.results!r} cannot hold {directory}: {err.strerror}"
         ) from err
+    if experiment.merged:
+        print(
+            f"Note: {len(experiment.merged)} point{'s' * (len(experiment.merged) > 1)} of "
+            f"{args.experiment} run another point's configuration (they differ only in fields "
+            "that change nothing there); each runs once:\n  " + "\n  ".join(experiment.merged)
+        )
     total, missing = len(experiment.points), missing_points(experiment, args.results)
     others = ResultsStore(directory).done() - set(experiment.hashes)
     if others:
@@ -275,7 +295,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         saved = total - missing_points(experiment, args.results)
         print(
             f"\nInterrupted: {saved} of {total} points are saved in {directory / 'runs.parquet'}."
-            f"\n  To run the rest: q4lab run {args.experiment} --results {args.results}",
+            f"\n  To run the rest: {_rerun_command(args)}",
             file=sys.stderr,
         )
         return 130
@@ -295,7 +315,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"\nq4lab run: {what}: {type(err).__name__}: {err}\n{saved} of {total} points are "
             "saved in "
             f"{directory / 'runs.parquet'}.\n  After a fix, the same command runs the rest: "
-            f"q4lab run {args.experiment} --results {args.results}",
+            f"{_rerun_command(args)}",
             file=sys.stderr,
         )
         return 1

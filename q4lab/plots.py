@@ -50,7 +50,7 @@ from q4lab.plot_layout import (
 
 __all__ = [
     # results -> points -> figure (this module)
-    "CONFIG_COLUMNS", "LOWER_IS_BETTER", "MARKERS", "LINESTYLES",
+    "CONFIG_COLUMNS", "LOWER_IS_BETTER", "distinct_runs", "MARKERS", "LINESTYLES",
     "aggregate", "higher_is_better", "baseline_column", "pareto_front", "plot_points",
     "pareto_plot", "save_figure", "save_plot",
     # labels, titles, ticks, dodge, panel width (q4lab.plot_layout)
@@ -87,10 +87,19 @@ CONFIG_COLUMNS = (
     "qat_steps",
     "qat_lr",
     "qat_loss",
+    "qat_batch_size",
 )
 LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "fp_perplexity", "fp_bits_per_byte")
 MARKERS = "osD^vP*Xh<>p"
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 2, 1, 2)))
+
+
+def distinct_runs(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration and seed, the first: a table may hold one configuration
+    twice under two hashes (points that differ only in fields that change nothing, run before
+    `q4lab run` merged them), and each seed must count once."""
+    keys = [c for c in (*CONFIG_COLUMNS, "seed") if c in table]
+    return table.drop_duplicates(keys) if keys else table
 
 
 def aggregate(table: pd.DataFrame, x: str, y: str, extra: Sequence[str] = ()) -> pd.DataFrame:
@@ -101,6 +110,7 @@ def aggregate(table: pd.DataFrame, x: str, y: str, extra: Sequence[str] = ()) ->
     from q4lab.sweep.fields import check_field_names
 
     check_field_names([x, y, *extra], "the results table", list(table), kind="column")
+    table = distinct_runs(table)
     keys = [
         c
         for c in dict.fromkeys((*CONFIG_COLUMNS, *extra))
@@ -235,7 +245,8 @@ def plot_points(
 
 
 def _subtitle(table: pd.DataFrame, y: str, higher: dict) -> str:
-    seeds = table.groupby([c for c in CONFIG_COLUMNS if c in table], dropna=False).size()
+    seeds = distinct_runs(table).groupby([c for c in CONFIG_COLUMNS if c in table], dropna=False)
+    seeds = seeds.size()
     n = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
     parts = [
         f"mean ± std over {n} seeds per point"
@@ -348,7 +359,8 @@ def pareto_plot(
     )
     styles = sorted(points[a["style"]].unique(), key=natural_key) if a["style"] else []
     extra = a["extra"]
-    extras = sorted({tuple(r) for r in points[extra].itertuples(index=False)}) if extra else []
+    combos = {tuple(r) for r in points[extra].itertuples(index=False)} if extra else set()
+    extras = sorted(combos, key=lambda values: tuple(natural_key(v) for v in values))
     looks = {
         "x": x,
         "y": y,

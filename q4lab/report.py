@@ -26,6 +26,7 @@ from q4lab.plots import (
     activation_label,
     aggregate,
     baseline_column,
+    distinct_runs,
     format_value,
     group_label,
     higher_is_better,
@@ -74,6 +75,7 @@ def within_noise(delta: float, spread: float) -> bool:
 def _seed_values(table: pd.DataFrame, points: pd.DataFrame, column: str) -> list[pd.Series]:
     """Per point of `aggregate`, its ``column`` values indexed by seed."""
     keys = [c for c in CONFIG_COLUMNS if c in points and c in table]
+    table = distinct_runs(table)
     seeds = table["seed"] if "seed" in table else pd.Series(0, index=table.index)
     by_config = {
         _key(key if isinstance(key, tuple) else (key,)): pd.Series(
@@ -247,7 +249,13 @@ def best_points(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
         "metric",
         *keys[1:],
         "group_size",
-        *(c for c in ("symmetric", "zero_point") if c in best and table[c].nunique() > 1),
+        *(  # every other field that tells apart configurations competing for a row
+            c
+            for c in CONFIG_COLUMNS
+            if c not in (*keys, "group_size")
+            and c in best
+            and table.astype({c: str}).groupby(keys, dropna=False)[c].nunique().max() > 1
+        ),
         "bits_per_weight",
         "ideal_bits_per_weight",
         y,
@@ -401,8 +409,11 @@ def report(
     seeds = table["seed"].nunique() if "seed" in table else 1
     configs = len(aggregate(table, x, y))
     lines = [f"# {title}", ""] if title else []
+    twins = len(table) - len(distinct_runs(table))
+    counted = f" ({twins} more: one configuration and seed again, counted once)" if twins else ""
     lines += [
-        f"{len(table)} runs: {configs} configurations, {_count(seeds, 'seed')}. Per task and "
+        f"{len(table) - twins} runs{counted}: {configs} configurations, "
+        f"{_count(seeds, 'seed')}. Per task and "
         f"activation width, the best configuration within each budget b of {BUDGET_AXES[x][0]} "
         "(the Pareto front; ties go to the smaller configuration):",
         "",

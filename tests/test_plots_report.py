@@ -324,3 +324,12 @@ def test_the_best_point_per_quantizer_takes_the_smaller_on_a_tie():
     table = pd.concat([asym, make_table(config).assign(symmetric=True)], ignore_index=True)
     best = best_points(table)
     assert len(best) == 1 and best["bits_per_weight"].iloc[0] == 4.5
+    assert best["symmetric"].iloc[0]  # shown: the two competed for the row (smaller: sym)
+
+    # a field that varies among rivals for a row is shown; one set by the row's keys is not
+    # (act_mode 'none' is A16's; dynamic and static compete at A4)
+    rivals = make_table(grid(["minmax"], [4], [0], [16, 4]))
+    static = make_table({("minmax", 4, 0, 4): [0.5, 0.5]}).assign(act_mode="static")
+    best = best_points(pd.concat([rivals, static], ignore_index=True))
+    assert "act_mode" in best and best["act_mode"].tolist() == ["dynamic", "none"]
+    assert "act_mode" not in best_points(rivals)

@@ -18,7 +18,13 @@ import jax
 
 from q4lab.adapters import adapt
 from q4lab.quantize_model import plan
-from q4lab.sweep.fields import Point, config_hash, validate_point
+from q4lab.sweep.fields import (
+    Point,
+    config_hash,
+    effective_hash,
+    inert_fields,
+    validate_point,
+)
 from q4lab.sweep.spec import Sweep
 
 
@@ -30,6 +36,8 @@ class Experiment:
     sweep: Sweep
     points: tuple[Point, ...]
     hashes: tuple[str, ...]
+    # points left out as another's twin: only fields that change nothing there differ
+    merged: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -39,6 +47,8 @@ class Experiment:
 def describe_point(point: Point) -> str:
     """A short label of a point (progress bars, error messages)."""
     keys = ("task", "seed", "quantizer", "bits", "group_size", "act_bits")
+    if point.get("act_bits", 16) != 16 and point.get("act_mode", "dynamic") != "dynamic":
+        keys += ("act_mode",)
     if point.get("symmetric") is False:
         keys += ("symmetric",)
     if point.get("zero_point", "auto") != "auto":
@@ -129,6 +139,18 @@ def load_experiment(path: str | Path) -> Experiment:
         raise ValueError(f"{path}: defines no `sweep = Sweep(...)` (found {type(sweep).__name__})")
     points = validate(sweep, str(path))
     hashes = [config_hash(p) for p in points]
-    if len(set(hashes)) != len(hashes):
-        raise ValueError(f"{path}: the sweep repeats points (identical configurations)")
-    return Experiment(path, sweep, tuple(points), tuple(hashes))
+    if repeated := [i for i, h in enumerate(hashes) if h in hashes[:i]]:
+        first = hashes.index(hashes[repeated[0]])
+        raise ValueError(
+            f"{path}: the sweep repeats points (identical configurations): point {repeated[0]} "
+            f"is point {first} ({describe_point(points[first])})"
+        )
+    kept, seen, merged = [], {}, []
+    for point, digest in zip(points, hashes, strict=True):
+        same = seen.setdefault(effective_hash(point), point)
+        if same is point:
+            kept.append((point, digest))
+        else:  # one configuration twice: it runs once (a table would count its seeds twice)
+            merged.append(f"{', '.join(inert_fields(point))} of {describe_point(point)}")
+    points, hashes = [p for p, _ in kept], [h for _, h in kept]
+    return Experiment(path, sweep, tuple(points), tuple(hashes), tuple(merged))

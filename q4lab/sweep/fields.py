@@ -142,6 +142,31 @@ def config_hash(point: Point) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+ACT_FIELDS = ("act_mode", "act_symmetric", "act_clipping", "act_clipping_options")
+
+
+def inert_fields(point: Point) -> list[str]:
+    """The fields of ``point`` set away from their defaults that change nothing it runs: the
+    activation fields of a weight-only point (``act_bits=16``), ``bits`` beside a
+    ``bits_budget`` (the allocation chooses every width), ``zero_point='int'`` with symmetric
+    weights. Two points differing only in these are one configuration under two hashes."""
+    p = with_defaults(point)
+    inert = [f for f in ACT_FIELDS if p["act_bits"] == 16]
+    inert += ["bits"] if p["bits_budget"] else []
+    inert += ["zero_point"] if p["symmetric"] and p["zero_point"] == "int" else []
+    return [f for f in inert if _canonical(p[f]) != _canonical(FIELDS[f][0])]
+
+
+def effective_hash(point: Point) -> str:
+    """`config_hash` of the point with its `inert_fields` at their defaults (``bits`` beside a
+    budget: its narrowest width): equal for points that run the same configuration."""
+    p = with_defaults(point)
+    reset = {f: FIELDS[f][0] for f in inert_fields(p) if f != "bits"}
+    if "bits" in inert_fields(p):
+        reset["bits"] = min(p["budget_widths"])
+    return config_hash(p | reset)
+
+
 def _check_act_fields(p: Point) -> None:
     """The activation fields name valid values, at 16 bits too: there a typo ("dynamc") would
     pass unused and make a new point that reruns the float-activation one."""

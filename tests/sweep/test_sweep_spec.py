@@ -176,7 +176,7 @@ def test_an_interrupted_run_says_what_is_saved_and_how_to_resume(tmp_path, capsy
     out, err = capsys.readouterr()
     assert f"Note: 1 row in {results / 'ok' / 'runs.parquet'} not among the points of" in out
     assert f"Interrupted: 1 of 2 points are saved in {results / 'ok' / 'runs.parquet'}" in err
-    assert f"To run the rest: q4lab run {path} --results {results}" in err
+    assert f"To run the rest: q4lab run {path} --results {results} --no-wandb\n" in err  # its flags
 
 
 def test_a_point_that_fails_is_named_with_what_is_saved(tmp_path, capsys, monkeypatch):
@@ -198,7 +198,10 @@ def test_a_point_that_fails_is_named_with_what_is_saved(tmp_path, capsys, monkey
         "group_size=0, act_bits=16): TypeError: a bug in one's own quantizer" in err
     )
     assert f"1 of 2 points are saved in {results / 'ok' / 'runs.parquet'}" in err
-    assert f"the same command runs the rest: q4lab run {path} --results {results}" in err
+    assert (
+        f"the same command runs the rest: q4lab run {path} --results {results} --no-wandb "
+        "--no-progress"
+    ) in err
 
 
 def test_rows_made_by_a_quantizer_whose_defaults_changed_are_pointed_out(
@@ -356,3 +359,30 @@ def test_qat_fields_are_checked_with_the_allowed_values():
         validate_point(with_defaults({"task": "digits-mlp", "qat_steps": 5, "qat_method": "sgd"}))
     with pytest.raises(ValueError, match=r"qat_steps=-1 is invalid"):
         validate_point(with_defaults({"task": "digits-mlp", "qat_steps": -1}))
+
+
+def test_points_that_differ_only_in_fields_that_change_nothing_run_once(tmp_path, capsys):
+    """act_bits [16, 4] x act_mode [dynamic, static] ran the weight-only point twice per seed
+    under two hashes; the report then counted 6 seeds of 3 and narrowed its spread."""
+    import pandas as pd
+
+    from q4lab.plots import aggregate
+    from q4lab.report import report
+
+    grid = "{'task': ['digits-mlp'], 'act_bits': [16, 4], 'act_mode': ['dynamic', 'static'], "
+    path = write_sweep(tmp_path, grid + "'seed': [0, 1]}")
+    experiment = load_experiment(path)
+    assert len(experiment.points) == 6 and len(experiment.merged) == 2
+    assert experiment.merged[0].startswith("act_mode of task='digits-mlp', seed=0,")
+    results = str(tmp_path / "results")
+    assert main(["run", str(path), "--results", results, "--no-wandb", "--no-progress"]) == 0
+    assert "Note: 2 points of" in capsys.readouterr().out
+    table = ResultsStore(tmp_path / "results" / "ok").read()
+    assert len(table) == 6
+    # a table written before, holding the twin rows, counts each seed once
+    twins = pd.concat([table, table[table["act_bits"] == 16].assign(config_hash="twin")])
+    points = aggregate(twins, "bits_per_weight", "score")
+    assert points["seeds"].tolist() == [2, 2, 2]
+    assert "6 runs (2 more: one configuration and seed again, counted once)" in report(twins)
+    with pytest.raises(ValueError, match=r"repeats points .*: point 1 is point 0 \(task="):
+        load_experiment(write_sweep(tmp_path, "{'task': ['digits-mlp'], 'bits': [4, 4]}"))
