@@ -17,6 +17,7 @@ is also importable from here.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,7 +51,7 @@ from q4lab.plot_layout import (
 
 __all__ = [
     # results -> points -> figure (this module)
-    "CONFIG_COLUMNS", "LOWER_IS_BETTER", "distinct_runs", "MARKERS", "LINESTYLES",
+    "CONFIG_COLUMNS", "LOWER_IS_BETTER", "distinct_runs", "MARKERS", "LINESTYLES", "line_style",
     "aggregate", "higher_is_better", "baseline_column", "pareto_front", "plot_points",
     "pareto_plot", "save_figure", "save_plot",
     # labels, titles, ticks, dodge, panel width (q4lab.plot_layout)
@@ -92,6 +93,26 @@ CONFIG_COLUMNS = (
 LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "fp_perplexity", "fp_bits_per_byte")
 MARKERS = "osD^vP*Xh<>p"
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 2, 1, 2)))
+
+
+# after LINESTYLES, patterns a short legend handle still tells apart (matplotlib's named ones)
+MORE_LINESTYLES = (
+    (0, (1, 1)),  # densely dotted
+    (0, (5, 1)),  # densely dashed
+    (0, (3, 1, 1, 1)),  # densely dash-dotted
+    (0, (3, 1, 1, 1, 1, 1)),  # densely dash-dot-dotted
+    (0, (3, 4, 1, 4, 1, 4)),  # dash-dot-dotted
+    (0, (8, 2, 1, 2, 1, 2, 1, 2)),  # long dash, three dots
+    (0, (1, 4)),  # loosely dotted
+    (0, (6, 4)),  # loosely dashed
+)
+
+
+def line_style(i: int) -> str | tuple:
+    """The ``i``-th line style: `LINESTYLES`, then `MORE_LINESTYLES` (they cycled after five,
+    so two configurations shared one), then again."""
+    styles = (*LINESTYLES, *MORE_LINESTYLES)
+    return styles[i % len(styles)]
 
 
 def distinct_runs(table: pd.DataFrame) -> pd.DataFrame:
@@ -374,8 +395,15 @@ def pareto_plot(
             for i, h in enumerate(sorted(points[hue].unique(), key=natural_key))
         },
         "markers": {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(styles)},
-        "lines": {e: LINESTYLES[i % len(LINESTYLES)] for i, e in enumerate(extras)},
+        "lines": {e: line_style(i) for i, e in enumerate(extras)},
     }
+    if len(extras) > len(LINESTYLES) + len(MORE_LINESTYLES):
+        warnings.warn(
+            f"{len(extras)} configurations of {', '.join(extra)} share "
+            f"{len(LINESTYLES) + len(MORE_LINESTYLES)} line styles: give one of these fields "
+            "--hue, --style or --facet, or plot a part of the table",
+            stacklevel=2,
+        )
     for r, line in enumerate(grid):
         for c, (row, col) in enumerate(line):
             ax = axes[r][c]

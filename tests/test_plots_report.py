@@ -333,3 +333,10 @@ def test_the_best_point_per_quantizer_takes_the_smaller_on_a_tie():
     best = best_points(pd.concat([rivals, static], ignore_index=True))
     assert "act_mode" in best and best["act_mode"].tolist() == ["dynamic", "none"]
     assert "act_mode" not in best_points(rivals)
+
+
+def test_line_styles_do_not_repeat_before_thirteen():
+    """They cycled after five: w4a16's ten variants drew two configurations alike."""
+    from q4lab.plots import line_style
+
+    assert len({repr(line_style(i)) for i in range(13)}) == 13
