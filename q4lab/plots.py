@@ -446,6 +446,9 @@ def save_plot(
         stem += f"_by_{kwargs['hue']}"
     if kwargs.get("facet"):
         stem += f"_per_{kwargs['facet']}"
+    for option, default in (("style", "bits"), ("columns", "act_bits")):  # each its own file
+        if (value := kwargs.get(option, default)) != default:
+            stem += f"_{option}_{value or 'none'}"
     return save_figure(fig, out, stem)
 
 

@@ -340,3 +340,20 @@ def test_line_styles_do_not_repeat_before_thirteen():
     from q4lab.plots import line_style
 
     assert len({repr(line_style(i)) for i in range(13)}) == 13
+
+
+def test_a_plot_with_other_styles_or_columns_gets_its_own_file(tmp_path):
+    """--style and --columns wrote over the file of the default plot."""
+    from q4lab.plots import save_plot
+
+    table = make_table(grid(["gptq", "minmax"], [3, 4], [0, 16], [16, 4]))
+    names = [
+        save_plot(table, tmp_path, **kwargs)[0].name
+        for kwargs in ({}, {"style": "group_size"}, {"columns": None}, {"style": None})
+    ]
+    assert names == [
+        "score_vs_bits_per_weight.png",
+        "score_vs_bits_per_weight_style_group_size.png",
+        "score_vs_bits_per_weight_columns_none.png",
+        "score_vs_bits_per_weight_style_none.png",
+    ]
