@@ -145,7 +145,8 @@ def layer_rows(qmodel: QuantizedModel, recipe: Recipe, layers: list[Layer]) -> l
                 "rule": -1 if match is None else match[0],
                 "quantizer": "float" if rule is None else rule.quantizer_label(),
                 "bits": round(8 * leaf.stored / leaf.params) if rule is None else rule.weight.bits,
-                "group_size": 0 if rule is None else rule.weight.group_size or 0,
+                # as quantized: a group of at least K is one group, per-channel
+                "group_size": 0 if rule is None else qmodel.layers[layer.path].spec.group_size or 0,
                 "act_bits": rule.act.bits if rule is not None and rule.act else 16,
                 "stored_bytes": leaf.stored,
                 "bits_per_weight": 8 * leaf.stored / leaf.params,

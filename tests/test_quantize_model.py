@@ -375,3 +375,21 @@ def test_awq_with_static_activations_takes_the_range_of_the_inputs_it_scales():
     transform = qm.params["Dense_0"]["kernel"].transform
     expected = float(jnp.abs(transform.apply(x)).max()) / 127
     assert float(qm.acts["Dense_0"].scale[0, 0]) == pytest.approx(expected, rel=1e-3)
+
+
+def test_the_layer_table_gives_a_layer_the_group_size_it_was_quantized_with():
+    """A group of at least K is one group: the layer is per-channel, as its bytes say; the table
+    said g32 for it."""
+    from q4lab.evaluate import layer_rows
+
+    x = jnp.ones((2, 16))
+    model = OneDense()
+    params = model.init(jax.random.key(0), x)["params"]
+    adapter_layers = adapt(model).layers(params, x)
+    for group, shown in ((32, 0), (8, 8)):
+        recipe = Recipe((Rule(weight=QuantSpec(group_size=group)),))
+        qm = quantize_model(model, params, recipe, sample_input=x)
+        (row,) = layer_rows(qm, recipe, adapter_layers)
+        assert row["group_size"] == shown
+    with pytest.raises(ValueError, match=r"\[1, 2, 4, 8, 16\], or any size of at least K"):
+        QuantSpec(group_size=6).check_input_size(16)
