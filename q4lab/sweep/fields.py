@@ -149,8 +149,12 @@ def inert_fields(point: Point) -> list[str]:
     """The fields of ``point`` set away from their defaults that change nothing it runs: the
     activation fields of a weight-only point (``act_bits=16``), ``bits`` beside a
     ``bits_budget`` (the allocation chooses every width), ``zero_point='int'`` with symmetric
-    weights. Two points differing only in these are one configuration under two hashes."""
+    weights. Two points differing only in these are one configuration under two hashes. A point
+    with ``rules`` has none: a rule inherits the point's fields (a rule's ``act_bits=4`` takes
+    the point's ``act_mode``)."""
     p = with_defaults(point)
+    if p["rules"]:
+        return []
     inert = [f for f in ACT_FIELDS if p["act_bits"] == 16]
     inert += ["bits"] if p["bits_budget"] else []
     inert += ["zero_point"] if p["symmetric"] and p["zero_point"] == "int" else []

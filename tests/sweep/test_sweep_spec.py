@@ -384,5 +384,9 @@ def test_points_that_differ_only_in_fields_that_change_nothing_run_once(tmp_path
     points = aggregate(twins, "bits_per_weight", "score")
     assert points["seeds"].tolist() == [2, 2, 2]
     assert "6 runs (2 more: one configuration and seed again, counted once)" in report(twins)
+    # a rule inherits the point's act_mode: with one, act_mode is not inert at act_bits=16
+    rule = "'rules': [[{'pattern': 'Dense_0', 'act_bits': 4}]]"
+    ruled = load_experiment(write_sweep(tmp_path, grid + rule + "}"))
+    assert len(ruled.points) == 4 and not ruled.merged
     with pytest.raises(ValueError, match=r"repeats points .*: point 1 is point 0 \(task="):
         load_experiment(write_sweep(tmp_path, "{'task': ['digits-mlp'], 'bits': [4, 4]}"))
