@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The prepared GPU check (issue 14): one device call of about 5 minutes on an H100/H200 (the step
-# limits sum to 300 s; the GPU query, jax import and file hash before them take seconds).
+# limits sum to 280 s; the GPU query, jax import and file hash before them take seconds).
 #   bash benchmarks/gpu_check.sh              # preflight mosaic w4a4 tiling smoke check
 #   bash benchmarks/gpu_check.sh tests dispatch   # a second call: the rest of the issue's checks
 #   bash benchmarks/gpu_check.sh check probe  # only the steps named

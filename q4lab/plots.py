@@ -105,6 +105,9 @@ MORE_LINESTYLES = (
     (0, (8, 2, 1, 2, 1, 2, 1, 2)),  # long dash, three dots
     (0, (1, 4)),  # loosely dotted
     (0, (6, 4)),  # loosely dashed
+    (0, (10, 2, 2, 2)),  # long dash, short dash
+    (0, (3, 4, 3, 4, 1, 4)),  # two dashes, a dot
+    (0, (10, 3, 1, 3)),  # long dash, dot
 )
 
 
@@ -115,11 +118,15 @@ def line_style(i: int) -> str | tuple:
     return styles[i % len(styles)]
 
 
-def distinct_runs(table: pd.DataFrame) -> pd.DataFrame:
+def distinct_runs(table: pd.DataFrame, extra: Sequence[str] = ()) -> pd.DataFrame:
     """One row per configuration and seed, the first: a table may hold one configuration
     twice under two hashes (points that differ only in fields that change nothing, run before
-    `q4lab run` merged them), and each seed must count once."""
-    keys = [c for c in (*CONFIG_COLUMNS, "seed") if c in table]
+    `q4lab run` merged them), and each seed must count once. A configuration is its
+    `CONFIG_COLUMNS`, its per-layer rules (``recipe_rules``) and any ``extra`` column asked to
+    tell rows apart."""
+    keys = [
+        c for c in dict.fromkeys((*CONFIG_COLUMNS, "recipe_rules", *extra, "seed")) if c in table
+    ]
     return table.drop_duplicates(keys) if keys else table
 
 
@@ -131,7 +138,7 @@ def aggregate(table: pd.DataFrame, x: str, y: str, extra: Sequence[str] = ()) ->
     from q4lab.sweep.fields import check_field_names
 
     check_field_names([x, y, *extra], "the results table", list(table), kind="column")
-    table = distinct_runs(table)
+    table = distinct_runs(table, extra)
     keys = [
         c
         for c in dict.fromkeys((*CONFIG_COLUMNS, *extra))

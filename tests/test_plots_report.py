@@ -335,11 +335,11 @@ def test_the_best_point_per_quantizer_takes_the_smaller_on_a_tie():
     assert "act_mode" not in best_points(rivals)
 
 
-def test_line_styles_do_not_repeat_before_thirteen():
+def test_line_styles_do_not_repeat_before_sixteen():
     """They cycled after five: w4a16's ten variants drew two configurations alike."""
     from q4lab.plots import line_style
 
-    assert len({repr(line_style(i)) for i in range(13)}) == 13
+    assert len({repr(line_style(i)) for i in range(16)}) == 16
 
 
 def test_a_plot_with_other_styles_or_columns_gets_its_own_file(tmp_path):

@@ -129,6 +129,11 @@ def run_experiment_file(path: str | Path, cwd: str | Path | None = None) -> dict
         raise ValueError(f"{path}{at}: {type(err).__name__}: {err}") from err
 
 
+def same_as(kept: Point, merged: Point) -> str:
+    """The fields in which ``kept`` differs from ``merged``, as ``name=value``."""
+    return ", ".join(f"{k}={v!r}" for k, v in kept.items() if merged.get(k) != v)
+
+
 def load_experiment(path: str | Path) -> Experiment:
     """Run an experiment file (`run_experiment_file`), take its ``sweep`` and validate it
     (nothing is run or written)."""
@@ -151,6 +156,8 @@ def load_experiment(path: str | Path) -> Experiment:
         if same is point:
             kept.append((point, digest))
         else:  # one configuration twice: it runs once (a table would count its seeds twice)
-            merged.append(f"{', '.join(inert_fields(point))} of {describe_point(point)}")
+            fields = ", ".join(f"{f}={point[f]!r}" for f in inert_fields(point))
+            kept_as = same_as(same, point)
+            merged.append(f"{fields} of {describe_point(point)}: runs as the one with {kept_as}")
     points, hashes = [p for p, _ in kept], [h for _, h in kept]
     return Experiment(path, sweep, tuple(points), tuple(hashes), tuple(merged))

@@ -148,17 +148,28 @@ ACT_FIELDS = ("act_mode", "act_symmetric", "act_clipping", "act_clipping_options
 def inert_fields(point: Point) -> list[str]:
     """The fields of ``point`` set away from their defaults that change nothing it runs: the
     activation fields of a weight-only point (``act_bits=16``), ``bits`` beside a
-    ``bits_budget`` (the allocation chooses every width), ``zero_point='int'`` with symmetric
-    weights. Two points differing only in these are one configuration under two hashes. A point
+    ``bits_budget`` (the allocation chooses every width), a ``zero_point`` with symmetric
+    weights, or naming the quantizer's own kind. Two points differing only in these are one
+    configuration under two hashes. A point
     with ``rules`` has none: a rule inherits the point's fields (a rule's ``act_bits=4`` takes
     the point's ``act_mode``)."""
     p = with_defaults(point)
     if p["rules"]:
         return []
-    inert = [f for f in ACT_FIELDS if p["act_bits"] == 16]
-    inert += ["bits"] if p["bits_budget"] else []
-    inert += ["zero_point"] if p["symmetric"] and p["zero_point"] == "int" else []
-    return [f for f in inert if _canonical(p[f]) != _canonical(FIELDS[f][0])]
+    inert = [
+        f
+        for f in ACT_FIELDS
+        if p["act_bits"] == 16 and _canonical(p[f]) != _canonical(FIELDS[f][0])
+    ]
+    if p["bits_budget"] and p["bits"] != min(p["budget_widths"]):
+        inert.append("bits")
+    if p["zero_point"] != "auto":  # the quantizer's own kind asked for by name
+        try:
+            same = recipe_of(p) == recipe_of(p | {"zero_point": "auto"})
+        except ValueError:
+            same = False
+        inert += ["zero_point"] if same else []
+    return inert
 
 
 def effective_hash(point: Point) -> str:

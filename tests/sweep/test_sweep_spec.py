@@ -373,7 +373,8 @@ def test_points_that_differ_only_in_fields_that_change_nothing_run_once(tmp_path
     path = write_sweep(tmp_path, grid + "'seed': [0, 1]}")
     experiment = load_experiment(path)
     assert len(experiment.points) == 6 and len(experiment.merged) == 2
-    assert experiment.merged[0].startswith("act_mode of task='digits-mlp', seed=0,")
+    assert experiment.merged[0].startswith("act_mode='static' of task='digits-mlp', seed=0,")
+    assert experiment.merged[0].endswith("runs as the one with act_mode='dynamic'")
     results = str(tmp_path / "results")
     assert main(["run", str(path), "--results", results, "--no-wandb", "--no-progress"]) == 0
     assert "Note: 2 points of" in capsys.readouterr().out
@@ -383,7 +384,21 @@ def test_points_that_differ_only_in_fields_that_change_nothing_run_once(tmp_path
     twins = pd.concat([table, table[table["act_bits"] == 16].assign(config_hash="twin")])
     points = aggregate(twins, "bits_per_weight", "score")
     assert points["seeds"].tolist() == [2, 2, 2]
+    # a column asked to tell rows apart keeps them apart (here: the same rows on two devices)
+    devices = pd.concat([table.assign(device="cpu"), table.assign(device="gpu")])
+    assert len(aggregate(devices, "bits_per_weight", "score", extra=["device"])) == 6
     assert "6 runs (2 more: one configuration and seed again, counted once)" in report(twins)
+    # bits beside a budget: every value but the narrowest width merges, 4 (the default) too
+    budget = load_experiment(
+        write_sweep(tmp_path, "{'task': ['digits-mlp'], 'bits': [2, 3, 4], 'bits_budget': [3.5]}")
+    )
+    assert [p["bits"] for p in budget.points] == [2] and len(budget.merged) == 2
+    # zero_point naming the quantizer's own kind: int for min-max, float for HQQ
+    kinds = "{'task': ['digits-mlp'], 'symmetric': [False], 'zero_point': ['auto', 'int'], "
+    for quantizer, kept in (("minmax", 1), ("hqq", 2)):  # hqq: int is refused, float merges
+        zero = kinds.replace("'int'", "'float'") if quantizer == "hqq" else kinds
+        twins = load_experiment(write_sweep(tmp_path, zero + f"'quantizer': ['{quantizer}']}}"))
+        assert len(twins.points) == 1 and len(twins.merged) == 1, (quantizer, kept)
     # a rule inherits the point's act_mode: with one, act_mode is not inert at act_bits=16
     rule = "'rules': [[{'pattern': 'Dense_0', 'act_bits': 4}]]"
     ruled = load_experiment(write_sweep(tmp_path, grid + rule + "}"))
