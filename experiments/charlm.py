@@ -4,7 +4,7 @@ activations), every quantizer. Metric: validation perplexity per byte (bits per 
 
     q4lab run experiments/charlm.py
     q4lab plot results/charlm --x bits_per_weight ideal_bits_per_weight
-    q4lab report results/charlm --write
+    q4lab report results/charlm --x ideal_bits_per_weight --write
 """
 
 from q4lab.sweep import Sweep

@@ -3,7 +3,7 @@ W2/W3/W4/W8, per-channel and g16, weight-only, plus W4A8 / W4A4 / W8A8 (dynamic)
 
     q4lab run experiments/digits.py
     q4lab plot results/digits --x bits_per_weight ideal_bits_per_weight
-    q4lab report results/digits --write
+    q4lab report results/digits --x ideal_bits_per_weight --write
 """
 
 from q4lab.sweep import Sweep

@@ -6,7 +6,7 @@ top-10 nearest-neighbour agreement. GPTQ calibrates on 1024 other sentences with
 
     q4lab run experiments/minilm.py
     q4lab plot results/minilm --x bits_per_weight ideal_bits_per_weight
-    q4lab report results/minilm --write
+    q4lab report results/minilm --x ideal_bits_per_weight --write
 """
 
 from q4lab.sweep import Sweep
