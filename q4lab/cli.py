@@ -119,7 +119,8 @@ def _cmd_layer_error(args: argparse.Namespace) -> int:
         )
     points = _points(args)
     # a column per configuration: the quantizer, and the other fields given several values
-    varied = [n for n in used[5:] if n != "group_size" and len({repr(p[n]) for p in points}) > 1]
+    labelled = ("symmetric", "zero_point", "scale_dtype", "sequential", "rules")
+    varied = [n for n in labelled if len({repr(p[n]) for p in points}) > 1]
     runs = {(p["task"], p["seed"]): [] for p in points}  # first-seen order
     for p in points:
         runs[p["task"], p["seed"]].append(p)

@@ -111,11 +111,13 @@ MORE_LINESTYLES = (
 )
 
 
+_ALL_LINESTYLES = (*LINESTYLES, *MORE_LINESTYLES)
+
+
 def line_style(i: int) -> str | tuple:
     """The ``i``-th line style: `LINESTYLES`, then `MORE_LINESTYLES` (they cycled after five,
     so two configurations shared one), then again."""
-    styles = (*LINESTYLES, *MORE_LINESTYLES)
-    return styles[i % len(styles)]
+    return _ALL_LINESTYLES[i % len(_ALL_LINESTYLES)]
 
 
 def distinct_runs(table: pd.DataFrame, extra: Sequence[str] = ()) -> pd.DataFrame:
@@ -404,10 +406,10 @@ def pareto_plot(
         "markers": {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(styles)},
         "lines": {e: line_style(i) for i, e in enumerate(extras)},
     }
-    if len(extras) > len(LINESTYLES) + len(MORE_LINESTYLES):
+    if len(extras) > len(_ALL_LINESTYLES):
         warnings.warn(
             f"{len(extras)} configurations of {', '.join(extra)} share "
-            f"{len(LINESTYLES) + len(MORE_LINESTYLES)} line styles: give one of these fields "
+            f"{len(_ALL_LINESTYLES)} line styles: give one of these fields "
             "--hue, --style or --facet, or plot a part of the table",
             stacklevel=2,
         )

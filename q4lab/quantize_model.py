@@ -224,11 +224,11 @@ class _ForwardLayer:
     transformed: bool  # an input transform: the hook applies it in every mode
 
 
-def _weights(layers, fake: bool, params: PyTree, float_params: PyTree) -> PyTree:
+def _weights(layers, fake: bool, params: PyTree, simulated: PyTree) -> PyTree:
     for layer in layers:
         qt: QTensor = get_at(params, layer.key)
         if fake and layer.rounds_to_nearest:
-            w = get_at(float_params, layer.key)  # folded already where it has a transform
+            w = get_at(simulated, layer.key)  # folded already where it has a transform
             value = fake_quant(w, qt.spec, qt.scale, qt.zero_points(), in_axes=qt.in_axes)
         else:  # from the packed codes, inside jit (and the weights GPTQ chose)
             value = dequantize(qt)
@@ -244,9 +244,9 @@ def _hooked(layer: _ForwardLayer, acts: dict) -> bool:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _forward(adapter, layers, fake, params, float_params, acts, x):
+def _forward(adapter, layers, fake, params, simulated, acts, x):
     mode = "fake" if fake else "int"
-    weights = _weights(layers, fake, params, float_params)
+    weights = _weights(layers, fake, params, simulated)
     hooks = {
         layer.path: QuantHook(
             get_at(params, layer.key),

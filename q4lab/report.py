@@ -254,7 +254,8 @@ def best_points(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
             for c in CONFIG_COLUMNS
             if c not in (*keys, "group_size")
             and c in best
-            and table.astype({c: str}).groupby(keys, dropna=False)[c].nunique().max() > 1
+            and table[[*keys, c]].astype({c: str}).groupby(keys, dropna=False)[c].nunique().max()
+            > 1
         ),
         "bits_per_weight",
         "ideal_bits_per_weight",

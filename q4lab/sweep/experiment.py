@@ -144,12 +144,13 @@ def load_experiment(path: str | Path) -> Experiment:
         raise ValueError(f"{path}: defines no `sweep = Sweep(...)` (found {type(sweep).__name__})")
     points = validate(sweep, str(path))
     hashes = [config_hash(p) for p in points]
-    if repeated := [i for i, h in enumerate(hashes) if h in hashes[:i]]:
-        first = hashes.index(hashes[repeated[0]])
-        raise ValueError(
-            f"{path}: the sweep repeats points (identical configurations): point {repeated[0]} "
-            f"is point {first} ({describe_point(points[first])})"
-        )
+    first: dict[str, int] = {}
+    for i, digest in enumerate(hashes):
+        if (j := first.setdefault(digest, i)) != i:
+            raise ValueError(
+                f"{path}: the sweep repeats points (identical configurations): point {i} is "
+                f"point {j} ({describe_point(points[j])})"
+            )
     kept, seen, merged = [], {}, []
     for point, digest in zip(points, hashes, strict=True):
         same = seen.setdefault(effective_hash(point), point)

@@ -176,8 +176,8 @@ def effective_hash(point: Point) -> str:
     """`config_hash` of the point with its `inert_fields` at their defaults (``bits`` beside a
     budget: its narrowest width): equal for points that run the same configuration."""
     p = with_defaults(point)
-    reset = {f: FIELDS[f][0] for f in inert_fields(p) if f != "bits"}
-    if "bits" in inert_fields(p):
+    reset = {f: FIELDS[f][0] for f in inert_fields(p)}
+    if "bits" in reset:
         reset["bits"] = min(p["budget_widths"])
     return config_hash(p | reset)
 
