@@ -5,8 +5,10 @@ Works through Flax's own injection points, never by patching ``jax.lax``:
          only, sets the module's ``dot_general`` / ``conv_general_dilated`` attributes.
   NNX    the graph is merged from a parameter dict inside the traced function and the matched
          modules' ``dot_general`` / ``conv_general_dilated`` attributes are set on that copy.
-Parameters are handled as a plain nested dict (Linen: ``variables["params"]``; NNX: the pure
-dict of the module's state); each layer's kernel sits at ``Layer.key``.
+Parameters are handled as a plain nested dict (Linen: ``variables["params"]``, or the whole
+``variables`` of a model that also holds other collections such as ``batch_stats``; NNX: the pure
+dict of the module's state); each layer's kernel sits at ``Layer.key``. Only parameters train
+(`Adapter.trainable`): batch statistics and other state stay as they were.
 
 A model's input is one array, a tuple of positional inputs (``model(ids, mask)``) or a dict of
 keyword inputs (``model(ids=..., mask=...)``); a model taking one dict argument gets it wrapped in
@@ -124,12 +126,29 @@ def _install(module: Any, hook: Hook) -> None:
         setter(module, "dot_general", hook.dot_general)
 
 
+def holds_collections(params: PyTree) -> bool:
+    """True for a Linen ``variables`` dict (``{"params": ..., "batch_stats": ...}``, as ``init``
+    returns it), False for the ``params`` collection alone."""
+    return isinstance(params, Mapping) and isinstance(params.get("params"), Mapping)
+
+
 @dataclasses.dataclass(frozen=True)
 class LinenAdapter:
-    """A Linen module and its ``params`` collection. Hashable by the module's value, so jitted
-    functions taking it as a static argument are reused across quantized copies of a model."""
+    """A Linen module and its ``params`` collection, or (``variables``) all its collections.
+    Hashable by value, so jitted functions taking it as a static argument are reused across
+    quantized copies of a model."""
 
     module: nn.Module
+    variables: bool = False  # the parameter dict is ``variables``, not ``variables["params"]``
+
+    def _vars(self, params: PyTree) -> PyTree:
+        return params if self.variables else {"params": params}
+
+    def trainable(self, params: PyTree) -> PyTree:
+        """True at the leaves of the ``params`` collection, False at other collections'."""
+        if not self.variables:
+            return jax.tree.map(lambda _: True, params)
+        return {c: jax.tree.map(lambda _, c=c: c == "params", v) for c, v in params.items()}
 
     def layers(self, params: PyTree, sample_input: Inputs) -> list[Layer]:
         found: dict[str, Layer] = {}
@@ -138,7 +157,7 @@ class LinenAdapter:
             out = next_fun(*args, **kwargs)
             mod = context.module
             if context.method_name == "__call__" and "kernel" in mod.variables.get("params", {}):
-                key = (*mod.path, "kernel")
+                key = ("params",) * self.variables + (*mod.path, "kernel")
                 shape = tuple(mod.variables["params"]["kernel"].shape)
                 layer = _linen_layer(mod, shape, key)
                 if layer is not None:
@@ -148,7 +167,7 @@ class LinenAdapter:
         with nn.intercept_methods(record):
             try:
                 jax.eval_shape(
-                    lambda p, x: call_with(self.module.apply, x, {"params": p}),
+                    lambda p, x: call_with(self.module.apply, x, self._vars(p)),
                     params,
                     sample_input,
                 )
@@ -157,11 +176,17 @@ class LinenAdapter:
                     f"sample_input of shape(s) {input_shapes(sample_input)} does not fit the "
                     f"model's parameters: {err}"
                 ) from err
+            except flax.errors.ScopeCollectionNotFound as err:
+                raise ValueError(
+                    "params is the 'params' collection alone, but the model also reads another "
+                    f"one ({str(err).split(' (https')[0]}); allowed: the whole variables dict, "
+                    "as the model's init returns it"
+                ) from err
         return list(found.values())
 
     def apply(self, params: PyTree, x: Inputs, hooks: Mapping[str, Hook]) -> jax.Array:
         if not hooks:
-            return call_with(self.module.apply, x, {"params": params})
+            return call_with(self.module.apply, x, self._vars(params))
 
         def intercept(next_fun, args, kwargs, context):
             mod = context.module
@@ -172,7 +197,7 @@ class LinenAdapter:
             return next_fun(*args, **kwargs)
 
         with nn.intercept_methods(intercept):
-            return call_with(self.module.apply, x, {"params": params})
+            return call_with(self.module.apply, x, self._vars(params))
 
 
 class NNXAdapter:
@@ -184,6 +209,15 @@ class NNXAdapter:
 
     def params(self) -> PyTree:
         return nnx.to_pure_dict(self.state)
+
+    def trainable(self, params: PyTree) -> PyTree:
+        """True at ``nnx.Param`` leaves, False at batch statistics and other state."""
+        model = nnx.merge(self.graphdef, self.state)
+        flat, _ = jax.tree_util.tree_flatten_with_path(
+            nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        )
+        trained = {path for path, _ in flat}
+        return jax.tree_util.tree_map_with_path(lambda path, _: path in trained, params)
 
     def _merge(self, params: PyTree) -> nnx.Module:
         state = jax.tree_util.tree_map(lambda v: v, self.state)
@@ -208,12 +242,13 @@ class NNXAdapter:
 Adapter = LinenAdapter | NNXAdapter
 
 
-def adapt(model: nn.Module | nnx.Module) -> Adapter:
-    """The adapter for a Linen or NNX model."""
+def adapt(model: nn.Module | nnx.Module, params: PyTree | None = None) -> Adapter:
+    """The adapter for a Linen or NNX model; a Linen model's ``params`` tell whether they are
+    the ``params`` collection or all of ``variables`` (`holds_collections`)."""
     if isinstance(model, nnx.Module):
         return NNXAdapter(model)
     if isinstance(model, nn.Module):
-        return LinenAdapter(model)
+        return LinenAdapter(model, holds_collections(params))
     raise TypeError(f"expected a flax.linen.Module or flax.nnx.Module, got {type(model).__name__}")
 
 

@@ -19,8 +19,9 @@ from q4lab.tasks import Task, get_task
 
 @functools.partial(jax.jit, static_argnums=0)
 def float_forward(model, params, x):
-    """The float model's output (one compile per model, reused for any params of its shapes)."""
-    return model.apply({"params": params}, x)
+    """The float model's output (one compile per model, reused for any params of its shapes;
+    Linen ``params`` may be all of its variables, `q4lab.adapters.holds_collections`)."""
+    return adapt(model, params).apply(params, x, {})
 
 
 def evaluate(
@@ -123,7 +124,7 @@ def _layers(task: Task, params, sample) -> list[Layer]:
     """The task model's quantizable layers (traced once per model and input shape)."""
     key = (task.model, str(jax.tree.map(lambda a: (a.shape, a.dtype), sample)))
     if key not in _LAYERS:
-        _LAYERS[key] = adapt(task.model).layers(params, sample)
+        _LAYERS[key] = adapt(task.model, params).layers(params, sample)
     return _LAYERS[key]
 
 

@@ -51,10 +51,13 @@ from q4lab.adapters import (
     NNXAdapter,
     PyTree,
     adapt,
+    call_with,
     get_at,
+    input_shapes,
     set_at,
 )
 from q4lab.core import QTensor, QuantSpec
+from q4lab.core.qtensor import check_arrays
 from q4lab.core.transforms import InputTransform
 from q4lab.files import share_as_opened
 from q4lab.layer_quant import ActState
@@ -97,12 +100,30 @@ class LoadedModel(QuantizedModel):
                 "simulation needs the float weights, which a saved model does not hold; "
                 "allowed: fake=False (the integer forward)"
             )
+        saved = f"{self.config['model']['class']} saved in {self.config.get('source')}"
+        if isinstance(self.adapter, LinenAdapter):  # a Linen module holds no parameters to
+            self._check_linen_shapes(x, saved)  # check at load: its first call finds out
         try:
             return super().apply(x)
         except (flax.errors.ScopeParamShapeError, flax.errors.ScopeParamNotFoundError) as err:
-            # a Linen module holds no parameters to check at load: its first call finds out
-            saved = f"{self.config['model']['class']} saved in {self.config.get('source')}"
             raise ValueError(f"model is not of the saved architecture ({saved}): {err}") from err
+
+    def _check_linen_shapes(self, x: Any, saved: str) -> None:
+        """Raise unless the module, called on inputs of ``x``'s shapes, holds exactly the saved
+        parameters with their shapes (a module reading fewer would run without an error)."""
+        signature = input_shapes(x)
+        checked = self.__dict__.setdefault("_checked_inputs", set())
+        if signature in checked:
+            return
+        adapter = self.adapter
+        variables = jax.eval_shape(
+            lambda x: call_with(adapter.module.init, x, jax.random.key(0)), x
+        )
+        wanted = _leaf_shapes(variables if adapter.variables else variables.get("params", {}))
+        differ = _leaves_differ(wanted, _leaf_shapes(self.params))
+        if differ:
+            raise ValueError(f"model is not of the saved architecture ({saved}): {differ}")
+        checked.add(signature)
 
 
 # ---------------------------------------------------------------------------------- encoding
@@ -282,6 +303,7 @@ def _model_json(adapter: Adapter, task: str | None) -> dict[str, Any]:
     return {
         "framework": framework,
         "class": f"{cls.__module__}.{cls.__qualname__}",
+        "variables": isinstance(adapter, LinenAdapter) and adapter.variables,
         "task": task,
         "load": how,
     }
@@ -456,7 +478,9 @@ def _adapter(config: dict[str, Any], model: nn.Module | nnx.Module | None, where
             f"model={type(model).__name__} is invalid for {where}: it was saved from a "
             f"{framework} model ({cls}); allowed: a {framework} model"
         )
-    return adapt(model)
+    if is_nnx:
+        return adapt(model)
+    return LinenAdapter(model, bool(info.get("variables", False)))  # files before: params only
 
 
 def _params(adapter: Adapter, config: dict[str, Any], arrays: dict[str, jax.Array]) -> PyTree:
@@ -467,7 +491,9 @@ def _params(adapter: Adapter, config: dict[str, Any], arrays: dict[str, jax.Arra
         if entry["role"] == "float":
             leaves[tuple(entry["key"])] = arrays[name]
     for d in config["layers"]:
-        key, q = tuple(d["key"]), d["qtensor"]
+        key, q = tuple(d["key"]), d.get("qtensor")
+        if q is None:
+            raise ValueError(f"layer {_name(key)}: its entry in {CONFIG_FILE} has no 'qtensor'")
         held = {r: arrays.get(f"{_name(key)}.{r}") for r in (*_QTENSOR_ROLES, *_TRANSFORM_ROLES)}
         transform = None
         if q["transform"]:
@@ -484,6 +510,7 @@ def _params(adapter: Adapter, config: dict[str, Any], arrays: dict[str, jax.Arra
                 transform=transform,
                 layout=q.get("layout", "rows"),  # files written before layouts: rows
             )
+            check_arrays(leaves[key])  # the arrays its spec holds, as `QTensor` does not check
         except ValueError as error:  # the QTensor's own checks (its layout), naming the layer
             raise ValueError(f"layer {_name(key)}: {error}") from error
     if isinstance(adapter, LinenAdapter):
@@ -496,28 +523,39 @@ def _params(adapter: Adapter, config: dict[str, Any], arrays: dict[str, jax.Arra
         return params
     # NNX: the same leaves as the given model's state, each replaced
     template = adapter.params()
-    flat, _ = jax.tree_util.tree_flatten_with_path(template)
-    shapes = {_key_of(path): tuple(np.shape(v)) for path, v in flat}
-    if set(shapes) != set(leaves):
-        extra, missing = sorted(set(shapes) - set(leaves)), sorted(set(leaves) - set(shapes))
-        raise ValueError(
-            "model is not of the saved architecture: "
-            + (f"it has parameters the file lacks: {[_name(k) for k in extra]}; " if extra else "")
-            + (
-                f"the file has parameters it lacks: {[_name(k) for k in missing]}"
-                if missing
-                else ""
-            )
-        )
+    differ = _leaves_differ(_leaf_shapes(template), _leaf_shapes(leaves))
+    if differ:
+        raise ValueError(f"model is not of the saved architecture: {differ}")
     for key, leaf in leaves.items():
-        shape = leaf.shape if isinstance(leaf, QTensor) else tuple(leaf.shape)
-        if shape != shapes[key]:
-            raise ValueError(
-                f"model is not of the saved architecture: parameter {_name(key)!r} has shape "
-                f"{shapes[key]}, the file {shape}"
-            )
         template = set_at(template, key, leaf)
     return template
+
+
+def _leaf_shapes(tree: PyTree | dict[tuple, Any]) -> dict[tuple, tuple[int, ...]]:
+    """Each parameter's key and (logical) shape: of a nested dict, or of a dict keyed by keys."""
+    if tree and all(isinstance(k, tuple) for k in tree):
+        return {k: tuple(np.shape(v)) for k, v in tree.items()}
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda v: isinstance(v, QTensor))
+    return {_key_of(path): tuple(np.shape(v)) for path, v in flat}
+
+
+def _leaves_differ(wanted: dict[tuple, tuple], stored: dict[tuple, tuple]) -> str | None:
+    """How the model's parameters (``wanted``) and the file's differ: the keys one lacks, or the
+    first whose shapes differ; None when they agree."""
+    if set(wanted) != set(stored):
+        extra, missing = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
+        return "; ".join(
+            ([f"it has parameters the file lacks: {[_name(k) for k in extra]}"] if extra else [])
+            + (
+                [f"the file has parameters it lacks: {[_name(k) for k in missing]}"]
+                if missing
+                else []
+            )
+        )
+    for key, shape in stored.items():
+        if shape != wanted[key]:
+            return f"parameter {_name(key)!r} has shape {wanted[key]}, the file {shape}"
+    return None
 
 
 def load(directory: str | os.PathLike, model: nn.Module | nnx.Module | None = None) -> LoadedModel:

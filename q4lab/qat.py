@@ -18,7 +18,8 @@ Training state (``params``, a plain pytree that `jax.grad` and optax see):
   ``params["model"]``  every parameter of the model, each quantized kernel being its float
                        master weight: the float kernel for rounding quantizers, GPTQ's
                        dequantized weight for GPTQ (so training starts exactly at the PTQ model),
-                       in the layer's original basis (an input transform is folded each step)
+                       in the layer's original basis (an input transform is folded each step);
+                       batch statistics and other non-parameter state ride along untrained
   ``params["steps"]``  per quantized layer, with ``method="lsq"``: ``w_gain`` ``[G, N]`` on the
                        weight steps and ``act_gain`` (scalar) on the activation step
 
@@ -232,7 +233,14 @@ def train(
         fp_params = qat.ptq.float_params
     warmup = min(max(1, config.steps // 10), config.steps - 1)  # one step: no warm-up
     schedule = optax.warmup_cosine_decay_schedule(0.0, config.lr, warmup, config.steps)
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
+    trained = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
+    labels = {  # batch statistics and other model state are not trained
+        "model": jax.tree.map(
+            lambda t: "train" if t else "keep", qat.adapter.trainable(params["model"])
+        ),
+        "steps": jax.tree.map(lambda _: "train", params["steps"]),
+    }
+    opt = optax.multi_transform({"train": trained, "keep": optax.set_to_zero()}, labels)
     opt_state = opt.init(params)
 
     def objective(p, x, y, fp_out):

@@ -394,7 +394,9 @@ def quantize_model(
     calibration: Iterable[Inputs] = (),
     progress: bool | None = False,
 ) -> QuantizedModel:
-    """Quantize ``model`` (Linen with its ``params``; NNX with ``params=None``) by ``recipe``.
+    """Quantize ``model`` (Linen with its ``params``, or all of its ``variables`` when it also
+    holds other collections such as ``batch_stats``; NNX with ``params=None``) by ``recipe``.
+    Only kernels are quantized: batch statistics and other state stay float, and count.
 
     ``sample_input`` and each calibration batch: one array, a tuple of positional inputs or a
     dict of keyword inputs (`q4lab.adapters.call_with`). ``calibration``: batches, needed when
@@ -404,17 +406,11 @@ def quantize_model(
     only), else from the float model. ``progress`` shows a bar over layers (None: only on a
     terminal). Errors in the recipe are raised before any work.
     """
-    adapter = adapt(model)
+    adapter = adapt(model, params)
     if params is None:
         if not isinstance(model, nnx.Module):
             raise ValueError("params is None; allowed only for an NNX model (Linen needs params)")
         params = adapter.params()
-    elif isinstance(params, Mapping) and isinstance(params.get("params"), Mapping):
-        raise ValueError(
-            f"params has the collections {sorted(params)}, as Linen's init returns them; allowed: "
-            "the 'params' collection alone (variables['params']); models that also hold other "
-            "collections (batch_stats) are not supported"
-        )
     arrays = jax.Array | np.ndarray
     if isinstance(calibration, Mapping) or (  # iterating one batch gives its keys or its rows
         isinstance(calibration, arrays)

@@ -205,6 +205,26 @@ def test_a_linen_model_of_another_architecture_is_named_at_its_first_call(saved_
         loaded.apply(x)
 
 
+class Shorter(nn.Module):
+    """`UserCNN`'s first layers and head, skipping its DenseGeneral and Einsum: it reads some of
+    the saved parameters, each of its shape, and would run without a Flax error."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(8, (3, 3), padding="SAME")(x))
+        x = nn.relu(nn.Conv(8, (3, 3), strides=(2, 2), padding="VALID")(x))
+        x = nn.relu(nn.Dense(16)(x.reshape(x.shape[0], -1)))
+        return nn.Dense(5, name="head")(x[:, :8])
+
+
+def test_a_linen_model_reading_fewer_parameters_is_refused(saved_linen):
+    _, directory, x = saved_linen
+    with pytest.raises(
+        ValueError, match=r"parameters it lacks: \['mix/bias', 'mix/kernel', 'split"
+    ):
+        load(directory, Shorter()).apply(x)
+
+
 def _tensor_span(path, name):
     data = path.read_bytes()
     n = struct.unpack("<Q", data[:8])[0]
@@ -231,6 +251,13 @@ def test_corrupted_or_reshaped_tensor_is_named(saved_linen, saved_nnx, tmp_path)
     config["tensors"]["head/bias"]["shape"] = [6]
     (bad / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"'head/bias' \(float\).*records float32\[6\]"):
+        load(bad, UserCNN())
+
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    (layer,) = (d for d in config["layers"] if d["path"] == "Dense_0")
+    layer["qtensor"]["spec"]["bits"] = 8  # its codes are 4-bit ones
+    (bad / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"layer Dense_0/kernel: .*W8 sym g8.*its codes is uint8"):
         load(bad, UserCNN())
 
     class Wider(UserNNX):

@@ -1,6 +1,7 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from q4lab.core import QuantSpec
@@ -84,11 +85,12 @@ def test_a_calibrating_quantizer_on_an_einsum_is_refused_before_calibration(tiny
         quantize_model(model, params, recipe, sample_input=x, calibration=_never())
 
 
-def test_linens_whole_variables_dict_is_refused_by_name(tiny):
+def test_linens_whole_variables_dict_quantizes_as_its_params(tiny):
     model, params, x = tiny
-    with pytest.raises(ValueError, match=r"collections \['params'\].*allowed: the 'params'"):
-        quantize_model(model, {"params": params}, Recipe.single(), sample_input=x)
+    whole = quantize_model(model, {"params": params}, Recipe.single(), sample_input=x)
     qmodel = quantize_model(model, params, Recipe.single(), sample_input=x)
+    np.testing.assert_array_equal(whole.apply(x), qmodel.apply(x))
+    assert whole.ledger().total_bytes == qmodel.ledger().total_bytes
     with pytest.raises(ValueError, match="inputs is a list; allowed: an array, a tuple"):
         qmodel.apply(x.tolist())
 

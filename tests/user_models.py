@@ -59,3 +59,27 @@ class UserNNXKeywords(nnx.Module):
     def __call__(self, *, features, scale):
         h = nnx.relu(self.first(features * scale))
         return self.last(nnx.relu(self.middle(h)))
+
+
+class UserBNCNN(nn.Module):
+    """A Linen CNN with batch normalization: its variables hold ``batch_stats`` beside
+    ``params`` (inference: running averages)."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(8, (3,), padding="SAME", use_bias=False)(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=True)(x))
+        return nn.Dense(5, name="head")(x.reshape(x.shape[0], -1))
+
+
+class UserBNNNX(nnx.Module):
+    """`UserBNCNN` in NNX: its state holds ``BatchStat`` variables beside ``Param`` ones."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(4, 8, kernel_size=(3,), use_bias=False, rngs=rngs)
+        self.bn = nnx.BatchNorm(8, use_running_average=True, rngs=rngs)
+        self.head = nnx.Linear(8 * 10, 5, rngs=rngs)
+
+    def __call__(self, x):
+        h = nnx.relu(self.bn(self.conv(x)))
+        return self.head(h.reshape(x.shape[0], -1))

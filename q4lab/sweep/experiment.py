@@ -68,8 +68,9 @@ def _layers(task_name: str, seed: int):
 
     task = get_task(task_name)
     sample = task.sample_input(seed)
-    shapes = jax.eval_shape(task.model.init, jax.random.key(0), sample)["params"]
-    return adapt(task.model).layers(shapes, sample), task.calibration_count(seed)
+    variables = jax.eval_shape(task.model.init, jax.random.key(0), sample)
+    shapes = variables if set(variables) != {"params"} else variables["params"]
+    return adapt(task.model, shapes).layers(shapes, sample), task.calibration_count(seed)
 
 
 def validate(sweep: Sweep, where: str) -> list[Point]:

@@ -1,0 +1,99 @@
+"""Models that hold batch statistics beside their parameters (BatchNorm): Linen ones are
+quantized from all of their variables, their statistics stay float and count in the ledger,
+they save and load, and quantization-aware training leaves the statistics as they were."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from user_models import UserBNCNN, UserBNNNX  # pytest puts tests/ on the path
+
+from q4lab.core import QuantSpec
+from q4lab.export import load
+from q4lab.qat import QATConfig, QATModel, train
+from q4lab.quantize_model import quantize_model
+from q4lab.recipe import ActSpec, Recipe, Rule
+
+W4A4 = Recipe((Rule(weight=QuantSpec(group_size=4), act=ActSpec()),))
+
+
+def _with_statistics(variables):
+    """The model's variables with batch statistics far from init's (mean 0, var 1), so that a
+    forward ignoring them would differ."""
+    stats = variables["batch_stats"]
+    mean = jax.random.normal(jax.random.key(3), stats["BatchNorm_0"]["mean"].shape)
+    var = 0.5 + jax.random.uniform(jax.random.key(4), stats["BatchNorm_0"]["var"].shape)
+    return {**variables, "batch_stats": {"BatchNorm_0": {"mean": mean, "var": var}}}
+
+
+@pytest.fixture(scope="module")
+def linen_bn():
+    x = jax.random.normal(jax.random.key(0), (6, 10, 4))
+    model = UserBNCNN()
+    variables = _with_statistics(model.init(jax.random.key(1), x))
+    return model, variables, x, quantize_model(model, variables, W4A4, sample_input=x)
+
+
+def test_a_linen_model_with_batch_statistics_quantizes_from_its_variables(linen_bn):
+    model, variables, x, qm = linen_bn
+    assert set(qm.layers) == {"Conv_0", "head"}
+    stats = qm.params["batch_stats"]["BatchNorm_0"]
+    np.testing.assert_array_equal(stats["mean"], variables["batch_stats"]["BatchNorm_0"]["mean"])
+    fp = model.apply(variables, x)
+    out, sim = qm.apply(x), qm.apply(x, fake=True)
+    scale = float(jnp.max(jnp.abs(fp)))
+    assert float(jnp.max(jnp.abs(out - sim))) <= 1e-5 * scale  # int and fake forwards agree
+    assert 0 < float(jnp.max(jnp.abs(out - fp))) <= 0.5 * scale  # quantized, near the float
+    ledger = qm.ledger()  # the statistics are stored: float leaves of the ledger
+    held = sum(np.asarray(a).nbytes for a in jax.tree.leaves(qm.params))
+    assert ledger.total_bytes == held
+    assert ledger.total_bytes - ledger.quantized_bytes == 4 * (8 + 8 + 8 + 8 + 5)  # BN, bias
+
+
+def test_the_params_collection_alone_is_refused_naming_the_missing_one(linen_bn):
+    model, variables, x, _ = linen_bn
+    with pytest.raises(ValueError, match=r"batch_stats.*allowed: the whole variables dict"):
+        quantize_model(model, variables["params"], W4A4, sample_input=x)
+
+
+def test_a_linen_model_with_batch_statistics_saves_and_loads(linen_bn, tmp_path):
+    *_, x, qm = linen_bn
+    loaded = load(qm.save(tmp_path / "bn"), UserBNCNN())
+    np.testing.assert_array_equal(loaded.apply(x), qm.apply(x))
+    assert loaded.ledger() == qm.ledger()
+
+
+def _trained(qm, x):
+    """The QAT state at start and after three steps of a cross-entropy on fixed labels."""
+    qat, state = QATModel.start(qm)
+    y = jnp.arange(x.shape[0]) % 5
+
+    def loss(out, y, _):
+        return -jnp.mean(jax.nn.log_softmax(out)[jnp.arange(y.shape[0]), y])
+
+    trained, _ = train(qat, state, lambda rng: (x, y), loss, QATConfig(steps=3, lr=1e-2))
+    return state, trained
+
+
+def test_qat_trains_parameters_and_keeps_batch_statistics(linen_bn):
+    *_, x, qm = linen_bn
+    state, trained = _trained(qm, x)
+    before, after = state["model"], trained["model"]
+    for name in ("mean", "var"):
+        np.testing.assert_array_equal(
+            after["batch_stats"]["BatchNorm_0"][name], before["batch_stats"]["BatchNorm_0"][name]
+        )
+    assert not np.array_equal(after["params"]["head"]["kernel"], before["params"]["head"]["kernel"])
+    assert not np.array_equal(
+        after["params"]["BatchNorm_0"]["scale"], before["params"]["BatchNorm_0"]["scale"]
+    )
+
+
+def test_nnx_qat_keeps_batch_statistics():
+    x = jax.random.normal(jax.random.key(0), (6, 10, 4))
+    qm = quantize_model(UserBNNNX(nnx.Rngs(0)), None, W4A4, sample_input=x)
+    state, trained = _trained(qm, x)
+    np.testing.assert_array_equal(trained["model"]["bn"]["mean"], state["model"]["bn"]["mean"])
+    np.testing.assert_array_equal(trained["model"]["bn"]["var"], state["model"]["bn"]["var"])
+    assert not np.array_equal(trained["model"]["bn"]["scale"], state["model"]["bn"]["scale"])
