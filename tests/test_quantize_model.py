@@ -391,5 +391,7 @@ def test_the_layer_table_gives_a_layer_the_group_size_it_was_quantized_with():
         qm = quantize_model(model, params, recipe, sample_input=x)
         (row,) = layer_rows(qm, recipe, adapter_layers)
         assert row["group_size"] == shown
-    with pytest.raises(ValueError, match=r"\[1, 2, 4, 8, 16\], or any size of at least K"):
+    with pytest.raises(
+        ValueError, match=r"\[1, 2, 4, 8, 16\] \(a recipe also takes any size of at least K"
+    ):
         QuantSpec(group_size=6).check_input_size(16)

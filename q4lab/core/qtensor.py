@@ -296,6 +296,13 @@ def quantize(
         raise ValueError(
             f"zero must be {'None' if spec.symmetric else 'given'} for symmetric={spec.symmetric}"
         )
+    grid = (spec.num_groups(w2d.shape[0]), 1 if spec.granularity == "per_tensor" else w2d.shape[1])
+    for role, a in (("scale", scale), ("zero", zero)):
+        if a is not None and tuple(jnp.shape(a)) != grid:  # broadcasting would hide the slip
+            raise ValueError(
+                f"{role} has shape {tuple(jnp.shape(a))}; allowed: {grid}, the grid [G, N] of "
+                f"{spec.describe()} for a weight of K={w2d.shape[0]} inputs, N={w2d.shape[1]}"
+            )
     scale = scale.astype(spec.jnp_scale_dtype)
     if spec.float_zero:  # held in the scale dtype, and the codes meet them as held
         zero = packed_zero = zero.astype(spec.jnp_scale_dtype)

@@ -131,8 +131,8 @@ class QuantSpec:
             at = f" for {where}" if where else ""
             raise ValueError(
                 f"QuantSpec.group_size={self.group_size} does not divide the input size K={k}{at};"
-                f" allowed group sizes for this layer: {divisors}, or any size of at least K"
-                " (one group: per-channel)"
+                f" allowed group sizes for this layer: {divisors} (a recipe also takes any size"
+                " of at least K: one group, per-channel)"
             )
 
     def describe(self) -> str:

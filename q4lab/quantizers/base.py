@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from q4lab.core import QTensor, QuantSpec, affine, normalize_in_axes, quantize, to_matrix
+from q4lab.core.packing import unpack_numpy
 from q4lab.core.qtensor import InAxes, check_arrays
 
 HESSIAN = "hessian"
@@ -113,7 +114,26 @@ def check_quantized(
         raise ValueError(f"{where} returned zero points that are NaN or Inf in {spec.scale_dtype}")
     if qt.perm is not None and not np.array_equal(np.sort(np.asarray(qt.perm)), np.arange(qt.k)):
         raise ValueError(f"{where} returned a perm that is not a permutation of the {qt.k} rows")
+    if _all_at_zero(qt) and np.any(np.asarray(w) != 0):
+        raise ValueError(
+            f"{where} returned codes that all stand for 0, for a weight that is not all zero: an "
+            "empty clipping range ([0, 0]) in every group, or a bug"
+        )
     return qt
+
+
+def _all_at_zero(qt: QTensor) -> bool:
+    """True when every code of ``qt`` (layout rows) is its group's integer zero point, so the
+    weight dequantizes to 0 everywhere; False for real-valued zero points."""
+    if qt.spec.symmetric:  # code 0 is stored as zero bits at every width
+        return not np.asarray(qt.codes).any()
+    if qt.spec.float_zero or qt.layout != "rows":
+        return False
+    spec, k, n = qt.spec, qt.k, qt.n
+    codes = unpack_numpy(np.asarray(qt.codes), bits=spec.bits, signed=False, n=n)
+    grid_n = 1 if spec.granularity == "per_tensor" else n
+    zero = unpack_numpy(np.asarray(qt.zero), bits=spec.bits, signed=False, n=grid_n)
+    return bool(np.all(codes == np.repeat(zero, k // zero.shape[0], axis=0)))
 
 
 class Quantizer(abc.ABC):

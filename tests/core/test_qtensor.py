@@ -226,6 +226,15 @@ def test_zero_must_match_symmetry():
         quantize(w, QuantSpec(), jnp.ones((1, 2)), jnp.zeros((1, 2), jnp.int32))
 
 
+def test_scales_and_zeros_off_the_grid_are_named_not_broadcast():
+    w = jnp.ones((8, 3))
+    with pytest.raises(ValueError, match=r"scale has shape \(1, 3\); allowed: \(2, 3\), .*g4"):
+        quantize(w, QuantSpec(group_size=4), jnp.ones((1, 3)))
+    spec = QuantSpec(symmetric=False, group_size=4)
+    with pytest.raises(ValueError, match=r"zero has shape \(2, 1, 3\); allowed: \(2, 3\)"):
+        quantize(w, spec, jnp.ones((2, 3)), jnp.zeros((2, 1, 3), jnp.int32))
+
+
 def test_bad_in_axes_are_named():
     with pytest.raises(ValueError, match=r"in_axes=\(0, 1\) is invalid .*ndim=2"):
         get_quantizer("minmax").quantize(jnp.ones((4, 2)), QuantSpec(), in_axes=(0, 1))

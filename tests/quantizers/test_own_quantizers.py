@@ -68,6 +68,11 @@ class Broken(MinMax):
             return dataclasses.replace(right, codes=right.codes * 4)
         if self.change == "not a permutation":
             return dataclasses.replace(right, perm=jnp.zeros(right.k, jnp.int32))
+        if self.change == "all codes at zero":  # an empty range: every code at its zero point
+            codes = jnp.zeros_like(right.codes)
+            if right.zero is not None:  # asymmetric: each row's codes packed as its zero's
+                codes = jnp.broadcast_to(right.zero[:1], right.codes.shape)
+            return dataclasses.replace(right, codes=codes)
         raise AssertionError(self.change)
 
 
@@ -83,6 +88,9 @@ class Broken(MinMax):
         ("another spec", QuantSpec(), r"returned W8 sym per-channel .*; asked: QuantSpec\(bits=4"),
         ("codes out of range", QuantSpec(bits=6), r"codes in \[-124, 124\]; allowed: \[-32, 31\]"),
         ("not a permutation", QuantSpec(), r"perm that is not a permutation of the 32 rows"),
+        ("all codes at zero", QuantSpec(bits=3), r"codes that all stand for 0"),
+        ("all codes at zero", QuantSpec(symmetric=False), r"codes that all stand for 0"),
+        ("all codes at zero", QuantSpec(bits=8, symmetric=False), r"codes that all stand for 0"),
     ],
 )
 def test_a_quantizer_returning_a_wrong_qtensor_is_named(change, spec, says):
@@ -98,6 +106,13 @@ class WrongAxis(RangeQuantizer):
 
     def weight_range(self, wg, spec):
         return wg.min(axis=2, keepdims=True), wg.max(axis=2, keepdims=True)
+
+
+def test_an_all_zero_weight_may_quantize_to_zero():
+    zero = np.zeros_like(W)
+    for spec in (QuantSpec(), QuantSpec(symmetric=False, group_size=8)):
+        quantizer = get_quantizer("minmax")
+        check_quantized(quantizer.quantize(zero, spec), quantizer, spec, zero, 0)
 
 
 def test_a_range_of_the_wrong_shape_is_named_with_the_shape_it_must_have():
