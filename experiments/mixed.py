@@ -4,8 +4,9 @@ Every point quantizes with GPTQ act-order + MSE-clipped group ranges (the best u
 results/w4a16). Uniform: 2, 3 and 4 bits at g128, g64 and g32 (codes packed at their width: a
 3-bit g128 layer stores 3 bits per weight plus its scales and act-order permutation). Mixed:
 each layer's width in {2, 3, 4} (g128) allocated by an exact knapsack under an average of 2.5,
-3.0, 3.5 and 4.0 stored bits per quantized weight, from each layer's measured loss of the task
-metric when only it is quantized (`q4lab sensitivity`, cached and shared by the budgets); and
+3.0, 3.5 and 4.0 stored bits per quantized weight, from each layer's measured loss when only it
+is quantized (`q4lab sensitivity`: 1 - cos to the float model's embeddings on the calibration
+split, cached and shared by the budgets); and
 each layer's width and group size in {2, 3, 4} x {per-channel, g32, g128} under the same budgets.
 
     q4lab run experiments/mixed.py

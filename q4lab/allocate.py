@@ -107,7 +107,7 @@ def _knapsack(units: np.ndarray, loss: np.ndarray, capacity: int) -> np.ndarray:
     layers so far within ``c`` units; one choice per layer recorded for the walk back."""
     n_layers, n_choices = units.shape
     best = np.zeros(capacity + 1)
-    taken = np.zeros((n_layers, capacity + 1), np.int8)
+    taken = np.zeros((n_layers, capacity + 1), np.min_scalar_type(n_choices))
     for i in range(n_layers):
         options = np.full((n_choices, capacity + 1), np.inf)
         for j in range(n_choices):
@@ -129,14 +129,17 @@ def _knapsack(units: np.ndarray, loss: np.ndarray, capacity: int) -> np.ndarray:
 
 
 def _greedy(cost: np.ndarray, loss: np.ndarray, capacity: float) -> np.ndarray:
-    picks = np.argmin(cost, axis=1)
+    """From each layer's cheapest candidate (of least loss among equally cheap ones), take the
+    move of most loss saved per extra byte that fits, free moves first, until none saves any."""
+    picks = np.lexsort((loss, cost))[:, 0]
     rows = np.arange(len(picks))
     while True:
         spent = cost[rows, picks].sum()
         extra = cost - cost[rows, picks][:, None]
         gain = loss[rows, picks][:, None] - loss
-        fits = (extra > 0) & (gain > 0) & (spent + extra <= capacity)
-        ratio = np.where(fits, gain / np.where(extra > 0, extra, 1), -np.inf)
+        fits = (extra >= 0) & (gain > 0) & (spent + extra <= capacity)
+        per_byte = np.divide(gain, extra, out=np.full(gain.shape, np.inf), where=extra > 0)
+        ratio = np.where(fits, per_byte, -np.inf)
         if not np.isfinite(ratio.max()):
             return picks
         i, j = np.unravel_index(np.argmax(ratio), ratio.shape)

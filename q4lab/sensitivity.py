@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 from q4lab.adapters import adapt, get_at, set_at
 from q4lab.calibrate import calibrate
 from q4lab.core import QTensor, stored_bytes, to_matrix
-from q4lab.core.qtensor import dequantize_matrix
 from q4lab.evaluate import float_forward
 from q4lab.layer_quant import unfolded_weight
 from q4lab.quantize_model import quantize_model
@@ -38,7 +37,7 @@ def layer_errors(task: Task | str, recipes: Sequence[Recipe], seed: int = 0) -> 
     params = task.baseline(seed)
     batches = task.calibration(seed)
     sample = task.sample_input(seed)
-    adapter = adapt(task.model)
+    adapter = adapt(task.model, params)
     layers = adapter.layers(params, sample)
     hessians = calibrate(adapter, params, {layer.path: {"hessian"} for layer in layers}, batches)
     rows = []
@@ -51,7 +50,8 @@ def layer_errors(task: Task | str, recipes: Sequence[Recipe], seed: int = 0) -> 
             qt: QTensor = get_at(qmodel.params, p.layer.key)
             w2d = to_matrix(jnp.asarray(get_at(params, p.layer.key), jnp.float32), qt.in_axes)
             h = hessians[path]["hessian"]
-            err = float(output_error(w2d, dequantize_matrix(qt), h))
+            w_hat = to_matrix(unfolded_weight(qt), qt.in_axes)  # in w2d's basis, transformed or not
+            err = float(output_error(w2d, w_hat, h))
             rows.append(
                 {
                     "task": task.name,

@@ -74,6 +74,27 @@ def test_budget_errors_name_the_smallest_budget_and_the_methods():
         assert allocate(diverging, 4.0, method=method).choice == {"layer0": "W4"}
 
 
+def test_equally_cheap_candidates_go_to_the_one_of_least_loss():
+    """Widths 5 to 8 store a byte per code: W5 and W8 cost the same, and greedy kept W5."""
+    rows = [
+        {"layer": "a", "candidate": "W5", "params": 100, "stored_bytes": 100, "loss": 1.0},
+        {"layer": "a", "candidate": "W8", "params": 100, "stored_bytes": 100, "loss": 0.1},
+        {"layer": "b", "candidate": "W5", "params": 100, "stored_bytes": 100, "loss": 0.5},
+        {"layer": "b", "candidate": "W8", "params": 100, "stored_bytes": 100, "loss": 0.2},
+    ]
+    for method in ("knapsack", "greedy"):
+        assert allocate(rows, 8.0, method=method).choice == {"a": "W8", "b": "W8"}, method
+
+
+def test_the_knapsack_walks_back_through_more_than_127_candidates():
+    rows = [
+        {"layer": "a", "candidate": f"c{j}", "params": 8, "stored_bytes": 1 + j % 3, "loss": 1.0}
+        for j in range(300)
+    ]
+    rows[260]["loss"] = 0.0
+    assert allocate(rows, 8.0).choice == {"a": "c260"}
+
+
 def test_rules_give_each_layer_its_width_by_exact_path():
     rows = _rows([{2: 9.0, 4: 0.0}, {2: 0.1, 4: 0.0}, {2: 5.0, 4: 0.0}], [64, 64, 64])
     for i, name in enumerate(("blocks/0.fc", "blocks/1.fc", "head")):

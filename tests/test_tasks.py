@@ -53,3 +53,14 @@ def test_gptq_output_error_is_below_round_to_nearest_on_every_layer(task):
     assert len(ratio) == 2 * (3 if task == "digits-mlp" else 5)
     assert (ratio < 1).all(), ratio
     assert ratio.median() < 0.5
+
+
+def test_a_transformed_layers_error_is_measured_in_its_original_basis():
+    """AWQ folds scales into its weights: their error is that of the weight it stands for, near
+    min-max's (it was the folded weight against the original: thousands of times larger)."""
+    recipes = [
+        Recipe.single(quantizer=q, weight=QuantSpec(group_size=32)) for q in ("minmax", "awq")
+    ]
+    table = pd.DataFrame(layer_errors("digits-mlp", recipes, seed=0))
+    errors = table.pivot_table(index="layer", columns="quantizer", values="relative_error")
+    assert (errors["awq"] < 1.5 * errors["minmax"]).all(), errors

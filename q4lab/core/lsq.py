@@ -13,8 +13,10 @@ gradients are
     d v_hat / d s = round(v / s) - v / s    if -Q_N <= v / s <= Q_P
                   = -Q_N or Q_P             where v / s saturates
 
-and the step's gradient is multiplied by ``g = 1 / sqrt(N * Q_P)`` (`lsq_grad_scale`), N being
-the number of values one step covers, so that steps and values learn at comparable rates.
+and the step's gradient is multiplied by ``g = 1 / sqrt(N * qmax)`` (`lsq_grad_scale`), N being
+the number of values one step covers, so that steps and values learn at comparable rates:
+the paper's ``Q_P`` for symmetric codes; with zero points ``qmax``, the codes' top, one constant
+per spec rather than ``Q_P`` per group.
 Zero points are integers and get no gradient. Under Adam the constant ``g`` mostly cancels (each
 parameter's update is normalised); it matters for SGD, as in the paper.
 """
@@ -32,7 +34,8 @@ from q4lab.core.spec import QuantSpec
 
 
 def lsq_grad_scale(values_per_step: int, spec: QuantSpec) -> float:
-    """LSQ's gradient scale ``1 / sqrt(N * Q_P)`` for a step covering ``values_per_step`` values."""
+    """LSQ's gradient scale ``1 / sqrt(N * qmax)`` for a step covering ``values_per_step`` values
+    (the module docstring)."""
     return 1.0 / math.sqrt(values_per_step * spec.qmax)
 
 

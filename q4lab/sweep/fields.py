@@ -148,7 +148,8 @@ ACT_FIELDS = ("act_mode", "act_symmetric", "act_clipping", "act_clipping_options
 def inert_fields(point: Point) -> list[str]:
     """The fields of ``point`` set away from their defaults that change nothing it runs: the
     activation fields of a weight-only point (``act_bits=16``), ``bits`` beside a
-    ``bits_budget`` (the allocation chooses every width), a ``zero_point`` with symmetric
+    ``bits_budget`` (the allocation chooses every width) and ``group_size`` beside its
+    ``budget_groups`` (and every group size), a ``zero_point`` with symmetric
     weights, or naming the quantizer's own kind. Two points differing only in these are one
     configuration under two hashes. A point
     with ``rules`` has none: a rule inherits the point's fields (a rule's ``act_bits=4`` takes
@@ -163,6 +164,8 @@ def inert_fields(point: Point) -> list[str]:
     ]
     if p["bits_budget"] and p["bits"] != min(p["budget_widths"]):
         inert.append("bits")
+    if p["bits_budget"] and p["budget_groups"] and p["group_size"] != min(p["budget_groups"]):
+        inert.append("group_size")
     if p["zero_point"] != "auto":  # the quantizer's own kind asked for by name
         try:
             same = recipe_of(p) == recipe_of(p | {"zero_point": "auto"})
@@ -173,12 +176,15 @@ def inert_fields(point: Point) -> list[str]:
 
 
 def effective_hash(point: Point) -> str:
-    """`config_hash` of the point with its `inert_fields` at their defaults (``bits`` beside a
-    budget: its narrowest width): equal for points that run the same configuration."""
+    """`config_hash` of the point with its `inert_fields` at their defaults (``bits`` and
+    ``group_size`` beside a budget: its narrowest width, its smallest group size): equal for
+    points that run the same configuration."""
     p = with_defaults(point)
     reset = {f: FIELDS[f][0] for f in inert_fields(p)}
     if "bits" in reset:
         reset["bits"] = min(p["budget_widths"])
+    if "group_size" in reset:
+        reset["group_size"] = min(p["budget_groups"])
     return config_hash(p | reset)
 
 
@@ -382,4 +388,16 @@ def validate_point(point: Point) -> Recipe:
             f"training keeps integer zero points, and it {why} real-valued ones; allowed: "
             "qat_steps=0"
         )
+    if budget:  # the sensitivity quantizes every layer at each candidate, from float inputs
+        from q4lab.sweep.mixed import candidates
+
+        for label, candidate in candidates(point).items():
+            try:
+                recipe_of(candidate)
+            except ValueError as err:
+                raise ValueError(
+                    f"bits_budget={budget} is invalid with this point: its sensitivity "
+                    f"quantizes every layer at {label} from the float model's inputs "
+                    f"(sequential=False), and then {err}; allowed: bits_budget=0"
+                ) from err
     return recipe

@@ -117,6 +117,11 @@ BAD_FILES = {
         '"bits_budget": [3.5], "group_size": [16], "budget_groups": [[0, 32]]',
         r"group_size=16 is invalid with budget_groups=\[0, 32\]; allowed: one of the group sizes",
     ),
+    "budget with a sequential-only quantizer": (  # the sensitivity's candidates are not
+        '"bits_budget": [3.5], "quantizer": ["gptq"], "options": [{"float_target": True}]',
+        r"bits_budget=3.5 is invalid with this point: .* at W2 from the float model's inputs "
+        r"\(sequential=False\), and then .*fits the float model's outputs",
+    ),
 }
 
 
@@ -393,6 +398,10 @@ def test_points_that_differ_only_in_fields_that_change_nothing_run_once(tmp_path
         write_sweep(tmp_path, "{'task': ['digits-mlp'], 'bits': [2, 3, 4], 'bits_budget': [3.5]}")
     )
     assert [p["bits"] for p in budget.points] == [2] and len(budget.merged) == 2
+    # group_size beside budget_groups: the allocation chooses every layer's group size too
+    groups = "{'task': ['digits-mlp'], 'group_size': [16, 32], 'bits_budget': [3.5], "
+    budget = load_experiment(write_sweep(tmp_path, groups + "'budget_groups': [[16, 32]]}"))
+    assert [p["group_size"] for p in budget.points] == [16] and len(budget.merged) == 1
     # zero_point naming the quantizer's own kind: int for min-max, float for HQQ
     kinds = "{'task': ['digits-mlp'], 'symmetric': [False], 'zero_point': ['auto', 'int'], "
     for quantizer, kept in (("minmax", 1), ("hqq", 2)):  # hqq: int is refused, float merges
