@@ -193,9 +193,10 @@ def _compare_column(
     if all(_is_number(v) for v in published + now):
         kind = _kind(column)
         old, new = np.asarray(published, np.float64), np.asarray(now, np.float64)
-        both_nan = np.isnan(old) & np.isnan(new)
-        diff = np.where(both_nan, 0.0, np.abs(new - old))
-        diff = np.where(np.isnan(diff), np.inf, diff)
+        same = (old == new) | (np.isnan(old) & np.isnan(new))  # inf as inf, NaN as NaN
+        with np.errstate(invalid="ignore"):
+            diff = np.where(same, 0.0, np.abs(new - old))
+        diff = np.where(np.isnan(diff), np.inf, diff)  # a number against NaN
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = np.where(diff == 0, 0.0, diff / np.abs(old))
         allowed = {"size": 0.0, "metric": tol, "diagnostic": math.inf}[kind]
@@ -210,7 +211,7 @@ def _compare_column(
             "max_abs_diff": float(diff.max()),
             "max_rel_diff": float(rel.max()),
             "worst_row": labels[worst] if diff.max() > 0 else "",
-            "ok": bool(diff.max() <= allowed),
+            "ok": bool(diff.max() <= allowed * (1 + 1e-9)),  # |0.905 - 0.904| > 0.001
         }
     differ = [i for i, (a, b) in enumerate(zip(published, now, strict=True)) if a != b]
     return {
@@ -224,10 +225,16 @@ def _compare_column(
     }
 
 
+SCORE_COLUMNS = ("score", "fp_score", "delta_score")  # in every row any version wrote
+
+
 def _present(record: dict[str, Any], column: str) -> Any:
-    """The record's value, or None where it has none (absent, or NaN in a mixed table)."""
+    """The record's value, or None where it has none (absent, or NaN in a mixed table). A score
+    (`SCORE_COLUMNS`, the row's own metric) is always recorded: NaN there is its value (a run
+    that diverged), which a rerun must reproduce."""
     value = _python(record.get(column))
-    return None if isinstance(value, float) and math.isnan(value) else value
+    scored = column in SCORE_COLUMNS or column == record.get("metric")
+    return None if isinstance(value, float) and math.isnan(value) and not scored else value
 
 
 def _column(

@@ -173,6 +173,24 @@ def test_reproduce_a_published_row_exactly_and_flag_a_doctored_one(tmp_path, cap
     assert not any(line.startswith("| eval_seconds") for line in lines)
 
 
+def test_reproduce_compares_nan_inf_and_the_tolerance_as_numbers():
+    from q4lab.reproduce import _column
+
+    def compare(column, old, new, tol=0.0):
+        published = [{"metric": "accuracy", column: old}]
+        return _column(column, published, [{"metric": "accuracy", column: new}], ["#0"], tol)
+
+    # a score of NaN is a value (a run that diverged): a number now differs, NaN again is equal
+    assert not compare("score", float("nan"), 0.97)["ok"]
+    assert not compare("accuracy", float("nan"), 0.97)["ok"]
+    assert compare("score", float("nan"), float("nan"))["ok"]
+    assert compare("qat_loss_start", float("nan"), 0.5) is None  # a column added since
+    assert compare("score", float("inf"), float("inf"))["ok"]  # inf - inf is NaN
+    assert not compare("score", float("inf"), 1.0)["ok"]
+    assert compare("score", 0.904, 0.905, tol=0.001)["ok"]  # 0.0010000000000000009 apart
+    assert not compare("score", 0.904, 0.9051, tol=0.001)["ok"]
+
+
 def test_a_row_without_its_experiment_file_names_the_missing_file(tmp_path, capsys):
     table = pd.read_parquet(DIGITS / "runs.parquet").head(1)
     table.assign(experiment="gone", config_hash="0" * 16).to_parquet(tmp_path / "runs.parquet")
