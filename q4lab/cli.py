@@ -444,8 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="MODULE",
         help="import MODULE before the command (repeatable; the current folder is searched "
-        "too): a module that registers quantizers of one's own, e.g. q4lab --plugin myquant "
-        "quantize --task digits-mlp --quantizer mine. An experiment file imports its own",
+        "too): a module that registers quantizers or tasks of one's own, e.g. q4lab --plugin "
+        "myquant quantize --task digits-mlp --quantizer mine. An experiment file imports its own",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
@@ -574,7 +574,10 @@ def _import_plugins(modules: Sequence[str]) -> None:
         try:
             importlib.import_module(module)
         except ImportError as err:
-            raise ValueError(f"--plugin {module}: {err}") from err
+            where = ""
+            if isinstance(err, ModuleNotFoundError) and err.name == module.split(".")[0]:
+                where = f" (searched: the installed packages and the current folder, {Path.cwd()})"
+            raise ValueError(f"--plugin {module}: {err}{where}") from err
 
 
 def main(argv: Sequence[str] | None = None) -> int:

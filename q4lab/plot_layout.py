@@ -311,7 +311,7 @@ def draw_legend(fig: plt.Figure, points: pd.DataFrame, looks: dict, spare: plt.A
         ring = Line2D([], [], color="black", alpha=0.3, lw=2.5, marker="o", markersize=10)
         ring.set_markerfacecolor("none")
         marks.append((ring, "Pareto front"))
-    if looks["base"]:
+    if looks["base"] or looks["y"].startswith("delta_"):  # its value, or 0 for a change
         marks.append((Line2D([], [], color="grey", linestyle="--"), "float model"))
     if marks:
         handles += [_header(""), *marks]

@@ -293,7 +293,8 @@ def _subtitle(table: pd.DataFrame, y: str, higher: dict) -> str:
 def _draw_panel(
     ax: plt.Axes, data: pd.DataFrame, table_rows: pd.DataFrame, looks: dict, higher: bool
 ) -> None:
-    """One panel: a line with error bars per series, the Pareto front, the float model, ticks."""
+    """One panel: a line with error bars per series, the Pareto front, the float model (its
+    value, or 0 for a change from it), ticks."""
     x, y, hue, style = looks["x"], looks["y"], looks["hue"], looks["style"]
     for _, part in data.groupby("series", sort=False):
         part = part.sort_values(x)
@@ -324,8 +325,12 @@ def _draw_panel(
             lw=0.9,
             zorder=3,
         )
+    value = None
     if looks["base"]:
         value = table_rows[looks["base"]].mean()
+    elif y.startswith("delta_"):  # a change from the float model: the float model is 0
+        value = 0.0
+    if value is not None:
         ax.axhline(value, color="grey", linestyle="--", linewidth=1, zorder=0)
         ax.annotate(
             f"float\n{format_value(value)}",

@@ -179,6 +179,9 @@ def test_labels_are_the_ones_a_reader_uses():
         "5\nW3/4 g16",
     ]
     assert "float\n0.9750" in [t.get_text() for t in ax.texts]  # the baseline's value
+    deltas = table.assign(delta_score=table["score"] - table["fp_score"])
+    ax = pareto_plot(deltas, y="delta_score").axes[0]  # a change from float: float is 0
+    assert "float\n0.0000" in [t.get_text() for t in ax.texts]
 
 
 def test_budget_table_gives_the_pareto_best_per_budget():

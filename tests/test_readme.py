@@ -68,3 +68,30 @@ def test_the_own_quantizer_example_registers_and_runs(tmp_path, monkeypatch, cap
         want = np.maximum(-lo, hi) / spec.qmax
         scale = get_quantizer("stdclip", k=2.5).params(w, spec)[0]
         np.testing.assert_allclose(np.asarray(scale), want[:, 0, :], rtol=1e-6)
+
+
+def test_the_own_model_example_trains_registers_and_quantizes(tmp_path, monkeypatch, capsys):
+    """A model with batch statistics, made a task: the CLI quantizes it W4A8 with GPTQ, and
+    the statistics stay float beside the quantized kernels."""
+    import sys
+
+    from q4lab.cli import main
+    from q4lab.tasks import base
+
+    monkeypatch.setattr(base, "_TASKS", dict(base._TASKS))  # forgotten after the test
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "mytask", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mytask.py").write_text(python_block("### A model of your own"))
+    args = ["--plugin", "mytask", "quantize", "--task", "my-digits-cnn", "--quantizer", "gptq"]
+    try:
+        assert main([*args, "--act-bits", "8"]) == 0
+    finally:
+        base.get_task.cache_clear()
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "| my-digits-cnn |" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    header = next(line for line in out.splitlines() if line.startswith("| config_hash"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    fp_score, score = float(cells[columns.index("fp_score")]), float(cells[columns.index("score")])
+    assert fp_score > 0.9 and score > fp_score - 0.03, (fp_score, score)

@@ -272,7 +272,11 @@ def test_a_plugin_module_registers_quantizers_for_every_command(tmp_path, capsys
     with pytest.raises(SystemExit) as exit_:
         main(["--plugin", "no_such_module", "ls"])
     assert exit_.value.code == 2
-    assert "--plugin no_such_module: No module named 'no_such_module'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert (
+        "--plugin no_such_module: No module named 'no_such_module' (searched: the installed " in err
+    )
+    assert f"and the current folder, {Path.cwd()})" in err
 
 
 @pytest.mark.parametrize(
