@@ -10,7 +10,8 @@ Modes:
 A learned step is a *gain* on the post-training step: ``s = s0 * gain``, ``gain`` initialised
 to 1. A product rounds the same way in every program (an ``exp`` may not), so `WeightQuant.freeze`
 stores the very steps the training forward used, and Adam's updates of a gain are relative
-changes of the step whatever its magnitude.
+changes of the step whatever its magnitude. A gain counts at least `MIN_GAIN` (`floored`): a
+large learning rate drove gains to zero and below, and a step of 0 or less is no grid.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ from q4lab.recipe import ActSpec, TransformSpec
 
 MODES: tuple[str, ...] = ("int", "fake", "train")
 
+MIN_GAIN = 1e-3  # a learned step may shrink to a thousandth of the post-training one, no further
+
+
+def floored(gain: jax.Array) -> jax.Array:
+    """``gain``, at least `MIN_GAIN` (the module docstring); unchanged, gradient included, above."""
+    return jnp.maximum(gain, MIN_GAIN)
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +77,7 @@ class ActState:
         if self.gain is None:
             return scale, zero
         base = jax.lax.stop_gradient(scale.astype(jnp.float32))
-        return stored_scale(base * self.gain, self.spec.quant_spec()), zero
+        return stored_scale(base * floored(self.gain), self.spec.quant_spec()), zero
 
     def quantize(
         self, rows: jax.Array, mode: str, step: tuple[jax.Array, jax.Array | None] | None = None
@@ -208,7 +216,7 @@ class WeightQuant:
     def steps(self) -> jax.Array:
         """The ``[G, N]`` steps in the stored dtype, as float32 (gradient to the gain)."""
         return stored_scale(
-            self.scale0 if self.gain is None else self.scale0 * self.gain, self.spec
+            self.scale0 if self.gain is None else self.scale0 * floored(self.gain), self.spec
         )
 
     def _matrix(self) -> jax.Array:

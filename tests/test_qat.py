@@ -214,6 +214,24 @@ def _at(tree, key):
     return tree
 
 
+def test_a_learned_step_never_reaches_zero_or_below():
+    """A large learning rate drove LSQ's gains negative (steps down to -0.16): a gain counts at
+    least MIN_GAIN, and above it is unchanged."""
+    from q4lab.layer_quant import MIN_GAIN, WeightQuant
+
+    spec = QuantSpec(group_size=4)
+    w = jax.random.normal(jax.random.key(0), (8, 3))
+    scale0 = get_quantizer("minmax").quantize(w, spec).scale
+    gain = jnp.array([[1.5, 0.0, -0.5], [0.2, -2.0, 1.0]])
+    weight = WeightQuant(w, scale0, None, None, gain, spec, (0,))
+    expected = scale0 * jnp.maximum(gain, MIN_GAIN)
+    np.testing.assert_allclose(weight.steps(), expected, rtol=1e-7)
+    assert bool((weight.freeze().scale > 0).all())
+    act = ActState(ActSpec(), None, None, jnp.asarray(-1.0))
+    scale, _ = act.step(jnp.ones((2, 4)))
+    assert bool((scale > 0).all())
+
+
 def test_qat_config_names_the_bad_field():
     with pytest.raises(
         ValueError, match=r"qat_method='adam' is invalid; allowed: \('ste', 'lsq'\)"
