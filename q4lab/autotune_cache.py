@@ -52,6 +52,19 @@ def cache_file(device: jax.Device | None = None) -> Path:
     return cache_dir() / "autotune" / f"{kind}-jax{jax.__version__}.json"
 
 
+def _check_entry(key: str, entry: Any) -> None:
+    """Raise a ValueError unless ``entry`` is what `q4lab.ops.autotune.measure` writes: the
+    ``impl`` chosen, and ``ms``, milliseconds by implementation name."""
+    times = entry.get("ms") if isinstance(entry, dict) else None
+    if not (
+        isinstance(entry, dict)
+        and isinstance(entry.get("impl"), str)
+        and isinstance(times, dict)
+        and all(isinstance(t, int | float) and not isinstance(t, bool) for t in times.values())
+    ):
+        raise ValueError(f"entry {key!r} is not an impl and its times in ms ({entry!r:.200})")
+
+
 class DeviceTable(MutableMapping[str, dict[str, Any]]):
     """Measured choices for one device kind, read from and written through to a JSON file. The
     file is read on first use (not at import: that would start jax's backend) and rewritten
@@ -75,8 +88,8 @@ class DeviceTable(MutableMapping[str, dict[str, Any]]):
             if not (isinstance(data, dict) and data.get("format") == FORMAT):
                 raise ValueError(f"not format {FORMAT} of {__name__}")
             choices = data["choices"]
-            if not all(isinstance(entry, dict) and "impl" in entry for entry in choices.values()):
-                raise ValueError("an entry without 'impl'")
+            for key, entry in choices.items():
+                _check_entry(key, entry)
             return choices
         except (FileNotFoundError, NotADirectoryError):  # nothing kept yet
             return {}

@@ -31,7 +31,8 @@ def dense_rows(lhs: jax.Array, dimension_numbers) -> tuple[jax.Array, tuple[int,
     free = [d for d in range(lhs.ndim) if d not in lc]
     moved = jnp.transpose(lhs, free + contract)
     free_shape = tuple(lhs.shape[d] for d in free)
-    return moved.reshape(-1, moved.size // max(1, math.prod(free_shape))), free_shape
+    k = math.prod(lhs.shape[d] for d in contract)  # from the shape: an empty batch has K too
+    return moved.reshape(math.prod(free_shape), k), free_shape
 
 
 def _check_conv(lhs, rhs, kwargs) -> lax.ConvDimensionNumbers:

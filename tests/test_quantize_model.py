@@ -395,3 +395,15 @@ def test_the_layer_table_gives_a_layer_the_group_size_it_was_quantized_with():
         ValueError, match=r"\[1, 2, 4, 8, 16\] \(a recipe also takes any size of at least K"
     ):
         QuantSpec(group_size=6).check_input_size(16)
+
+
+def test_an_empty_batch_gives_an_empty_output_on_every_forward():
+    """A float Dense maps (0, K) to (0, N); the hooks divided by the batch's size to find K."""
+    x = jax.random.normal(jax.random.key(0), (4, 16))
+    model = OneDense()
+    params = model.init(jax.random.key(1), x)["params"]
+    for act in (None, ActSpec()):
+        recipe = Recipe((Rule(weight=QuantSpec(group_size=8), act=act),))
+        qm = quantize_model(model, params, recipe, sample_input=x)
+        for fake in (False, True):
+            assert qm.apply(jnp.ones((0, 16)), fake=fake).shape == (0, 4)

@@ -49,11 +49,13 @@ def block_rows(
     *,
     budget: int = BLOCK_BYTES,
     within_scale_row: bool = False,
+    most: int | None = None,
 ) -> int:
     """Rows of K per step: about ``budget`` bytes of float32 ``[rows, n]`` or ``4 m`` rows,
-    whichever is more, a power of two, and a multiple or a divisor of the group size so no
-    block straddles a scale row (a divisor when ``within_scale_row``)."""
+    whichever is more (at most ``most``), a power of two, and a multiple or a divisor of the
+    group size so no block straddles a scale row (a divisor when ``within_scale_row``)."""
     target = max(8, _pow2_floor(budget // (4 * n)), _pow2_floor(4 * m))
+    target = target if most is None else min(target, most)
     if rows_per_scale < k:  # per-group
         g = rows_per_scale
         if target >= g and not within_scale_row:
@@ -136,8 +138,8 @@ def w4a4_blocked(
     xf = halves.permuted_input(xc, qt).astype(jnp.float32)
     m = xf.shape[0]
     per_group = hv.rows_per_scale < qt.k
-    rows = rows or min(
-        EXACT_ROWS, block_rows(qt.k, qt.n, hv.rows_per_scale, m, within_scale_row=True)
+    rows = rows or block_rows(
+        qt.k, qt.n, hv.rows_per_scale, m, within_scale_row=True, most=EXACT_ROWS
     )
     if rows > EXACT_ROWS or (per_group and hv.rows_per_scale % rows):
         raise ValueError(f"rows={rows} must divide the group size and be at most {EXACT_ROWS}")

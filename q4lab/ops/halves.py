@@ -126,7 +126,8 @@ def interleave(*outputs: jax.Array, n: int) -> jax.Array:
     """Phase outputs ``[..., columns]`` (even and odd, or P of them) -> ``[..., n]`` in logical
     column order."""
     stacked = jnp.stack(outputs, axis=-1)
-    return stacked.reshape(*outputs[0].shape[:-1], -1)[..., :n]
+    lead, columns = outputs[0].shape[:-1], outputs[0].shape[-1] * len(outputs)
+    return stacked.reshape(*lead, columns)[..., :n]  # (-1 is ambiguous for an empty batch)
 
 
 def permuted_input(x: jax.Array, qt: QTensor) -> jax.Array:

@@ -9,7 +9,9 @@ applied after the integer sums:
 
     y[m, n] = s_x[m] * sum_g s_w[g, n] * sum_{k in g} xc[m, k] * wc[k, n]
 
-Implementations (``impl=``), all equal to the reference up to the order of float sums:
+Implementations (``impl=``), all equal to the reference up to the order of float sums, but the
+xla form with group scales and 16-bit x (and the Mosaic W4A16 kernel), which rounds
+``code * scale`` to x's dtype:
   reference  ``x @ dequantize(qt)`` (W4A16) / one einsum over groups (W4A4): the definition.
   xla        the fastest plain XLA form measured on GPU: per-channel and per-tensor weights take
              the int codes into the dot and the scale after it; per-group weights are
@@ -208,7 +210,13 @@ def _mosaic_runs(qt: QTensor, m: int, *, w4a4: bool, dtype) -> bool:
     return mosaic.on_hopper() and (w4a4 or sixteen_bit) and not mosaic.unsupported(qt, m, w4a4=w4a4)
 
 
-def _resolve(impl: str, qt: QTensor, m: int, *, w4a4: bool, dtype) -> str:
+def _resolve(x: jax.Array, qt: QTensor, impl: str, *, w4a4: bool) -> str:
+    if x.ndim != 2 or x.shape[1] != qt.k:
+        raise ValueError(
+            f"{'xc' if w4a4 else 'x'} has shape {tuple(x.shape)}; allowed: [M, K] with K={qt.k}, "
+            "the weight's inputs (reshape other leading axes into M)"
+        )
+    m, dtype = x.shape[0], x.dtype
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"impl={impl!r} is unknown; allowed: {', '.join(IMPLEMENTATIONS)}")
     if qt.spec.float_zero and (w4a4 or impl not in ("auto", "reference")):
@@ -242,7 +250,7 @@ def _resolve(impl: str, qt: QTensor, m: int, *, w4a4: bool, dtype) -> str:
 def w4a16_matmul(x: jax.Array, qt: QTensor, *, impl: str = "auto") -> jax.Array:
     """``x[M, K] @ dequantize(qt)[K, N]`` in float32 without a stored float weight; ``impl``
     picks the implementation (module docstring)."""
-    impl = _resolve(impl, qt, x.shape[0], w4a4=False, dtype=x.dtype)
+    impl = _resolve(x, qt, impl, w4a4=False)
     if impl == "blocked":
         return blocked.w4a16_blocked(x, qt)
     if impl in ("pallas", "pallas_interpret"):
@@ -276,6 +284,15 @@ def _mosaic():
 _FLOAT32_PRECISION = jax.lax.Precision.HIGHEST
 
 
+def _int32_rows(x_dtype, spec) -> int:
+    """The most rows of K whose products of centered codes sum within int32, at the largest
+    magnitudes: int8 activation codes 128 (int16: 8-bit asymmetric ones, 255); weight codes
+    ``2^(b-1)`` symmetric, ``2^b - 1`` with zero points."""
+    x_most = 128 if jnp.dtype(x_dtype) == jnp.int8 else 255
+    w_most = 2 ** (spec.bits - 1) if spec.symmetric else 2**spec.bits - 1
+    return (2**31 - 1) // (x_most * w_most)
+
+
 def centered_weight_codes(qt: QTensor) -> jax.Array:
     """``w_q - z_w`` ``[K, N]`` (`q4lab.core.affine.centered_dtype`) in stored row order (see
     `QTensor.perm`)."""
@@ -295,7 +312,7 @@ def int_matmul(xc: jax.Array, x_scale: jax.Array, qt: QTensor, *, impl: str = "a
     Rows of ``xc`` are in logical order; an act-order permutation is applied here."""
     if xc.dtype != jnp.int8 and impl == "auto":
         impl = "xla"
-    impl = _resolve(impl, qt, xc.shape[0], w4a4=True, dtype=xc.dtype)
+    impl = _resolve(xc, qt, impl, w4a4=True)
     if xc.dtype != jnp.int8 and impl not in ("reference", "xla"):
         raise ValueError(f"impl={impl!r} needs int8 activation codes, got {xc.dtype}")
     if impl == "blocked":
@@ -307,12 +324,27 @@ def int_matmul(xc: jax.Array, x_scale: jax.Array, qt: QTensor, *, impl: str = "a
     xc = halves.permuted_input(xc, qt)
     wc = centered_weight_codes(qt)
     groups = qt.scale.shape[0]
-    m = xc.shape[0]
-    acc = jnp.einsum(
-        "mgk,gkn->mgn",
-        xc.reshape(m, groups, qt.k // groups),
-        wc.reshape(groups, qt.k // groups, qt.n),
-        preferred_element_type=jnp.int32,
-    )
-    y = jnp.sum(acc.astype(jnp.float32) * qt.scale.astype(jnp.float32)[None], axis=1)
+    m, g = xc.shape[0], qt.k // groups
+    chunks = -(-g // _int32_rows(xc.dtype, qt.spec))
+    if chunks == 1:
+        acc = jnp.einsum(
+            "mgk,gkn->mgn",
+            xc.reshape(m, groups, g),
+            wc.reshape(groups, g, qt.n),
+            preferred_element_type=jnp.int32,
+        ).astype(jnp.float32)
+    else:  # a group's int32 sums could overflow (8-bit codes past K ~ 33k): in chunks of rows
+        # padded with zero codes, the chunks summed in float32
+        rows = -(-g // chunks)
+        pad = chunks * rows - g
+        xg = jnp.pad(xc.reshape(m, groups, g), [(0, 0), (0, 0), (0, pad)])
+        wg = jnp.pad(wc.reshape(groups, g, qt.n), [(0, 0), (0, pad), (0, 0)])
+        acc = jnp.einsum(
+            "mgck,gckn->mgcn",
+            xg.reshape(m, groups, chunks, rows),
+            wg.reshape(groups, chunks, rows, qt.n),
+            preferred_element_type=jnp.int32,
+        )
+        acc = jnp.sum(acc.astype(jnp.float32), axis=2)
+    y = jnp.sum(acc * qt.scale.astype(jnp.float32)[None], axis=1)
     return y * x_scale.astype(jnp.float32)

@@ -237,11 +237,21 @@ def test_device_tables_sharing_a_file_merge_their_entries(tmp_path):
     path = tmp_path / "choices.json"
     first, second = autotune_cache.DeviceTable(path), autotune_cache.DeviceTable(path)
     assert len(first) == 0 and len(second) == 0  # both read the (missing) file
-    first["a"], second["b"] = {"impl": "xla"}, {"impl": "blocked"}
+    first["a"], second["b"] = {"impl": "xla", "ms": {"xla": 1.0}}, {"impl": "blocked", "ms": {}}
     assert set(json.loads(path.read_text())["choices"]) == {"a", "b"}
 
 
-@pytest.mark.parametrize("text", ["", "{trunc", "[]", '{"format": 0, "choices": {}}'])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "{trunc",
+        "[]",
+        '{"format": 0, "choices": {}}',
+        '{"format": 1, "choices": {"k": {"impl": "blocked", "ms": null}}}',  # failed the call
+        '{"format": 1, "choices": {"k": {"impl": "blocked", "ms": {"blocked": "1"}}}}',
+    ],
+)
 def test_an_unreadable_file_costs_a_warning_and_is_replaced(quick, tmp_path, text):
     path = tmp_path / "choices.json"
     path.write_text(text)

@@ -180,6 +180,47 @@ def test_eight_bit_asymmetric_codes_are_centered_without_overflow():
         int_matmul(xc, scale, w4, impl="blocked")
 
 
+def test_eight_bit_sums_past_int32_are_split_not_wrapped():
+    """At 8-bit asymmetric codes a product reaches 255 * 255: K = 40,000 of them wrapped the
+    int32 sum (-26051 for 40000). Codes of ones: every product the largest."""
+    k = 40_000
+    w = jnp.ones((k, 1), jnp.float32)
+    spec = QuantSpec(bits=8, symmetric=False)
+    qt = get_quantizer("minmax").quantize(w, spec)
+    x = jnp.ones((1, k), jnp.float32)
+    scale, zero = act_params(x, spec, get_quantizer("minmax"))
+    xc = act_codes(x, scale, zero, spec)
+    assert int(jnp.abs(xc).max()) == 255  # and the weight's centered codes: 255 * 255 * K > 2**31
+    for impl in ("auto", "reference", "xla"):
+        y = float(int_matmul(xc, scale, qt, impl=impl)[0, 0])
+        assert y == pytest.approx(k, rel=1e-5), impl
+
+
+def test_empty_batches_and_large_groups_run_on_every_cpu_path():
+    w = jax.random.normal(jax.random.key(0), (20_000, 4))
+    qt = get_quantizer("minmax").quantize(w, QuantSpec(group_size=10_000))
+    x = jax.random.normal(jax.random.key(1), (3, 20_000))
+    scale, zero = act_params(x, QuantSpec(granularity="per_channel"), get_quantizer("minmax"))
+    xc = act_codes(x, scale, zero, QuantSpec(granularity="per_channel"))
+    # a group of 10,000 rows: blocked's exact blocks (at most 8192) must still divide it
+    np.testing.assert_allclose(
+        int_matmul(xc, scale, qt), int_matmul(xc, scale, qt, impl="xla"), rtol=1e-5
+    )
+    small = get_quantizer("minmax").quantize(w[:64], QuantSpec(group_size=32))
+    for impl in ("auto", "reference", "xla", "blocked"):
+        assert w4a16_matmul(jnp.ones((0, 64)), small, impl=impl).shape == (0, 4), impl
+        empty = int_matmul(jnp.ones((0, 64), jnp.int8), jnp.ones((0, 1)), small, impl=impl)
+        assert empty.shape == (0, 4), impl
+
+
+def test_inputs_must_be_rows_of_k():
+    qt = get_quantizer("minmax").quantize(jnp.ones((32, 8)), QuantSpec())
+    with pytest.raises(ValueError, match=r"x has shape \(2, 32, 32\); allowed: \[M, K\] with K=32"):
+        w4a16_matmul(jnp.ones((2, 32, 32)), qt)
+    with pytest.raises(ValueError, match=r"xc has shape \(2, 16\); allowed: \[M, K\] with K=32"):
+        int_matmul(jnp.ones((2, 16), jnp.int8), jnp.ones((2, 1)), qt)
+
+
 @pytest.mark.skipif(on_gpu(), reason="what XLA:CPU's compiled buffers hold")
 def test_blocked_w4a16_never_holds_the_whole_float_weight():
     k, n = 1024, 512
