@@ -176,6 +176,12 @@ class LinenAdapter:
                     f"sample_input of shape(s) {input_shapes(sample_input)} does not fit the "
                     f"model's parameters: {err}"
                 ) from err
+            except flax.errors.ModifyScopeVariableError as err:
+                raise ValueError(
+                    f"the model updates its variables when called ({str(err).split(' (https')[0]}"
+                    "): it runs in training mode (e.g. BatchNorm(use_running_average=False)); "
+                    "allowed: a model whose call, as q4lab makes it, runs in inference mode"
+                ) from err
             except flax.errors.ScopeCollectionNotFound as err:
                 raise ValueError(
                     "params is the 'params' collection alone, but the model also reads another "
@@ -200,10 +206,29 @@ class LinenAdapter:
             return call_with(self.module.apply, x, self._vars(params))
 
 
+def _check_inference_mode(module: nnx.Module) -> None:
+    """Raise a ValueError naming the first layer in training mode: a BatchNorm normalizing with
+    each batch's statistics (its outputs would depend on the batch, and its running averages
+    go unused), or a Dropout dropping."""
+    for path, node in nnx.iter_graph(module):
+        name = "/".join(map(str, path)) or type(node).__name__
+        if getattr(node, "use_running_average", None) is False:
+            what = "normalizes with each batch's statistics (use_running_average=False)"
+        elif getattr(node, "deterministic", None) is False and getattr(node, "rate", 0) > 0:
+            what = "drops inputs at random (deterministic=False)"
+        else:
+            continue
+        raise ValueError(
+            f"layer {name!r} ({type(node).__name__}) {what}: the model is in training mode; "
+            "allowed: the model in inference mode (model.eval())"
+        )
+
+
 class NNXAdapter:
     """An NNX module; its state is handled as a pure dict."""
 
     def __init__(self, module: nnx.Module):
+        _check_inference_mode(module)
         self.graphdef, self.state = nnx.split(module)
         self.module = module
 

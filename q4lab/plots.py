@@ -51,7 +51,8 @@ from q4lab.plot_layout import (
 
 __all__ = [
     # results -> points -> figure (this module)
-    "CONFIG_COLUMNS", "LOWER_IS_BETTER", "distinct_runs", "MARKERS", "LINESTYLES", "line_style",
+    "CONFIG_COLUMNS", "LOWER_IS_BETTER", "allocated_as_one", "distinct_runs", "MARKERS",
+    "LINESTYLES", "line_style",
     "aggregate", "higher_is_better", "baseline_column", "pareto_front", "plot_points",
     "pareto_plot", "save_figure", "save_plot",
     # labels, titles, ticks, dodge, panel width (q4lab.plot_layout)
@@ -120,12 +121,33 @@ def line_style(i: int) -> str | tuple:
     return _ALL_LINESTYLES[i % len(_ALL_LINESTYLES)]
 
 
+def allocated_as_one(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with each mixed-precision configuration's ``bits`` and ``group_size`` (the
+    width and group size most of its weights got, which an allocation may choose otherwise for
+    each seed) taken from its first seed's row, so that its seeds count as one configuration
+    (its label names its budget and widths instead, `q4lab.report.configuration_label`)."""
+    if "bits_budget" not in table:
+        return table
+    mixed = table["bits_budget"].fillna(0).astype(float) > 0
+    if not mixed.any():
+        return table
+    keys = [c for c in CONFIG_COLUMNS if c in table and c not in ("bits", "group_size")]
+    part = table[mixed].sort_values("seed") if "seed" in table else table[mixed]
+    grouped = part.astype({c: str for c in keys}).groupby(keys, dropna=False, sort=False)
+    out = table.copy()
+    for column in ("bits", "group_size"):
+        if column in table:
+            out.loc[part.index, column] = grouped[column].transform("first")
+    return out
+
+
 def distinct_runs(table: pd.DataFrame, extra: Sequence[str] = ()) -> pd.DataFrame:
     """One row per configuration and seed, the first: a table may hold one configuration
     twice under two hashes (points that differ only in fields that change nothing, run before
     `q4lab run` merged them), and each seed must count once. A configuration is its
     `CONFIG_COLUMNS`, its per-layer rules (``recipe_rules``) and any ``extra`` column asked to
-    tell rows apart."""
+    tell rows apart; a mixed-precision one's seeds are one (`allocated_as_one`)."""
+    table = allocated_as_one(table)
     keys = [
         c for c in dict.fromkeys((*CONFIG_COLUMNS, "recipe_rules", *extra, "seed")) if c in table
     ]

@@ -344,6 +344,7 @@ def mixed_comparison(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
     among the uniform points of its own configuration (`_MIXED_CONFIG`: quantizer, symmetry,
     ...; a column each where the table holds several)."""
     x = "bits_per_weight"
+    table = distinct_runs(table)  # a mixed configuration's seeds: one point
     # a mixed point meets the uniform points of its own configuration (quantizer, symmetry, ...)
     config = [c for c in _MIXED_CONFIG if c in table]
     by_task = table.astype({c: str for c in config}).groupby("task")
@@ -413,7 +414,7 @@ def report(
     twins = len(table) - len(distinct_runs(table))
     counted = f" ({twins} more: one configuration and seed again, counted once)" if twins else ""
     lines += [
-        f"{len(table) - twins} runs{counted}: {configs} configurations, "
+        f"{_count(len(table) - twins, 'run')}{counted}: {_count(configs, 'configuration')}, "
         f"{_count(seeds, 'seed')}. Per task and "
         f"activation width, the best configuration within each budget b of {BUDGET_AXES[x][0]} "
         "(the Pareto front; ties go to the smaller configuration):",

@@ -2,6 +2,7 @@
 quantized from all of their variables, their statistics stay float and count in the ledger,
 they save and load, and quantization-aware training leaves the statistics as they were."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,3 +98,34 @@ def test_nnx_qat_keeps_batch_statistics():
     np.testing.assert_array_equal(trained["model"]["bn"]["mean"], state["model"]["bn"]["mean"])
     np.testing.assert_array_equal(trained["model"]["bn"]["var"], state["model"]["bn"]["var"])
     assert not np.array_equal(trained["model"]["bn"]["scale"], state["model"]["bn"]["scale"])
+
+
+class TrainingBN(nn.Module):
+    """A Linen model whose call updates its batch statistics: training mode by default."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        x = nn.BatchNorm(use_running_average=not train)(nn.Dense(8)(x))
+        return nn.Dense(5, name="head")(x)
+
+
+def test_a_model_in_training_mode_is_refused_naming_the_layer(tmp_path):
+    x = jax.random.normal(jax.random.key(0), (6, 10, 4))
+    model = UserBNNNX(nnx.Rngs(0))
+    model.train()  # a BatchNorm of running statistics no more: outputs depend on the batch
+    with pytest.raises(ValueError, match=r"layer 'bn' \(BatchNorm\) normalizes with each batch"):
+        quantize_model(model, None, W4A4, sample_input=x)
+    model.eval()
+    qm = quantize_model(model, None, W4A4, sample_input=x)
+    directory = qm.save(tmp_path / "nnx")
+    fresh = UserBNNNX(nnx.Rngs(1))
+    fresh.train()
+    with pytest.raises(
+        ValueError, match=r"allowed: the model in inference mode \(model.eval\(\)\)"
+    ):
+        load(directory, fresh)
+    linen = TrainingBN()
+    flat = x.reshape(6, -1)
+    variables = linen.init(jax.random.key(0), flat)
+    with pytest.raises(ValueError, match=r"the model updates its variables when called"):
+        quantize_model(linen, variables, W4A4, sample_input=flat)

@@ -360,3 +360,29 @@ def test_a_plot_with_other_styles_or_columns_gets_its_own_file(tmp_path):
         "score_vs_bits_per_weight_columns_none.png",
         "score_vs_bits_per_weight_style_none.png",
     ]
+
+
+def test_a_mixed_configurations_seeds_are_one_point_whatever_widths_they_got():
+    """A budget row's bits is the width most of its weights got: seed 0's allocation gave W3,
+    seed 1's W4, and plots and reports split the point into two one-seed configurations."""
+    from q4lab.plots import aggregate
+
+    rows = [
+        {"seed": s, "bits": b, "score": v, "fp_score": 0.97, "bits_per_weight": x}
+        for s, b, v, x in ((0, 3, 0.94, 3.31), (1, 4, 0.98, 3.33))
+    ]
+    table = pd.DataFrame(rows).assign(
+        experiment="mix",
+        task="toy",
+        quantizer="gptq",
+        group_size=0,
+        act_bits=16,
+        act_mode="none",
+        metric="accuracy",
+        higher_is_better=True,
+        bits_budget=3.5,
+        budget_widths="[2, 3, 4]",
+    )
+    (point,) = aggregate(table, "bits_per_weight", "score").itertuples()
+    assert point.seeds == 2 and point.score == pytest.approx(0.96) and point.bits == 3
+    assert "2 runs: 1 configuration, 2 seeds." in report(table)

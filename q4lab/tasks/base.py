@@ -200,5 +200,9 @@ def available_tasks() -> tuple[str, ...]:
 @functools.cache
 def get_task(name: str) -> Task:
     if name not in _TASKS:
-        raise ValueError(f"unknown task {name!r}; registered: {', '.join(available_tasks())}")
+        raise ValueError(
+            f"unknown task {name!r}; registered: {', '.join(available_tasks())} (a task of one's "
+            "own registers when its module is imported: an experiment file imports it, other "
+            "commands take q4lab --plugin <its module>)"
+        )
     return _TASKS[name]()
