@@ -247,6 +247,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--results {args.results!r} cannot hold {directory}: {err.strerror}"
         ) from err
+    ResultsStore(directory).check_writable()  # read-only, full, or a table that cannot be read
     if experiment.merged:
         print(
             f"Note: {len(experiment.merged)} point{'s' * (len(experiment.merged) > 1)} of "

@@ -149,7 +149,8 @@ def inert_fields(point: Point) -> list[str]:
     """The fields of ``point`` set away from their defaults that change nothing it runs: the
     activation fields of a weight-only point (``act_bits=16``), ``bits`` beside a
     ``bits_budget`` (the allocation chooses every width) and ``group_size`` beside its
-    ``budget_groups`` (and every group size), a ``zero_point`` with symmetric
+    ``budget_groups`` (and every group size), ``options`` that are the quantizer's defaults, a
+    ``zero_point`` with symmetric
     weights, or naming the quantizer's own kind. Two points differing only in these are one
     configuration under two hashes. A point
     with ``rules`` has none: a rule inherits the point's fields (a rule's ``act_bits=4`` takes
@@ -166,6 +167,15 @@ def inert_fields(point: Point) -> list[str]:
         inert.append("bits")
     if p["bits_budget"] and p["budget_groups"] and p["group_size"] != min(p["budget_groups"]):
         inert.append("group_size")
+    if p["options"]:  # options at the quantizer's defaults: {"p": 2.0} for mse is {}
+        try:
+            same = (
+                recipe_of(p).base.build_quantizer()
+                == recipe_of(p | {"options": {}}).base.build_quantizer()
+            )
+        except ValueError:
+            same = False
+        inert += ["options"] if same else []
     if p["zero_point"] != "auto":  # the quantizer's own kind asked for by name
         try:
             same = recipe_of(p) == recipe_of(p | {"zero_point": "auto"})

@@ -12,9 +12,11 @@ import contextlib
 import importlib
 import json
 import os
+import signal
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -228,30 +230,62 @@ def run_experiment(
         raise ValueError(f"executor={executor!r} is invalid; allowed: {', '.join(EXECUTORS)}")
     directory = Path(results_dir) / experiment.name
     store = ResultsStore(directory)
-    store.discard_partial_writes()
-    done = store.done()
-    todo = [
-        (p, h) for p, h in zip(experiment.points, experiment.hashes, strict=True) if h not in done
-    ]
     logger = WandbLogger(wandb or WandbSettings(), experiment.name, directory)
-    total = len(experiment.points)
-    points = [p for p, _ in todo]
-    with tqdm(
-        total=total,
-        initial=total - len(todo),
-        desc=experiment.name,
-        unit="point",
-        disable=not progress,
-        dynamic_ncols=True,
-    ) as bar:
-        if executor == "local":
-            results = _local(points, bar)
-        else:
-            results = _ray(points, bar, address, experiment.path)
-        for i, record in results:
-            layers = record.pop("layers", None)
-            row = point_row(todo[i][0], record, experiment.name)
-            store.append(row, layers)
-            logger.log(row)
-            bar.update(1)
+    with store.writer(), _interrupt_between_points() as interrupted:
+        store.discard_partial_writes()
+        logger.finish_pending(store.read())  # a row saved, then interrupted before its log
+        done = store.done()
+        todo = [
+            (p, h)
+            for p, h in zip(experiment.points, experiment.hashes, strict=True)
+            if h not in done
+        ]
+        total = len(experiment.points)
+        points = [p for p, _ in todo]
+        with tqdm(
+            total=total,
+            initial=total - len(todo),
+            desc=experiment.name,
+            unit="point",
+            disable=not progress,
+            dynamic_ncols=True,
+        ) as bar:
+            if executor == "local":
+                results = _local(points, bar)
+            else:
+                results = _ray(points, bar, address, experiment.path)
+            for i, record in results:
+                layers = record.pop("layers", None)
+                row = point_row(todo[i][0], record, experiment.name)
+                with logger.pending(row["config_hash"]):
+                    store.append(row, layers)
+                    logger.log(row)
+                bar.update(1)
+                interrupted()
     return store.read()
+
+
+@contextlib.contextmanager
+def _interrupt_between_points() -> Iterator[Callable[[], None]]:
+    """Ctrl-C stops the sweep: SIGINT raises KeyboardInterrupt where it lands, as it does by
+    default, and also sets a flag that the returned check raises on after each saved row. A
+    KeyboardInterrupt raised inside a callback that swallows exceptions (JAX's garbage
+    collection hook) was lost, and the sweep ran on to its end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    pressed = threading.Event()
+
+    def on_sigint(signum, frame):
+        pressed.set()
+        raise KeyboardInterrupt
+
+    def check() -> None:
+        if pressed.is_set():
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -31,6 +32,13 @@ class Sweep:
     description: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not re.fullmatch(
+            r"[A-Za-z0-9_][A-Za-z0-9_.-]*", self.name
+        ):
+            raise ValueError(
+                f"Sweep name={self.name!r} is invalid; allowed: letters, digits, '_', '-' and "
+                "'.' (not first), e.g. 'w4a4': it names the results folder"
+            )
         where = f"Sweep {self.name!r}"
         check_field_names(list(self.grid), f"{where} grid")
         for i, group in enumerate(self.zipped):

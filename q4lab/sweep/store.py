@@ -8,10 +8,13 @@ finished row is ever lost and no half-written file is ever read.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +23,7 @@ from q4lab.files import share_as_opened
 
 RUNS = "runs.parquet"
 LAYERS = "layers.parquet"
+LOCK = ".lock"  # held by the one process writing the tables (`ResultsStore.writer`)
 
 
 def _with_field_defaults(table: pd.DataFrame) -> pd.DataFrame:
@@ -62,7 +66,8 @@ class ResultsStore:
         return set(table["config_hash"]) if "config_hash" in table else set()
 
     def discard_partial_writes(self) -> None:
-        """Remove temporary files a killed writer left behind (only one driver writes)."""
+        """Remove temporary files a killed writer left behind (call under `writer`: then no
+        other writer is at work)."""
         for tmp in self.directory.glob(".runs-*.parquet"):
             tmp.unlink(missing_ok=True)
 
@@ -71,7 +76,48 @@ class ResultsStore:
         path = self.directory / LAYERS
         if not path.exists():
             return pd.DataFrame()
-        return pd.read_parquet(io.BytesIO(path.read_bytes()))
+        try:
+            return pd.read_parquet(io.BytesIO(path.read_bytes()))
+        except Exception as err:  # pyarrow's error names a buffer, not the file
+            raise ValueError(f"{path} is not a readable parquet table: {err}") from err
+
+    def check_writable(self) -> None:
+        """Raise a ValueError naming the directory and the reason unless a table can be written
+        there (and its tables read): before any point runs, not after the first."""
+        self.read()
+        self.layers()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".runs-", suffix=".parquet")
+            os.close(fd)
+            os.remove(tmp)
+        except OSError as err:
+            raise ValueError(f"{self.directory} cannot hold the results: {err.strerror}") from err
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[None]:
+        """Hold the directory's lock while writing: a second ``q4lab run`` into it is refused
+        (two writers would each rewrite the table from what they read, and lose rows). The lock
+        goes with the process, however it ends."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / LOCK, "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or "another process"
+                raise ValueError(
+                    f"{self.directory} is being written by another q4lab run ({holder}); allowed: "
+                    "one run per results directory at a time (or another --results)"
+                ) from None
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"pid {os.getpid()}")
+            lock.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def append(self, row: dict, layers: list[dict] | None = None) -> None:
         """Add one row, atomically; its ``layers`` first (a crash between the two leaves layer

@@ -8,12 +8,31 @@ directory (``wandb sync`` uploads them later). A project (and entity) makes it o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
+from q4lab.files import atomic_write_bytes
 from q4lab.sweep.fields import FIELDS
+
+PENDING = ".wandb-pending"  # the hash of a row saved whose wandb run is not yet logged
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar read from the table as the Python value the row held."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _missing(value: Any) -> bool:
+    """A cell of a column this row did not have (NaN or None)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +58,34 @@ class WandbLogger:
         self.settings = settings
         self.experiment = experiment
         self.directory = Path(directory)
+
+    @property
+    def _pending_file(self) -> Path:
+        return self.directory / PENDING
+
+    @contextlib.contextmanager
+    def pending(self, config_hash: str) -> Iterator[None]:
+        """Around saving a row and logging it: the row's hash is kept in a file until its run
+        is logged, so that a sweep interrupted between the two logs it when it resumes
+        (`finish_pending`); the table knows it done and would not run it again."""
+        if self.settings.mode == "disabled":
+            yield
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self._pending_file, config_hash.encode())
+        yield
+        self._pending_file.unlink(missing_ok=True)
+
+    def finish_pending(self, table: pd.DataFrame) -> None:
+        """Log the row an interrupted sweep saved but did not log (`pending`), from the table."""
+        path = self._pending_file
+        if self.settings.mode == "disabled" or not path.exists():
+            return
+        key = path.read_text().strip()
+        if "config_hash" in table:
+            for row in table[table["config_hash"] == key].to_dict("records"):
+                self.log({k: _plain(v) for k, v in row.items() if not _missing(v)})
+        path.unlink(missing_ok=True)
 
     def log(self, row: dict[str, Any]) -> None:
         if self.settings.mode == "disabled":
