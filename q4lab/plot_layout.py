@@ -284,7 +284,8 @@ def _header(text: str) -> tuple[Line2D, str]:
 
 
 def draw_legend(fig: plt.Figure, points: pd.DataFrame, looks: dict, spare: plt.Axes | None) -> None:
-    """Sections: colours (hue), markers (style), line styles (other varying fields), marks."""
+    """Sections: colours (hue), markers (style), line styles and marker fills (other varying
+    fields), marks."""
     hue, style, extra = looks["hue"], looks["style"], looks["extra"]
     handles = [_header(hue.replace("_", " "))]
     handles += [
@@ -301,7 +302,14 @@ def draw_legend(fig: plt.Figure, points: pd.DataFrame, looks: dict, spare: plt.A
         handles.append(_header(", ".join(c.replace("_", " ") for c in extra)))
         handles += [
             (
-                Line2D([], [], color="dimgrey", linestyle=line),
+                Line2D(
+                    [],
+                    [],
+                    color="dimgrey",
+                    linestyle=line,
+                    marker="o",
+                    fillstyle=looks["fills"][values],
+                ),
                 ", ".join(value_label(c, v) for c, v in zip(extra, values, strict=True)),
             )
             for values, line in looks["lines"].items()

@@ -52,7 +52,7 @@ from q4lab.plot_layout import (
 __all__ = [
     # results -> points -> figure (this module)
     "CONFIG_COLUMNS", "LOWER_IS_BETTER", "allocated_as_one", "distinct_runs", "MARKERS",
-    "LINESTYLES", "line_style",
+    "LINESTYLES", "FILLSTYLES", "line_style",
     "aggregate", "higher_is_better", "baseline_column", "pareto_front", "plot_points",
     "pareto_plot", "save_figure", "save_plot",
     # labels, titles, ticks, dodge, panel width (q4lab.plot_layout)
@@ -94,6 +94,9 @@ CONFIG_COLUMNS = (
 LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "fp_perplexity", "fp_bits_per_byte")
 MARKERS = "osD^vP*Xh<>p"
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 2, 1, 2)))
+# with the line style, the marker's fill tells other varying fields apart: a lone point has no
+# line to show its style (PTQ and QAT at one size were twin markers)
+FILLSTYLES = ("full", "none", "left", "bottom", "right", "top")
 
 
 # after LINESTYLES, patterns a short legend handle still tells apart (matplotlib's named ones)
@@ -328,6 +331,7 @@ def _draw_panel(
             color=looks["colors"][first[hue]],
             marker=looks["markers"].get(first[style], "o") if style else "o",
             linestyle=looks["lines"].get(tuple(first[looks["extra"]]), "-"),
+            fillstyle=looks["fills"].get(tuple(first[looks["extra"]]), "full"),
             markersize=float(np.clip(first["step_pt"] * 1.1, 3.5, 5.5)),
             capsize=2,
             linewidth=1,
@@ -432,6 +436,7 @@ def pareto_plot(
         },
         "markers": {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(styles)},
         "lines": {e: line_style(i) for i, e in enumerate(extras)},
+        "fills": {e: FILLSTYLES[i % len(FILLSTYLES)] for i, e in enumerate(extras)},
     }
     if len(extras) > len(_ALL_LINESTYLES):
         warnings.warn(

@@ -386,3 +386,12 @@ def test_a_mixed_configurations_seeds_are_one_point_whatever_widths_they_got():
     (point,) = aggregate(table, "bits_per_weight", "score").itertuples()
     assert point.seeds == 2 and point.score == pytest.approx(0.96) and point.bits == 3
     assert "2 runs: 1 configuration, 2 seeds." in report(table)
+
+
+def test_configurations_apart_only_in_other_fields_differ_in_marker_fill():
+    """A lone point shows no line style: PTQ and QAT at one size were twin markers."""
+    base = make_table({("minmax", 4, 0, 16): [0.90, 0.91]})
+    table = pd.concat([base.assign(qat_steps=0), base.assign(qat_steps=100, score=0.95)])
+    ax = pareto_plot(table).axes[0]
+    fills = {line.get_fillstyle() for line in ax.lines if line.get_marker() not in ("None", "")}
+    assert {"full", "none"} <= fills

@@ -14,8 +14,9 @@ Unpacking is integer logic only: a nibble ``u`` ORed into the top mantissa bits 
 float ``1 + u/16`` exactly (one bit cast, no int-to-float conversion); the dot gives
 ``sum x (1 + u/16)``, and ``sum x (u - zero) = 16 * that - (16 + zero) * sum x``. Symmetric codes
 are two's-complement nibbles, xor-ed with 0x8 per nibble into ``u = code + 8`` (zero 8). The
-subtraction cancels: the float32 error grows with ``sum |x|`` rather than ``|y|``, up to 2e-5 of
-max |y| for inputs whose mean is 1-3 standard deviations (3e-6 for zero-mean ones; the test
+subtraction cancels: the float32 error grows with ``sum |x|`` rather than ``|y|``, about 2.5e-5
+of max |y| for float32 inputs whose mean is 1-300 standard deviations (g128, K=1024, through the
+interpreter; 3e-6 for zero-mean ones; the test
 bounds it), far below bfloat16's own rounding of x. Subtracting ``1 + zero/16`` in x's dtype
 before the dot would be exact, at one more operation per weight (not timed).
 
