@@ -140,7 +140,7 @@ def _greedy(cost: np.ndarray, loss: np.ndarray, capacity: float) -> np.ndarray:
         fits = (extra >= 0) & (gain > 0) & (spent + extra <= capacity)
         per_byte = np.divide(gain, extra, out=np.full(gain.shape, np.inf), where=extra > 0)
         ratio = np.where(fits, per_byte, -np.inf)
-        if not np.isfinite(ratio.max()):
+        if ratio.max() == -np.inf:  # no move fits and saves loss (a free one is +inf: first)
             return picks
         i, j = np.unravel_index(np.argmax(ratio), ratio.shape)
         picks[i] = j

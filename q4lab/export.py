@@ -119,7 +119,10 @@ class LoadedModel(QuantizedModel):
         variables = jax.eval_shape(
             lambda x: call_with(adapter.module.init, x, jax.random.key(0)), x
         )
-        wanted = _leaf_shapes(variables if adapter.variables else variables.get("params", {}))
+        if adapter.variables:  # the collections saved (not those a call sows, such as losses)
+            wanted = _leaf_shapes({c: v for c, v in variables.items() if c in self.params})
+        else:
+            wanted = _leaf_shapes(variables.get("params", {}))
         differ = _leaves_differ(wanted, _leaf_shapes(self.params))
         if differ:
             raise ValueError(f"model is not of the saved architecture ({saved}): {differ}")

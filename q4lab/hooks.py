@@ -35,6 +35,11 @@ def dense_rows(lhs: jax.Array, dimension_numbers) -> tuple[jax.Array, tuple[int,
     return moved.reshape(math.prod(free_shape), k), free_shape
 
 
+def _per_example(lhs: jax.Array) -> jax.Array:
+    """A conv's input as one row per example (an empty batch too: -1 would be ambiguous)."""
+    return lhs.reshape(lhs.shape[0], math.prod(lhs.shape[1:]))
+
+
 def _check_conv(lhs, rhs, kwargs) -> lax.ConvDimensionNumbers:
     dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, kwargs.get("dimension_numbers"))
     nd = lhs.ndim
@@ -65,7 +70,7 @@ def conv_patches(lhs, rhs, window_strides, padding, **kwargs) -> jax.Array:
     lead = patches.shape[:-1]
     channels = lhs.shape[-1]
     patches = patches.reshape(*lead, channels, math.prod(window))
-    return jnp.swapaxes(patches, -1, -2).reshape(*lead, -1)
+    return jnp.swapaxes(patches, -1, -2).reshape(*lead, math.prod(window) * channels)
 
 
 def _lax_conv(lhs, rhs, window_strides, padding, **kwargs):
@@ -87,7 +92,7 @@ class _FloatHook:
 
     def conv(self, lhs, rhs, window_strides, padding, **kwargs):
         patches = conv_patches(lhs, rhs, window_strides, padding, **kwargs)
-        self._record(patches.reshape(-1, patches.shape[-1]), lhs.reshape(lhs.shape[0], -1))
+        self._record(patches.reshape(-1, patches.shape[-1]), _per_example(lhs))
         return _lax_conv(lhs, rhs, window_strides, padding, **kwargs)
 
 
@@ -219,7 +224,7 @@ class QuantHook:
                 x.astype(jnp.float32), w.astype(jnp.float32), window_strides, padding, **full
             )
 
-        rows = lhs.reshape(lhs.shape[0], -1)
+        rows = _per_example(lhs)
         step = self.act.step(rows) if self.mode == "train" else None  # one range for both paths
         xq, _ = self.act.quantize(rows, self.mode, step)
         x_fake = xq.reshape(lhs.shape)
@@ -233,14 +238,14 @@ class QuantHook:
         """The conv as integer codes: im2col patches of the activation codes (one scale per
         example, see ActSpec) times the weight codes (``rhs``: only its shape; ``step``: the
         activations' range when the caller has it)."""
-        xq, scale = act.quantize(lhs.reshape(lhs.shape[0], -1), "int", step)
+        xq, scale = act.quantize(_per_example(lhs), "int", step)
         codes = xq.reshape(lhs.shape).astype(jnp.float32)  # small integers: exact in float32
         patches = conv_patches(codes, rhs, window_strides, padding, **kwargs)
         lead = patches.shape[:-1]
         per_example = math.prod(lead[1:])
         row_scale = jnp.repeat(scale, per_example, axis=0) if scale.shape[0] > 1 else scale
         xc = patches.reshape(-1, patches.shape[-1]).astype(xq.dtype)
-        y = int_matmul(xc, row_scale, self.qt).reshape(*lead, -1)
+        y = int_matmul(xc, row_scale, self.qt).reshape(*lead, self.qt.n)
 
         def nan_inputs():  # the outputs whose receptive field holds a NaN
             nan = jnp.isnan(lhs).astype(jnp.float32)

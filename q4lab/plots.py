@@ -135,12 +135,16 @@ def allocated_as_one(table: pd.DataFrame) -> pd.DataFrame:
     if not mixed.any():
         return table
     keys = [c for c in CONFIG_COLUMNS if c in table and c not in ("bits", "group_size")]
-    part = table[mixed].sort_values("seed") if "seed" in table else table[mixed]
+    rows = np.flatnonzero(mixed.to_numpy())  # by position: a concatenated table repeats labels
+    if "seed" in table:
+        rows = rows[np.argsort(table["seed"].to_numpy()[rows], kind="stable")]
+    part = table.iloc[rows].reset_index(drop=True)
     grouped = part.astype({c: str for c in keys}).groupby(keys, dropna=False, sort=False)
     out = table.copy()
     for column in ("bits", "group_size"):
         if column in table:
-            out.loc[part.index, column] = grouped[column].transform("first")
+            first = grouped[column].transform("first").to_numpy()
+            out.iloc[rows, out.columns.get_loc(column)] = first
     return out
 
 

@@ -395,3 +395,13 @@ def test_configurations_apart_only_in_other_fields_differ_in_marker_fill():
     ax = pareto_plot(table).axes[0]
     fills = {line.get_fillstyle() for line in ax.lines if line.get_marker() not in ("None", "")}
     assert {"full", "none"} <= fills
+
+
+def test_tables_concatenated_with_repeated_labels_still_aggregate():
+    from q4lab.plots import aggregate
+
+    table = make_table({("gptq", 4, 0, 16): [0.90, 0.91]}).assign(
+        bits_budget=3.5, budget_widths="[2, 3, 4]"
+    )
+    both = pd.concat([table, table.assign(quantizer="minmax")])  # index 0, 1, 0, 1
+    assert len(aggregate(both, "bits_per_weight", "score")) == 2

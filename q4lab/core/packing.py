@@ -112,8 +112,9 @@ def unpack(packed: jax.Array, *, bits: int, signed: bool, n: int) -> jax.Array:
     _check_bits(bits)
     if bits > 4:
         return packed
-    if bits == 4:
-        codes = lax.bitcast_convert_type(packed, nibble_dtype(signed))
+    if bits == 4:  # the barrier keeps XLA from folding the cast of constant codes, which it
+        # folds wrongly (jax 0.10.2, CPU): codes a jitted closure holds came out shuffled
+        codes = lax.bitcast_convert_type(lax.optimization_barrier(packed), nibble_dtype(signed))
         codes = codes.reshape(*packed.shape[:-1], -1)
     else:
         per, nbytes = _WORDS[bits]

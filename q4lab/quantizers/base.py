@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from q4lab.core import QTensor, QuantSpec, affine, normalize_in_axes, quantize, to_matrix
-from q4lab.core.packing import unpack_numpy
+from q4lab.core.packing import pack_numpy, unpack_numpy
 from q4lab.core.qtensor import InAxes, check_arrays
 
 HESSIAN = "hessian"
@@ -114,7 +114,7 @@ def check_quantized(
         raise ValueError(f"{where} returned zero points that are NaN or Inf in {spec.scale_dtype}")
     if qt.perm is not None and not np.array_equal(np.sort(np.asarray(qt.perm)), np.arange(qt.k)):
         raise ValueError(f"{where} returned a perm that is not a permutation of the {qt.k} rows")
-    if _all_at_zero(qt) and np.any(np.asarray(w) != 0):
+    if _all_at_zero(qt) and _representable(w, spec):
         raise ValueError(
             f"{where} returned codes that all stand for 0, for a weight that is not all zero: an "
             "empty clipping range ([0, 0]) in every group, or a bug"
@@ -122,18 +122,29 @@ def check_quantized(
     return qt
 
 
+def _representable(w: jax.Array, spec: QuantSpec) -> bool:
+    """Whether a step covering ``w``'s largest magnitude is non-zero in the scale dtype: weights
+    too small for it (1e-8 under float16 scales) rightly quantize to 0."""
+    step = float(np.abs(np.asarray(w, np.float32)).max()) / spec.qmax
+    return bool(jnp.asarray(step, jnp.float32).astype(spec.jnp_scale_dtype) != 0)
+
+
 def _all_at_zero(qt: QTensor) -> bool:
     """True when every code of ``qt`` (layout rows) is its group's integer zero point, so the
-    weight dequantizes to 0 everywhere; False for real-valued zero points."""
-    if qt.spec.symmetric:  # code 0 is stored as zero bits at every width
-        return not np.asarray(qt.codes).any()
-    if qt.spec.float_zero or qt.layout != "rows":
+    weight dequantizes to 0 everywhere; False for real-valued zero points. Compared as stored
+    bytes (codes and zeros are packed alike along N), with no unpacking."""
+    spec, codes = qt.spec, np.asarray(qt.codes)
+    if spec.symmetric:  # code 0 is stored as zero bits at every width
+        return not codes.any()
+    if spec.float_zero or qt.layout != "rows":
         return False
-    spec, k, n = qt.spec, qt.k, qt.n
-    codes = unpack_numpy(np.asarray(qt.codes), bits=spec.bits, signed=False, n=n)
-    grid_n = 1 if spec.granularity == "per_tensor" else n
-    zero = unpack_numpy(np.asarray(qt.zero), bits=spec.bits, signed=False, n=grid_n)
-    return bool(np.all(codes == np.repeat(zero, k // zero.shape[0], axis=0)))
+    zero = np.asarray(qt.zero)
+    if spec.granularity == "per_tensor":  # one zero point: a row of it, packed as a row is
+        (z,) = unpack_numpy(zero, bits=spec.bits, signed=False, n=1).ravel()
+        row = pack_numpy(np.full(qt.n, z), bits=spec.bits, signed=False)
+        return bool((codes == row).all())
+    groups = codes.reshape(zero.shape[0], -1, codes.shape[-1])
+    return bool((groups == zero[:, None, :]).all())
 
 
 class Quantizer(abc.ABC):

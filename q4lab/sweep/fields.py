@@ -173,7 +173,7 @@ def inert_fields(point: Point) -> list[str]:
                 recipe_of(p).base.build_quantizer()
                 == recipe_of(p | {"options": {}}).base.build_quantizer()
             )
-        except ValueError:
+        except (TypeError, ValueError):  # e.g. an own quantizer with an option it requires
             same = False
         inert += ["options"] if same else []
     if p["zero_point"] != "auto":  # the quantizer's own kind asked for by name

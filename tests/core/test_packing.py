@@ -82,3 +82,13 @@ def test_widths_outside_2_to_8_are_refused():
             pack(jnp.zeros((1, 4), jnp.int32), bits=bits, signed=True)
         with pytest.raises(ValueError, match="allowed"):
             unpack_numpy(np.zeros((1, 1), np.uint8), bits=bits, signed=True, n=1)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_codes_a_jitted_closure_holds_unpack_as_passed_ones(signed):
+    """XLA folded the int4 cast of constant codes wrongly: a model jitted as a closure over its
+    packed weights (jax.jit(lambda x: qm.apply(x))) ran W4A16 convs on shuffled codes."""
+    packed = jnp.asarray(np.arange(256, dtype=np.uint8).reshape(16, 16))
+    passed = unpack(packed, bits=4, signed=signed, n=32)
+    held = jax.jit(lambda: unpack(packed, bits=4, signed=signed, n=32))()
+    np.testing.assert_array_equal(np.asarray(held), np.asarray(passed))

@@ -108,11 +108,23 @@ class WrongAxis(RangeQuantizer):
         return wg.min(axis=2, keepdims=True), wg.max(axis=2, keepdims=True)
 
 
-def test_an_all_zero_weight_may_quantize_to_zero():
-    zero = np.zeros_like(W)
-    for spec in (QuantSpec(), QuantSpec(symmetric=False, group_size=8)):
-        quantizer = get_quantizer("minmax")
-        check_quantized(quantizer.quantize(zero, spec), quantizer, spec, zero, 0)
+def test_an_all_zero_or_too_small_weight_may_quantize_to_zero():
+    """Weights of 1e-8 under float16 scales underflow: min-max rightly gives codes of 0."""
+    from q4lab.quantizers.base import _all_at_zero
+
+    quantizer = get_quantizer("minmax")
+    for w, scale_dtype in ((np.zeros_like(W), "float32"), (W * 1e-8, "float16")):
+        for spec in (
+            QuantSpec(scale_dtype=scale_dtype),
+            QuantSpec(symmetric=False, group_size=8, scale_dtype=scale_dtype),
+            QuantSpec(bits=3, symmetric=False, granularity="per_tensor", scale_dtype=scale_dtype),
+        ):
+            qt = quantizer.quantize(w, spec)
+            assert _all_at_zero(qt), spec
+            check_quantized(qt, quantizer, spec, w, 0)
+    assert not _all_at_zero(
+        quantizer.quantize(W, QuantSpec(symmetric=False, granularity="per_tensor"))
+    )
 
 
 def test_a_range_of_the_wrong_shape_is_named_with_the_shape_it_must_have():

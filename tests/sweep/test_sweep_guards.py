@@ -84,3 +84,21 @@ def test_ctrl_c_stops_the_sweep_even_where_a_callback_swallowed_it():
         with pytest.raises(KeyboardInterrupt):
             interrupted()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_own_quantizer_with_a_required_option_loads(monkeypatch):
+    """Comparing options with the quantizer's defaults built it without options: TypeError."""
+    import dataclasses
+
+    from q4lab.quantizers import base
+    from q4lab.quantizers.minmax import MinMax
+    from q4lab.sweep.fields import inert_fields, with_defaults
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Needs(MinMax):
+        name = "needs-k"
+        k: float
+
+    monkeypatch.setitem(base._REGISTRY, "needs-k", Needs)
+    point = with_defaults({"task": "digits-mlp", "quantizer": "needs-k", "options": {"k": 1.0}})
+    assert inert_fields(point) == []
