@@ -233,27 +233,32 @@ def train(
         fp_params = qat.ptq.float_params
     warmup = min(max(1, config.steps // 10), config.steps - 1)  # one step: no warm-up
     schedule = optax.warmup_cosine_decay_schedule(0.0, config.lr, warmup, config.steps)
-    trained = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
-    labels = {  # batch statistics and other model state are not trained
-        "model": jax.tree.map(
-            lambda t: "train" if t else "keep", qat.adapter.trainable(params["model"])
-        ),
-        "steps": jax.tree.map(lambda _: "train", params["steps"]),
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
+    # only parameters train: batch statistics and other state (an NNX model's RNG counts, which
+    # have no gradient) ride along, and the optimizer never sees them
+    trains = {
+        "model": qat.adapter.trainable(params["model"]),
+        "steps": jax.tree.map(lambda _: True, params["steps"]),
     }
-    opt = optax.multi_transform({"train": trained, "keep": optax.set_to_zero()}, labels)
-    opt_state = opt.init(params)
 
-    def objective(p, x, y, fp_out):
-        return loss(qat.apply(p, x), y, fp_out)
+    def merge(trained, kept):
+        return jax.tree.map(lambda t, a, b: a if t else b, trains, trained, kept)
+
+    trained = jax.tree.map(lambda t, v: v if t else None, trains, params)
+    kept = jax.tree.map(lambda t, v: None if t else v, trains, params)
+    opt_state = opt.init(trained)
+
+    def objective(t, kept, x, y, fp_out):
+        return loss(qat.apply(merge(t, kept), x), y, fp_out)
 
     @jax.jit
-    def step(p, s, x, y):
+    def step(t, kept, s, x, y):
         fp_out = None
         if config.loss == "distill":
             fp_out = jax.lax.stop_gradient(qat.adapter.apply(fp_params, x, {}))
-        value, grads = jax.value_and_grad(objective)(p, x, y, fp_out)
-        updates, s = opt.update(grads, s, p)
-        return optax.apply_updates(p, updates), s, value
+        value, grads = jax.value_and_grad(objective)(t, kept, x, y, fp_out)
+        updates, s = opt.update(grads, s, t)
+        return optax.apply_updates(t, updates), s, value
 
     rng = np.random.default_rng(seed)
     losses = np.zeros(config.steps, np.float32)
@@ -268,14 +273,14 @@ def train(
     ) as bar:
         for i in range(config.steps):
             x, y = batch(rng)
-            params, opt_state, value = step(params, opt_state, x, y)
+            trained, opt_state, value = step(trained, kept, opt_state, x, y)
             losses[i] = float(value)  # also waits for the step: honest timings
             if i == 0:
                 compile_seconds = time.perf_counter() - start
             if not bar.disable and (i % 10 == 0 or i == config.steps - 1):
                 bar.set_postfix(loss=f"{losses[max(0, i - 9) : i + 1].mean():.4f}", refresh=False)
             bar.update(1)
-    return params, TrainLog(losses, time.perf_counter() - start, compile_seconds)
+    return merge(trained, kept), TrainLog(losses, time.perf_counter() - start, compile_seconds)
 
 
 __all__ = [

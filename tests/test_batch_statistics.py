@@ -177,3 +177,29 @@ def test_an_empty_batch_through_quantized_convs(linen_bn):
         qm = quantize_model(model, params, recipe, sample_input=x)
         for fake in (False, True):
             assert qm.apply(x[:0], fake=fake).shape == (0, 10, 8)
+
+
+class WithDropout(UserBNNNX):
+    """`UserBNNNX` with a dropout that holds its own RNG state (uint32 counts, keys)."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        super().__init__(rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+    def __call__(self, x):
+        return super().__call__(self.drop(x))
+
+
+def test_qat_trains_an_nnx_model_holding_rng_state():
+    """The gradient was taken over every leaf of the state, RNG counts too: a TypeError."""
+    x = jax.random.normal(jax.random.key(0), (6, 10, 4))
+    qm = quantize_model(WithDropout(nnx.Rngs(0)), None, W4A4, sample_input=x)
+    state, trained = _trained(qm, x)
+    for before, after in zip(jax.tree.leaves(state), jax.tree.leaves(trained), strict=True):
+        if not jnp.issubdtype(before.dtype, jnp.floating):  # RNG counts and keys: as they were
+            np.testing.assert_array_equal(_raw(after), _raw(before))
+
+
+def _raw(a):
+    """An array's values; a PRNG key's data."""
+    return jax.random.key_data(a) if jnp.issubdtype(a.dtype, jax.dtypes.prng_key) else a
