@@ -208,6 +208,20 @@ class LinenAdapter:
             return call_with(self.module.apply, x, self._vars(params))
 
 
+_MODE_FLAGS = ("use_running_average", "deterministic")  # what nnx's eval() sets True
+
+
+def _inference_mode(module: nnx.Module) -> None:
+    """``module.eval()`` where a layer holds the mode as a plain attribute (BatchNorm's
+    ``use_running_average``, Dropout's and attention's ``deterministic``); one computed by a
+    property of the model's own is left to the model (eval() would raise on it)."""
+    for _, node in nnx.iter_graph(module):
+        if isinstance(node, nnx.Module):
+            for flag in _MODE_FLAGS:
+                if vars(node).get(flag) is False:
+                    setattr(node, flag, True)
+
+
 class NNXAdapter:
     """An NNX module, run in inference mode (`_merge`); its state is handled as a pure dict."""
 
@@ -235,7 +249,7 @@ class NNXAdapter:
         state = jax.tree_util.tree_map(lambda v: v, self.state)
         nnx.replace_by_pure_dict(state, params)
         module = nnx.merge(self.graphdef, state)
-        module.eval()
+        _inference_mode(module)
         return module
 
     def layers(self, params: PyTree, sample_input: Inputs) -> list[Layer]:

@@ -105,7 +105,11 @@ class LoadedModel(QuantizedModel):
             self._check_linen_shapes(x, saved)  # check at load: its first call finds out
         try:
             return super().apply(x)
-        except (flax.errors.ScopeParamShapeError, flax.errors.ScopeParamNotFoundError) as err:
+        except (
+            flax.errors.ScopeParamShapeError,
+            flax.errors.ScopeParamNotFoundError,
+            flax.errors.ScopeCollectionNotFound,  # a collection the module reads, not saved
+        ) as err:
             raise ValueError(f"model is not of the saved architecture ({saved}): {err}") from err
 
     def _check_linen_shapes(self, x: Any, saved: str) -> None:

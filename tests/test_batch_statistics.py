@@ -203,3 +203,54 @@ def test_qat_trains_an_nnx_model_holding_rng_state():
 def _raw(a):
     """An array's values; a PRNG key's data."""
     return jax.random.key_data(a) if jnp.issubdtype(a.dtype, jax.dtypes.prng_key) else a
+
+
+class OwnFlag(nnx.Module):
+    """A model computing its mode by a property of its own: inference mode is left to it."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.fc = nnx.Linear(40, 5, rngs=rngs)
+        self.training = False
+
+    @property
+    def deterministic(self) -> bool:
+        return not self.training
+
+    def __call__(self, x):
+        return self.fc(x.reshape(x.shape[0], -1))
+
+
+def test_a_models_own_mode_property_is_left_to_it(linen_bn, tmp_path):
+    *_, x, _ = linen_bn
+    qm = quantize_model(OwnFlag(nnx.Rngs(0)), None, W4A4, sample_input=x)  # eval() raised
+    assert qm.apply(x).shape == (6, 5)
+
+
+class LayerNormed(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(5, name="head")(nn.LayerNorm(name="norm")(nn.Dense(8)(x)))
+
+
+class BatchNormed(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        norm = nn.BatchNorm(use_running_average=True, name="norm")
+        return nn.Dense(5, name="head")(norm(nn.Dense(8)(x)))
+
+
+def test_a_collection_the_module_reads_and_the_file_lacks_is_named(tmp_path):
+    x = jnp.ones((2, 12))
+    params = LayerNormed().init(jax.random.key(0), x)["params"]
+    saved = quantize_model(LayerNormed(), params, W4A4, sample_input=x).save(tmp_path / "ln")
+    with pytest.raises(ValueError, match=r"model is not of the saved architecture"):
+        load(saved, BatchNormed()).apply(x)
+
+
+def test_a_weight_of_no_elements_passes_the_quantizer_check():
+    from q4lab.quantizers import check_quantized, get_quantizer
+
+    quantizer, w = get_quantizer("minmax"), jnp.ones((8, 0))
+    for spec in (QuantSpec(), QuantSpec(symmetric=False)):
+        qt = quantizer.quantize(w, spec)
+        assert check_quantized(qt, quantizer, spec, w, 0) is qt

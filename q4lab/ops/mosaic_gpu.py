@@ -404,8 +404,11 @@ def _column_zeros(w: QTensor, dtype) -> jax.Array:
 
 def _int4(w: QTensor) -> jax.Array:
     """The K-major codes as the kernels read them, int4 ``[N, K]`` (XLA reads the low nibble
-    first). Whether XLA holds this bit cast without a copy on a GPU is for a device run to show."""
-    return lax.bitcast_convert_type(w.codes, jnp.int4).reshape(w.n, w.k)
+    first). Whether XLA holds this bit cast without a copy on a GPU is for a device run to show.
+    The barrier keeps XLA from folding the cast of constant codes, which it folds wrongly
+    (`q4lab.core.packing.unpack`)."""
+    codes = lax.optimization_barrier(w.codes)
+    return lax.bitcast_convert_type(codes, jnp.int4).reshape(w.n, w.k)
 
 
 def _interpreter():

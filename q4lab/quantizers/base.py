@@ -114,7 +114,7 @@ def check_quantized(
         raise ValueError(f"{where} returned zero points that are NaN or Inf in {spec.scale_dtype}")
     if qt.perm is not None and not np.array_equal(np.sort(np.asarray(qt.perm)), np.arange(qt.k)):
         raise ValueError(f"{where} returned a perm that is not a permutation of the {qt.k} rows")
-    if _all_at_zero(qt) and _representable(w, spec):
+    if np.size(w) and _all_at_zero(qt) and _representable(w, spec):
         raise ValueError(
             f"{where} returned codes that all stand for 0, for a weight that is not all zero: an "
             "empty clipping range ([0, 0]) in every group, or a bug"
