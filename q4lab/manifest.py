@@ -26,8 +26,9 @@ CODE_PATHS = ("q4lab", "experiments", "pyproject.toml")  # what a result's numbe
 @functools.cache
 def git_commit(path: Path | None = None) -> str:
     """The commit of the checkout holding q4lab, with ``-dirty`` if its code (`CODE_PATHS`; not
-    results or docs) differs from it, or "" if none. Read once per process, at the first call,
-    so every row of a sweep names the code that process loaded."""
+    results or docs) differs from it, new files included, or "" if none: also when q4lab is
+    installed inside another project's repository, which does not track it. Read once per
+    process, at the first call, so every row of a sweep names the code that process loaded."""
     where = path or Path(__file__).resolve().parent
     try:
         sha = subprocess.run(
@@ -35,8 +36,17 @@ def git_commit(path: Path | None = None) -> str:
         )
         if sha.returncode:
             return ""
+        if path is None:  # the repository around q4lab must be q4lab's own
+            tracked = subprocess.run(
+                ["git", "ls-files", "--error-unmatch", "--", Path(__file__).name],
+                cwd=where,
+                capture_output=True,
+                timeout=5,
+            )
+            if tracked.returncode:
+                return ""
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--"]
+            ["git", "status", "--porcelain", "--untracked-files=normal", "--"]
             + [f":(top){p}" for p in CODE_PATHS],
             cwd=where,
             capture_output=True,

@@ -51,7 +51,8 @@ from q4lab.plot_layout import (
 
 __all__ = [
     # results -> points -> figure (this module)
-    "CONFIG_COLUMNS", "LOWER_IS_BETTER", "allocated_as_one", "distinct_runs", "MARKERS",
+    "CONFIG_COLUMNS", "LOWER_IS_BETTER", "allocated_as_one", "distinct_runs",
+    "float_model_notes", "MARKERS",
     "LINESTYLES", "FILLSTYLES", "line_style",
     "aggregate", "higher_is_better", "baseline_column", "pareto_front", "plot_points",
     "pareto_plot", "save_figure", "save_plot",
@@ -206,6 +207,27 @@ def higher_is_better(table: pd.DataFrame, y: str) -> bool:
 def baseline_column(table: pd.DataFrame, y: str) -> str | None:
     """The float model's value of ``y`` (``fp_<y>``), if the table has it."""
     return f"fp_{y}" if f"fp_{y}" in table else None
+
+
+def float_model_notes(table: pd.DataFrame, y: str) -> list[str]:
+    """One line per task and seed whose rows hold more than one float model (``fp_<y>``): rows
+    from baselines trained apart (a seed with no published baseline retrains on each CPU), whose
+    scores do not compare, though each row's change from its own float model does."""
+    base = baseline_column(table, y)
+    keys = [c for c in ("task", "seed") if c in table]
+    if not base or not keys:
+        return []
+    notes = []
+    for key, part in table.groupby(keys, sort=True):
+        counts = part[base].round(9).value_counts(sort=False)
+        if len(counts) > 1:
+            where = ", ".join(f"{k}={v}" for k, v in zip(keys, np.atleast_1d(key), strict=True))
+            models = ", ".join(f"{format_value(v)} on {n} rows" for v, n in counts.items())
+            notes.append(
+                f"{where} has {len(counts)} float models ({base} {models}): its rows come from "
+                "baselines trained apart; compare their changes from float, not their scores"
+            )
+    return notes
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str, higher: bool = True) -> pd.DataFrame:
@@ -406,6 +428,8 @@ def pareto_plot(
     (default: weight bits), error bars = std over seeds, dodged where points share an ``x``.
     ``y="score"`` is each task's headline metric (accuracy, cosine, perplexity, ...). ``title``
     defaults to the metric, the x axis and the task. See `plot_points` for what is drawn."""
+    for note in float_model_notes(table, y):  # the float line would average them
+        warnings.warn(note, stacklevel=2)
     points = plot_points(table, x=x, y=y, hue=hue, style=style, facet=facet, columns=columns)
     a = points.attrs
     rows = sorted(points["row"].unique(), key=natural_key)

@@ -27,6 +27,7 @@ from q4lab.plots import (
     aggregate,
     baseline_column,
     distinct_runs,
+    float_model_notes,
     format_value,
     group_label,
     higher_is_better,
@@ -444,6 +445,7 @@ def report(
             lines.append(
                 f"Float model: {format_value(fp.mean())}{spread} ({_count(len(fp), 'seed')})."
             )
+            lines += [f"\n**Note:** {note}." for note in float_model_notes(rows, y)]
         part = budgets if task is None else budgets[budgets["task"] == task]
         widths = sorted(part["act_bits"].unique(), reverse=True) if "act_bits" in part else [None]
         for width in widths:

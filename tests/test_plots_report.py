@@ -405,3 +405,15 @@ def test_tables_concatenated_with_repeated_labels_still_aggregate():
     )
     both = pd.concat([table, table.assign(quantizer="minmax")])  # index 0, 1, 0, 1
     assert len(aggregate(both, "bits_per_weight", "score")) == 2
+
+
+def test_a_seed_with_two_float_models_is_named_in_report_and_plot():
+    """charlm seed 1 retrains on each CPU: w4a4's static rows, rerun on another machine, held
+    another float model, and the plot's float line averaged the two."""
+    table = make_table({("gptq", 4, 0, 16): [0.90, 0.91], ("minmax", 4, 0, 16): [0.88, 0.89]})
+    table.loc[(table["quantizer"] == "minmax") & (table["seed"] == 1), "fp_score"] = 0.99
+    assert "seed=1 has 2 float models (fp_score 0.9800 on 1 rows, 0.9900 on 1 rows)" in report(
+        table
+    )
+    with pytest.warns(UserWarning, match=r"seed=1 has 2 float models"):
+        pareto_plot(table)
