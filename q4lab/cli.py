@@ -400,7 +400,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     print("quantizers: " + ", ".join(available()))
     folder = Path(args.experiments)
     experiments = ", ".join(str(p) for p in sorted(folder.glob("*.py")))
-    missing = "" if folder.is_dir() else " (no such folder)"
+    missing = "" if folder.is_dir() else f" (no such folder in {Path.cwd()}; --experiments DIR)"
     print("experiments: " + (experiments or f"none in {str(folder)!r}{missing}"))
     print("\nsweep fields (experiments/*.py, Sweep(grid={field: [values]})):")
     for name, (default, meaning) in FIELDS.items():

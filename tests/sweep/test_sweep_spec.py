@@ -268,7 +268,9 @@ def test_a_plugin_module_registers_quantizers_for_every_command(tmp_path, capsys
         "class Mine(MinMax):\n    name = 'plugin-test'\n"
     )
     assert main(["--plugin", "plugin_test_quantizer", "ls"]) == 0
-    assert "plugin-test" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "plugin-test" in out  # and, run outside the repository, where to find experiments
+    assert f"none in 'experiments' (no such folder in {tmp_path}; --experiments DIR)" in out
     with pytest.raises(SystemExit) as exit_:
         main(["--plugin", "no_such_module", "ls"])
     assert exit_.value.code == 2
