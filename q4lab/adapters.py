@@ -126,6 +126,11 @@ def _install(module: Any, hook: Hook) -> None:
         setter(module, "dot_general", hook.dot_general)
 
 
+def _flax_said(err: Exception) -> str:
+    """A Flax error's message without the link to its documentation."""
+    return str(err).split(" (https")[0]
+
+
 def holds_collections(params: PyTree) -> bool:
     """True for a Linen ``variables`` dict (``{"params": ..., "batch_stats": ...}``, as ``init``
     returns it), False for the ``params`` collection alone."""
@@ -180,14 +185,14 @@ class LinenAdapter:
                 ) from err
             except flax.errors.ModifyScopeVariableError as err:
                 raise ValueError(
-                    f"the model updates its variables when called ({str(err).split(' (https')[0]}"
+                    f"the model updates its variables when called ({_flax_said(err)}"
                     "): it runs in training mode (e.g. BatchNorm(use_running_average=False)); "
                     "allowed: a model whose call, as q4lab makes it, runs in inference mode"
                 ) from err
             except flax.errors.ScopeCollectionNotFound as err:
                 raise ValueError(
                     "params is the 'params' collection alone, but the model also reads another "
-                    f"one ({str(err).split(' (https')[0]}); allowed: the whole variables dict, "
+                    f"one ({_flax_said(err)}); allowed: the whole variables dict, "
                     "as the model's init returns it"
                 ) from err
         return list(found.values())

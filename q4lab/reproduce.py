@@ -44,6 +44,7 @@ import pandas as pd
 
 from q4lab.manifest import PACKAGES
 from q4lab.sweep.fields import FIELDS, Point, config_hash
+from q4lab.sweep.store import python_value
 
 SIZE_COLUMNS = frozenset(
     {
@@ -93,7 +94,7 @@ METHOD_FIELDS = ("bits_budget", "qat_steps", "qat_method")
 
 def _shown(row: pd.Series | dict, point: Point) -> dict[str, Any]:
     """The fields that name a row in the tables: `SHOWN_FIELDS`, and `METHOD_FIELDS` in use."""
-    shown = {k: _python(row.get(k, point[k])) for k in SHOWN_FIELDS}
+    shown = {k: python_value(row.get(k, point[k])) for k in SHOWN_FIELDS}
     trained = bool(point.get("qat_steps"))
     for k in METHOD_FIELDS:
         if point.get(k) and (trained or not k.startswith("qat")):
@@ -123,23 +124,18 @@ class Comparison:
         return bool(self.columns["ok"].all())
 
 
-def _python(value: Any) -> Any:
-    """numpy scalars from a parquet row -> Python values (``json`` and hashing need them)."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
 def _candidates(row: pd.Series) -> list[Point]:
     """Points the row's fields may come from. Rows store the evaluated recipe's fields over the
     grid's: ``quantizer`` is a label (``quantizer_name`` is the name) and ``act_mode`` is
     "none" for float activations, whatever the grid said."""
     point: Point = {}
     for name, (default, _) in FIELDS.items():
-        value = _python(row[name]) if name in row.index else default
+        value = python_value(row[name]) if name in row.index else default
         if isinstance(default, dict | list) and isinstance(value, str):
             value = json.loads(value)
         point[name] = value
     if "quantizer_name" in row.index:
-        point["quantizer"] = _python(row["quantizer_name"])
+        point["quantizer"] = python_value(row["quantizer_name"])
     if point["act_mode"] != "none":
         return [point]
     return [point | {"act_mode": mode} for mode in ("dynamic", "static")]
@@ -232,7 +228,7 @@ def _present(record: dict[str, Any], column: str) -> Any:
     """The record's value, or None where it has none (absent, or NaN in a mixed table). A score
     (`SCORE_COLUMNS`, the row's own metric) is always recorded: NaN there is its value (a run
     that diverged), which a rerun must reproduce."""
-    value = _python(record.get(column))
+    value = python_value(record.get(column))
     scored = column in SCORE_COLUMNS or column == record.get("metric")
     return None if isinstance(value, float) and math.isnan(value) and not scored else value
 

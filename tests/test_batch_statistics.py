@@ -162,23 +162,6 @@ def test_variables_kept_frozen_or_sown_quantize_save_load_and_train(linen_bn, tm
     )
 
 
-class ConvOnly(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        return nn.Conv(8, (3,), padding="SAME")(x)
-
-
-def test_an_empty_batch_through_quantized_convs(linen_bn):
-    *_, x, _ = linen_bn
-    model = ConvOnly()
-    params = model.init(jax.random.key(0), x)["params"]
-    for act in (None, ActSpec()):
-        recipe = Recipe((Rule(weight=QuantSpec(group_size=4), act=act),))
-        qm = quantize_model(model, params, recipe, sample_input=x)
-        for fake in (False, True):
-            assert qm.apply(x[:0], fake=fake).shape == (0, 10, 8)
-
-
 class WithDropout(UserBNNNX):
     """`UserBNNNX` with a dropout that holds its own RNG state (uint32 counts, keys)."""
 

@@ -397,13 +397,17 @@ def test_the_layer_table_gives_a_layer_the_group_size_it_was_quantized_with():
         QuantSpec(group_size=6).check_input_size(16)
 
 
-def test_an_empty_batch_gives_an_empty_output_on_every_forward():
-    """A float Dense maps (0, K) to (0, N); the hooks divided by the batch's size to find K."""
-    x = jax.random.normal(jax.random.key(0), (4, 16))
-    model = OneDense()
+@pytest.mark.parametrize(
+    ("model", "shape", "group", "out"),
+    [(OneDense(), (4, 16), 8, (0, 4)), (OneConv(), (4, 6, 6, 4), 4, (0, 6, 6, 4))],
+)
+def test_an_empty_batch_gives_an_empty_output_on_every_forward(model, shape, group, out):
+    """A float Dense or Conv maps a batch of 0 to one of 0; the hooks divided by the batch's
+    size to find K (dense) or reshaped with -1 (conv)."""
+    x = jax.random.normal(jax.random.key(0), shape)
     params = model.init(jax.random.key(1), x)["params"]
     for act in (None, ActSpec()):
-        recipe = Recipe((Rule(weight=QuantSpec(group_size=8), act=act),))
+        recipe = Recipe((Rule(weight=QuantSpec(group_size=group), act=act),))
         qm = quantize_model(model, params, recipe, sample_input=x)
         for fake in (False, True):
-            assert qm.apply(jnp.ones((0, 16)), fake=fake).shape == (0, 4)
+            assert qm.apply(x[:0], fake=fake).shape == out

@@ -219,12 +219,16 @@ def relayout_tree(tree, layout: str):
     return jax.tree_util.tree_map(convert, tree, is_leaf=lambda x: isinstance(x, QTensor))
 
 
+def scale_grid(spec: QuantSpec, k: int, n: int) -> tuple[int, int]:
+    """The ``[G, N]`` grid of a weight's scales (and zeros) for ``spec``: ``[1, 1]`` per-tensor."""
+    return spec.num_groups(k), 1 if spec.granularity == "per_tensor" else n
+
+
 def held_arrays(qt: QTensor) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
     """The dtype and shape each array of ``qt`` must have for its spec, logical shape and layout
     (the ``QTensor`` docstring), by role; a transform's arrays aside."""
     spec, k, n = qt.spec, qt.k, qt.n
-    grid_n = 1 if spec.granularity == "per_tensor" else n
-    grid = (spec.num_groups(k), grid_n)
+    grid = scale_grid(spec, k, n)
     if qt.layout == "kmajor":
         codes = (np.dtype(np.uint8), (n, k // 2))
     elif spec.bits > 4:
@@ -235,7 +239,7 @@ def held_arrays(qt: QTensor) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
     if spec.float_zero:
         held["zero"] = (np.dtype(spec.jnp_scale_dtype), grid)
     elif not spec.symmetric:  # unsigned codes: uint8 whether packed (2..4 bits) or not
-        held["zero"] = (np.dtype(np.uint8), (grid[0], spec.packed_length(grid_n)))
+        held["zero"] = (np.dtype(np.uint8), (grid[0], spec.packed_length(grid[1])))
     if qt.perm is not None:
         held["perm"] = (np.dtype(qt.perm.dtype), (k,))
     return held
@@ -296,7 +300,7 @@ def quantize(
         raise ValueError(
             f"zero must be {'None' if spec.symmetric else 'given'} for symmetric={spec.symmetric}"
         )
-    grid = (spec.num_groups(w2d.shape[0]), 1 if spec.granularity == "per_tensor" else w2d.shape[1])
+    grid = scale_grid(spec, *w2d.shape)
     for role, a in (("scale", scale), ("zero", zero)):
         if a is not None and tuple(jnp.shape(a)) != grid:  # broadcasting would hide the slip
             raise ValueError(

@@ -325,26 +325,19 @@ def int_matmul(xc: jax.Array, x_scale: jax.Array, qt: QTensor, *, impl: str = "a
     wc = centered_weight_codes(qt)
     groups = qt.scale.shape[0]
     m, g = xc.shape[0], qt.k // groups
+    # a group's int32 sums in chunks of rows that cannot overflow (one chunk but for 8-bit
+    # codes past K ~ 33k), padded with zero codes; the chunks summed in float32
     chunks = -(-g // _int32_rows(xc.dtype, qt.spec))
-    if chunks == 1:
-        acc = jnp.einsum(
-            "mgk,gkn->mgn",
-            xc.reshape(m, groups, g),
-            wc.reshape(groups, g, qt.n),
-            preferred_element_type=jnp.int32,
-        ).astype(jnp.float32)
-    else:  # a group's int32 sums could overflow (8-bit codes past K ~ 33k): in chunks of rows
-        # padded with zero codes, the chunks summed in float32
-        rows = -(-g // chunks)
-        pad = chunks * rows - g
-        xg = jnp.pad(xc.reshape(m, groups, g), [(0, 0), (0, 0), (0, pad)])
-        wg = jnp.pad(wc.reshape(groups, g, qt.n), [(0, 0), (0, pad), (0, 0)])
-        acc = jnp.einsum(
-            "mgck,gckn->mgcn",
-            xg.reshape(m, groups, chunks, rows),
-            wg.reshape(groups, chunks, rows, qt.n),
-            preferred_element_type=jnp.int32,
-        )
-        acc = jnp.sum(acc.astype(jnp.float32), axis=2)
+    rows = -(-g // chunks)
+    pad = chunks * rows - g
+    xg = jnp.pad(xc.reshape(m, groups, g), [(0, 0), (0, 0), (0, pad)])
+    wg = jnp.pad(wc.reshape(groups, g, qt.n), [(0, 0), (0, pad), (0, 0)])
+    acc = jnp.einsum(
+        "mgck,gckn->mgcn",
+        xg.reshape(m, groups, chunks, rows),
+        wg.reshape(groups, chunks, rows, qt.n),
+        preferred_element_type=jnp.int32,
+    )
+    acc = jnp.sum(acc.astype(jnp.float32), axis=2)
     y = jnp.sum(acc * qt.scale.astype(jnp.float32)[None], axis=1)
     return y * x_scale.astype(jnp.float32)

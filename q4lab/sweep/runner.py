@@ -233,7 +233,7 @@ def run_experiment(
     logger = WandbLogger(wandb or WandbSettings(), experiment.name, directory)
     with store.writer(), _interrupt_between_points() as interrupted:
         store.discard_partial_writes()
-        logger.finish_pending(store.read())  # a row saved, then interrupted before its log
+        logger.finish_pending(store.read)  # a row saved, then interrupted before its log
         done = store.done()
         todo = [
             (p, h)

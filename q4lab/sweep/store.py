@@ -16,7 +16,9 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from q4lab.files import share_as_opened
@@ -39,6 +41,12 @@ def _with_field_defaults(table: pd.DataFrame) -> pd.DataFrame:
     if "allocation" in table:  # likewise rows from before mixed precision: uniform or rules
         table["allocation"] = table["allocation"].fillna("uniform")
     return table
+
+
+def python_value(value: Any) -> Any:
+    """A cell read from a table as the Python value the row held (numpy scalars: ``json``,
+    hashing and wandb need them)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 class ResultsStore:

@@ -12,22 +12,17 @@ import contextlib
 import dataclasses
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from q4lab.files import atomic_write_bytes
 from q4lab.sweep.fields import FIELDS
+from q4lab.sweep.store import python_value
 
 PENDING = ".wandb-pending"  # the hash of a row saved whose wandb run is not yet logged
-
-
-def _plain(value: Any) -> Any:
-    """A numpy scalar read from the table as the Python value the row held."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def _missing(value: Any) -> bool:
@@ -76,15 +71,17 @@ class WandbLogger:
         yield
         self._pending_file.unlink(missing_ok=True)
 
-    def finish_pending(self, table: pd.DataFrame) -> None:
-        """Log the row an interrupted sweep saved but did not log (`pending`), from the table."""
+    def finish_pending(self, read: Callable[[], pd.DataFrame]) -> None:
+        """Log the row an interrupted sweep saved but did not log (`pending`), from the table
+        ``read()`` gives (read only then)."""
         path = self._pending_file
         if self.settings.mode == "disabled" or not path.exists():
             return
         key = path.read_text().strip()
+        table = read()
         if "config_hash" in table:
             for row in table[table["config_hash"] == key].to_dict("records"):
-                self.log({k: _plain(v) for k, v in row.items() if not _missing(v)})
+                self.log({k: python_value(v) for k, v in row.items() if not _missing(v)})
         path.unlink(missing_ok=True)
 
     def log(self, row: dict[str, Any]) -> None:
