@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import platform
 import shutil
 from pathlib import Path
@@ -10,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from q4lab import data
 from q4lab.baselines import ChecksumError, params_from_bytes, params_to_bytes, read_index
 from q4lab.baselines.publish import check, cpu_flags
 from q4lab.baselines.store import PUBLISHED_DIR, find_published, flatten, write_index
@@ -128,6 +131,25 @@ def test_provenance_mismatch_is_not_used(tmp_path, empty_cache, monkeypatch):
     )
     _assert_same(baseline_params(switched_off), trained)
     assert calls == [1]
+
+
+def test_another_training_split_is_another_baseline():
+    """A published baseline trained on one split is never loaded for another: its training set
+    would hold the other split's calibration or test examples."""
+    task = get_task("digits-mlp")
+    published = task.baseline_training(0).file_name
+    assert published in read_index(PUBLISHED_DIR)
+    for changed in (dict(calib_size=256), dict(test_fraction=0.2)):
+        other = dataclasses.replace(task, data=functools.partial(data.digits, **changed))
+        assert other.baseline_training(0).file_name != published, changed
+
+    def same_words(seed: int) -> data.Splits:  # a data function whose text misses the change
+        return dataclasses.replace(
+            data.digits(seed, calib_size=256), provenance=data.digits(seed).provenance
+        )
+
+    unnamed = dataclasses.replace(task, data=same_words)
+    assert unnamed.baseline_training(0).file_name != published
 
 
 def test_sample_is_spread_over_quantizers():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+from importlib.metadata import version
 
 import numpy as np
 
@@ -16,7 +18,14 @@ class Splits:
     x_calib: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    provenance: str  # where the data came from (package and version, generator arguments)
+    provenance: str  # where the data came from (package and version, split arguments)
+
+    def training_digest(self) -> str:
+        """What a float baseline is trained on, as text for its key: the training split's size
+        and the sha256 of its labels (integers, so the same on every CPU). Any change of the
+        split (its sizes, its seeded order) changes it, even where ``provenance`` does not."""
+        labels = hashlib.sha256(np.ascontiguousarray(self.y_train, "<i8").tobytes()).hexdigest()
+        return f"train split of {len(self.y_train)}, labels sha256 {labels[:16]}"
 
 
 def digits(seed: int, *, test_fraction: float = 0.25, calib_size: int = 128) -> Splits:
@@ -31,7 +40,13 @@ def digits(seed: int, *, test_fraction: float = 0.25, calib_size: int = 128) -> 
     n_test = round(test_fraction * len(x))
     test, calib, train = np.split(order, [n_test, n_test + calib_size])
     return Splits(
-        x[train], y[train], x[calib], x[test], y[test], f"sklearn {sklearn.__version__} digits"
+        x[train],
+        y[train],
+        x[calib],
+        x[test],
+        y[test],
+        f"sklearn {sklearn.__version__} digits, test_fraction={test_fraction}, "
+        f"calib_size={calib_size}",
     )
 
 
@@ -54,5 +69,6 @@ def mnist1d(seed: int, *, calib_size: int = 500) -> Splits:
         x[calib],
         x_test,
         np.asarray(data["y_test"], np.int32),
-        "mnist1d make_dataset(get_dataset_args()) defaults",
+        f"mnist1d {version('mnist1d')} make_dataset(get_dataset_args()) defaults, "
+        f"calib_size={calib_size}",
     )

@@ -11,8 +11,9 @@ A trained float baseline is found in this order (`baseline_params`):
 3. training here (with a progress bar on a terminal), then caching the result.
 
 Published and cached files are named ``<task>-seed<seed>-<digest>.npz``, where the digest hashes
-the baseline's key (model, training config and data provenance), so changing any of them
-trains anew instead of reusing a stale file.
+the baseline's key (model, training config, data provenance and the training split: its size
+and a checksum of what it holds), so changing any of them trains anew instead of reusing a stale
+file.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ class BaselineTraining:
 
     task: str  # the task's registered name
     seed: int
-    key: str  # everything the parameters depend on: model, training config, data provenance
+    key: str  # what the parameters depend on: model, training config, data, training split
     train: Callable[[bool | None], dict]  # progress (None: bar only on a terminal) -> params
 
     @property

@@ -57,7 +57,7 @@ class ClassificationTask(Task):
         return BaselineTraining(
             task=self.name,
             seed=seed,
-            key=repr((self.model, self.train_config, split.provenance)),
+            key=repr((self.model, self.train_config, split.provenance, split.training_digest())),
             train=lambda progress: train_classifier(
                 self.model,
                 split.x_train,

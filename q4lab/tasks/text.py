@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 
 import flax.linen as nn
 import jax
@@ -211,6 +212,11 @@ class ByteLMTask(Task):
     def provenance(self) -> str:
         return provenance("stdlib sources", stdlib_source(self.corpus_bytes))
 
+    def _training_digest(self) -> str:
+        """The training bytes a baseline sees (the split, not only the corpus), for its key."""
+        train = self._splits()[0]
+        return f"train bytes [0, {len(train)}), sha256 {hashlib.sha256(train).hexdigest()[:16]}"
+
     def _windows(self, data: np.ndarray, count: int, seed: int | None) -> np.ndarray:
         """``count`` windows of ``context + 1`` bytes: consecutive, or at seeded offsets."""
         span = self.config.context + 1
@@ -228,7 +234,7 @@ class ByteLMTask(Task):
         return BaselineTraining(
             task=self.name,
             seed=seed,
-            key=repr((self.config, self.train_config, self.provenance())),
+            key=repr((self.config, self.train_config, self.provenance(), self._training_digest())),
             train=lambda progress: train_language_model(
                 self.model,
                 self._splits()[0],
