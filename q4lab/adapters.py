@@ -18,6 +18,7 @@ a 1-tuple.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -45,6 +46,25 @@ def call_with(fn: Any, inputs: Inputs, *leading: Any) -> Any:
     if isinstance(inputs, Mapping):
         return fn(*leading, **inputs)
     return fn(*leading, inputs)
+
+
+def check_arguments(module: Any, inputs: Inputs) -> None:
+    """Refuse inputs that leave an argument of the model's ``__call__`` without a value (e.g.
+    ``train`` with no default), naming it; Python's TypeError would come from inside the trace."""
+    try:
+        signature = inspect.signature(module.__call__)
+    except (TypeError, ValueError):  # a callable Python cannot describe: let the call decide
+        return
+    args = inputs if isinstance(inputs, tuple) else () if isinstance(inputs, Mapping) else (inputs,)
+    try:
+        signature.bind(*args, **(inputs if isinstance(inputs, Mapping) else {}))
+    except TypeError as err:
+        raise ValueError(
+            f"the model's __call__{signature} does not take the inputs q4lab passes ({err}): "
+            "q4lab calls it with the inputs alone (an array, a tuple of positional inputs or a "
+            "dict of keyword inputs); allowed: any other argument has a default that runs "
+            "inference, e.g. train: bool = False"
+        ) from err
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +178,7 @@ class LinenAdapter:
         )
 
     def layers(self, params: PyTree, sample_input: Inputs) -> list[Layer]:
+        check_arguments(self.module, sample_input)
         found: dict[str, Layer] = {}
 
         def record(next_fun, args, kwargs, context):
@@ -259,6 +280,7 @@ class NNXAdapter:
 
     def layers(self, params: PyTree, sample_input: Inputs) -> list[Layer]:
         module = self._merge(params)
+        check_arguments(module, sample_input)
         found = [_nnx_layer(tuple(p), node) for p, node in nnx.iter_graph(module)]
         return [layer for layer in found if layer is not None]
 

@@ -135,6 +135,37 @@ def test_a_model_given_in_training_mode_runs_in_inference_mode(tmp_path):
         quantize_model(linen, variables, W4A4, sample_input=flat)
 
 
+class TrainArgument(nn.Module):
+    """A Linen model whose mode argument has no default."""
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        return nn.Dense(5)(nn.BatchNorm(use_running_average=not train)(nn.Dense(8)(x)))
+
+
+class KeywordMode(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.dense = nnx.Linear(4, 5, rngs=rngs)
+
+    def __call__(self, x, *, deterministic):
+        return self.dense(x)
+
+
+def test_a_call_argument_without_default_is_named():
+    """Flax's TypeError from inside the trace, for an argument q4lab does not pass, becomes an
+    error naming it and how to give it a default."""
+    x = jnp.ones((3, 4))
+    variables = TrainArgument().init(jax.random.key(0), x, train=False)
+    for model, params, name in (
+        (TrainArgument(), variables, "train"),
+        (KeywordMode(nnx.Rngs(0)), None, "deterministic"),
+    ):
+        with pytest.raises(ValueError, match=rf"missing a required argument: '{name}'.*default"):
+            quantize_model(model, params, W4A4, sample_input=x)
+    with pytest.raises(ValueError, match="too many positional arguments"):
+        quantize_model(KeywordMode(nnx.Rngs(0)), None, W4A4, sample_input=(x, x))
+
+
 class Sowing(nn.Module):
     """Batch statistics and a call that sows a loss (as mixture-of-experts models do): init
     returns that collection too, which a saved model does not hold."""
