@@ -232,6 +232,30 @@ def test_a_learned_step_never_reaches_zero_or_below():
     assert bool((scale > 0).all())
 
 
+def test_a_learned_step_that_float16_rounds_to_zero_stays_positive():
+    """A floored step of a group of tiny weights (3e-5) rounds to 0 in float16: the group's
+    values and the gain's gradient were NaN, and the frozen QTensor held scale 0."""
+    from q4lab.layer_quant import MIN_GAIN, WeightQuant
+
+    spec = QuantSpec(group_size=4, scale_dtype="float16")
+    w = (
+        jax.random.normal(jax.random.key(0), (8, 3))
+        .at[:4, 0]
+        .set(jnp.array([3e-5, -2e-5, 0, 1e-5]))
+    )
+    scale0 = get_quantizer("minmax").quantize(w, spec).scale.astype(jnp.float32)
+    gain = jnp.full(scale0.shape, MIN_GAIN)
+
+    def value(gain):
+        return WeightQuant(w, scale0, None, None, gain, spec, (0,)).value()
+
+    assert float(scale0[0, 0]) * MIN_GAIN < float(jnp.finfo(jnp.float16).smallest_subnormal) / 2
+    assert bool(jnp.isfinite(value(gain)).all())
+    assert bool(jnp.isfinite(jax.grad(lambda g: jnp.sum(value(g) ** 2))(gain)).all())
+    frozen = WeightQuant(w, scale0, None, None, gain, spec, (0,)).freeze()
+    assert bool((frozen.scale > 0).all())
+
+
 def test_qat_config_names_the_bad_field():
     with pytest.raises(
         ValueError, match=r"qat_method='adam' is invalid; allowed: \('ste', 'lsq'\)"

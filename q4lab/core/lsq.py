@@ -42,8 +42,12 @@ def lsq_grad_scale(values_per_step: int, spec: QuantSpec) -> float:
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def stored_scale(scale: jax.Array, spec: QuantSpec) -> jax.Array:
     """``scale`` rounded to ``spec.scale_dtype`` (as a `QTensor` stores it), back in float32;
-    the gradient passes straight through the rounding."""
-    return scale.astype(spec.jnp_scale_dtype).astype(jnp.float32)
+    the gradient passes straight through the rounding. A positive step that the dtype rounds to
+    0 (a learned step of tiny weights, in float16) is its smallest positive value instead: a
+    step of 0 made the group's values NaN (0 / 0) and froze into a QTensor of scale 0."""
+    dtype = spec.jnp_scale_dtype
+    stored = scale.astype(dtype)
+    return jnp.maximum(stored, jnp.finfo(dtype).smallest_subnormal).astype(jnp.float32)
 
 
 @stored_scale.defjvp
