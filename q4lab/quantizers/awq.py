@@ -31,6 +31,7 @@ from q4lab.core.qtensor import InAxes
 from q4lab.core.transforms import InputTransform
 from q4lab.quantizers.base import (
     ACTIVATIONS,
+    CROSS,
     HESSIAN,
     Quantizer,
     RangeQuantizer,
@@ -71,7 +72,6 @@ class AWQ(Quantizer):
     """Activation-aware per-channel scaling searched on calibration data, then ``quantizer``."""
 
     name = "awq"
-    needs = frozenset({HESSIAN, ACTIVATIONS})
 
     grid: int = 20  # alphas 0, 1/grid, ..., (grid-1)/grid, as in the reference implementation
     quantizer: str = "minmax"  # the final rounding: a registered quantizer other than awq
@@ -94,6 +94,11 @@ class AWQ(Quantizer):
     @property
     def takes_float_zero(self) -> bool:  # type: ignore[override]
         return self.final().takes_float_zero
+
+    @property
+    def needs(self) -> frozenset[str]:  # type: ignore[override]
+        """The search's statistics and the final quantizer's (GPTAQ's cross moment)."""
+        return frozenset({HESSIAN, ACTIVATIONS}) | self.final().needs
 
     def inner(self) -> tuple[Quantizer, ...]:
         return (self.final(),)
@@ -130,6 +135,8 @@ class AWQ(Quantizer):
         transform = InputTransform(smooth=awq_scales(stats[ACTIVATIONS], jnp.float32(alpha)))
         scaled = from_matrix(transform.fold(w2d), jnp.shape(w), axes)
         final_stats = {HESSIAN: transform.covariance(stats[HESSIAN])}
+        if CROSS in stats:  # X^T X_float of the scaled inputs (as `transform_stats`)
+            final_stats[CROSS] = transform.covariance(stats[CROSS].T)
         final = self.final()
         qt = final.quantize(scaled, spec, in_axes=axes, stats=final_stats, name=name)
         qt = check_quantized(qt, final, spec, scaled, axes, name)  # names the inner quantizer

@@ -67,6 +67,21 @@ def test_awq_composes_with_gptq_and_clipping(layer):
     assert _error(w, mse.quantize(w, spec, stats=stats), stats) == pytest.approx(errors.min(), 1e-4)
 
 
+def test_awq_passes_gptaq_its_cross_moment(layer):
+    """AWQ then GPTQ fitting the float outputs (GPTAQ) needs the cross moment: AWQ asked for its
+    own statistics only and dropped the cross moment, so the pair raised for lack of it. With
+    float inputs equal to the quantized model's (cross = H) it rounds as AWQ then GPTQ."""
+    w, stats = layer
+    spec = QuantSpec(bits=3, group_size=16)
+    gptaq = AWQ(quantizer="gptq", quantizer_options={"float_target": True})
+    assert {"cross", "hessian", "act_absmean"} <= gptaq.needs
+    with pytest.raises(ValueError, match=r"needs the calibration statistics \['cross'\]"):
+        gptaq.quantize(w, spec, stats=stats)
+    same_inputs = gptaq.quantize(w, spec, stats=stats | {"cross": stats["hessian"]})
+    plain = AWQ(quantizer="gptq").quantize(w, spec, stats=stats)
+    np.testing.assert_allclose(_error(w, same_inputs, stats), _error(w, plain, stats), rtol=1e-4)
+
+
 def test_awq_options_and_missing_statistics_are_named(layer):
     w, stats = layer
     with pytest.raises(ValueError, match="needs the calibration statistics"):
