@@ -170,6 +170,14 @@ def aggregate(table: pd.DataFrame, x: str, y: str, extra: Sequence[str] = ()) ->
     from q4lab.sweep.fields import check_field_names
 
     check_field_names([x, y, *extra], "the results table", list(table), kind="column")
+    for axis, column in (("x", x), ("y", y)):
+        if not pd.api.types.is_numeric_dtype(table[column]):
+            values = ", ".join(sorted(map(str, table[column].dropna().unique()))[:6])
+            raise ValueError(
+                f"--{axis} {column} holds text ({values}), not numbers; allowed: a numeric "
+                "column (bits_per_weight, bits, group_size, score, ...). To compare its values, "
+                f"give --hue {column}, --style {column} or --facet {column}"
+            )
     table = distinct_runs(table, extra)
     keys = [
         c

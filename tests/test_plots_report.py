@@ -115,6 +115,8 @@ def test_a_field_on_the_x_axis_still_tells_configurations_apart():
 def test_a_misspelled_column_is_named_with_its_closest_match():
     with pytest.raises(ValueError, match=r"unknown column 'scor' \(did you mean 'score'\?\)"):
         plot_points(make_table(grid(["minmax"], [4], [0], [16])), y="scor")
+    with pytest.raises(ValueError, match=r"--x quantizer holds text \(minmax\).*--hue quantizer"):
+        plot_points(make_table(grid(["minmax"], [4], [0], [16])), x="quantizer")  # was a TypeError
 
 
 def test_the_pareto_front_needs_two_points():
