@@ -288,13 +288,22 @@ def _collect(qmodel: QuantizedModel) -> tuple[dict[str, np.ndarray], dict[str, d
     return arrays, entries
 
 
+def _same_model(a: nn.Module | nnx.Module, b: nn.Module | nnx.Module) -> bool:
+    """Equal Linen modules (their configuration), or NNX instances of one class whose states
+    hold the same shapes (the architecture; the weights are what a saved model replaces)."""
+    if not (isinstance(a, nnx.Module) and isinstance(b, nnx.Module)):
+        return a == b
+    shapes = [jax.tree.map(jnp.shape, nnx.to_pure_dict(nnx.state(m))) for m in (a, b)]
+    return type(a) is type(b) and shapes[0] == shapes[1]
+
+
 def _model_json(adapter: Adapter, task: str | None) -> dict[str, Any]:
     module = adapter.module
     framework = "nnx" if isinstance(adapter, NNXAdapter) else "linen"
     if task is not None:
         from q4lab.tasks import get_task
 
-        if framework != "linen" or get_task(task).model != module:
+        if not _same_model(get_task(task).model, module):
             raise ValueError(
                 f"task={task!r} is invalid: the model is not that task's model "
                 f"(get_task({task!r}).model); allowed: the name of the task the model came "

@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 
 import jax
+from flax import nnx
 
 from q4lab.adapters import adapt
 from q4lab.quantize_model import plan
@@ -68,6 +69,9 @@ def _layers(task_name: str, seed: int):
 
     task = get_task(task_name)
     sample = task.sample_input(seed)
+    if isinstance(task.model, nnx.Module):  # an instance: its own state gives the layers
+        adapter = adapt(task.model)
+        return adapter.layers(adapter.params(), sample), task.calibration_count(seed)
     variables = jax.eval_shape(task.model.init, jax.random.key(0), sample)
     shapes = variables if set(variables) != {"params"} else variables["params"]
     return adapt(task.model, shapes).layers(shapes, sample), task.calibration_count(seed)
