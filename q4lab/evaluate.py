@@ -46,10 +46,13 @@ def evaluate(
     activations a one-ulp difference upstream can move an activation code across a rounding
     boundary, so a few logits may differ by one activation step: ``fake_rel_diff`` is the median
     over examples of the max relative output difference, ``fake_rel_diff_max`` the worst
-    example, and ``fake_agreement`` the fraction of identical argmax outputs. Wider activation
-    codes move more often, not less: a step 2^(b-4) times smaller is crossed by the same ulp
-    that much more often, though each move is smaller (`q4lab quantize --task charlm --group 128
-    --act-bits 8 4`: median 4.2e-3 at A8 and 8.5e-7 at A4, worst example 6.0e-3 and 8.9e-2).
+    example, and ``fake_agreement`` the fraction of identical argmax outputs along the last axis
+    (a classifier's class; a language model's next token at each position, where rows before
+    2026-11-29 took one argmax over an example's flattened positions and vocabulary). Wider
+    activation codes move more often, not less: a step 2^(b-4) times smaller is crossed by the
+    same ulp that much more often, though each move is smaller (`q4lab quantize --task charlm
+    --group 128 --act-bits 8 4`: median 4.2e-3 at A8 and 8.5e-7 at A4, worst example 6.0e-3 and
+    8.9e-2).
     ``progress``: a bar over the layers being quantized (None: only on a terminal).
 
     With ``qat``, the quantized model is fine-tuned (`q4lab.qat`) and frozen; the task's metrics
@@ -90,8 +93,8 @@ def evaluate(
     score, fp_score = metrics[task.metric], metrics[f"fp_{task.metric}"]
 
     x = task.check_input(seed)
-    real = np.asarray(qmodel.apply(x)).reshape(len(x), -1)
-    fake = np.asarray(qmodel.apply(x, fake=True)).reshape(len(x), -1)
+    real_out, fake_out = np.asarray(qmodel.apply(x)), np.asarray(qmodel.apply(x, fake=True))
+    real, fake = real_out.reshape(len(x), -1), fake_out.reshape(len(x), -1)
     per_example = np.max(np.abs(real - fake), axis=-1) / np.max(np.abs(fake), axis=-1)
     return {
         "task": task.name,
@@ -107,7 +110,7 @@ def evaluate(
         "delta_score": score - fp_score,
         "fake_rel_diff": float(np.median(per_example)),
         "fake_rel_diff_max": float(np.max(per_example)),
-        "fake_agreement": float(np.mean(real.argmax(-1) == fake.argmax(-1))),
+        "fake_agreement": float(np.mean(real_out.argmax(-1) == fake_out.argmax(-1))),
         **trained,
         **qmodel.ledger().totals(),
         "quantize_seconds": quantize_seconds,
