@@ -36,18 +36,25 @@ class MSE(RangeQuantizer):
 
     p: float = 2.0  # the norm of the error; 2 is MSE, GPTQ uses 2.4
     grid: int = 100  # step of the shrink factor is 1/grid
-    max_shrink: float = 0.8  # the smallest range tried is (1 - max_shrink) of min-max
+    max_shrink: float = 0.8  # ranges down to (1 - max_shrink) of min-max's, less one grid step
 
     def __post_init__(self) -> None:
         if not float(self.p) > 0:
             raise ValueError(f"MSE.p={self.p!r} is invalid; allowed: a float > 0")
         if not isinstance(self.grid, int) or self.grid < 1:
             raise ValueError(f"MSE.grid={self.grid!r} is invalid; allowed: an int >= 1")
-        if not 0.0 <= float(self.max_shrink) < 1.0:
-            raise ValueError(f"MSE.max_shrink={self.max_shrink!r} is invalid; allowed: [0, 1)")
+        if not 0.0 < float(self.max_shrink) < 1.0:
+            raise ValueError(f"MSE.max_shrink={self.max_shrink!r} is invalid; allowed: (0, 1)")
+        if int(self.max_shrink * self.grid) < 2:  # one candidate: min-max's range, named mse
+            raise ValueError(
+                f"MSE grid={self.grid} with max_shrink={self.max_shrink} tries min-max's range "
+                "alone; allowed: int(max_shrink * grid) >= 2"
+            )
 
     def shrink_factors(self) -> jax.Array:
-        steps = max(1, int(self.max_shrink * self.grid))
+        """``1, 1 - 1/grid, ..., 1 - (steps-1)/grid`` for ``steps = int(max_shrink * grid)``
+        (the smallest is 0.21 by default, as in GPTQ's ``find_params``)."""
+        steps = int(self.max_shrink * self.grid)
         return 1.0 - jnp.arange(steps, dtype=jnp.float32) / self.grid
 
     def weight_range(self, wg: jax.Array, spec: QuantSpec) -> tuple[jax.Array, jax.Array]:

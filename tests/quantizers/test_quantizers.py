@@ -121,6 +121,9 @@ def test_registry_lists_quantizers_and_rejects_unknown_names_and_options():
         get_quantizer("percentile", percentile=40)
     with pytest.raises(ValueError, match=r"MSE.max_shrink=1.5"):
         get_quantizer("mse", max_shrink=1.5)
+    with pytest.raises(ValueError, match=r"grid=4 with max_shrink=0.3 tries min-max's range alone"):
+        get_quantizer("mse", grid=4, max_shrink=0.3)  # a search of one candidate: min-max
+    assert float(get_quantizer("mse").shrink_factors()[-1]) == pytest.approx(0.21)
 
 
 def test_group_size_not_dividing_the_layer_is_named():
