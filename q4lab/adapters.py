@@ -51,6 +51,8 @@ def call_with(fn: Any, inputs: Inputs, *leading: Any) -> Any:
 def check_arguments(module: Any, inputs: Inputs) -> None:
     """Refuse inputs that leave an argument of the model's ``__call__`` without a value (e.g.
     ``train`` with no default), naming it; Python's TypeError would come from inside the trace."""
+    if isinstance(inputs, list):  # `call_with` refuses it, saying why
+        return
     try:
         signature = inspect.signature(module.__call__)
     except (TypeError, ValueError):  # a callable Python cannot describe: let the call decide

@@ -5,10 +5,13 @@ statistics its quantizers asked for, accumulated in float32 without keeping all 
   "act_sample"  up to ``max_sample_rows`` input rows (conv: whole examples) spread evenly over
                 every batch, for static activation ranges chosen by a clipping quantizer
                 (`q4lab.core.act_params`)
-  "act_extremes" up to ``max_sample_rows // 8`` rows of the largest value, the smallest and the
-                largest norms (`q4lab.hooks.extreme_rows`): with the sample, the rows a min-max
-                static range is taken over, exact over all calibration rows for an
-                untransformed layer
+  "act_bounds"  the smallest and the largest value of each input column over every calibration
+                row (float32 ``[2, K]``; conv: of whole examples), for an exact min-max static
+                range; for a layer given a ``rotations`` entry, of the rotated rows
+  "act_extremes" up to ``max_sample_rows // 8`` distinct rows of the largest value, the smallest
+                and the largest norms (`q4lab.hooks.extreme_rows`), with "act_sample": a
+                min-max range where the bounds cannot be had (a smoothed and rotated layer,
+                whose smoothing is known only after calibration)
   "act_absmax"  ``max |X|`` per input column (float32 ``[K]``), for SmoothQuant's scales
   "act_absmean" mean ``|X|`` per input column (float32 ``[K]``), for AWQ's scales
 
@@ -28,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from q4lab.adapters import Adapter, PyTree, input_shapes
-from q4lab.hooks import CaptureHook, InputsHook, spread_rows
+from q4lab.core.transforms import InputTransform
+from q4lab.hooks import CaptureHook, InputsHook, extreme_rows, spread_rows
 
 
 def _merge_calls(records: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
@@ -42,7 +46,14 @@ def _merge_calls(records: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
             out[rows] = jnp.concatenate([r[rows] for r in records])
     if "absmax" in records[0]:
         out["absmax"] = functools.reduce(jnp.maximum, [r["absmax"] for r in records])
+    if "bounds" in records[0]:
+        out["bounds"] = functools.reduce(_widest, [r["bounds"] for r in records])
     return out
+
+
+def _widest(a, b):
+    """The bounds ``[2, K]`` (smallest, largest) holding both ``a`` and ``b``."""
+    return jnp.stack([jnp.minimum(a[0], b[0]), jnp.maximum(a[1], b[1])])
 
 
 # The moments a `CaptureHook` record holds that add up over calls and batches.
@@ -63,7 +74,7 @@ class Calibrator:
 
         crossed = [path for path, n in self.wanted.items() if "cross" in n]
 
-        def forward(p, float_p, x, active):
+        def forward(p, float_p, x, active, rotations):
             float_inputs = {path: InputsHook() for path in crossed}
             if crossed:
                 adapter.apply(float_p, x, float_inputs)
@@ -71,6 +82,9 @@ class Calibrator:
                 path: CaptureHook(
                     hessian="hessian" in n,
                     sample_rows=per_batch * ("act_sample" in n),
+                    extremes="act_extremes" in n,
+                    bounds="act_bounds" in n,
+                    rotation=rotations.get(path),
                     absmax="act_absmax" in n,
                     absum="act_absmean" in n,
                     active=active[path],
@@ -89,11 +103,13 @@ class Calibrator:
         batches: Iterable[jax.Array],
         only: Iterable[str] | None = None,
         float_params: PyTree | None = None,
+        rotations: Mapping[str, InputTransform] | None = None,
     ) -> dict[str, dict[str, jax.Array]]:
         """Statistics per layer path (of the layers in ``only``, default all); moments are
         summed on the host in float64. ``only`` is a run-time argument: the other layers' moments
         are skipped (``lax.cond``) without a new compile. ``float_params``: the float model, for
-        "cross" (default: ``params``)."""
+        "cross" (default: ``params``). ``rotations``: per layer, the rotation its "act_bounds"
+        are taken after (its seed a run-time argument)."""
         if not self.wanted:
             return {}
         float_params = params if float_params is None else float_params
@@ -102,7 +118,7 @@ class Calibrator:
         totals: dict[str, dict[str, Any]] = {}
         for i, batch in enumerate(batches):
             try:
-                records = self._step(params, float_params, batch, active)
+                records = self._step(params, float_params, batch, active, dict(rotations or {}))
             except flax.errors.ScopeParamShapeError as err:
                 raise ValueError(
                     f"calibration batch {i} of shape(s) {input_shapes(batch)} does not fit the "
@@ -120,17 +136,25 @@ class Calibrator:
                 if "absmax" in rec:
                     seen = np.asarray(rec["absmax"])
                     acc["absmax"] = np.maximum(acc.get("absmax", seen), seen)
+                if "bounds" in rec:
+                    seen = np.asarray(rec["bounds"])
+                    acc["bounds"] = np.asarray(_widest(acc.get("bounds", seen), seen))
                 if "sample" in rec:  # batches alike: thinned by the same stride
                     stride = acc.setdefault("stride", 1)
                     fresh_rows = np.asarray(rec["sample"])[::stride]
                     acc["samples"] = [np.concatenate([*acc["samples"], fresh_rows])]
                     if len(acc["samples"][0]) >= 2 * self.max_sample_rows:  # held: < 2x
                         acc["samples"], acc["stride"] = [acc["samples"][0][::2]], 2 * stride
+                if "extremes" in rec:
                     rows = np.concatenate([*acc["extremes"], np.asarray(rec["extremes"])])
-                    acc["extremes"] = [keep_extremes(rows, max(2, self.max_sample_rows // 8))]
+                    kept = extreme_rows(jnp.asarray(rows), max(2, self.max_sample_rows // 8))
+                    acc["extremes"] = [rows[np.asarray(kept)]]
         missing = sorted(chosen - set(totals))
         if missing:
             raise ValueError(f"calibration data never reached layer(s) {missing}")
+        empty = sorted(path for path, acc in totals.items() if not acc["rows"])
+        if empty:  # statistics of no rows: 0/0
+            raise ValueError(f"the calibration batches gave layer(s) {empty} no input rows")
         stats: dict[str, dict[str, jax.Array]] = {}
         for path, acc in totals.items():
             out: dict[str, jax.Array] = {}
@@ -140,6 +164,8 @@ class Calibrator:
                 out["cross"] = jnp.asarray(2.0 * acc["xtf"] / acc["rows"], jnp.float32)
             if "absmax" in acc:
                 out["act_absmax"] = jnp.asarray(acc["absmax"])
+            if "bounds" in acc:
+                out["act_bounds"] = jnp.asarray(acc["bounds"])
             if "absum" in acc:
                 out["act_absmean"] = jnp.asarray(acc["absum"] / acc["rows"], jnp.float32)
             if acc["samples"]:
@@ -147,20 +173,10 @@ class Calibrator:
                 out["act_sample"] = jnp.asarray(
                     samples[spread_rows(len(samples), self.max_sample_rows)]
                 )
+            if acc["extremes"]:
                 out["act_extremes"] = jnp.asarray(acc["extremes"][0])
             stats[path] = out
         return stats
-
-
-def keep_extremes(rows: np.ndarray, limit: int) -> np.ndarray:
-    """At most ``limit`` of ``rows``: those holding the largest and the smallest value, then
-    those of the largest norms."""
-    if len(rows) <= limit:
-        return rows
-    ends = [int(rows.max(axis=1).argmax()), int(rows.min(axis=1).argmin())]
-    by_norm = np.argsort(-np.einsum("mk,mk->m", rows, rows), kind="stable")
-    keep = list(dict.fromkeys([*ends, *by_norm.tolist()]))[:limit]
-    return rows[keep]
 
 
 @functools.lru_cache(maxsize=32)
@@ -186,6 +202,8 @@ def calibrate(
     batches: Iterable[jax.Array],
     *,
     max_sample_rows: int = 2048,
+    rotations: Mapping[str, InputTransform] | None = None,
 ) -> dict[str, dict[str, jax.Array]]:
     """Statistics per layer path of the model with ``params`` (see `Calibrator`)."""
-    return cached_calibrator(adapter, needs, max_sample_rows=max_sample_rows)(params, batches)
+    calibrator = cached_calibrator(adapter, needs, max_sample_rows=max_sample_rows)
+    return calibrator(params, batches, rotations=rotations)

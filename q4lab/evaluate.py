@@ -47,8 +47,9 @@ def evaluate(
     boundary, so a few logits may differ by one activation step: ``fake_rel_diff`` is the median
     over examples of the max relative output difference, ``fake_rel_diff_max`` the worst
     example, and ``fake_agreement`` the fraction of identical argmax outputs along the last axis
-    (a classifier's class; a language model's next token at each position, where rows before
-    2026-11-29 took one argmax over an example's flattened positions and vocabulary). Wider
+    (a classifier's class; a language model's next token at each position, where rows of
+    commits before 4569d2e took one argmax over an example's flattened positions and
+    vocabulary: every published row). Wider
     activation codes move more often, not less: a step 2^(b-4) times smaller is crossed by the
     same ulp that much more often, though each move is smaller (`q4lab quantize --task charlm
     --group 128 --act-bits 8 4`: median 4.2e-3 at A8 and 8.5e-7 at A4, worst example 6.0e-3 and

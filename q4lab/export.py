@@ -289,12 +289,13 @@ def _collect(qmodel: QuantizedModel) -> tuple[dict[str, np.ndarray], dict[str, d
 
 
 def _same_model(a: nn.Module | nnx.Module, b: nn.Module | nnx.Module) -> bool:
-    """Equal Linen modules (their configuration), or NNX instances of one class whose states
-    hold the same shapes (the architecture; the weights are what a saved model replaces)."""
+    """Equal Linen modules (their configuration), or NNX instances of one graph (class and
+    settings, such as an activation function) whose states hold the same shapes: the weights
+    are what a saved model replaces."""
     if not (isinstance(a, nnx.Module) and isinstance(b, nnx.Module)):
         return a == b
     shapes = [jax.tree.map(jnp.shape, nnx.to_pure_dict(nnx.state(m))) for m in (a, b)]
-    return type(a) is type(b) and shapes[0] == shapes[1]
+    return nnx.graphdef(a) == nnx.graphdef(b) and shapes[0] == shapes[1]
 
 
 def _model_json(adapter: Adapter, task: str | None) -> dict[str, Any]:

@@ -98,15 +98,20 @@ class _FloatHook:
 
 @dataclasses.dataclass
 class CaptureHook(_FloatHook):
-    """Records, per call, what calibration asked for:
-    ``xtx`` (sum of X^T X, float32 [K, K]), ``rows`` (count), ``sample`` (a few input rows for
-    static activation ranges; for convolutions whole input examples flattened), ``absmax`` and
-    ``absum`` (max and sum of ``|x|`` per input column: smoothing, AWQ). Given the float model's
-    input rows of the same calls (``float_inputs``, from an `InputsHook` on the same batch), also
+    """Records, per call, what calibration asked for: ``xtx`` (sum of X^T X, float32 [K, K]),
+    ``rows`` (count), ``sample`` (a few input rows for static activation ranges; for
+    convolutions whole input examples flattened) and, asked for, ``extremes`` (`extreme_rows` of
+    them), ``bounds`` (the smallest and largest value of each column of those rows ``[2, K]``:
+    an exact min-max range; with a ``rotation``, of the rotated rows), ``absmax`` and ``absum``
+    (max and sum of ``|x|`` per input column: smoothing, AWQ). Given the float model's input
+    rows of the same calls (``float_inputs``, from an `InputsHook` on the same batch), also
     ``xtf``: the sum of X^T X_float (GPTAQ's cross moment)."""
 
     hessian: bool
     sample_rows: int
+    extremes: bool = False
+    bounds: bool = False
+    rotation: InputTransform | None = None
     absmax: bool = False
     absum: bool = False
     active: jax.Array | bool = True  # False (at run time): skip the X^T X products
@@ -139,11 +144,18 @@ class CaptureHook(_FloatHook):
         if self.sample_rows:
             rows = act_rows.astype(jnp.float32)
             rec["sample"] = rows[spread_rows(rows.shape[0], self.sample_rows)]
-            rec["extremes"] = rows[extreme_rows(rows)]
+            if self.extremes:
+                rec["extremes"] = rows[extreme_rows(rows, EXTREME_ROWS)]
+        if self.bounds:
+            rows = act_rows.astype(jnp.float32)
+            seen = rows if self.rotation is None else self.rotation.apply(rows)
+            rec["bounds"] = jnp.stack(
+                [jnp.min(seen, axis=0, initial=jnp.inf), jnp.max(seen, axis=0, initial=-jnp.inf)]
+            )
         self.records.append(rec)
 
 
-EXTREME_ROWS = 8  # rows per call kept for a min-max static range: its max, its min, the largest
+EXTREME_ROWS = 8  # rows per call kept for a static range of a smoothed and rotated layer
 
 
 def spread_rows(m: int, take: int) -> np.ndarray:
@@ -152,15 +164,20 @@ def spread_rows(m: int, take: int) -> np.ndarray:
     return np.unique(np.linspace(0, m - 1, min(take, m)).round().astype(np.int64))
 
 
-def extreme_rows(rows: jax.Array) -> jax.Array:
-    """Indices of the rows holding the largest and the smallest value of ``rows[M, K]``, then of
-    those with the largest norms (`EXTREME_ROWS` in all, fewer if M is smaller): the rows a
-    min-max range is made of, before a transform and, for a rotation (which keeps norms, and
-    bounds each rotated value by its row's norm), mostly after it."""
+def extreme_rows(rows: jax.Array, limit: int) -> jax.Array:
+    """Indices of ``limit >= 2`` distinct rows of ``rows[M, K]`` (all of them if M is smaller):
+    the one holding the largest value, the one holding the smallest, then those with the largest
+    norms. Where no exact range can be captured (smoothing then a rotation: the smoothing is
+    known only after calibration) a min-max range is taken over them and the sample: a rotation
+    keeps norms and bounds each rotated value by its row's norm."""
     m = rows.shape[0]
-    by_norm = jax.lax.top_k(jnp.sum(rows * rows, axis=1), min(EXTREME_ROWS, m))[1]
+    if m <= limit:
+        return jnp.arange(m)
     ends = jnp.stack([jnp.argmax(jnp.max(rows, axis=1)), jnp.argmin(jnp.min(rows, axis=1))])
-    return jnp.concatenate([ends, by_norm])[: min(EXTREME_ROWS, m)]
+    norms = jnp.sum(rows * rows, axis=1).at[ends].set(-jnp.inf)  # each row once
+    by_norm = jax.lax.top_k(norms, limit - 1)[1]
+    second = jnp.where(ends[1] == ends[0], by_norm[-1], ends[1])  # one row held both ends
+    return jnp.concatenate([ends[:1], second[None], by_norm[: limit - 2]])
 
 
 @dataclasses.dataclass

@@ -276,17 +276,32 @@ def make_transform(
     if spec.smooth_alpha is not None:
         w_absmax = jnp.max(jnp.abs(w2d.astype(jnp.float32)), axis=1)
         smooth = smoothing_scales(stats["act_absmax"], w_absmax, spec.smooth_alpha)
-    seed = _layer_seed(spec.seed, path) if spec.rotates else None
-    return InputTransform(smooth=smooth, seed=seed)
+    rotated = rotation(spec, path)
+    return InputTransform(smooth=smooth, seed=None if rotated is None else rotated.seed)
+
+
+def rotation(spec: TransformSpec | None, path: str) -> InputTransform | None:
+    """The rotation alone of layer ``path``'s transform (None if it has none): known before
+    calibration, which takes a static range's bounds after it."""
+    if spec is None or not spec.rotates:
+        return None
+    return InputTransform(seed=_layer_seed(spec.seed, path))
 
 
 def transform_stats(
     transform: InputTransform, stats: dict[str, jax.Array] | None
 ) -> dict[str, jax.Array] | None:
-    """Calibration statistics of ``transform.apply(x)`` from those of ``x``."""
+    """Calibration statistics of ``transform.apply(x)`` from those of ``x``; "act_bounds" were
+    taken after the rotation already (`rotation`): a positive per-column smoothing keeps each
+    column's order, a smoothing before the rotation leaves them unknown (dropped)."""
     if stats is None:
         return None
     out = {k: v for k, v in stats.items() if k not in ("act_absmax", "act_absmean")}
+    if "act_bounds" in out and transform.smooth is not None:
+        if transform.seed is None:
+            out["act_bounds"] = out["act_bounds"] / transform.smooth
+        else:
+            del out["act_bounds"]
     if "hessian" in out:
         out["hessian"] = transform.covariance(out["hessian"])
     if "cross" in out:  # X^T X_float of the transformed inputs: R^T C R (`covariance` of C^T)
@@ -303,6 +318,7 @@ __all__ = [
     "WeightQuant",
     "folded_weight",
     "make_transform",
+    "rotation",
     "quantized_dot",
     "served_with_gradients_of",
     "transform_stats",

@@ -176,7 +176,7 @@ def aggregate(table: pd.DataFrame, x: str, y: str, extra: Sequence[str] = ()) ->
             raise ValueError(
                 f"--{axis} {column} holds text ({values}), not numbers; allowed: a numeric "
                 "column (bits_per_weight, bits, group_size, score, ...). To compare its values, "
-                f"give --hue {column}, --style {column} or --facet {column}"
+                f"group by it (q4lab plot --hue {column}, --style {column} or --facet {column})"
             )
     table = distinct_runs(table, extra)
     keys = [

@@ -35,6 +35,7 @@ from q4lab.layer_quant import (
     ActState,
     folded_weight,
     make_transform,
+    rotation,
     transform_stats,
     unfolded_weight,
 )
@@ -175,13 +176,18 @@ def _check_rotation(where: str, k: int) -> None:
 
 
 def _range_rows(path: str, stats: dict[str, jax.Array], act: ActSpec) -> jax.Array:
-    """The calibration rows a static activation range is taken from: the sample spread over
-    every batch, and for a clipper that keeps the full range (min-max) the extreme rows too.
-    Refused when they could not give one: all zero (the range would be empty and its scale a
-    stand-in 1) or not finite."""
+    """The calibration rows a static activation range is taken from: for a clipper that keeps
+    the full range (min-max), the bounds of every calibration row (exact; for a smoothed and
+    rotated layer, whose bounds calibration cannot take, the sample and the extreme rows); for
+    the others the sample spread over every batch. Refused when they could not give one: all
+    zero (the range would be empty and its scale a stand-in 1) or not finite."""
     rows = np.asarray(stats["act_sample"])
     if act.clipper().full_range:
-        rows = np.concatenate([rows, np.asarray(stats["act_extremes"])])
+        rows = np.asarray(
+            stats["act_bounds"]
+            if "act_bounds" in stats
+            else np.concatenate([rows, np.asarray(stats["act_extremes"])])
+        )
     if not np.isfinite(rows).all():
         raise ValueError(
             f"the calibration inputs of layer {path!r} hold NaN/Inf, so its static activation "
@@ -207,6 +213,10 @@ def _needs(p: LayerPlan) -> set[str]:
         needs.add("act_absmean")
     if p.rule.act is not None and p.rule.act.mode == "static":
         needs.add("act_sample")
+        if p.rule.act.clipper().full_range:  # exact bounds, where they can be had
+            t = p.rule.transform
+            smoothed_then_rotated = t is not None and t.rotates and t.smooth_alpha is not None
+            needs.add("act_extremes" if smoothed_then_rotated else "act_bounds")
     if p.rule.transform is not None and p.rule.transform.smooth_alpha is not None:
         needs.add("act_absmax")
     return needs
@@ -427,6 +437,11 @@ def quantize_model(
         layers = sorted(path for path, n in needs.items() if n)
         raise ValueError(f"recipe needs calibration data for layer(s) {layers}; none was given")
     calibrator = cached_calibrator(adapter, needs)
+    rotations = {  # a static range's bounds are taken after the layer's rotation
+        path: rotated
+        for path, p in plans.items()
+        if "act_bounds" in needs[path] and (rotated := rotation(p.rule.transform, path)) is not None
+    }
     stats: dict[str, dict[str, jax.Array]] = {}
     fresh: set[str] = set()  # layers whose statistics reflect every layer quantized so far
     stages: dict[str, frozenset[str]] = {}
@@ -442,12 +457,14 @@ def quantize_model(
         disable=None if progress is None else not progress,
     ):
         if needs[path] and not stats:  # one float pass: every layer's statistics
-            stats = calibrator(working, batches, float_params=params)
+            stats = calibrator(working, batches, float_params=params, rotations=rotations)
             fresh = set(stats)
             stages = _stages(stats, list(plans))
         elif needs[path] and path not in fresh and recipe.sequential:
             stage = [q for q in stages[path] if needs[q] and q not in done]
-            stats |= calibrator(working, batches, only=stage, float_params=params)
+            stats |= calibrator(
+                working, batches, only=stage, float_params=params, rotations=rotations
+            )
             fresh = set(stage)
         w = get_at(params, p.layer.key)
         qt, layer_stats = _quantize_layer(p, w, stats.get(path))

@@ -164,6 +164,8 @@ def test_a_call_argument_without_default_is_named():
             quantize_model(model, params, W4A4, sample_input=x)
     with pytest.raises(ValueError, match="too many positional arguments"):
         quantize_model(KeywordMode(nnx.Rngs(0)), None, W4A4, sample_input=(x, x))
+    with pytest.raises(ValueError, match="inputs is a list; allowed: an array, a tuple"):
+        quantize_model(TrainArgument(), variables, W4A4, sample_input=[x, x])
 
 
 class Sowing(nn.Module):

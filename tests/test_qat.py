@@ -10,6 +10,7 @@ import pytest
 from user_models import UserNNX  # pytest puts tests/ on the path
 
 from q4lab.core import QuantSpec, dequantize, quantize
+from q4lab.core.lsq import stored_scale
 from q4lab.evaluate import evaluate
 from q4lab.layer_quant import ActState, quantized_dot
 from q4lab.losses import kl_to_float
@@ -254,6 +255,9 @@ def test_a_learned_step_that_float16_rounds_to_zero_stays_positive():
     assert bool(jnp.isfinite(jax.grad(lambda g: jnp.sum(value(g) ** 2))(gain)).all())
     frozen = WeightQuant(w, scale0, None, None, gain, spec, (0,)).freeze()
     assert bool((frozen.scale > 0).all())
+    for dtype in ("float32", "bfloat16", "float16"):  # XLA:CPU flushes float32 subnormals
+        step = stored_scale(jnp.zeros(3), QuantSpec(scale_dtype=dtype))
+        assert bool((jax.jit(lambda s: s)(step) > 0).all()), dtype
 
 
 def test_qat_config_names_the_bad_field():

@@ -43,11 +43,13 @@ def lsq_grad_scale(values_per_step: int, spec: QuantSpec) -> float:
 def stored_scale(scale: jax.Array, spec: QuantSpec) -> jax.Array:
     """``scale`` rounded to ``spec.scale_dtype`` (as a `QTensor` stores it), back in float32;
     the gradient passes straight through the rounding. A positive step that the dtype rounds to
-    0 (a learned step of tiny weights, in float16) is its smallest positive value instead: a
-    step of 0 made the group's values NaN (0 / 0) and froze into a QTensor of scale 0."""
+    0 (a learned step of tiny weights, in float16) is its smallest positive value instead, one
+    that float32 holds as a normal number (XLA:CPU flushes float32 subnormals to 0): a step of 0
+    made the group's values NaN (0 / 0) and froze into a QTensor of scale 0."""
     dtype = spec.jnp_scale_dtype
-    stored = scale.astype(dtype)
-    return jnp.maximum(stored, jnp.finfo(dtype).smallest_subnormal).astype(jnp.float32)
+    least = max(float(jnp.finfo(dtype).smallest_subnormal), float(jnp.finfo(jnp.float32).tiny))
+    stored = jnp.maximum(scale.astype(dtype), jnp.asarray(least, dtype))
+    return stored.astype(jnp.float32)
 
 
 @stored_scale.defjvp

@@ -184,7 +184,7 @@ class RangeQuantizer(Quantizer):
     """
 
     # its range is the data's whole range (min-max): a static activation range then takes the
-    # calibration's extreme rows besides the sample (`q4lab.calibrate`)
+    # bounds of every calibration row, not a sample (`q4lab.calibrate`, "act_bounds")
     full_range: ClassVar[bool] = False
 
     @abc.abstractmethod

@@ -80,6 +80,13 @@ def test_awq_passes_gptaq_its_cross_moment(layer):
     same_inputs = gptaq.quantize(w, spec, stats=stats | {"cross": stats["hessian"]})
     plain = AWQ(quantizer="gptq").quantize(w, spec, stats=stats)
     np.testing.assert_allclose(_error(w, same_inputs, stats), _error(w, plain, stats), rtol=1e-4)
+    # an asymmetric cross moment C = X^T X_float reaches GPTQ as R^T C R of the scaled inputs
+    cross = stats["hessian"] @ jnp.diag(jnp.linspace(0.5, 1.5, K))
+    got = gptaq.quantize(w, spec, stats=stats | {"cross": cross})
+    t = got.transform
+    scaled_stats = {"hessian": t.covariance(stats["hessian"]), "cross": t.covariance(cross.T)}
+    want = gptaq.final().quantize(t.fold(w), spec, stats=scaled_stats)
+    np.testing.assert_array_equal(dequantize_matrix(got), dequantize_matrix(want))
 
 
 def test_awq_options_and_missing_statistics_are_named(layer):

@@ -3,6 +3,7 @@ with its task name, like a Linen task's."""
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 from user_models import UserNNX  # pytest puts tests/ on the path
 
@@ -57,3 +58,8 @@ def test_an_nnx_task_sweeps_and_saves_with_its_name(tmp_path):
     qm = quantize_model(task.model, task.baseline(0), recipe, sample_input=X[:4])
     loaded = load(qm.save(tmp_path / "saved", task="test-nnx-task"))  # no model: the task's
     np.testing.assert_array_equal(loaded.apply(X[:4]), qm.apply(X[:4]))
+    other = UserNNX(nnx.Rngs(0))
+    other.activation = "tanh"  # a setting, not a weight: another model of the same shapes
+    qm = quantize_model(other, None, recipe, sample_input=X[:4])
+    with pytest.raises(ValueError, match="the model is not that task's model"):
+        qm.save(tmp_path / "other", task="test-nnx-task")
