@@ -307,7 +307,7 @@ def draw_legend(fig: plt.Figure, points: pd.DataFrame, looks: dict, spare: plt.A
                     [],
                     color="dimgrey",
                     linestyle=line,
-                    marker="o",
+                    marker=looks["extra_markers"][values],
                     fillstyle=looks["fills"][values],
                 ),
                 ", ".join(value_label(c, v) for c, v in zip(extra, values, strict=True)),

@@ -349,12 +349,38 @@ def _subtitle(table: pd.DataFrame, y: str, higher: dict) -> str:
     return " · ".join(parts)
 
 
+def _marker(looks: dict, row: pd.Series) -> str:
+    """A series' marker: its ``--style`` value's, else its other fields' (`pareto_plot`)."""
+    if looks["style"]:
+        return looks["markers"].get(row[looks["style"]], "o")
+    return looks["extra_markers"].get(tuple(row[looks["extra"]]), "o")
+
+
+def _lone_twins(points: pd.DataFrame, looks: dict) -> bool:
+    """Whether two series of one panel are single points of one colour, marker and fill."""
+    if not looks["extra"]:
+        return False
+    sizes = points.groupby(["row", "col", "series"], sort=False).size()
+    lone = points.set_index(["row", "col", "series"]).loc[sizes[sizes == 1].index].reset_index()
+    seen = lone.apply(
+        lambda r: (
+            r["row"],
+            r["col"],
+            r[looks["hue"]],
+            _marker(looks, r),
+            looks["fills"].get(tuple(r[looks["extra"]]), "full"),
+        ),
+        axis=1,
+    )
+    return bool(seen.duplicated().any())
+
+
 def _draw_panel(
     ax: plt.Axes, data: pd.DataFrame, table_rows: pd.DataFrame, looks: dict, higher: bool
 ) -> None:
     """One panel: a line with error bars per series, the Pareto front, the float model (its
     value, or 0 for a change from it), ticks."""
-    x, y, hue, style = looks["x"], looks["y"], looks["hue"], looks["style"]
+    x, y, hue = looks["x"], looks["y"], looks["hue"]
     for _, part in data.groupby("series", sort=False):
         part = part.sort_values(x)
         first = part.iloc[0]
@@ -363,7 +389,7 @@ def _draw_panel(
             part[y],
             yerr=part[f"{y}_std"],
             color=looks["colors"][first[hue]],
-            marker=looks["markers"].get(first[style], "o") if style else "o",
+            marker=_marker(looks, first),
             linestyle=looks["lines"].get(tuple(first[looks["extra"]]), "-"),
             fillstyle=looks["fills"].get(tuple(first[looks["extra"]]), "full"),
             markersize=float(np.clip(first["step_pt"] * 1.1, 3.5, 5.5)),
@@ -473,12 +499,18 @@ def pareto_plot(
         "markers": {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(styles)},
         "lines": {e: line_style(i) for i, e in enumerate(extras)},
         "fills": {e: FILLSTYLES[i % len(FILLSTYLES)] for i, e in enumerate(extras)},
+        # without --style the marker is free: it tells apart what the fills alone cannot
+        "extra_markers": {
+            e: "o" if a["style"] else MARKERS[i // len(FILLSTYLES) % len(MARKERS)]
+            for i, e in enumerate(extras)
+        },
     }
-    if len(extras) > len(_ALL_LINESTYLES):
+    if len(extras) > len(_ALL_LINESTYLES) or _lone_twins(points, looks):
         warnings.warn(
             f"{len(extras)} configurations of {', '.join(extra)} share "
-            f"{len(_ALL_LINESTYLES)} line styles: give one of these fields "
-            "--hue, --style or --facet, or plot a part of the table",
+            f"{len(_ALL_LINESTYLES)} line styles and {len(FILLSTYLES)} marker fills (a lone "
+            "point has no line), so some look alike: give one of these fields --hue, --style "
+            "or --facet, or plot a part of the table",
             stacklevel=2,
         )
     for r, line in enumerate(grid):

@@ -397,6 +397,15 @@ def test_configurations_apart_only_in_other_fields_differ_in_marker_fill():
     ax = pareto_plot(table).axes[0]
     fills = {line.get_fillstyle() for line in ax.lines if line.get_marker() not in ("None", "")}
     assert {"full", "none"} <= fills
+    # lone points 1 and 7 looked alike (6 fills), without a word: with the marker free of
+    # --style they differ by it; where --style holds it, a warning says they look alike
+    seven = pd.concat([base.assign(qat_steps=s, score=0.9 + s / 1e4) for s in range(0, 700, 100)])
+    ax = pareto_plot(seven).axes[0]
+    marks = [line for line in ax.lines if line.get_marker() not in ("None", "", "_")]
+    assert len(marks) == 7 and len({(m.get_marker(), m.get_fillstyle()) for m in marks}) == 7
+    styled = pd.concat([seven, seven.assign(bits=8, bits_per_weight=8.0)])
+    with pytest.warns(UserWarning, match=r"7 configurations of qat_steps share .* look alike"):
+        pareto_plot(styled)
 
 
 def test_tables_concatenated_with_repeated_labels_still_aggregate():
