@@ -92,7 +92,12 @@ CONFIG_COLUMNS = (
     "qat_loss",
     "qat_batch_size",
 )
-LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "fp_perplexity", "fp_bits_per_byte")
+LOWER_IS_BETTER = (
+    "perplexity", "bits_per_byte", "fp_perplexity", "fp_bits_per_byte", "unigram_perplexity",
+    "fake_rel_diff", "fake_rel_diff_max",
+)  # fmt: skip
+# the task's headline metric under task-agnostic names: its direction is the rows' own
+TASK_SCORES = ("score", "fp_score", "delta_score", "ptq_score", "qat_fake_score")
 MARKERS = "osD^vP*Xh<>p"
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 2, 1, 2)))
 # with the line style, the marker's fill tells other varying fields apart: a lone point has no
@@ -201,8 +206,9 @@ def aggregate(table: pd.DataFrame, x: str, y: str, extra: Sequence[str] = ()) ->
 
 def higher_is_better(table: pd.DataFrame, y: str) -> bool:
     """Which way ``y`` points: from the rows' ``higher_is_better`` for the task-agnostic
-    ``score`` columns, else by name (perplexity and bits per byte: lower is better)."""
-    if y in ("score", "fp_score", "delta_score") and "higher_is_better" in table:
+    score columns (`TASK_SCORES`), else by name (`LOWER_IS_BETTER`: perplexity, bits per byte,
+    the fake path's differences)."""
+    if y in TASK_SCORES and "higher_is_better" in table:
         directions = set(table["higher_is_better"])
         if len(directions) > 1:
             raise ValueError(
@@ -239,16 +245,19 @@ def float_model_notes(table: pd.DataFrame, y: str) -> list[str]:
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str, higher: bool = True) -> pd.DataFrame:
-    """The points no other beats on both axes (lower or equal ``x``, better ``y``), by ``x``."""
+    """The points no other beats on both axes (lower or equal ``x``, better ``y``), by ``x``:
+    an exact tie at one ``x`` keeps both. ``x`` is compared rounded to 6 decimals, as the
+    report's budgets are (a mean over fewer seeds may differ in its last bit)."""
     sign = 1.0 if higher else -1.0
-    ordered = points.assign(_key=sign * points[y]).sort_values([x, "_key"], ascending=[True, False])
-    best = -np.inf
+    ordered = points.assign(_x=points[x].round(6), _key=sign * points[y])
+    ordered = ordered.sort_values(["_x", "_key"], ascending=[True, False])
+    best, best_x = -np.inf, None
     keep = []
-    for idx, value in zip(ordered.index, ordered["_key"], strict=True):
-        if value > best:
+    for idx, at, value in zip(ordered.index, ordered["_x"], ordered["_key"], strict=True):
+        if value > best or (value == best and at == best_x):
             keep.append(idx)
-            best = value
-    return ordered.loc[keep].drop(columns="_key")
+            best, best_x = value, at
+    return ordered.loc[keep].drop(columns=["_x", "_key"])
 
 
 def plot_points(
@@ -412,8 +421,11 @@ def _draw_panel(
             zorder=3,
         )
     value = None
-    if looks["base"]:
-        value = table_rows[looks["base"]].mean()
+    if looks["base"]:  # one float model per seed, over the panel's seeds
+        base = table_rows[looks["base"]]
+        value = (
+            base.groupby(table_rows["seed"]).first().mean() if "seed" in table_rows else base.mean()
+        )
     elif y.startswith("delta_"):  # a change from the float model: the float model is 0
         value = 0.0
     if value is not None:
@@ -521,6 +533,8 @@ def pareto_plot(
                 ax.set_visible(False)
                 continue
             rows_here = table if not a["facet"] else table[table[a["facet"]] == row]
+            if a["columns"]:
+                rows_here = rows_here[rows_here[a["columns"]] == col]
             _draw_panel(ax, data, rows_here, looks, a["higher"][row])
             ax.set_title(panel_title(points, data, row, col), fontsize=10)
             if r == len(grid) - 1 or c >= len(grid[-1]):  # no panel below

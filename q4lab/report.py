@@ -176,6 +176,7 @@ def budget_table(table: pd.DataFrame, x: str = "bits_per_weight", y: str = "scor
         sign = 1.0 if higher_is_better(rows_here, y) else -1.0
         fields = [c for c in config if part[c].nunique(dropna=False) > 1]
         part = part.assign(_x=part[x].round(6), _key=sign * part[y]).sort_values(["_x", "_key"])
+        part = part[part["_key"].notna()]  # a point no seed scored (NaN) ranks nowhere
         front = []  # (budget, best point, points within the budget)
         for b in np.sort(part["_x"].unique()):
             here = part[part["_x"] == b]
@@ -385,7 +386,9 @@ def mixed_comparison(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
             up = uniform[uniform[x] >= m[x]]
             fits = uniform[uniform[x] <= m["bits_budget"]]
             best = fits.loc[fits[y].idxmax() if higher else fits[y].idxmin()] if len(fits) else None
-            beats = None if up.empty else (m[y] > up[y].iloc[0]) == higher
+            beats = (
+                None if up.empty else bool(m[y] > up[y].iloc[0] if higher else m[y] < up[y].iloc[0])
+            )  # strictly better: a tie is not
             rows.append(
                 {
                     "task": task,

@@ -16,6 +16,8 @@ from q4lab.cli import main
 from q4lab.plots import (
     activation_label,
     dodge,
+    higher_is_better,
+    pareto_front,
     pareto_plot,
     plot_points,
     quantizer_label,
@@ -428,3 +430,31 @@ def test_a_seed_with_two_float_models_is_named_in_report_and_plot():
     )
     with pytest.warns(UserWarning, match=r"seed=1 has 2 float models"):
         pareto_plot(table)
+
+
+def test_directions_fronts_float_lines_and_missing_scores_follow_the_rows():
+    """A review of the reports on uneven tables: ptq_score of a perplexity task read as higher
+    is better; x one ulp apart (a mean over fewer seeds) split a budget, and an exact tie lost a
+    point of the front; the float line averaged rows, not seeds, over the whole task; a point
+    whose every seed scored NaN crashed the budget table."""
+    ppl = make_table(grid(["minmax"], [4], [0], [16]), fp=(3.9, 3.8), higher=False)
+    assert not higher_is_better(ppl.assign(ptq_score=ppl["score"]), "ptq_score")
+    assert not higher_is_better(ppl, "fake_rel_diff")
+    points = pd.DataFrame({"b": [3.0619915848527355, 3.061991584852735, 3.0, 4.0]})
+    points["s"] = [0.90, 0.80, 0.90, 0.95]
+    assert pareto_front(points, "b", "s").index.tolist() == [2, 3]  # 3.06 is beaten at 3.0
+    points.loc[2, "s"] = 0.5
+    assert pareto_front(points, "b", "s").index.tolist() == [2, 0, 3]
+    points.loc[1, "s"] = 0.90  # an exact tie at one budget: both
+    assert pareto_front(points, "b", "s").index.tolist() == [2, 0, 1, 3]
+
+    scores = grid(["minmax", "gptq"], [4], [0], [16])
+    scores[("gptq", 4, 0, 4)] = [0.91]  # A4 ran on seed 0 only, whose float model is 0.97
+    table = make_table(scores, fp=(0.97, 0.99))
+    fig = pareto_plot(table)
+    lines = [
+        line.get_ydata()[0] for ax in fig.axes for line in ax.lines if line.get_linestyle() == "--"
+    ]
+    assert sorted(lines) == pytest.approx([0.97, 0.98])  # A4: seed 0's; A16: both seeds'
+    table.loc[table["quantizer"] == "gptq", "score"] = np.nan
+    assert "gptq" not in budget_table(table)["configuration"].str.lower().str.cat()
