@@ -449,6 +449,14 @@ def report(
                 f"Float model: {format_value(fp.mean())}{spread} ({_count(len(fp), 'seed')})."
             )
             lines += [f"\n**Note:** {note}." for note in float_model_notes(rows, y)]
+            counts = aggregate(rows, x, y)["seeds"] if "seed" in rows else pd.Series([1])
+            if counts.nunique() > 1:
+                lines.append(
+                    f"\n**Note:** configurations here ran on {counts.min()} to {counts.max()} "
+                    "seeds, each seed with its own float model: the means of two configurations "
+                    "over other seeds do not compare exactly; their Δ vs float, paired by seed, "
+                    "does."
+                )
         part = budgets if task is None else budgets[budgets["task"] == task]
         widths = sorted(part["act_bits"].unique(), reverse=True) if "act_bits" in part else [None]
         for width in widths:

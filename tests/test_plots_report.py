@@ -456,5 +456,6 @@ def test_directions_fronts_float_lines_and_missing_scores_follow_the_rows():
         line.get_ydata()[0] for ax in fig.axes for line in ax.lines if line.get_linestyle() == "--"
     ]
     assert sorted(lines) == pytest.approx([0.97, 0.98])  # A4: seed 0's; A16: both seeds'
+    assert "configurations here ran on 1 to 2 seeds" in report(table)
     table.loc[table["quantizer"] == "gptq", "score"] = np.nan
     assert "gptq" not in budget_table(table)["configuration"].str.lower().str.cat()
