@@ -10,7 +10,7 @@ device: the quantized matmuls of every experiment, as the GPU rules would run th
    with QAT its method, loss and batch size), by min-max weights at seed 0, and one QAT step
    where the point trains (QAT's training forward runs the same ops, at its batch's M). The
    quantizer, the seed, clipping, smoothing and the number of QAT steps change the codes'
-   values, not the calls. A mixed-precision budget point
+   values, not the calls (so does the symmetric grid). A mixed-precision budget point
    stands for uniform 4-bit points at each of its groups. Each point runs here as a sweep runs
    it, and every ``w4a16_matmul`` / ``int_matmul`` call its model makes is recorded: operation,
    K x N, scale grid, M, activation dtype, row-scale rows. Where a point of the structure stores
@@ -63,6 +63,7 @@ VALUE_FIELDS = (
     "seed",
     "quantizer",
     "options",
+    "symmetric_grid",  # the scales' values; codes, kernels and shapes alike
     "act_clipping",
     "act_clipping_options",
     "smooth_alpha",

@@ -108,7 +108,8 @@ def _cmd_layer_error(args: argparse.Namespace) -> int:
     from q4lab.sensitivity import layer_errors
     from q4lab.sweep.fields import FIELDS, recipe_of
 
-    used = ("task", "seed", "quantizer", "options", "bits", "symmetric", "zero_point")
+    used = ("task", "seed", "quantizer", "options", "bits", "symmetric", "symmetric_grid")
+    used += ("zero_point",)
     used += ("group_size", "scale_dtype", "sequential", "rules")
     ignored = [n for n, v in vars(args).items() if v is not None and n in FIELDS and n not in used]
     if ignored:  # activations, transforms, training, budgets: not what this table measures
@@ -119,7 +120,7 @@ def _cmd_layer_error(args: argparse.Namespace) -> int:
         )
     points = _points(args)
     # a column per configuration: the quantizer, and the other fields given several values
-    labelled = ("symmetric", "zero_point", "scale_dtype", "sequential", "rules")
+    labelled = ("symmetric", "symmetric_grid", "zero_point", "scale_dtype", "sequential", "rules")
     varied = [n for n in labelled if len({repr(p[n]) for p in points}) > 1]
     runs = {(p["task"], p["seed"]): [] for p in points}  # first-seen order
     for p in points:

@@ -146,12 +146,13 @@ def _is_pairs(value: Any) -> bool:
 
 def _to_json(value: Any) -> Any:
     """Dataclasses as objects of their fields, option pairs as objects, tuples as lists. A
-    `QuantSpec` leaves out ``zero_point`` at its default, so files without real-valued zero
-    points stay readable by readers from before the field."""
+    `QuantSpec` leaves out ``zero_point`` and ``symmetric_grid`` at their defaults, so files
+    that do not use them stay readable by readers from before the fields."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = dataclasses.fields(value)
-        if isinstance(value, QuantSpec) and not value.float_zero:
-            fields = [f for f in fields if f.name != "zero_point"]
+        if isinstance(value, QuantSpec):
+            late = {"zero_point": value.float_zero, "symmetric_grid": value.symmetric_grid != "max"}
+            fields = [f for f in fields if late.get(f.name, True)]
         return {f.name: _to_json(getattr(value, f.name)) for f in fields}
     if _is_pairs(value):
         return {k: _to_json(v) for k, v in value}

@@ -93,6 +93,8 @@ def value_label(column: str, value: object) -> str:
         return "A16 (weights only)" if int(value) >= 16 else f"A{value}"
     if column == "symmetric":
         return "symmetric" if value else "asymmetric (zero point)"
+    if column == "symmetric_grid":
+        return "full symmetric grid" if value == "full" else "max symmetric grid"
     if column == "zero_point":
         names = {"int": "integer zero points", "float": "float zero points"}
         return names.get(str(value), "the quantizer's zero points")

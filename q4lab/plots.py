@@ -69,6 +69,7 @@ CONFIG_COLUMNS = (
     "quantizer",
     "bits",
     "symmetric",
+    "symmetric_grid",
     "zero_point",
     "group_size",
     "scale_dtype",

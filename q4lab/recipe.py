@@ -342,6 +342,8 @@ class Recipe:
             "act_bits": r.act.bits if r.act else 16,
             "act_mode": r.act.mode if r.act else "none",
         }
+        if r.weight.symmetric_grid != "max":
+            out["symmetric_grid"] = r.weight.symmetric_grid
         if r.transform is not None:
             out["transform"] = r.transform.describe()
         if any(r.build_quantizer().needs for r in self.rules if not r.keeps_float):

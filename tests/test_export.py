@@ -42,7 +42,9 @@ LINEN = Recipe(
         dataclasses.replace(W3_STATIC, pattern="Conv_1"),
         dataclasses.replace(ROTATED, pattern="Dense_0"),
         Rule(pattern="split", weight=QuantSpec(symmetric=False, group_size=4)),  # weight-only
-        Rule(pattern="mix", weight=QuantSpec(scale_dtype="bfloat16")),  # einsum, bf16 scales
+        Rule(  # einsum, bf16 scales, every symmetric code in use
+            pattern="mix", weight=QuantSpec(scale_dtype="bfloat16", symmetric_grid="full")
+        ),
     )
 )
 NNX = Recipe(
@@ -84,6 +86,10 @@ def test_linen_round_trip_is_bit_for_bit(saved_linen):
         p: lp.rule for p, lp in qm.layers.items()
     }
     assert loaded.recipe == qm.recipe == LINEN
+    specs = [
+        d["qtensor"]["spec"] for d in json.loads((directory / CONFIG_FILE).read_text())["layers"]
+    ]
+    assert [s.get("symmetric_grid") for s in specs].count("full") == 1  # written where not max
     with pytest.raises(ValueError, match=r"fake=True is invalid.*float weights"):
         loaded.apply(x, fake=True)
 

@@ -39,7 +39,8 @@ def scale_zero_from_range(
     """Scale (in ``spec.scale_dtype``) and zero point: int32, in the scale dtype when
     ``spec.float_zero`` (``-lo / scale``, unrounded), or None if symmetric.
 
-    Symmetric: ``scale = max(|lo|, |hi|) / (2^(b-1) - 1)``, codes signed.
+    Symmetric: ``scale = max(|lo|, |hi|) / (2^(b-1) - 1)``, codes signed (with
+    ``spec.symmetric_grid == "full"``: ``/ (2^(b-1) - 1/2)``, every code in use).
     Asymmetric: the range is widened to contain 0 (so 0 is exact, as in GPTQ's quantizer),
     ``scale = (hi - lo) / (2^b - 1)``, ``zero = round(-lo / scale)``; with float zero points
     ``zero = -lo / scale`` unrounded.
@@ -49,7 +50,7 @@ def scale_zero_from_range(
     lo = lo.astype(jnp.float32)
     hi = hi.astype(jnp.float32)
     if spec.symmetric:
-        scale = jnp.maximum(jnp.abs(lo), jnp.abs(hi)) / spec.qmax
+        scale = jnp.maximum(jnp.abs(lo), jnp.abs(hi)) / spec.range_steps
     else:  # widened to contain 0 with float zeros too: their start stays in [0, qmax], so a
         # group far from 0 and narrow cannot put its zero beyond float16's range
         lo = jnp.minimum(lo, 0.0)

@@ -27,6 +27,7 @@ def group_label(group_size: object) -> str:
 GRANULARITIES: tuple[str, ...] = ("per_tensor", "per_channel", "per_group")
 SCALE_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 ZERO_POINTS: tuple[str, ...] = ("int", "float")
+SYMMETRIC_GRIDS: tuple[str, ...] = ("max", "full")
 MIN_BITS, MAX_BITS = 2, 8
 
 
@@ -49,6 +50,9 @@ class QuantSpec:
     scale_dtype: str = "float32"  # the dtype scales are stored (and rounded) in
     zero_point: str = "int"  # asymmetric: "int" codes' zero points, packed as codes; "float":
     # real-valued ones in the scale dtype (HQQ), which shift w / scale before rounding
+    symmetric_grid: str = "max"  # symmetric: "max" puts amax on the largest code (QuaRot; the
+    # most negative code is left to clipped ranges); "full" spreads all 2^b codes over
+    # [-amax, amax] (GPTQ's reference, PyTorch): scale amax / (2^(b-1) - 1/2), +amax clipped
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int | np.integer):
@@ -75,6 +79,10 @@ class QuantSpec:
             raise _bad("zero_point", self.zero_point, ", ".join(ZERO_POINTS))
         if self.float_zero and self.symmetric:
             raise _bad("zero_point", self.zero_point, "'int' when symmetric (no zero point)")
+        if self.symmetric_grid not in SYMMETRIC_GRIDS:
+            raise _bad("symmetric_grid", self.symmetric_grid, ", ".join(SYMMETRIC_GRIDS))
+        if self.symmetric_grid != "max" and not self.symmetric:
+            raise _bad("symmetric_grid", self.symmetric_grid, "'max' when asymmetric")
 
     @property
     def float_zero(self) -> bool:
@@ -90,6 +98,13 @@ class QuantSpec:
     def qmax(self) -> int:
         """Largest code: 2^(b-1)-1 for symmetric (signed) codes, 2^b-1 for asymmetric ones."""
         return 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
+
+    @property
+    def range_steps(self) -> float:
+        """Steps from 0 to the range's end (``scale = amax / range_steps``, symmetric; ``hi - lo``
+        over ``qmax`` steps, asymmetric): ``qmax``, or 2^(b-1) - 1/2 for the full symmetric
+        grid, whose 2^b codes then split ``[-amax, amax]`` evenly."""
+        return self.qmax + 0.5 if self.symmetric_grid == "full" else float(self.qmax)
 
     @property
     def codes_per_word(self) -> int:
@@ -141,5 +156,6 @@ class QuantSpec:
             self.granularity, f"g{self.group_size}"
         )
         sym = "sym" if self.symmetric else "asym float-zero" if self.float_zero else "asym"
+        sym += " full-grid" if self.symmetric_grid == "full" else ""
         dtype = {"float32": "", "bfloat16": " bf16", "float16": " f16"}[self.scale_dtype]
         return f"W{self.bits} {sym} {gran}{dtype}"

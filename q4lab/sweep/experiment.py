@@ -54,6 +54,8 @@ def describe_point(point: Point) -> str:
         keys += ("symmetric",)
     if point.get("zero_point", "auto") != "auto":
         keys += ("zero_point",)
+    if point.get("symmetric_grid", "max") != "max":
+        keys += ("symmetric_grid",)
     if point.get("qat_steps"):
         keys += ("qat_steps", "qat_method")
     if point.get("bits_budget"):

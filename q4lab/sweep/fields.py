@@ -37,6 +37,12 @@ FIELDS: dict[str, tuple[Any, str]] = {
         "asymmetric weights' zero points: int (packed as codes), float (real-valued, held as "
         "scales are), or auto: the quantizer's own (float for HQQ, int for the others)",
     ),
+    "symmetric_grid": (
+        "max",
+        "symmetric weights' grid: max (amax on the largest code; the most negative one only "
+        "where a range clips: QuaRot) or full (all 2^b codes over [-amax, amax]: GPTQ's "
+        "reference, PyTorch)",
+    ),
     "scale_dtype": ("float16", "dtype of the stored scales"),
     "act_bits": (16, "activation bits; 16 keeps activations in float"),
     "act_mode": ("dynamic", "activation ranges at run time or from calibration: dynamic, static"),
@@ -74,7 +80,7 @@ FIELDS: dict[str, tuple[Any, str]] = {
 QAT_FIELDS = tuple(name for name in FIELDS if name.startswith("qat_"))
 # fields added after tables were published: left out of the hash at their default
 BUDGET_FIELDS = ("bits_budget", "budget_widths", "budget_groups", "budget_method")
-LATE_FIELDS = ("rotation", "smooth_alpha", "rules", *BUDGET_FIELDS, "zero_point")
+LATE_FIELDS = ("rotation", "smooth_alpha", "rules", *BUDGET_FIELDS, "zero_point", "symmetric_grid")
 ZERO_POINT_VALUES = ("auto", "int", "float")
 # the fields a per-layer rule may override
 RULE_FIELDS = (
@@ -84,6 +90,7 @@ RULE_FIELDS = (
     "symmetric",
     "group_size",
     "zero_point",
+    "symmetric_grid",
     "scale_dtype",
     "act_bits",
     "act_mode",
@@ -241,6 +248,7 @@ def _rule(p: Point, pattern: str) -> Rule:
         group_size=p["group_size"] or None,
         scale_dtype=p["scale_dtype"],
         zero_point=_zero_point(p),
+        symmetric_grid=p["symmetric_grid"],
     )
     _check_act_fields(p)
     act = None

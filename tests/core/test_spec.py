@@ -34,6 +34,8 @@ def test_group_size_implies_per_group_and_ranges_follow_symmetry():
         ({"granularity": "per_channel", "group_size": 32}, "group_size", "None"),
         ({"scale_dtype": "float64"}, "scale_dtype", "float32, bfloat16, float16"),
         ({"symmetric": "yes"}, "symmetric", "True or False"),
+        ({"symmetric_grid": "narrow"}, "symmetric_grid", "max, full"),
+        ({"symmetric": False, "symmetric_grid": "full"}, "symmetric_grid", "'max' when asym"),
     ],
 )
 def test_invalid_specs_name_the_field_and_the_allowed_values(kwargs, field, allowed):
@@ -67,3 +69,34 @@ def test_the_spec_tells_how_its_codes_are_stored(
     )
     assert spec.packed_length(10) == row_of_10  # whole words: 10 codes pad to 12 / 16 / 10
     assert spec.nibbles == (bits == 4)
+
+
+def test_the_full_symmetric_grid_puts_every_code_to_use():
+    """The default grid puts amax on the largest code, so the most negative code is met only
+    where a range clips: 2-bit min-max weights take 3 of 4 levels. The full grid (GPTQ's
+    reference, PyTorch) spreads all 2^b codes over [-amax, amax] and clips +amax by half a step."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from q4lab.core import dequantize
+    from q4lab.quantizers import get_quantizer
+
+    w = jax.random.normal(jax.random.key(0), (64, 16))
+    for bits in (2, 3, 4):
+        amax = jnp.max(jnp.abs(w), axis=0)
+        used, errors = {}, {}
+        for grid in ("max", "full"):
+            spec = QuantSpec(bits=bits, symmetric_grid=grid)
+            qt = get_quantizer("minmax").quantize(w, spec)
+            steps = spec.range_steps
+            np.testing.assert_allclose(qt.scale[0], amax / steps, rtol=1e-6)
+            codes = np.round(np.asarray(dequantize(qt)) / np.asarray(qt.scale))
+            used[grid] = len(np.unique(codes))
+            errors[grid] = float(jnp.mean((dequantize(qt) - w) ** 2))
+        assert used == {"max": 2**bits - 1, "full": 2**bits}, bits
+        assert (
+            QuantSpec(bits=bits, symmetric_grid="full").describe().startswith(f"W{bits} sym full")
+        )
+        if bits == 2:  # a fourth level is worth more than the clipped top at 2 bits
+            assert errors["full"] < 0.7 * errors["max"]
