@@ -94,7 +94,11 @@ def value_label(column: str, value: object) -> str:
     if column == "symmetric":
         return "symmetric" if value else "asymmetric (zero point)"
     if column == "symmetric_grid":
-        return "full symmetric grid" if value == "full" else "max symmetric grid"
+        return (
+            "amax half a step beyond the top code"
+            if value == "half_step"
+            else "amax on the top code"
+        )
     if column == "zero_point":
         names = {"int": "integer zero points", "float": "float zero points"}
         return names.get(str(value), "the quantizer's zero points")

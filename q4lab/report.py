@@ -112,7 +112,13 @@ def _count(n: int, noun: str) -> str:
 
 # Fields whose default is left unsaid, and that a label names when not at it even where they
 # do not vary: a trained or mixed-precision point says so wherever it stands alone.
-METHOD_DEFAULTS = {"training": "ptq", "bits_budget": 0.0, "qat_steps": 0, "zero_point": "auto"}
+METHOD_DEFAULTS = {
+    "training": "ptq",
+    "bits_budget": 0.0,
+    "qat_steps": 0,
+    "zero_point": "auto",
+    "symmetric_grid": "max",
+}
 
 
 def _at_default(point: pd.Series, column: str) -> bool:

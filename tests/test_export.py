@@ -42,8 +42,8 @@ LINEN = Recipe(
         dataclasses.replace(W3_STATIC, pattern="Conv_1"),
         dataclasses.replace(ROTATED, pattern="Dense_0"),
         Rule(pattern="split", weight=QuantSpec(symmetric=False, group_size=4)),  # weight-only
-        Rule(  # einsum, bf16 scales, every symmetric code in use
-            pattern="mix", weight=QuantSpec(scale_dtype="bfloat16", symmetric_grid="full")
+        Rule(  # einsum, bf16 scales, GPTQ's symmetric grid
+            pattern="mix", weight=QuantSpec(scale_dtype="bfloat16", symmetric_grid="half_step")
         ),
     )
 )
@@ -89,7 +89,7 @@ def test_linen_round_trip_is_bit_for_bit(saved_linen):
     specs = [
         d["qtensor"]["spec"] for d in json.loads((directory / CONFIG_FILE).read_text())["layers"]
     ]
-    assert [s.get("symmetric_grid") for s in specs].count("full") == 1  # written where not max
+    assert [s.get("symmetric_grid") for s in specs].count("half_step") == 1  # written where not max
     with pytest.raises(ValueError, match=r"fake=True is invalid.*float weights"):
         loaded.apply(x, fake=True)
 

@@ -40,7 +40,7 @@ def scale_zero_from_range(
     ``spec.float_zero`` (``-lo / scale``, unrounded), or None if symmetric.
 
     Symmetric: ``scale = max(|lo|, |hi|) / (2^(b-1) - 1)``, codes signed (with
-    ``spec.symmetric_grid == "full"``: ``/ (2^(b-1) - 1/2)``, every code in use).
+    ``spec.symmetric_grid == "half_step"``: ``/ (2^(b-1) - 1/2)``, GPTQ's reference grid).
     Asymmetric: the range is widened to contain 0 (so 0 is exact, as in GPTQ's quantizer),
     ``scale = (hi - lo) / (2^b - 1)``, ``zero = round(-lo / scale)``; with float zero points
     ``zero = -lo / scale`` unrounded.

@@ -27,7 +27,7 @@ def group_label(group_size: object) -> str:
 GRANULARITIES: tuple[str, ...] = ("per_tensor", "per_channel", "per_group")
 SCALE_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 ZERO_POINTS: tuple[str, ...] = ("int", "float")
-SYMMETRIC_GRIDS: tuple[str, ...] = ("max", "full")
+SYMMETRIC_GRIDS: tuple[str, ...] = ("max", "half_step")
 MIN_BITS, MAX_BITS = 2, 8
 
 
@@ -50,9 +50,10 @@ class QuantSpec:
     scale_dtype: str = "float32"  # the dtype scales are stored (and rounded) in
     zero_point: str = "int"  # asymmetric: "int" codes' zero points, packed as codes; "float":
     # real-valued ones in the scale dtype (HQQ), which shift w / scale before rounding
-    symmetric_grid: str = "max"  # symmetric: "max" puts amax on the largest code (QuaRot; the
-    # most negative code is left to clipped ranges); "full" spreads all 2^b codes over
-    # [-amax, amax] (GPTQ's reference, PyTorch): scale amax / (2^(b-1) - 1/2), +amax clipped
+    symmetric_grid: str = "max"  # symmetric: "max" puts amax on the largest code (QuaRot);
+    # "half_step" puts it half a step beyond (GPTQ's reference, PyTorch's observers): scale
+    # amax / (2^(b-1) - 1/2), the codes' bins tile [-amax, amax], so a step 1/(2^b - 1) of the
+    # range, and +amax rounds down to the largest code (see `range_steps`)
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int | np.integer):
@@ -102,9 +103,11 @@ class QuantSpec:
     @property
     def range_steps(self) -> float:
         """Steps from 0 to the range's end (``scale = amax / range_steps``, symmetric; ``hi - lo``
-        over ``qmax`` steps, asymmetric): ``qmax``, or 2^(b-1) - 1/2 for the full symmetric
-        grid, whose 2^b codes then split ``[-amax, amax]`` evenly."""
-        return self.qmax + 0.5 if self.symmetric_grid == "full" else float(self.qmax)
+        over ``qmax`` steps, asymmetric): ``qmax``, or 2^(b-1) - 1/2 for the ``half_step``
+        symmetric grid, whose 2^b - 1 bins around codes -qmax..qmax tile ``[-amax, amax]``.
+        The most negative code, -2^(b-1), then holds -amax alone, where it rounds a tie to even;
+        the grid is the ``max`` one with its range clipped to qmax / (qmax + 1/2) of amax."""
+        return self.qmax + 0.5 if self.symmetric_grid == "half_step" else float(self.qmax)
 
     @property
     def codes_per_word(self) -> int:
@@ -156,6 +159,6 @@ class QuantSpec:
             self.granularity, f"g{self.group_size}"
         )
         sym = "sym" if self.symmetric else "asym float-zero" if self.float_zero else "asym"
-        sym += " full-grid" if self.symmetric_grid == "full" else ""
+        sym += " half-step" if self.symmetric_grid == "half_step" else ""
         dtype = {"float32": "", "bfloat16": " bf16", "float16": " f16"}[self.scale_dtype]
         return f"W{self.bits} {sym} {gran}{dtype}"

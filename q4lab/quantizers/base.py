@@ -125,7 +125,7 @@ def check_quantized(
 def _representable(w: jax.Array, spec: QuantSpec) -> bool:
     """Whether a step covering ``w``'s largest magnitude is non-zero in the scale dtype: weights
     too small for it (1e-8 under float16 scales) rightly quantize to 0."""
-    step = float(np.abs(np.asarray(w, np.float32)).max()) / spec.qmax
+    step = float(np.abs(np.asarray(w, np.float32)).max()) / spec.range_steps
     return bool(jnp.asarray(step, jnp.float32).astype(spec.jnp_scale_dtype) != 0)
 
 

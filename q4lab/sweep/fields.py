@@ -39,9 +39,9 @@ FIELDS: dict[str, tuple[Any, str]] = {
     ),
     "symmetric_grid": (
         "max",
-        "symmetric weights' grid: max (amax on the largest code; the most negative one only "
-        "where a range clips: QuaRot) or full (all 2^b codes over [-amax, amax]: GPTQ's "
-        "reference, PyTorch)",
+        "symmetric weights' grid: max (amax on the largest code, QuaRot) or half_step (amax half "
+        "a step beyond it: a step 1/(2^b - 1) of [-amax, amax], as GPTQ's reference and "
+        "PyTorch's observers)",
     ),
     "scale_dtype": ("float16", "dtype of the stored scales"),
     "act_bits": (16, "activation bits; 16 keeps activations in float"),

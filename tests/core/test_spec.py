@@ -34,8 +34,8 @@ def test_group_size_implies_per_group_and_ranges_follow_symmetry():
         ({"granularity": "per_channel", "group_size": 32}, "group_size", "None"),
         ({"scale_dtype": "float64"}, "scale_dtype", "float32, bfloat16, float16"),
         ({"symmetric": "yes"}, "symmetric", "True or False"),
-        ({"symmetric_grid": "narrow"}, "symmetric_grid", "max, full"),
-        ({"symmetric": False, "symmetric_grid": "full"}, "symmetric_grid", "'max' when asym"),
+        ({"symmetric_grid": "narrow"}, "symmetric_grid", "max, half_step"),
+        ({"symmetric": False, "symmetric_grid": "half_step"}, "symmetric_grid", "'max' when"),
     ],
 )
 def test_invalid_specs_name_the_field_and_the_allowed_values(kwargs, field, allowed):
@@ -71,32 +71,32 @@ def test_the_spec_tells_how_its_codes_are_stored(
     assert spec.nibbles == (bits == 4)
 
 
-def test_the_full_symmetric_grid_puts_every_code_to_use():
-    """The default grid puts amax on the largest code, so the most negative code is met only
-    where a range clips: 2-bit min-max weights take 3 of 4 levels. The full grid (GPTQ's
-    reference, PyTorch) spreads all 2^b codes over [-amax, amax] and clips +amax by half a step."""
+def test_the_half_step_symmetric_grid_is_gptqs_reference_grid():
+    """The default grid puts amax on the largest code; GPTQ's reference quantizer and PyTorch's
+    symmetric observers put it half a step beyond (scale amax / (2^(b-1) - 1/2)): the bins of
+    codes -qmax..qmax tile [-amax, amax], +amax rounds down, and the most negative code holds
+    at most -amax itself (a tie). It is the max grid with its range clipped to qmax/(qmax+1/2)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from q4lab.core import dequantize
+    from q4lab.core import dequantize, quantize
     from q4lab.quantizers import get_quantizer
 
     w = jax.random.normal(jax.random.key(0), (64, 16))
+    amax = jnp.max(jnp.abs(w), axis=0)
     for bits in (2, 3, 4):
-        amax = jnp.max(jnp.abs(w), axis=0)
-        used, errors = {}, {}
-        for grid in ("max", "full"):
-            spec = QuantSpec(bits=bits, symmetric_grid=grid)
-            qt = get_quantizer("minmax").quantize(w, spec)
-            steps = spec.range_steps
-            np.testing.assert_allclose(qt.scale[0], amax / steps, rtol=1e-6)
-            codes = np.round(np.asarray(dequantize(qt)) / np.asarray(qt.scale))
-            used[grid] = len(np.unique(codes))
-            errors[grid] = float(jnp.mean((dequantize(qt) - w) ** 2))
-        assert used == {"max": 2**bits - 1, "full": 2**bits}, bits
-        assert (
-            QuantSpec(bits=bits, symmetric_grid="full").describe().startswith(f"W{bits} sym full")
-        )
-        if bits == 2:  # a fourth level is worth more than the clipped top at 2 bits
-            assert errors["full"] < 0.7 * errors["max"]
+        half, top = (QuantSpec(bits=bits, symmetric_grid=g) for g in ("half_step", "max"))
+        qt = get_quantizer("minmax").quantize(w, half)
+        np.testing.assert_allclose(qt.scale[0], amax / (2 ** (bits - 1) - 0.5), rtol=1e-6)
+        clipped = quantize(w, top, qt.scale)  # the same codes from the max grid's clip
+        np.testing.assert_array_equal(dequantize(clipped), dequantize(qt))
+        codes = np.round(np.asarray(dequantize(qt)) / np.asarray(qt.scale))
+        assert (codes == half.qmin).sum() <= w.shape[1]  # -amax alone, per column
+        assert half.describe() == f"W{bits} sym half-step per-channel"
+    w2 = {
+        g: get_quantizer("minmax").quantize(w, QuantSpec(bits=2, symmetric_grid=g))
+        for g in ("max", "half_step")
+    }
+    errors = {g: float(jnp.mean((dequantize(qt) - w) ** 2)) for g, qt in w2.items()}
+    assert errors["half_step"] < 0.7 * errors["max"]  # at 2 bits a smaller step is worth the clip

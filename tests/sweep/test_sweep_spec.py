@@ -58,11 +58,11 @@ def test_point_recipe():
     point = {"task": "t", "bits": 4}
     assert config_hash({**point, "rules": []}) == config_hash(point)  # published names kept
     assert config_hash({**point, "symmetric_grid": "max"}) == config_hash(point)
-    full = {**point, "symmetric_grid": "full"}
+    full = {**point, "symmetric_grid": "half_step"}
     assert config_hash(full) != config_hash(point)
-    assert recipe_of(full).rules[0].weight.symmetric_grid == "full"
-    assert recipe_of(full).fields()["symmetric_grid"] == "full"
-    with pytest.raises(ValueError, match=r"symmetric_grid='full' is invalid; allowed: 'max'"):
+    assert recipe_of(full).rules[0].weight.symmetric_grid == "half_step"
+    assert recipe_of(full).fields()["symmetric_grid"] == "half_step"
+    with pytest.raises(ValueError, match=r"symmetric_grid='half_step' is invalid; allowed: 'max'"):
         recipe_of({**full, "symmetric": False})
     mixed = recipe_of({**point, "rules": [{"pattern": "head", "bits": 8, "act_bits": 8}]})
     head, rest = mixed.rules
