@@ -250,6 +250,7 @@ def pareto_front(points: pd.DataFrame, x: str, y: str, higher: bool = True) -> p
     an exact tie at one ``x`` keeps both. ``x`` is compared rounded to 6 decimals, as the
     report's budgets are (a mean over fewer seeds may differ in its last bit)."""
     sign = 1.0 if higher else -1.0
+    points = points[points[x].notna() & points[y].notna()]  # no place on either axis
     ordered = points.assign(_x=points[x].round(6), _key=sign * points[y])
     ordered = ordered.sort_values(["_x", "_key"], ascending=[True, False])
     best, best_x = -np.inf, None
@@ -359,26 +360,29 @@ def _subtitle(table: pd.DataFrame, y: str, higher: dict) -> str:
     return " · ".join(parts)
 
 
+def looks_key(values) -> tuple:
+    """A configuration's values as a key of the looks: NaN as None (NaN never equals itself)."""
+    return tuple(None if pd.api.types.is_scalar(v) and pd.isna(v) else v for v in values)
+
+
 def _marker(looks: dict, row: pd.Series) -> str:
     """A series' marker: its ``--style`` value's, else its other fields' (`pareto_plot`)."""
     if looks["style"]:
         return looks["markers"].get(row[looks["style"]], "o")
-    return looks["extra_markers"].get(tuple(row[looks["extra"]]), "o")
+    return looks["extra_markers"].get(looks_key(row[looks["extra"]]), "o")
 
 
 def _lone_twins(points: pd.DataFrame, looks: dict) -> bool:
     """Whether two series of one panel are single points of one colour, marker and fill."""
-    if not looks["extra"]:
-        return False
     sizes = points.groupby(["row", "col", "series"], sort=False).size()
     lone = points.set_index(["row", "col", "series"]).loc[sizes[sizes == 1].index].reset_index()
     seen = lone.apply(
         lambda r: (
             r["row"],
             r["col"],
-            r[looks["hue"]],
+            looks["colors"].get(r[looks["hue"]]),
             _marker(looks, r),
-            looks["fills"].get(tuple(r[looks["extra"]]), "full"),
+            looks["fills"].get(looks_key(r[looks["extra"]]), "full"),
         ),
         axis=1,
     )
@@ -400,8 +404,8 @@ def _draw_panel(
             yerr=part[f"{y}_std"],
             color=looks["colors"][first[hue]],
             marker=_marker(looks, first),
-            linestyle=looks["lines"].get(tuple(first[looks["extra"]]), "-"),
-            fillstyle=looks["fills"].get(tuple(first[looks["extra"]]), "full"),
+            linestyle=looks["lines"].get(looks_key(first[looks["extra"]]), "-"),
+            fillstyle=looks["fills"].get(looks_key(first[looks["extra"]]), "full"),
             markersize=float(np.clip(first["step_pt"] * 1.1, 3.5, 5.5)),
             capsize=2,
             linewidth=1,
@@ -495,7 +499,7 @@ def pareto_plot(
     )
     styles = sorted(points[a["style"]].unique(), key=natural_key) if a["style"] else []
     extra = a["extra"]
-    combos = {tuple(r) for r in points[extra].itertuples(index=False)} if extra else set()
+    combos = {looks_key(r) for r in points[extra].itertuples(index=False)} if extra else set()
     extras = sorted(combos, key=lambda values: tuple(natural_key(v) for v in values))
     looks = {
         "x": x,

@@ -216,7 +216,7 @@ def budget_table(table: pd.DataFrame, x: str = "bits_per_weight", y: str = "scor
                     delta = paired_difference(other["_values"], best["_values"])
                     row |= _difference("runner_up_delta", *delta)
             rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else [*sections, "budget", "configuration"])
 
 
 def best_points(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
@@ -243,6 +243,9 @@ def best_points(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
     for _, rows in agg.groupby("task", sort=True) if "task" in agg else [("", agg)]:
         task_rows = table if "task" not in table else table[table["task"] == rows["task"].iloc[0]]
         rows = rows.sort_values("bits_per_weight", kind="stable")  # a tie goes to the smaller
+        rows = rows[rows[y].notna()]  # a point no seed scored ranks nowhere
+        if rows.empty:
+            continue
         grouped = rows.groupby(keys, dropna=False)[y]
         pick = grouped.idxmax() if higher_is_better(task_rows, y) else grouped.idxmin()
         best = rows.loc[pick].copy()
@@ -251,6 +254,8 @@ def best_points(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
         if "metric" in task_rows:
             best.insert(1, "metric", task_rows["metric"].iloc[0])
         parts.append(best)
+    if not parts:
+        return pd.DataFrame(columns=keys)
     best = pd.concat(parts)
     columns = [
         *keys[:1],
@@ -455,8 +460,10 @@ def report(
                 f"Float model: {format_value(fp.mean())}{spread} ({_count(len(fp), 'seed')})."
             )
             lines += [f"\n**Note:** {note}." for note in float_model_notes(rows, y)]
-            counts = aggregate(rows, x, y)["seeds"] if "seed" in rows else pd.Series([1])
-            if counts.nunique() > 1:
+            runs = distinct_runs(rows)
+            keys = [c for c in CONFIG_COLUMNS if c in runs]
+            counts = runs.groupby(keys, dropna=False)["seed"].nunique() if "seed" in runs else []
+            if len(counts) and counts.nunique() > 1:
                 lines.append(
                     f"\n**Note:** configurations here ran on {counts.min()} to {counts.max()} "
                     "seeds, each seed with its own float model: the means of two configurations "

@@ -459,3 +459,29 @@ def test_directions_fronts_float_lines_and_missing_scores_follow_the_rows():
     assert "configurations here ran on 1 to 2 seeds" in report(table)
     table.loc[table["quantizer"] == "gptq", "score"] = np.nan
     assert "gptq" not in budget_table(table)["configuration"].str.lower().str.cat()
+
+
+def test_looks_and_notes_on_tables_with_gaps():
+    """A later review: a NaN in a field that tells configurations apart lost the configuration
+    its marker, fill and line (the legend said otherwise); lone points whose colours repeat
+    (tab10, 11 hues) looked alike without a warning; a NaN score made the seed note fire; a
+    table with no score crashed the report; a point with no x joined the front."""
+    base = make_table({("minmax", 4, 0, 16): [0.90, 0.91]})
+    seven = pd.concat(
+        [base.assign(rotation=r, smooth_alpha=np.nan if r in (0, 6) else 0.5) for r in range(7)]
+    )
+    seven["rotation"] = seven["rotation"].map(lambda r: f"r{r:02d}")
+    seven["score"] += seven["rotation"].str[1:].astype(int) / 1e3
+    ax = pareto_plot(seven).axes[0]
+    marks = [line for line in ax.lines if line.get_marker() not in ("None", "", "_")]
+    assert len({(m.get_marker(), m.get_fillstyle()) for m in marks}) == 7
+    hues = pd.concat([base.assign(quantizer=f"q{i:02d}", score=0.9 + i / 1e3) for i in range(11)])
+    with pytest.warns(UserWarning, match="look alike"):
+        pareto_plot(hues.assign(group_size=0))
+
+    scores = grid(["minmax", "gptq"], [4], [0], [16])
+    scores[("gptq", 4, 0, 16)] = [0.95, np.nan]
+    assert "ran on 1 to 2 seeds" not in report(make_table(scores))  # both ran on two
+    report(make_table(scores).assign(score=np.nan))  # no point scored: no crash
+    points = pd.DataFrame({"b": [np.nan, 3.0, 4.0], "s": [0.99, 0.9, 0.95]})
+    assert pareto_front(points, "b", "s").index.tolist() == [1, 2]
