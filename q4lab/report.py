@@ -222,8 +222,8 @@ def budget_table(table: pd.DataFrame, x: str = "bits_per_weight", y: str = "scor
 def best_points(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
     """Best configuration (best mean ``y`` over seeds) per task, quantizer, weight bits and
     activation bits, whatever its size (see `budget_table` for the best per size; a tie goes to
-    the smaller); ``vs_float``
-    is `NOISE` where its ``delta_<y>`` (paired by seed) is within the seeds' spread."""
+    the smaller); ``vs_float`` is `NOISE` where its ``delta_<y>`` (paired by seed) is within the
+    seeds' spread; the standard deviation of one seed is NaN, not 0."""
     agg = aggregate(table, "bits_per_weight", y)
     base = baseline_column(table, y)
     if base:
@@ -257,6 +257,7 @@ def best_points(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
     if not parts:
         return pd.DataFrame(columns=keys)
     best = pd.concat(parts)
+    best[f"{y}_std"] = best[f"{y}_std"].where(best["seeds"] > 1)  # one seed has no spread
     columns = [
         *keys[:1],
         "metric",
@@ -493,7 +494,8 @@ def report(
     for task, part in best.groupby("task", sort=True) if "task" in best else [("", best)]:
         lines += ["", f"### {task}" if task else "", ""]
         part = part.drop(columns="task", errors="ignore")
-        lines.append(part.to_markdown(index=False, floatfmt=".4g"))
+        part = part.astype({f"{y}_std": object}).where(part.notna(), None)  # blank, not nan
+        lines.append(part.to_markdown(index=False, floatfmt=".4g", missingval=""))
     if "allocation" in table and table["allocation"].str.startswith("sensitivity").any():
         lines += [
             "",

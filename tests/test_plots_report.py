@@ -24,7 +24,14 @@ from q4lab.plots import (
     value_label,
     x_ticks,
 )
-from q4lab.report import NOISE, budget_table, paired_difference, report, within_noise
+from q4lab.report import (
+    NOISE,
+    best_points,
+    budget_table,
+    paired_difference,
+    report,
+    within_noise,
+)
 
 OVERHEAD = {0: 0.125, 32: 0.5, 16: 1.0}  # bits of scales per weight, per group size
 
@@ -483,5 +490,7 @@ def test_looks_and_notes_on_tables_with_gaps():
     scores[("gptq", 4, 0, 16)] = [0.95, np.nan]
     assert "ran on 1 to 2 seeds" not in report(make_table(scores))  # both ran on two
     report(make_table(scores).assign(score=np.nan))  # no point scored: no crash
+    one_seed = make_table({("minmax", 4, 0, 16): [0.9]})
+    assert best_points(one_seed)["score_std"].isna().all()  # no spread, not a spread of 0
     points = pd.DataFrame({"b": [np.nan, 3.0, 4.0], "s": [0.99, 0.9, 0.95]})
     assert pareto_front(points, "b", "s").index.tolist() == [1, 2]
