@@ -109,8 +109,7 @@ def _cmd_layer_error(args: argparse.Namespace) -> int:
     from q4lab.sweep.fields import FIELDS, recipe_of
 
     used = ("task", "seed", "quantizer", "options", "bits", "symmetric", "symmetric_grid")
-    used += ("zero_point",)
-    used += ("group_size", "scale_dtype", "sequential", "rules")
+    used += ("zero_point", "group_size", "scale_dtype", "sequential", "rules")
     ignored = [n for n, v in vars(args).items() if v is not None and n in FIELDS and n not in used]
     if ignored:  # activations, transforms, training, budgets: not what this table measures
         flags = ", ".join(f"--{n.replace('_', '-')}" for n in used)

@@ -49,11 +49,10 @@ def evaluate(
     example, and ``fake_agreement`` the fraction of identical argmax outputs along the last axis
     (a classifier's class; a language model's next token at each position, where rows of
     commits before 4569d2e took one argmax over an example's flattened positions and
-    vocabulary: every published row). Wider
-    activation codes move more often, not less: a step 2^(b-4) times smaller is crossed by the
-    same ulp that much more often, though each move is smaller (`q4lab quantize --task charlm
-    --group 128 --act-bits 8 4`: median 4.2e-3 at A8 and 8.5e-7 at A4, worst example 6.0e-3 and
-    8.9e-2).
+    vocabulary: every published row). Wider activation codes move more often, not less: a step
+    2^(b-4) times smaller is crossed by the same ulp that much more often, though each move is
+    smaller (`q4lab quantize --task charlm --group 128 --act-bits 8 4`: median 4.2e-3 at A8 and
+    8.5e-7 at A4, worst example 6.0e-3 and 8.9e-2).
     ``progress``: a bar over the layers being quantized (None: only on a terminal).
 
     With ``qat``, the quantized model is fine-tuned (`q4lab.qat`) and frozen; the task's metrics

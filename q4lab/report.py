@@ -494,7 +494,8 @@ def report(
     for task, part in best.groupby("task", sort=True) if "task" in best else [("", best)]:
         lines += ["", f"### {task}" if task else "", ""]
         part = part.drop(columns="task", errors="ignore")
-        part = part.astype({f"{y}_std": object}).where(part.notna(), None)  # blank, not nan
+        std = part[f"{y}_std"]  # a one-seed point's is blank, not "nan"
+        part = part.assign(**{f"{y}_std": std.astype(object).where(std.notna(), None)})
         lines.append(part.to_markdown(index=False, floatfmt=".4g", missingval=""))
     if "allocation" in table and table["allocation"].str.startswith("sensitivity").any():
         lines += [
