@@ -68,6 +68,7 @@ VALUE_FIELDS = (
     "act_clipping_options",
     "smooth_alpha",
     "sequential",
+    "calib_padding",  # which calibration rows count: the ranges' values
     "qat_steps",
     "qat_lr",
     *BUDGET_FIELDS,

@@ -17,12 +17,14 @@ statistics its quantizers asked for, accumulated in float32 without keeping all 
 
 The model runs with whatever parameters it is given: the float model, or (sequential
 quantization, as in GPTQ's reference) the model whose earlier layers are already quantized.
+Given a ``row_mask`` (a function of a batch: True where its positions hold data, e.g. tokens
+that are not padding) every statistic is that of the kept rows only.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import flax
@@ -34,6 +36,9 @@ from q4lab.adapters import Adapter, PyTree, input_shapes
 from q4lab.core.transforms import InputTransform
 from q4lab.hooks import CaptureHook, InputsHook, extreme_rows, spread_rows
 
+# a function of a calibration batch: True where its positions hold data ([B, ...], leading axes)
+RowMask = Callable[[Any], jax.Array]
+
 
 def _merge_calls(records: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
     """One layer called several times in a forward: sum the moments, stack the samples."""
@@ -41,7 +46,7 @@ def _merge_calls(records: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
     for moment in _SUMMED:
         if moment in records[0]:
             out[moment] = sum(r[moment] for r in records)
-    for rows in ("sample", "extremes"):
+    for rows in ("sample", "sample_keep", "extremes", "extremes_keep"):
         if rows in records[0]:
             out[rows] = jnp.concatenate([r[rows] for r in records])
     if "absmax" in records[0]:
@@ -63,10 +68,16 @@ _SUMMED = ("xtx", "xtf", "absum")
 class Calibrator:
     """Collects the statistics of ``needs`` (path -> names in the module docstring) with one
     compiled forward, reused across calls: sequential quantization reruns it after each layer
-    with the parameters changed, never with a new trace."""
+    with the parameters changed, never with a new trace. ``row_mask``: only the rows it keeps
+    count (module docstring)."""
 
     def __init__(
-        self, adapter: Adapter, needs: Mapping[str, set[str]], *, max_sample_rows: int = 2048
+        self,
+        adapter: Adapter,
+        needs: Mapping[str, set[str]],
+        *,
+        max_sample_rows: int = 2048,
+        row_mask: RowMask | None = None,
     ):
         self.wanted = {path: set(n) for path, n in needs.items() if n}
         self.max_sample_rows = max_sample_rows
@@ -76,6 +87,7 @@ class Calibrator:
 
         def forward(p, float_p, x, active, rotations):
             float_inputs = {path: InputsHook() for path in crossed}
+            mask = None if row_mask is None else jnp.asarray(row_mask(x))
             if crossed:
                 adapter.apply(float_p, x, float_inputs)
             hooks = {
@@ -89,6 +101,7 @@ class Calibrator:
                     absum="act_absmean" in n,
                     active=active[path],
                     float_inputs=float_inputs[path].rows if path in float_inputs else None,
+                    row_mask=mask,
                 )
                 for path, n in self.wanted.items()
             }
@@ -141,12 +154,12 @@ class Calibrator:
                     acc["bounds"] = np.asarray(_widest(acc.get("bounds", seen), seen))
                 if "sample" in rec:  # batches alike: thinned by the same stride
                     stride = acc.setdefault("stride", 1)
-                    fresh_rows = np.asarray(rec["sample"])[::stride]
+                    fresh_rows = _real(rec, "sample")[::stride]
                     acc["samples"] = [np.concatenate([*acc["samples"], fresh_rows])]
                     if len(acc["samples"][0]) >= 2 * self.max_sample_rows:  # held: < 2x
                         acc["samples"], acc["stride"] = [acc["samples"][0][::2]], 2 * stride
                 if "extremes" in rec:
-                    rows = np.concatenate([*acc["extremes"], np.asarray(rec["extremes"])])
+                    rows = np.concatenate([*acc["extremes"], _real(rec, "extremes")])
                     kept = extreme_rows(jnp.asarray(rows), max(2, self.max_sample_rows // 8))
                     acc["extremes"] = [rows[np.asarray(kept)]]
         missing = sorted(chosen - set(totals))
@@ -179,20 +192,35 @@ class Calibrator:
         return stats
 
 
+def _real(rec: dict[str, jax.Array], rows: str) -> np.ndarray:
+    """A record's sampled ``rows``, less those its row mask flagged as not real."""
+    out = np.asarray(rec[rows])
+    return out[np.asarray(rec[f"{rows}_keep"])] if f"{rows}_keep" in rec else out
+
+
 @functools.lru_cache(maxsize=32)
 def _cached(
-    adapter: Adapter, needs: tuple[tuple[str, tuple[str, ...]], ...], max_sample_rows: int
+    adapter: Adapter,
+    needs: tuple[tuple[str, tuple[str, ...]], ...],
+    max_sample_rows: int,
+    row_mask: RowMask | None,
 ) -> Calibrator:
-    return Calibrator(adapter, {path: set(n) for path, n in needs}, max_sample_rows=max_sample_rows)
+    wanted = {path: set(n) for path, n in needs}
+    return Calibrator(adapter, wanted, max_sample_rows=max_sample_rows, row_mask=row_mask)
 
 
 def cached_calibrator(
-    adapter: Adapter, needs: Mapping[str, set[str]], *, max_sample_rows: int = 2048
+    adapter: Adapter,
+    needs: Mapping[str, set[str]],
+    *,
+    max_sample_rows: int = 2048,
+    row_mask: RowMask | None = None,
 ) -> Calibrator:
-    """A `Calibrator` shared by every call with an equal (hashable) adapter, needs and sample
-    bound, so a sweep compiles the calibration forward once per model and recipe structure."""
+    """A `Calibrator` shared by every call with an equal (hashable) adapter, needs, sample
+    bound and row mask, so a sweep compiles the calibration forward once per model and recipe
+    structure."""
     key = tuple(sorted((p, tuple(sorted(n))) for p, n in needs.items()))
-    return _cached(adapter, key, max_sample_rows)
+    return _cached(adapter, key, max_sample_rows, row_mask)
 
 
 def calibrate(
@@ -203,7 +231,10 @@ def calibrate(
     *,
     max_sample_rows: int = 2048,
     rotations: Mapping[str, InputTransform] | None = None,
+    row_mask: RowMask | None = None,
 ) -> dict[str, dict[str, jax.Array]]:
     """Statistics per layer path of the model with ``params`` (see `Calibrator`)."""
-    calibrator = cached_calibrator(adapter, needs, max_sample_rows=max_sample_rows)
+    calibrator = cached_calibrator(
+        adapter, needs, max_sample_rows=max_sample_rows, row_mask=row_mask
+    )
     return calibrator(params, batches, rotations=rotations)

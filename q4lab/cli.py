@@ -109,7 +109,7 @@ def _cmd_layer_error(args: argparse.Namespace) -> int:
     from q4lab.sweep.fields import FIELDS, recipe_of
 
     used = ("task", "seed", "quantizer", "options", "bits", "symmetric", "symmetric_grid")
-    used += ("zero_point", "group_size", "scale_dtype", "sequential", "rules")
+    used += ("zero_point", "group_size", "scale_dtype", "sequential", "rules", "calib_padding")
     ignored = [n for n, v in vars(args).items() if v is not None and n in FIELDS and n not in used]
     if ignored:  # activations, transforms, training, budgets: not what this table measures
         flags = ", ".join(f"--{n.replace('_', '-')}" for n in used)
@@ -120,13 +120,15 @@ def _cmd_layer_error(args: argparse.Namespace) -> int:
     points = _points(args)
     # a column per configuration: the quantizer, and the other fields given several values
     labelled = ("symmetric", "symmetric_grid", "zero_point", "scale_dtype", "sequential", "rules")
+    labelled += ("calib_padding",)
     varied = [n for n in labelled if len({repr(p[n]) for p in points}) > 1]
-    runs = {(p["task"], p["seed"]): [] for p in points}  # first-seen order
+    runs = {(p["task"], p["seed"], p["calib_padding"]): [] for p in points}  # first-seen order
     for p in points:
-        runs[p["task"], p["seed"]].append(p)
+        runs[p["task"], p["seed"], p["calib_padding"]].append(p)
     rows = []
-    for (task, seed), run in runs.items():
-        for row in layer_errors(task, [recipe_of(p) for p in run], seed):
+    for (task, seed, padding), run in runs.items():
+        recipes = [recipe_of(p) for p in run]
+        for row in layer_errors(task, recipes, seed, calib_padding=padding):
             point = run[row["recipe_index"]]
             row["quantizer"] = " ".join([row["quantizer"], *(f"{n}={point[n]}" for n in varied)])
             rows.append(row)
@@ -357,7 +359,13 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from q4lab.report import report
 
-    text = report(_read_results(args.results), y=args.y, x=args.x, title=Path(args.results).name)
+    text = report(
+        _read_results(args.results),
+        y=args.y,
+        x=args.x,
+        title=Path(args.results).name,
+        compare=args.compare,
+    )
     print(text)
     if args.write:
         (Path(args.results) / "report.md").write_text(text)
@@ -529,6 +537,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="bits_per_weight",
         help="the budget's column, a size (ideal_bits_per_weight: 3-bit codes counted as 3; "
         "also total_bytes, quantized_bytes, bits)",
+    )
+    rep.add_argument(
+        "--compare",
+        metavar="FIELD",
+        help="also what changing FIELD (a grid field the table varies, e.g. calib_padding, "
+        "sequential) does to each configuration, paired by seed",
     )
     rep.add_argument("--write", action="store_true", help="also write <results>/report.md")
     rep.set_defaults(func=_cmd_report)

@@ -30,6 +30,7 @@ def evaluate(
     seed: int = 0,
     *,
     calib_size: int | None = None,
+    calib_padding: str = "include",
     qat: QATConfig | None = None,
     progress: bool | None = False,
     train_progress: bool | None = None,
@@ -53,7 +54,9 @@ def evaluate(
     2^(b-4) times smaller is crossed by the same ulp that much more often, though each move is
     smaller (`q4lab quantize --task charlm --group 128 --act-bits 8 4`: median 4.2e-3 at A8 and
     8.5e-7 at A4, worst example 6.0e-3 and 8.9e-2).
-    ``progress``: a bar over the layers being quantized (None: only on a terminal).
+    ``calib_padding``: ``"exclude"`` leaves padded positions out of the calibration statistics
+    (`Task.row_mask`). ``progress``: a bar over the layers being quantized (None: only on a
+    terminal).
 
     With ``qat``, the quantized model is fine-tuned (`q4lab.qat`) and frozen; the task's metrics
     are those of the frozen integer model, beside ``ptq_score`` (before training),
@@ -66,6 +69,7 @@ def evaluate(
     the experiment's side table ``layers.parquet``.
     """
     task = get_task(task) if isinstance(task, str) else task
+    row_mask = task.calibration_row_mask(calib_padding)  # a wrong value: before any work
     params = task.baseline(seed)
     calibration = task.calibration(seed, calib_size)
     sample = task.sample_input(seed)
@@ -76,6 +80,7 @@ def evaluate(
         recipe,
         sample_input=sample,
         calibration=calibration,
+        row_mask=row_mask,
         progress=progress,
     )
     quantize_seconds = time.perf_counter() - start

@@ -105,7 +105,11 @@ class CaptureHook(_FloatHook):
     an exact min-max range; with a ``rotation``, of the rotated rows), ``absmax`` and ``absum``
     (max and sum of ``|x|`` per input column: smoothing, AWQ). Given the float model's input
     rows of the same calls (``float_inputs``, from an `InputsHook` on the same batch), also
-    ``xtf``: the sum of X^T X_float (GPTAQ's cross moment)."""
+    ``xtf``: the sum of X^T X_float (GPTAQ's cross moment).
+
+    ``row_mask``: which positions of the batch hold data (`fit_row_mask`); the statistics are
+    those of the kept rows only, and ``sample_keep`` / ``extremes_keep`` say which of the
+    sampled rows are real (a batch may hold fewer than are sampled). None: every row counts."""
 
     hessian: bool
     sample_rows: int
@@ -116,12 +120,23 @@ class CaptureHook(_FloatHook):
     absum: bool = False
     active: jax.Array | bool = True  # False (at run time): skip the X^T X products
     float_inputs: list[jax.Array] | None = None
+    row_mask: jax.Array | None = None
     records: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
 
     def _record(self, x2d: jax.Array, act_rows: jax.Array) -> None:
-        rec: dict[str, jax.Array] = {"rows": jnp.asarray(x2d.shape[0], jnp.float32)}
         x32 = x2d.astype(jnp.float32)
         k = x32.shape[1]
+        float_rows = None if self.float_inputs is None else self.float_inputs[len(self.records)]
+        if self.row_mask is None:
+            keep = act_keep = None
+            rec: dict[str, jax.Array] = {"rows": jnp.asarray(x2d.shape[0], jnp.float32)}
+        else:  # the rows it drops: zero in the moments, outside the bounds, never sampled
+            keep = fit_row_mask(self.row_mask, x2d.shape[0])
+            act_keep = fit_row_mask(self.row_mask, act_rows.shape[0])
+            x32 = jnp.where(keep[:, None], x32, 0.0)
+            if float_rows is not None:
+                float_rows = jnp.where(keep[:, None], float_rows, 0.0)
+            rec = {"rows": jnp.sum(keep, dtype=jnp.float32)}
         if self.hessian:
             rec["xtx"] = lax.cond(
                 self.active,
@@ -129,30 +144,70 @@ class CaptureHook(_FloatHook):
                 lambda x: jnp.zeros((k, k), jnp.float32),
                 x32,
             )
-        if self.float_inputs is not None:
+        if float_rows is not None:
             rec["xtf"] = lax.cond(
                 self.active,
                 lambda x, y: jnp.dot(x.T, y, precision=lax.Precision.HIGHEST),
                 lambda x, y: jnp.zeros((k, k), jnp.float32),
                 x32,
-                self.float_inputs[len(self.records)],
+                float_rows,
             )
         if self.absmax:
             rec["absmax"] = jnp.max(jnp.abs(x32), axis=0)
         if self.absum:
             rec["absum"] = jnp.sum(jnp.abs(x32), axis=0)
-        if self.sample_rows:
-            rows = act_rows.astype(jnp.float32)
+        rows = act_rows.astype(jnp.float32)
+        if self.sample_rows and act_keep is None:
             rec["sample"] = rows[spread_rows(rows.shape[0], self.sample_rows)]
             if self.extremes:
                 rec["extremes"] = rows[extreme_rows(rows, EXTREME_ROWS)]
+        elif self.sample_rows:
+            picked, real = spread_kept_rows(act_keep, self.sample_rows)
+            rec["sample"], rec["sample_keep"] = rows[picked], real
+            if self.extremes:
+                picked = extreme_rows(rows, EXTREME_ROWS, act_keep)
+                rec["extremes"], rec["extremes_keep"] = rows[picked], act_keep[picked]
         if self.bounds:
-            rows = act_rows.astype(jnp.float32)
             seen = rows if self.rotation is None else self.rotation.apply(rows)
+            low = high = seen
+            if act_keep is not None:
+                low = jnp.where(act_keep[:, None], seen, jnp.inf)
+                high = jnp.where(act_keep[:, None], seen, -jnp.inf)
             rec["bounds"] = jnp.stack(
-                [jnp.min(seen, axis=0, initial=jnp.inf), jnp.max(seen, axis=0, initial=-jnp.inf)]
+                [jnp.min(low, axis=0, initial=jnp.inf), jnp.max(high, axis=0, initial=-jnp.inf)]
             )
         self.records.append(rec)
+
+
+def fit_row_mask(mask: jax.Array, m: int) -> jax.Array:
+    """A batch's position mask (``[B, ...]``, True where the inputs hold data, e.g. tokens
+    that are not padding) as one flag per row of a layer's ``m`` input rows, whose order
+    follows the batch's leading axes (`dense_rows`): each flag repeated over the axes the layer
+    adds (attention heads, a conv's output positions), or several positions joined into one row
+    (a row per sequence after pooling: kept if any position is)."""
+    flat = mask.reshape(-1).astype(bool)
+    if m % flat.size == 0:
+        return jnp.repeat(flat, m // flat.size)
+    if flat.size % m == 0:
+        return flat.reshape(m, -1).any(axis=1)
+    raise ValueError(
+        f"a calibration row mask of shape {tuple(mask.shape)} does not fit a layer with {m} "
+        "input rows (neither counts the other's rows a whole number of times): the mask must "
+        "mark the batch's leading (example, position) axes"
+    )
+
+
+def spread_kept_rows(keep: jax.Array, take: int) -> tuple[jax.Array, jax.Array]:
+    """`spread_rows` over the rows ``keep`` marks: ``min(take, M)`` row indices spread evenly
+    over the kept rows (first and last included) and which of them to use (fewer kept rows
+    than ``take`` repeat an index; a repeat and a batch with none kept are flagged False)."""
+    take = min(take, keep.shape[0])
+    kept_first = jnp.argsort(~keep, stable=True)  # the kept rows, in order, then the others
+    n = jnp.sum(keep)
+    steps = jnp.arange(take)
+    at = jnp.round(steps * (jnp.maximum(n, 1) - 1) / max(take - 1, 1)).astype(jnp.int32)
+    fresh = (steps == 0) | (at > jnp.roll(at, 1))
+    return kept_first[at], fresh & (n > 0)
 
 
 EXTREME_ROWS = 8  # rows per call kept for a static range of a smoothed and rotated layer
@@ -164,17 +219,24 @@ def spread_rows(m: int, take: int) -> np.ndarray:
     return np.unique(np.linspace(0, m - 1, min(take, m)).round().astype(np.int64))
 
 
-def extreme_rows(rows: jax.Array, limit: int) -> jax.Array:
+def extreme_rows(rows: jax.Array, limit: int, keep: jax.Array | None = None) -> jax.Array:
     """Indices of ``limit >= 2`` distinct rows of ``rows[M, K]`` (all of them if M is smaller):
     the one holding the largest value, the one holding the smallest, then those with the largest
     norms. Where no exact range can be captured (smoothing then a rotation: the smoothing is
     known only after calibration) a min-max range is taken over them and the sample: a rotation
-    keeps norms and bounds each rotated value by its row's norm."""
+    keeps norms and bounds each rotated value by its row's norm. ``keep``: only those rows
+    compete (the caller drops the others' indices, picked when too few are kept)."""
     m = rows.shape[0]
     if m <= limit:
         return jnp.arange(m)
-    ends = jnp.stack([jnp.argmax(jnp.max(rows, axis=1)), jnp.argmin(jnp.min(rows, axis=1))])
-    norms = jnp.sum(rows * rows, axis=1).at[ends].set(-jnp.inf)  # each row once
+    largest, smallest = jnp.max(rows, axis=1), jnp.min(rows, axis=1)
+    norms = jnp.sum(rows * rows, axis=1)
+    if keep is not None:
+        largest = jnp.where(keep, largest, -jnp.inf)
+        smallest = jnp.where(keep, smallest, jnp.inf)
+        norms = jnp.where(keep, norms, -jnp.inf)
+    ends = jnp.stack([jnp.argmax(largest), jnp.argmin(smallest)])
+    norms = norms.at[ends].set(-jnp.inf)  # each row once
     by_norm = jax.lax.top_k(norms, limit - 1)[1]
     second = jnp.where(ends[1] == ends[0], by_norm[-1], ends[1])  # one row held both ends
     return jnp.concatenate([ends[:1], second[None], by_norm[: limit - 2]])

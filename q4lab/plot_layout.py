@@ -116,6 +116,12 @@ def value_label(column: str, value: object) -> str:
         return "sequential calib." if value else "one-shot calib."
     if column == "calib_size":
         return "all calib. data" if int(value) == 0 else f"{value} calib. examples"
+    if column == "rotation" and isinstance(value, str):
+        return "no rotation" if value == "none" else f"{value.capitalize()} rotation"
+    if column == "smooth_alpha" and isinstance(value, int | float) and not pd.isna(value):
+        return "no smoothing" if value == 0 else f"SmoothQuant {value:g}"
+    if column == "calib_padding":
+        return "padding calibrated" if value == "include" else "padding not calibrated"
     if column.endswith("options"):
         return f"{column.replace('_', ' ')}: {_options_label(value)}"
     if column == "budget_groups":  # what a bits_budget allocation chose group sizes from

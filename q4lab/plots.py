@@ -87,6 +87,7 @@ CONFIG_COLUMNS = (
     "budget_method",
     "sequential",
     "calib_size",
+    "calib_padding",
     "training",
     "qat_steps",
     "qat_lr",

@@ -18,7 +18,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from q4lab.adapters import Adapter, Inputs, Layer, PyTree, adapt, get_at, set_at
-from q4lab.calibrate import cached_calibrator
+from q4lab.calibrate import RowMask, cached_calibrator
 from q4lab.core import (
     Ledger,
     QTensor,
@@ -402,6 +402,7 @@ def quantize_model(
     *,
     sample_input: Inputs,
     calibration: Iterable[Inputs] = (),
+    row_mask: RowMask | None = None,
     progress: bool | None = False,
 ) -> QuantizedModel:
     """Quantize ``model`` (Linen with its ``params``, or all of its ``variables`` when it also
@@ -413,8 +414,11 @@ def quantize_model(
     a quantizer asks for statistics or an activation spec is static. Layers are quantized one at
     a time in the order the model calls them; with ``recipe.sequential`` the statistics of each
     layer are captured from the model whose earlier layers are already quantized (weights
-    only), else from the float model. ``progress`` shows a bar over layers (None: only on a
-    terminal). Errors in the recipe are raised before any work.
+    only), else from the float model. ``row_mask``: a function of a calibration batch, True
+    where its positions hold data ([B, T] for token ids: False on padding); the statistics are
+    then those of the kept rows (`q4lab.calibrate`; a task's `Task.row_mask`). ``progress``
+    shows a bar over layers (None: only on a terminal). Errors in the recipe are raised before
+    any work.
     """
     adapter = adapt(model, params)
     if params is None:
@@ -436,7 +440,7 @@ def quantize_model(
     if any(needs.values()) and not batches:
         layers = sorted(path for path, n in needs.items() if n)
         raise ValueError(f"recipe needs calibration data for layer(s) {layers}; none was given")
-    calibrator = cached_calibrator(adapter, needs)
+    calibrator = cached_calibrator(adapter, needs, row_mask=row_mask)
     rotations = {  # a static range's bounds are taken after the layer's rotation
         path: rotated
         for path, p in plans.items()

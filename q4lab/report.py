@@ -62,7 +62,7 @@ def paired_difference(a: pd.Series, b: pd.Series) -> tuple[float, float, int]:
     return float(diff.mean()), float(diff.std()), len(diff)
 
 
-def _difference(name: str, mean: float, std: float, seeds: int) -> dict:
+def paired_columns(name: str, mean: float, std: float, seeds: int) -> dict:
     """Columns ``name``, ``name_std`` (NaN under two seeds) and ``name_noise`` (`within_noise`)."""
     std = float(std) if seeds > 1 else np.nan
     return {name: float(mean), f"{name}_std": std, f"{name}_noise": within_noise(mean, std)}
@@ -92,7 +92,7 @@ def _key(values: tuple) -> tuple:
     return tuple(None if pd.isna(v) else v for v in values)
 
 
-def _flagged(part: pd.DataFrame, name: str) -> list[str]:
+def flagged_deltas(part: pd.DataFrame, name: str) -> list[str]:
     """``"+0.0022 ± 0.0016 ≈ noise"`` per row: mean, paired std over seeds, flag."""
     out = []
     for mean, std, noise in zip(
@@ -118,6 +118,7 @@ METHOD_DEFAULTS = {
     "qat_steps": 0,
     "zero_point": "auto",
     "symmetric_grid": "max",
+    "calib_padding": "include",
 }
 
 
@@ -203,10 +204,10 @@ def budget_table(table: pd.DataFrame, x: str = "bits_per_weight", y: str = "scor
             }
             if base:
                 deltas = best["_deltas"]
-                row |= _difference("delta_float", deltas.mean(), deltas.std(), len(deltas))
+                row |= paired_columns("delta_float", deltas.mean(), deltas.std(), len(deltas))
             if i > 0:
                 previous = front[i - 1][1]["_values"]
-                row |= _difference("gain", *paired_difference(best["_values"], previous))
+                row |= paired_columns("gain", *paired_difference(best["_values"], previous))
             if "quantizer" in part:
                 # the best other quantizer at the top of the row's range of budgets
                 others = within[within["quantizer"] != best["quantizer"]]
@@ -214,7 +215,7 @@ def budget_table(table: pd.DataFrame, x: str = "bits_per_weight", y: str = "scor
                     other = others.loc[others["_key"].idxmax()]
                     row["runner_up"] = configuration_label(other, fields)
                     delta = paired_difference(other["_values"], best["_values"])
-                    row |= _difference("runner_up_delta", *delta)
+                    row |= paired_columns("runner_up_delta", *delta)
             rows.append(row)
     return pd.DataFrame(rows, columns=None if rows else [*sections, "budget", "configuration"])
 
@@ -295,11 +296,11 @@ def _budget_markdown(part: pd.DataFrame, x: str, y: str, metric: str) -> str:
     ]
     out["seeds"] = part["seeds"]
     if "delta_float" in part:
-        out["Δ vs float"] = _flagged(part, "delta_float")
+        out["Δ vs float"] = flagged_deltas(part, "delta_float")
     if "gain" in part:
-        out["Δ vs previous row"] = _flagged(part, "gain")
+        out["Δ vs previous row"] = flagged_deltas(part, "gain")
     if "runner_up" in part:
-        deltas = _flagged(part, "runner_up_delta")
+        deltas = flagged_deltas(part, "runner_up_delta")
         out["runner-up (other quantizer): Δ"] = [
             "" if pd.isna(r) else f"{r}: {d}"
             for r, d in zip(part["runner_up"], deltas, strict=True)
@@ -419,10 +420,15 @@ def mixed_comparison(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
 
 
 def report(
-    table: pd.DataFrame, y: str = "score", title: str = "", x: str = "bits_per_weight"
+    table: pd.DataFrame,
+    y: str = "score",
+    title: str = "",
+    x: str = "bits_per_weight",
+    compare: str | None = None,
 ) -> str:
     """The markdown text: per task, the float model and a `budget_table` per activation width;
-    then `best_points`."""
+    with ``compare`` (a field), what changing it does to each configuration
+    (`q4lab.ablation`); then `best_points`."""
     budgets = budget_table(table, x, y)
     seeds = table["seed"].nunique() if "seed" in table else 1
     configs = len(aggregate(table, x, y))
@@ -482,6 +488,10 @@ def report(
                 label = activation_label(width, bits, modes[0] if len(modes) == 1 else None)
                 lines += ["", f"### {label}", ""]
             lines.append(_budget_markdown(section, x, y, metric))
+    if compare is not None:
+        from q4lab.ablation import comparison_markdown
+
+        lines += ["", *comparison_markdown(table, compare, y)]
     best = best_points(table, y)
     lines += [
         "",

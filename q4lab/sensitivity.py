@@ -30,20 +30,31 @@ from q4lab.recipe import Recipe
 from q4lab.tasks import Task, get_task
 
 
-def layer_errors(task: Task | str, recipes: Sequence[Recipe], seed: int = 0) -> list[dict]:
-    """One row per (recipe, quantized layer): output error on the task's calibration split.
-    ``recipe_index`` tells apart recipes that share a quantizer, bits and group size."""
+def layer_errors(
+    task: Task | str, recipes: Sequence[Recipe], seed: int = 0, *, calib_padding: str = "include"
+) -> list[dict]:
+    """One row per (recipe, quantized layer): output error on the task's calibration split
+    (with ``calib_padding="exclude"``, on its rows that are not padding: the quantization's
+    statistics and the error's both). ``recipe_index`` tells apart recipes that share a
+    quantizer, bits and group size."""
     task = get_task(task) if isinstance(task, str) else task
+    row_mask = task.calibration_row_mask(calib_padding)
     params = task.baseline(seed)
     batches = task.calibration(seed)
     sample = task.sample_input(seed)
     adapter = adapt(task.model, params)
     layers = adapter.layers(params, sample)
-    hessians = calibrate(adapter, params, {layer.path: {"hessian"} for layer in layers}, batches)
+    needs = {layer.path: {"hessian"} for layer in layers}
+    hessians = calibrate(adapter, params, needs, batches, row_mask=row_mask)
     rows = []
     for index, recipe in enumerate(recipes):
         qmodel = quantize_model(
-            task.model, params, recipe, sample_input=sample, calibration=batches
+            task.model,
+            params,
+            recipe,
+            sample_input=sample,
+            calibration=batches,
+            row_mask=row_mask,
         )
         fields = recipe.fields()
         for path, p in qmodel.layers.items():
@@ -74,6 +85,7 @@ def layer_sensitivity(
     seed: int = 0,
     *,
     calib_size: int | None = None,
+    calib_padding: str = "include",
     progress: bool | None = False,
 ) -> list[dict]:
     """One row per (candidate, quantized layer): how far the model's outputs move from the float
@@ -87,8 +99,10 @@ def layer_sensitivity(
     output distributions for classifiers and the byte LM, ``1 - cos`` for MiniLM; the loss of
     ``qat_loss="distill"``), averaged over calibration inputs: held-out data, never the test
     split the recipes are scored on. Activations stay float: this is the weights' sensitivity.
-    ``stored_bytes``: the layer's bytes in the ledger at that candidate. ``progress``: a bar
-    over layers (None: only on a terminal).
+    ``stored_bytes``: the layer's bytes in the ledger at that candidate. ``calib_padding``: as
+    `q4lab.evaluate.evaluate` (the quantization's statistics; the loss is the task's own,
+    which a padded position never enters). ``progress``: a bar over layers (None: only on a
+    terminal).
     """
     task = get_task(task) if isinstance(task, str) else task
     params = task.baseline(seed)
@@ -113,6 +127,7 @@ def layer_sensitivity(
             dataclasses.replace(recipe, sequential=False),
             sample_input=sample,
             calibration=batches,
+            row_mask=task.calibration_row_mask(calib_padding),
         )
         for path, p in tqdm(
             qmodel.layers.items(),

@@ -494,3 +494,33 @@ def test_looks_and_notes_on_tables_with_gaps():
     assert best_points(one_seed)["score_std"].isna().all()  # no spread, not a spread of 0
     points = pd.DataFrame({"b": [np.nan, 3.0, 4.0], "s": [0.99, 0.9, 0.95]})
     assert pareto_front(points, "b", "s").index.tolist() == [1, 2]
+
+
+def test_an_ablation_pairs_each_configuration_with_itself_at_the_reference_value(tmp_path):
+    """`q4lab report --compare FIELD`: per configuration, the field's values side by side and
+    their difference from the default value, paired by seed; where the seeds disagree on its
+    sign it is noise."""
+    from q4lab.ablation import field_comparison
+
+    scores = {("gptq", 3, 0, 16): [0.90, 0.80], ("gptq", 4, 0, 16): [0.95, 0.94]}
+    table = make_table(scores).assign(calib_padding="include")
+    changed = make_table(scores).assign(calib_padding="exclude")
+    changed["score"] += np.where(changed["bits"] == 3, 0.01, [0.002, -0.003] * 2)
+    table = pd.concat([changed, table], ignore_index=True)  # the default first or not
+    frame = field_comparison(table, "calib_padding").set_index("configuration")
+    assert frame.attrs["reference"] == "include" and frame.attrs["others"] == ["exclude"]
+    w3, w4 = frame.loc["GPTQ W3 per-channel"], frame.loc["GPTQ W4 per-channel"]
+    assert (w3["score at include"], w3["score at exclude"]) == pytest.approx((0.85, 0.86))
+    assert w3["Δ exclude"] == pytest.approx(0.01) and not w3["Δ exclude_noise"]
+    assert w4["Δ exclude"] == pytest.approx(-0.0005) and w4["Δ exclude_noise"]
+    assert w3["seeds exclude"] == 2
+    table.to_parquet(tmp_path / "runs.parquet")
+    assert main(["report", str(tmp_path), "--compare", "calib_padding", "--write"]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "## What calib_padding changes" in text
+    assert "`exclude` is better in 1, worse in 0 and within the noise or equal in 1 of 2" in text
+    assert "+0.0100 ± 0.0000" in text and "≈ noise" in text
+    with pytest.raises(ValueError, match=r"--compare bit: not a configuration column.*allowed: "):
+        field_comparison(table, "bit")
+    with pytest.raises(ValueError, match=r"holds one value of it \(\['include'\]\), not two"):
+        field_comparison(table[table["calib_padding"] == "include"], "calib_padding")

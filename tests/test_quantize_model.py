@@ -7,11 +7,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from q4lab.adapters import adapt
 from q4lab.calibrate import Calibrator, calibrate
 from q4lab.core import QuantSpec, dequantize
-from q4lab.hooks import InputsHook, conv_patches, extreme_rows
+from q4lab.hooks import (
+    InputsHook,
+    conv_patches,
+    extreme_rows,
+    fit_row_mask,
+    spread_kept_rows,
+    spread_rows,
+)
 from q4lab.layer_quant import make_transform
 from q4lab.quantize_model import quantize_model
 from q4lab.quantizers import get_quantizer
@@ -357,6 +366,101 @@ def test_extreme_rows_are_distinct_and_hold_both_ends():
     rows[0], rows[1] = [9, -9, 0], 0  # one row holds both ends
     kept = np.asarray(extreme_rows(jnp.asarray(rows), 8))
     assert len(set(kept.tolist())) == 8 and {0, 3} <= set(kept.tolist())
+
+
+PAD_VALUE = 100.0  # a padded position's inputs: loud, so counting one shows
+
+
+def _not_padding(x: jax.Array) -> jax.Array:
+    return jnp.any(x != PAD_VALUE, axis=-1)
+
+
+def _padded(seed: int, count: int):
+    """``count`` batches of 4 x 10 positions of 16 features, about 40 % of them padding: the
+    padded batches, the same rows without their padding (one sequence per batch), the rows
+    kept, and `OneDense`'s params."""
+    rng = np.random.default_rng(seed)
+    batches = rng.standard_normal((count, 4, 10, 16)).astype(np.float32)
+    keep = rng.random((count, 4, 10)) < 0.6
+    batches[~keep] = PAD_VALUE
+    params = OneDense().init(jax.random.key(0), batches[0])["params"]
+    unpadded = [jnp.asarray(b[k][None]) for b, k in zip(batches, keep, strict=True)]
+    return [jnp.asarray(b) for b in batches], unpadded, batches[keep], params
+
+
+def test_a_row_mask_leaves_padded_positions_out_of_every_statistic():
+    """Calibrating padded batches with a row mask gives every statistic of the kept rows alone
+    (those rows fed without padding): the padding's loud rows reach none."""
+    padded, unpadded, _, params = _padded(2, 3)
+    model = OneDense()
+    needs = {"hessian", "cross", "act_absmax", "act_absmean", "act_bounds"}
+    needs |= {"act_sample", "act_extremes"}
+    masked = Calibrator(adapt(model), {"Dense_0": needs}, row_mask=_not_padding)(params, padded)
+    masked = masked["Dense_0"]
+    plain = Calibrator(adapt(model), {"Dense_0": needs})(params, unpadded)["Dense_0"]
+    assert set(masked) == set(plain)
+    for name in ("hessian", "cross", "act_absmean"):
+        np.testing.assert_allclose(masked[name], plain[name], rtol=1e-6, atol=1e-6)
+    for name in ("act_absmax", "act_bounds", "act_sample"):  # picked, not summed: exact
+        np.testing.assert_array_equal(masked[name], plain[name])
+    extremes = [np.asarray(s["act_extremes"]) for s in (masked, plain)]
+    np.testing.assert_array_equal(*(e[np.lexsort(e.T)] for e in extremes))
+    assert np.abs(np.asarray(masked["act_sample"])).max() < PAD_VALUE
+
+
+def test_a_static_range_and_gptq_follow_the_row_mask():
+    """Through `quantize_model`: a static min-max range ignores the padding's values, and GPTQ
+    is the GPTQ of the unpadded rows."""
+    padded, unpadded, kept, params = _padded(3, 2)
+    model = OneDense()
+    recipe = Recipe((Rule(quantizer="gptq", act=ActSpec(mode="static")),), sequential=False)
+
+    def run(calibration, row_mask=None):
+        return quantize_model(
+            model,
+            params,
+            recipe,
+            sample_input=padded[0],
+            calibration=calibration,
+            row_mask=row_mask,
+        )
+
+    masked, plain, counted = run(padded, _not_padding), run(unpadded), run(padded)
+    scale = float(masked.acts["Dense_0"].scale[0, 0])
+    assert scale == float(plain.acts["Dense_0"].scale[0, 0])
+    assert scale == pytest.approx(np.abs(kept).max() / 7, rel=1e-6)
+    assert float(counted.acts["Dense_0"].scale[0, 0]) == pytest.approx(PAD_VALUE / 7, rel=1e-6)
+    codes = [np.asarray(m.params["Dense_0"]["kernel"].codes) for m in (masked, plain, counted)]
+    np.testing.assert_array_equal(codes[0], codes[1])
+    assert not np.array_equal(codes[0], codes[2])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=40), st.integers(1, 50))
+def test_rows_spread_over_the_kept_rows_only(keep, take):
+    """The sample of a masked batch: distinct kept rows, spread from the first kept to the
+    last, as many as asked (or all kept); every row kept: `spread_rows`."""
+    keep = np.asarray(keep)
+    picked, real = (np.asarray(a) for a in spread_kept_rows(jnp.asarray(keep), take))
+    rows = picked[real]
+    kept = np.flatnonzero(keep)
+    assert len(set(rows.tolist())) == len(rows) == min(take, len(keep), len(kept))
+    assert set(rows.tolist()) <= set(kept.tolist())
+    if len(kept) and len(rows) > 1:
+        assert rows[0] == kept[0] and rows[-1] == kept[-1]
+    everything, real = spread_kept_rows(jnp.ones(len(keep), bool), take)
+    np.testing.assert_array_equal(
+        np.asarray(everything)[np.asarray(real)], spread_rows(len(keep), take)
+    )
+
+
+def test_a_row_mask_fits_the_rows_of_heads_and_of_pooled_sequences():
+    mask = jnp.asarray([[True, False, True], [False, False, True]])
+    per_head = np.asarray(fit_row_mask(mask, 12))  # [B, T, heads=2] rows
+    np.testing.assert_array_equal(per_head, np.repeat(np.asarray(mask).ravel(), 2))
+    np.testing.assert_array_equal(np.asarray(fit_row_mask(mask, 2)), [True, True])  # pooled
+    with pytest.raises(ValueError, match=r"row mask of shape \(2, 3\) does not fit .* 4 input"):
+        fit_row_mask(mask, 4)
 
 
 class HalfCNN(nn.Module):

@@ -67,6 +67,45 @@ def test_minilm_w8_is_near_float_and_w4_gptq_beats_round_to_nearest():
     assert gptq["fake_rel_diff"] == 0.0
 
 
+def test_minilm_calibration_without_padding_is_that_of_the_unpadded_sentences():
+    """MiniLM's batches are padded (a third of the calibration rows were [PAD]); with the
+    task's row mask a layer's Hessian is that of the same sentences run without padding (each
+    length in its own batch: attention masks padding, so real tokens' activations agree to
+    float rounding), and GPTQ's result moves."""
+    import jax.numpy as jnp
+
+    from q4lab.adapters import adapt
+    from q4lab.calibrate import Calibrator
+    from q4lab.models.bert import encode
+
+    task = SentenceEmbeddingTask(eval_sentences=48, calib_sentences=16)
+    tokenizer = task._loaded[2]
+    pool = docstring_sentences()[:200]
+    lengths = [len(e.ids) for e in tokenizer.encode_batch(pool)]
+    by_length = {n: [s for s, m in zip(pool, lengths, strict=True) if m == n][:4] for n in (9, 17)}
+    params = task.baseline(0)
+    needs = {"layer_5/ffn/down": {"hessian"}, "layer_2/attention/query": {"hessian"}}
+    padded = [jnp.asarray(encode(tokenizer, [*by_length[9], *by_length[17]], 32))]
+    unpadded = [jnp.asarray(encode(tokenizer, sentences)) for sentences in by_length.values()]
+    adapter = adapt(task.model, params)
+    masked = Calibrator(adapter, needs, row_mask=task.row_mask())(params, padded)
+    plain = Calibrator(adapter, needs)(params, unpadded)
+    counted = Calibrator(adapter, needs)(params, padded)
+    for path in needs:
+        h, reference = np.asarray(masked[path]["hessian"]), np.asarray(plain[path]["hessian"])
+        np.testing.assert_allclose(h, reference, rtol=0, atol=1e-4 * np.abs(reference).max())
+        off = np.abs(np.asarray(counted[path]["hessian"]) - reference).max()
+        assert off > 0.05 * np.abs(reference).max()  # the [PAD] rows weigh in without the mask
+    g128 = QuantSpec(group_size=128, scale_dtype="float16")
+    recipe = Recipe.single(quantizer="gptq", weight=g128, sequential=False)
+    both = [evaluate(task, recipe, calib_padding=padding) for padding in ("include", "exclude")]
+    assert both[0]["cosine"] != both[1]["cosine"]
+    with pytest.raises(
+        ValueError, match="calib_padding='exclude' is invalid for task 'charlm-tiny'"
+    ):
+        evaluate(TINY_LM, recipe, calib_padding="exclude")
+
+
 def test_tiny_charlm_trains_below_unigram_runs_under_the_sweep_runner_and_quantizes(tmp_path):
     """One test, so one worker trains the tiny GPT (two would each train it)."""
     path = tmp_path / "lm.py"

@@ -24,6 +24,11 @@ from q4lab.models.attention import SelfAttention
 PAD_ID = 0  # [PAD] in BERT's vocabulary: padded positions are masked out
 
 
+def real_tokens(ids: jax.Array) -> jax.Array:
+    """True where token ids ``[B, T]`` are not padding: the positions attention and pooling use."""
+    return ids != PAD_ID
+
+
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
     vocab_size: int = 30522
@@ -66,7 +71,7 @@ class SentenceEncoder(nn.Module):
     @nn.compact
     def __call__(self, ids: jax.Array) -> jax.Array:
         c = self.config
-        mask = ids != PAD_ID
+        mask = real_tokens(ids)
         positions = jnp.arange(ids.shape[1])[None, :]
         x = (
             nn.Embed(c.vocab_size, c.hidden, name="word_embeddings")(ids)

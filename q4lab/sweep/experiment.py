@@ -56,6 +56,8 @@ def describe_point(point: Point) -> str:
         keys += ("zero_point",)
     if point.get("symmetric_grid", "max") != "max":
         keys += ("symmetric_grid",)
+    if point.get("calib_padding", "include") != "include":
+        keys += ("calib_padding",)
     if point.get("qat_steps"):
         keys += ("qat_steps", "qat_method")
     if point.get("bits_budget"):

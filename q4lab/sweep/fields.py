@@ -71,6 +71,11 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "budget_method": ("knapsack", "the allocator: knapsack (exact) or greedy"),
     "sequential": (True, "calibrate each layer with the earlier layers already quantized"),
     "calib_size": (0, "calibration examples to use; 0 = the task's whole calibration split"),
+    "calib_padding": (
+        "include",
+        "whether calibration statistics count padded positions (a task with padded inputs: "
+        "minilm): include, or exclude (only the positions that hold data)",
+    ),
     "qat_steps": (0, "quantization-aware training steps after quantizing; 0 = post-training only"),
     "qat_lr": (1e-4, "peak learning rate of quantization-aware training (AdamW, cosine)"),
     "qat_method": ("lsq", "ste (steps frozen) or lsq (steps learned, Esser et al. 2020)"),
@@ -80,7 +85,15 @@ FIELDS: dict[str, tuple[Any, str]] = {
 QAT_FIELDS = tuple(name for name in FIELDS if name.startswith("qat_"))
 # fields added after tables were published: left out of the hash at their default
 BUDGET_FIELDS = ("bits_budget", "budget_widths", "budget_groups", "budget_method")
-LATE_FIELDS = ("rotation", "smooth_alpha", "rules", *BUDGET_FIELDS, "zero_point", "symmetric_grid")
+LATE_FIELDS = (
+    "rotation",
+    "smooth_alpha",
+    "rules",
+    *BUDGET_FIELDS,
+    "zero_point",
+    "symmetric_grid",
+    "calib_padding",
+)
 ZERO_POINT_VALUES = ("auto", "int", "float")
 # the fields a per-layer rule may override
 RULE_FIELDS = (
@@ -344,9 +357,10 @@ def validate_point(point: Point) -> Recipe:
     steps = point["qat_steps"]
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"qat_steps={steps!r} is invalid; allowed: an int >= 0 (0: no training)")
-    if (qat := qat_of(point)) is not None:
-        from q4lab.tasks import get_task
+    from q4lab.tasks import get_task
 
+    get_task(point["task"]).calibration_row_mask(point["calib_padding"])  # padded inputs only
+    if (qat := qat_of(point)) is not None:
         get_task(point["task"]).qat_loss(qat.loss)  # e.g. minilm has no labels: distill only
     budget = point["bits_budget"]
     if isinstance(budget, bool) or not isinstance(budget, int | float) or budget < 0:

@@ -62,6 +62,7 @@ def sensitivity_rows(point: Point, progress: bool | None = False) -> list[dict[s
         {label: recipe_of(c) for label, c in points.items()},
         point["seed"],
         calib_size=point["calib_size"] or None,
+        calib_padding=point["calib_padding"],
         progress=progress,
     )
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -51,6 +51,7 @@ def evaluate_point(point: Point, progress: bool | None = False) -> dict[str, Any
         recipe_of(point),
         point["seed"],
         calib_size=point["calib_size"] or None,
+        calib_padding=point["calib_padding"],
         qat=qat_of(point),
         progress=progress,
     )

@@ -25,6 +25,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -44,6 +45,9 @@ from q4lab.losses import Loss
 
 Forward = Callable[[jax.Array], jax.Array]
 Sampler = Callable[[np.random.Generator], tuple[jax.Array, jax.Array | None]]
+RowMask = Callable[[Any], jax.Array]  # a batch -> True where its positions hold data
+# the sweep field calib_padding: whether calibration statistics count padded positions
+CALIB_PADDING = ("include", "exclude")
 
 
 def cache_dir() -> Path:
@@ -114,6 +118,29 @@ class Task(abc.ABC):
         x = self.calibration_inputs(seed)[:size]
         step = self.calib_batch_size
         return [jnp.asarray(x[i : i + step]) for i in range(0, len(x), step)]
+
+    def row_mask(self) -> RowMask | None:
+        """A function of a batch of inputs: True where its positions hold data (``[B, T]``
+        for token ids, False on padding), so that calibration can leave padding out; None for a
+        task whose inputs are never padded."""
+        return None
+
+    def calibration_row_mask(self, padding: str) -> RowMask | None:
+        """The row mask calibration uses under the sweep field ``calib_padding``: none for
+        ``"include"`` (every position counts, padding too), `row_mask` for ``"exclude"``."""
+        if padding not in CALIB_PADDING:
+            raise ValueError(
+                f"calib_padding={padding!r} is invalid; allowed: {', '.join(CALIB_PADDING)}"
+            )
+        if padding == "include":
+            return None
+        mask = self.row_mask()
+        if mask is None:
+            raise ValueError(
+                f"calib_padding='exclude' is invalid for task {self.name!r}: its inputs are "
+                "never padded (the task defines no row_mask); allowed: 'include'"
+            )
+        return mask
 
     def sample_input(self, seed: int) -> jax.Array:
         """Two test inputs: enough to trace the model and find its layers."""

@@ -25,6 +25,7 @@ from q4lab.models.gpt import GPT, GPTConfig
 from q4lab.tasks.base import (
     BaselineTraining,
     Forward,
+    RowMask,
     Sampler,
     Task,
     baseline_params,
@@ -104,6 +105,12 @@ class SentenceEmbeddingTask(Task):
 
     def calibration_batches(self, seed: int, size: int) -> list[jax.Array]:
         return self._batches(self.sentences(seed)[0][:size], self.calib_batch_size)[0]
+
+    def row_mask(self) -> RowMask:
+        """Token positions that are not [PAD] (batches are padded to a multiple of 16)."""
+        from q4lab.models.bert import real_tokens
+
+        return real_tokens
 
     def calibration_inputs(self, seed: int) -> np.ndarray:
         from q4lab.models.bert import encode

@@ -379,6 +379,21 @@ def test_qat_fields_are_checked_with_the_allowed_values():
         validate_point(with_defaults({"task": "digits-mlp", "qat_steps": -1}))
 
 
+def test_calib_padding_is_a_late_field_checked_against_the_task():
+    """Excluding padding from calibration: a field whose default keeps the published rows'
+    hashes, refused for a task whose inputs are never padded."""
+    from q4lab.sweep.fields import validate_point, with_defaults
+
+    point = {"task": "minilm", "quantizer": "gptq"}
+    assert config_hash({**point, "calib_padding": "include"}) == config_hash(point)
+    assert config_hash({**point, "calib_padding": "exclude"}) != config_hash(point)
+    validate_point(with_defaults({**point, "calib_padding": "exclude"}))
+    with pytest.raises(ValueError, match=r"'exclude' is invalid for task 'digits-mlp'.*'include'"):
+        validate_point(with_defaults({"task": "digits-mlp", "calib_padding": "exclude"}))
+    with pytest.raises(ValueError, match=r"calib_padding='none' is invalid; allowed: include"):
+        validate_point(with_defaults({**point, "calib_padding": "none"}))
+
+
 def test_points_that_differ_only_in_fields_that_change_nothing_run_once(tmp_path, capsys):
     """act_bits [16, 4] x act_mode [dynamic, static] ran the weight-only point twice per seed
     under two hashes; the report then counted 6 seeds of 3 and narrowed its spread."""
