@@ -13,7 +13,7 @@ seeds 0 and 1 (the seed draws the calibration sentences and the rotation's signs
 
     q4lab run experiments/padding.py
     q4lab plot results/padding --hue calib_padding --x bits_per_weight
-    q4lab report results/padding --write
+    q4lab report results/padding --compare calib_padding --write
 """
 
 from q4lab.sweep import Sweep

@@ -80,19 +80,22 @@ def _lax_conv(lhs, rhs, window_strides, padding, **kwargs):
 class _FloatHook:
     """Runs the layer in float and hands each call's inputs to ``_record``: the input rows
     ``x[M, K]`` (conv: im2col patches) and the rows a static activation range is taken over (conv:
-    whole input examples flattened)."""
+    whole input examples flattened), with the shapes they were flattened from (``lead``: the
+    rows' leading axes, batch first; ``examples``: the conv input's shape, None where the range
+    rows are the input rows)."""
 
-    def _record(self, x2d: jax.Array, act_rows: jax.Array) -> None:
+    def _record(self, x2d: jax.Array, act_rows: jax.Array, lead: tuple, examples: tuple | None):
         raise NotImplementedError
 
     def dot_general(self, lhs, rhs, dimension_numbers, precision=None, **kwargs):
-        x2d, _ = dense_rows(lhs, dimension_numbers)
-        self._record(x2d, x2d)
+        x2d, free_shape = dense_rows(lhs, dimension_numbers)
+        self._record(x2d, x2d, free_shape, None)
         return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, **kwargs)
 
     def conv(self, lhs, rhs, window_strides, padding, **kwargs):
         patches = conv_patches(lhs, rhs, window_strides, padding, **kwargs)
-        self._record(patches.reshape(-1, patches.shape[-1]), _per_example(lhs))
+        x2d = patches.reshape(-1, patches.shape[-1])
+        self._record(x2d, _per_example(lhs), patches.shape[:-1], lhs.shape)
         return _lax_conv(lhs, rhs, window_strides, padding, **kwargs)
 
 
@@ -123,16 +126,20 @@ class CaptureHook(_FloatHook):
     row_mask: jax.Array | None = None
     records: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
 
-    def _record(self, x2d: jax.Array, act_rows: jax.Array) -> None:
+    def _record(self, x2d: jax.Array, act_rows: jax.Array, lead: tuple, examples: tuple | None):
         x32 = x2d.astype(jnp.float32)
         k = x32.shape[1]
         float_rows = None if self.float_inputs is None else self.float_inputs[len(self.records)]
         if self.row_mask is None:
-            keep = act_keep = None
+            keep = act_kept = None
             rec: dict[str, jax.Array] = {"rows": jnp.asarray(x2d.shape[0], jnp.float32)}
         else:  # the rows it drops: zero in the moments, outside the bounds, never sampled
-            keep = fit_row_mask(self.row_mask, x2d.shape[0])
-            act_keep = fit_row_mask(self.row_mask, act_rows.shape[0])
+            keep = fit_row_mask(self.row_mask, lead)
+            act_kept = (  # per element: a conv's range rows are whole examples, padding inside
+                keep[:, None]
+                if examples is None
+                else fit_row_mask(self.row_mask, examples).reshape(act_rows.shape)
+            )
             x32 = jnp.where(keep[:, None], x32, 0.0)
             if float_rows is not None:
                 float_rows = jnp.where(keep[:, None], float_rows, 0.0)
@@ -157,43 +164,52 @@ class CaptureHook(_FloatHook):
         if self.absum:
             rec["absum"] = jnp.sum(jnp.abs(x32), axis=0)
         rows = act_rows.astype(jnp.float32)
-        if self.sample_rows and act_keep is None:
+        if self.sample_rows and act_kept is None:
             rec["sample"] = rows[spread_rows(rows.shape[0], self.sample_rows)]
             if self.extremes:
                 rec["extremes"] = rows[extreme_rows(rows, EXTREME_ROWS)]
         elif self.sample_rows:
-            picked, real = spread_kept_rows(act_keep, self.sample_rows)
+            if examples is not None:
+                raise ValueError(
+                    "a calibration row mask cannot leave padding out of a convolution's "
+                    "sampled examples (a static range chosen by a clipping quantizer, or a "
+                    "smoothed and rotated layer): use min-max ranges there, or no row mask"
+                )
+            picked, real = spread_kept_rows(keep, self.sample_rows)
             rec["sample"], rec["sample_keep"] = rows[picked], real
             if self.extremes:
-                picked = extreme_rows(rows, EXTREME_ROWS, act_keep)
-                rec["extremes"], rec["extremes_keep"] = rows[picked], act_keep[picked]
+                picked = extreme_rows(rows, EXTREME_ROWS, keep)
+                first = ~jnp.any(jnp.tril(picked[:, None] == picked[None, :], -1), axis=1)
+                rec["extremes"], rec["extremes_keep"] = rows[picked], keep[picked] & first
         if self.bounds:
             seen = rows if self.rotation is None else self.rotation.apply(rows)
             low = high = seen
-            if act_keep is not None:
-                low = jnp.where(act_keep[:, None], seen, jnp.inf)
-                high = jnp.where(act_keep[:, None], seen, -jnp.inf)
+            if act_kept is not None:
+                low = jnp.where(act_kept, seen, jnp.inf)
+                high = jnp.where(act_kept, seen, -jnp.inf)
             rec["bounds"] = jnp.stack(
                 [jnp.min(low, axis=0, initial=jnp.inf), jnp.max(high, axis=0, initial=-jnp.inf)]
             )
         self.records.append(rec)
 
 
-def fit_row_mask(mask: jax.Array, m: int) -> jax.Array:
-    """A batch's position mask (``[B, ...]``, True where the inputs hold data, e.g. tokens
-    that are not padding) as one flag per row of a layer's ``m`` input rows, whose order
-    follows the batch's leading axes (`dense_rows`): each flag repeated over the axes the layer
-    adds (attention heads, a conv's output positions), or several positions joined into one row
-    (a row per sequence after pooling: kept if any position is)."""
-    flat = mask.reshape(-1).astype(bool)
-    if m % flat.size == 0:
-        return jnp.repeat(flat, m // flat.size)
-    if flat.size % m == 0:
-        return flat.reshape(m, -1).any(axis=1)
+def fit_row_mask(mask: jax.Array, lead: tuple[int, ...]) -> jax.Array:
+    """A batch's position mask (``[B, T]``, True where the inputs hold data, e.g. tokens that
+    are not padding) as one flag per row of a layer whose rows are ``lead`` flattened (its
+    input's axes but the contracted ones, batch first: `dense_rows`): each flag repeated over
+    the axes the layer adds after the mask's (attention heads, channels), or, for rows of fewer
+    axes (a row per sequence after pooling), kept if any of its positions is."""
+    mask = jnp.asarray(mask).astype(bool)
+    lead, n = tuple(lead), mask.ndim
+    if lead[:n] == mask.shape:
+        spread = mask.reshape(mask.shape + (1,) * (len(lead) - n))
+        return jnp.broadcast_to(spread, lead).reshape(-1)
+    if len(lead) < n and mask.shape[: len(lead)] == lead:
+        return mask.reshape(math.prod(lead), -1).any(axis=1)
     raise ValueError(
-        f"a calibration row mask of shape {tuple(mask.shape)} does not fit a layer with {m} "
-        "input rows (neither counts the other's rows a whole number of times): the mask must "
-        "mark the batch's leading (example, position) axes"
+        f"a calibration row mask of shape {mask.shape} does not fit a layer whose input rows "
+        f"have the leading axes {lead}: the mask must mark the axes the layer's input starts "
+        "with (example, position)"
     )
 
 
@@ -248,7 +264,7 @@ class InputsHook(_FloatHook):
 
     rows: list[jax.Array] = dataclasses.field(default_factory=list)
 
-    def _record(self, x2d: jax.Array, act_rows: jax.Array) -> None:
+    def _record(self, x2d: jax.Array, act_rows: jax.Array, lead: tuple, examples: tuple | None):
         self.rows.append(x2d.astype(jnp.float32))
 
 

@@ -89,7 +89,7 @@ def is_compared(column: str) -> bool:
 
 SHOWN_FIELDS = ("task", "seed", "quantizer", "bits", "group_size", "act_bits")
 # shown beside them where a row sets them: what tells a trained or mixed point from a plain one
-METHOD_FIELDS = ("bits_budget", "qat_steps", "qat_method")
+METHOD_FIELDS = ("bits_budget", "qat_steps", "qat_method", "calib_padding")
 
 
 def _shown(row: pd.Series | dict, point: Point) -> dict[str, Any]:
@@ -97,6 +97,8 @@ def _shown(row: pd.Series | dict, point: Point) -> dict[str, Any]:
     shown = {k: python_value(row.get(k, point[k])) for k in SHOWN_FIELDS}
     trained = bool(point.get("qat_steps"))
     for k in METHOD_FIELDS:
+        if k == "calib_padding" and point.get(k, "include") == "include":
+            continue  # the default: every row before the field
         if point.get(k) and (trained or not k.startswith("qat")):
             shown[k] = point[k]
     return shown
@@ -124,7 +126,7 @@ class Comparison:
         return bool(self.columns["ok"].all())
 
 
-def _candidates(row: pd.Series) -> list[Point]:
+def candidate_points(row: pd.Series) -> list[Point]:
     """Points the row's fields may come from. Rows store the evaluated recipe's fields over the
     grid's: ``quantizer`` is a label (``quantizer_name`` is the name) and ``act_mode`` is
     "none" for float activations, whatever the grid said."""
@@ -143,7 +145,7 @@ def _candidates(row: pd.Series) -> list[Point]:
 
 def point_of(row: pd.Series, experiment_points: dict[str, Point] | None = None) -> Point:
     """The sweep point of a results row, checked against its ``config_hash``."""
-    for point in _candidates(row):
+    for point in candidate_points(row):
         if config_hash(point) == row["config_hash"]:
             return point
     if experiment_points and row["config_hash"] in experiment_points:

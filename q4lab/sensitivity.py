@@ -105,6 +105,7 @@ def layer_sensitivity(
     terminal).
     """
     task = get_task(task) if isinstance(task, str) else task
+    row_mask = task.calibration_row_mask(calib_padding)  # a wrong value: before any work
     params = task.baseline(seed)
     batches = task.calibration(seed, calib_size)
     sample = task.sample_input(seed)
@@ -127,7 +128,7 @@ def layer_sensitivity(
             dataclasses.replace(recipe, sequential=False),
             sample_input=sample,
             calibration=batches,
-            row_mask=task.calibration_row_mask(calib_padding),
+            row_mask=row_mask,
         )
         for path, p in tqdm(
             qmodel.layers.items(),

@@ -497,9 +497,9 @@ def test_looks_and_notes_on_tables_with_gaps():
 
 
 def test_an_ablation_pairs_each_configuration_with_itself_at_the_reference_value(tmp_path):
-    """`q4lab report --compare FIELD`: per configuration, the field's values side by side and
-    their difference from the default value, paired by seed; where the seeds disagree on its
-    sign it is noise."""
+    """`q4lab report --compare FIELD`: each configuration at another value of the field beside
+    its twin at the default, paired by seed; where the seeds disagree it is noise. A twin is
+    found as a sweep finds one: A4 static and A4 dynamic both meet the weight-only point."""
     from q4lab.ablation import field_comparison
 
     scores = {("gptq", 3, 0, 16): [0.90, 0.80], ("gptq", 4, 0, 16): [0.95, 0.94]}
@@ -508,19 +508,27 @@ def test_an_ablation_pairs_each_configuration_with_itself_at_the_reference_value
     changed["score"] += np.where(changed["bits"] == 3, 0.01, [0.002, -0.003] * 2)
     table = pd.concat([changed, table], ignore_index=True)  # the default first or not
     frame = field_comparison(table, "calib_padding").set_index("configuration")
-    assert frame.attrs["reference"] == "include" and frame.attrs["others"] == ["exclude"]
+    assert frame.attrs["reference"] == "include" and set(frame["value"]) == {"exclude"}
     w3, w4 = frame.loc["GPTQ W3 per-channel"], frame.loc["GPTQ W4 per-channel"]
-    assert (w3["score at include"], w3["score at exclude"]) == pytest.approx((0.85, 0.86))
-    assert w3["Δ exclude"] == pytest.approx(0.01) and not w3["Δ exclude_noise"]
-    assert w4["Δ exclude"] == pytest.approx(-0.0005) and w4["Δ exclude_noise"]
-    assert w3["seeds exclude"] == 2
+    assert (w3["score at reference"], w3["score"]) == pytest.approx((0.85, 0.86))
+    assert w3["delta"] == pytest.approx(0.01) and not w3["delta_noise"] and w3["seeds"] == 2
+    assert w4["delta"] == pytest.approx(-0.0005) and w4["delta_noise"]
     table.to_parquet(tmp_path / "runs.parquet")
     assert main(["report", str(tmp_path), "--compare", "calib_padding", "--write"]) == 0
     text = (tmp_path / "report.md").read_text()
     assert "## What calib_padding changes" in text
     assert "`exclude` is better in 1, worse in 0 and within the noise or equal in 1 of 2" in text
     assert "+0.0100 ± 0.0000" in text and "≈ noise" in text
-    with pytest.raises(ValueError, match=r"--compare bit: not a configuration column.*allowed: "):
+
+    acts = make_table(grid(["minmax"], [4], [0], [16, 4], lambda *k: [0.9 + k[3] / 1000] * 2))
+    static = acts[acts["act_bits"] == 4].assign(act_mode="static", score=0.85)
+    frame = field_comparison(pd.concat([acts, static], ignore_index=True), "act_bits")
+    assert sorted(frame["delta"].round(6)) == [-0.066, -0.012]  # static, dynamic vs A16
+
+    with pytest.raises(ValueError, match=r"--compare bit: not a field .*allowed: bits, calib_pad"):
         field_comparison(table, "bit")
-    with pytest.raises(ValueError, match=r"holds one value of it \(\['include'\]\), not two"):
+    with pytest.raises(ValueError, match=r"calib_padding: not a field .*allowed: bits$"):
         field_comparison(table[table["calib_padding"] == "include"], "calib_padding")
+    apart = table[(table["calib_padding"] == "include") == (table["bits"] == 3)]
+    with pytest.raises(ValueError, match=r"no configuration ran both at calib_padding='include'"):
+        field_comparison(apart, "calib_padding")

@@ -456,11 +456,36 @@ def test_rows_spread_over_the_kept_rows_only(keep, take):
 
 def test_a_row_mask_fits_the_rows_of_heads_and_of_pooled_sequences():
     mask = jnp.asarray([[True, False, True], [False, False, True]])
-    per_head = np.asarray(fit_row_mask(mask, 12))  # [B, T, heads=2] rows
+    per_head = np.asarray(fit_row_mask(mask, (2, 3, 2)))  # [B, T, heads] rows
     np.testing.assert_array_equal(per_head, np.repeat(np.asarray(mask).ravel(), 2))
-    np.testing.assert_array_equal(np.asarray(fit_row_mask(mask, 2)), [True, True])  # pooled
-    with pytest.raises(ValueError, match=r"row mask of shape \(2, 3\) does not fit .* 4 input"):
-        fit_row_mask(mask, 4)
+    np.testing.assert_array_equal(np.asarray(fit_row_mask(mask, (2,))), [True, True])  # pooled
+    with pytest.raises(ValueError, match=r"row mask of shape \(2, 3\) does not fit .*\(3, 2\)"):
+        fit_row_mask(mask, (3, 2))  # time-major rows: refused, not flagged in the wrong order
+
+
+class PointwiseConv(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Conv(4, (1,), use_bias=False)(x)
+
+
+def test_a_row_mask_keeps_padding_out_of_a_convolutions_range():
+    """A conv's static range is taken over whole examples: the mask applies element by
+    element (an example that is partly padding was kept whole, padding and all). A clipping
+    quantizer's sample of whole examples cannot leave padding out: refused."""
+    padded, unpadded, kept, _ = _padded(4, 2)
+    model = PointwiseConv()
+    params = model.init(jax.random.key(0), padded[0])["params"]
+    needs = {"hessian", "act_bounds"}
+    masked = Calibrator(adapt(model), {"Conv_0": needs}, row_mask=_not_padding)(params, padded)
+    plain = Calibrator(adapt(model), {"Conv_0": {"hessian"}})(params, unpadded)
+    bounds = np.asarray(masked["Conv_0"]["act_bounds"]).reshape(2, 10, 16)
+    np.testing.assert_array_equal(bounds[0].min(0), kept.min(0))
+    np.testing.assert_array_equal(bounds[1].max(0), kept.max(0))
+    np.testing.assert_allclose(masked["Conv_0"]["hessian"], plain["Conv_0"]["hessian"], rtol=1e-6)
+    sampled = Calibrator(adapt(model), {"Conv_0": {"act_sample"}}, row_mask=_not_padding)
+    with pytest.raises(ValueError, match=r"cannot leave padding out of a convolution's sampled"):
+        sampled(params, padded)
 
 
 class HalfCNN(nn.Module):

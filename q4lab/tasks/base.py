@@ -122,7 +122,8 @@ class Task(abc.ABC):
     def row_mask(self) -> RowMask | None:
         """A function of a batch of inputs: True where its positions hold data (``[B, T]``
         for token ids, False on padding), so that calibration can leave padding out; None for a
-        task whose inputs are never padded."""
+        task whose inputs are never padded. Return the same function at every call (a
+        module-level one): compiled calibration is cached by it."""
         return None
 
     def calibration_row_mask(self, padding: str) -> RowMask | None:
