@@ -318,7 +318,13 @@ def rules_of(point: Point) -> tuple[Rule, ...]:
         try:
             out.append(_rule(p | fields, override["pattern"]))
         except ValueError as err:
-            raise ValueError(f"{where}: {err}") from None
+            inherited = {  # the rule's other fields are the point's: say which it took
+                k: p[k]
+                for k in RULE_FIELDS
+                if k not in fields and repr(p[k]) != repr(FIELDS[k][0]) and k in str(err)
+            }
+            took = f" (inherited from the point: {inherited})" if inherited else ""
+            raise ValueError(f"{where}: {err}{took}") from None
     return tuple(out)
 
 

@@ -64,6 +64,9 @@ def test_point_recipe():
     assert recipe_of(full).fields()["symmetric_grid"] == "half_step"
     with pytest.raises(ValueError, match=r"symmetric_grid='half_step' is invalid; allowed: 'max'"):
         recipe_of({**full, "symmetric": False})
+    inherited = r"rules\[0\]: .*inherited from the point: \{'symmetric_grid': 'half_step'\}"
+    with pytest.raises(ValueError, match=inherited):  # the rule did not name the grid
+        recipe_of({**full, "rules": [{"pattern": "head", "symmetric": False}]})
     mixed = recipe_of({**point, "rules": [{"pattern": "head", "bits": 8, "act_bits": 8}]})
     head, rest = mixed.rules
     assert (head.pattern, head.weight.bits, head.act.bits) == ("head", 8, 8)
