@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import q4lab
-from q4lab.export import WEIGHTS_FILE
+from q4lab.export import weights_path
 from q4lab.tasks import get_task
 
 RECIPE = q4lab.Recipe.single(
@@ -52,7 +52,7 @@ def check(name: str, directory: Path, seed: int = 0) -> dict[str, object]:
     x = task.check_input(seed)
     same = bool(np.array_equal(np.asarray(qmodel.apply(x)), np.asarray(loaded.apply(x))))
     ledger = qmodel.ledger().total_bytes
-    file_bytes = (directory / WEIGHTS_FILE).stat().st_size
+    file_bytes = weights_path(directory).stat().st_size
     return {
         "task": name,
         "layers": len(qmodel.layers),

@@ -239,7 +239,7 @@ class LinenAdapter:
 _MODE_FLAGS = ("use_running_average", "deterministic")  # what nnx's eval() sets True
 
 
-def _inference_mode(module: nnx.Module) -> None:
+def inference_mode(module: nnx.Module) -> None:
     """``module.eval()`` where a layer holds the mode as a plain attribute (BatchNorm's
     ``use_running_average``, Dropout's and attention's ``deterministic``); one computed by a
     property of the model's own is left to the model (eval() would raise on it)."""
@@ -277,7 +277,7 @@ class NNXAdapter:
         state = jax.tree_util.tree_map(lambda v: v, self.state)
         nnx.replace_by_pure_dict(state, params)
         module = nnx.merge(self.graphdef, state)
-        _inference_mode(module)
+        inference_mode(module)
         return module
 
     def layers(self, params: PyTree, sample_input: Inputs) -> list[Layer]:

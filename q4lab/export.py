@@ -3,26 +3,34 @@ weights or calibration data.
 
 A saved model is a directory of two files:
 
-  ``weights.safetensors``  every array the model holds, bytes as held (safetensors has no int4:
-      packed codes and zero points are the QTensor's ``uint8`` bytes): per quantized layer its
-      codes, scales, zeros, act-order permutation, input transform (smoothing scales, rotation
-      seed) and activation state (static scale / zero, learned gain); every float leaf (biases,
-      embeddings, layers left float). bfloat16 arrays are stored as their ``uint16`` bits.
-  ``q4lab.json``  ``format`` / ``format_version``; ``model``: how to rebuild the module (Linen or
-      NNX, its class, the q4lab task it came from if any); ``rules``: each rule that quantized a
-      layer, by its index in the recipe (pattern, quantizer and options, ``QuantSpec``,
+  ``weights-<digest>.safetensors``  (named by the first 16 hex digits of its sha256; files
+      before 2026-11-29: ``weights.safetensors``) every array the model holds, bytes as held
+      (safetensors has no int4: packed codes and zero points are the QTensor's ``uint8``
+      bytes): per quantized layer its codes, scales, zeros, act-order permutation, input
+      transform (smoothing scales, rotation seed) and activation state (static scale / zero,
+      learned gain); every float leaf (biases, embeddings, layers left float). bfloat16 arrays
+      are stored as their ``uint16`` bits.
+  ``q4lab.json`` ``format`` / ``format_version``; ``weights_file``; ``model``: how to rebuild the
+      module (Linen or NNX, its class, a digest of its settings: a Linen module's fields, an NNX
+      graph's static attributes; the q4lab task it came from if any); ``rules``: each rule that
+      quantized a layer, by its index in the recipe (pattern, quantizer and options, ``QuantSpec``,
       ``ActSpec``, ``TransformSpec``, and its text form; every rule, float ones too, with the
       recipe's ``name`` and ``sequential`` in ``recipe``); ``layers``: each quantized layer (its
-      kernel's key, kind, shape, input axes, rule and effective spec, activation spec, code
-      layout); ``tensors``: each array by name (role, layer, parameter key, dtype, shape, sha256
-      of its bytes); ``ledger`` totals; the ``manifest`` (versions, device, git commit).
+      kernel's key, kind, shape, input axes, rule and effective spec, activation spec, code layout);
+      ``tensors``: each array by name (role, layer, parameter key, dtype, shape, sha256 of its
+      bytes); ``ledger`` totals; the ``manifest`` (versions, device, git commit).
 
 Tensor names: a parameter leaf is its key joined by "/" (``Dense_0/bias``); a quantized kernel's
 arrays add their role (``Dense_0/kernel.codes``, ``.scale``, ``.zero``, ``.perm``, ``.smooth``,
 ``.seed``); activation states are ``acts/<layer>.scale`` (``.zero``, ``.gain``).
 
 The safetensors file is the ledger's bytes (`QuantizedModel.ledger`) plus its header and the few
-bytes of activation states (which the ledger does not count).
+bytes of activation states (which the ledger does not count). Its one metadata value names the
+format, its version and the sha256 of ``q4lab.json`` but its manifest and file fields, so a
+config edited by hand, or from another save, is refused. Saving writes the weights under a new
+name, then ``q4lab.json`` (the commit: each by a temporary file, synced and renamed), then
+removes the weights file the replaced config named: a save cut short leaves the previous model
+whole, or a new file no config names.
 """
 
 from __future__ import annotations
@@ -31,10 +39,12 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import flax
 import flax.errors
 import flax.linen as nn
 import jax
@@ -53,13 +63,14 @@ from q4lab.adapters import (
     adapt,
     call_with,
     get_at,
+    inference_mode,
     input_shapes,
     set_at,
 )
 from q4lab.core import QTensor, QuantSpec
 from q4lab.core.qtensor import check_arrays
 from q4lab.core.transforms import InputTransform
-from q4lab.files import share_as_opened
+from q4lab.files import atomic_write_bytes
 from q4lab.layer_quant import ActState
 from q4lab.manifest import manifest
 from q4lab.quantize_model import LayerPlan, QuantizedModel
@@ -69,10 +80,12 @@ FORMAT = "q4lab.packed"
 # raise when a reader of the previous version would misread a new file. 2: some codes are laid
 # out K-major (`QTensor.layout`); a file whose codes are all in rows is written as version 1,
 # which readers of that version read right. 3: some zero points are real-valued (HQQ), held
-# in the scale dtype; a file without them is written as 1 or 2.
-FORMAT_VERSION = 3
+# in the scale dtype; a file without them is written as 1 or 2. 4: a Linen model's parameters
+# are all its variables (``model.variables``: batch statistics too).
+FORMAT_VERSION = 4
 CONFIG_FILE = "q4lab.json"
-WEIGHTS_FILE = "weights.safetensors"
+WEIGHTS_FILE = "weights.safetensors"  # the weights' name in files written before 2026-11-29
+_NOT_HASHED = ("manifest", "weights_file", "weights_bytes")  # the config's sha256 leaves out
 
 _QTENSOR_ROLES = ("codes", "scale", "zero", "perm")
 _TRANSFORM_ROLES = ("smooth", "seed")
@@ -299,6 +312,24 @@ def _same_model(a: nn.Module | nnx.Module, b: nn.Module | nnx.Module) -> bool:
     return nnx.graphdef(a) == nnx.graphdef(b) and shapes[0] == shapes[1]
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def model_settings(module: nn.Module | nnx.Module) -> str:
+    """The sha256 of what a module is beyond its weights: a Linen module's fields (its
+    submodules' too), an NNX instance's graph (classes and static attributes: sizes, dtypes,
+    activation functions by name). Memory addresses are left out; two modules that compute
+    alike agree, one with another activation or compute dtype does not."""
+    if isinstance(module, nnx.Module):
+        copy = nnx.merge(*nnx.split(module))
+        inference_mode(copy)  # as q4lab runs it, whatever mode it was given in
+        text = repr(nnx.graphdef(copy))
+    else:
+        fields = [f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name")]
+        text = repr({name: getattr(module, name) for name in fields})
+    return hashlib.sha256(_ADDRESS.sub("", text).encode()).hexdigest()
+
+
 def _model_json(adapter: Adapter, task: str | None) -> dict[str, Any]:
     module = adapter.module
     framework = "nnx" if isinstance(adapter, NNXAdapter) else "linen"
@@ -321,6 +352,8 @@ def _model_json(adapter: Adapter, task: str | None) -> dict[str, Any]:
     return {
         "framework": framework,
         "class": f"{cls.__module__}.{cls.__qualname__}",
+        "settings_sha256": model_settings(module),
+        "flax_version": flax.__version__,  # the settings' text is Flax's: compared under it
         "variables": isinstance(adapter, LinenAdapter) and adapter.variables,
         "task": task,
         "load": how,
@@ -334,11 +367,12 @@ def save(
     task: str | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write ``qmodel`` to ``directory`` (created if needed): ``weights.safetensors`` and
-    ``q4lab.json`` (module docstring). Returns the directory.
+    """Write ``qmodel`` to ``directory`` (created if needed): ``weights-<digest>.safetensors``
+    and ``q4lab.json`` (module docstring). Returns the directory.
 
-    A directory that already holds either file is refused (FileExistsError) unless
-    ``overwrite=True``, so that saving never replaces another model unasked.
+    A directory that already holds a saved model is refused (FileExistsError) unless
+    ``overwrite=True``, so that saving never replaces another model unasked; a save cut short
+    leaves the model it replaces loadable.
 
     ``task``: the registered name of the q4lab task the model came from
     (``get_task(task).model``, checked), so that ``load(directory)`` rebuilds the module itself;
@@ -346,13 +380,12 @@ def save(
     survive the JSON round trip (options that are not JSON values).
     """
     out = Path(directory)
-    held = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if (out / name).exists()]
+    held = sorted(p.name for p in _saved_files(out))
     if held and not overwrite:
         raise FileExistsError(
             f"{out} already holds a saved model ({', '.join(held)}); pass overwrite=True to "
             "replace it, or save to another directory"
         )
-    out.mkdir(parents=True, exist_ok=True)
     arrays, entries = _collect(qmodel)
     if qmodel.recipe is not None:  # every rule, float ones too
         rules = dict(enumerate(qmodel.recipe.rules))
@@ -376,14 +409,18 @@ def save(
         _layer_to_json(p, get_at(qmodel.params, p.layer.key), qmodel.acts.get(path))
         for path, p in qmodel.layers.items()
     ]
-    rows_only = all(d["qtensor"]["layout"] == "rows" for d in layers)
+    model = _model_json(qmodel.adapter, task)
     float_zeros = any(d["qtensor"]["spec"].get("zero_point") == "float" for d in layers)
-    version = 3 if float_zeros else 1 if rows_only else 2
+    needs = [  # the oldest format version that reads the file right
+        (model["variables"], 4),
+        (float_zeros, 3),
+        (any(d["qtensor"]["layout"] != "rows" for d in layers), 2),
+    ]
+    version = max((v for used, v in needs if used), default=1)
     config = {
         "format": FORMAT,
         "format_version": version,
-        "weights_file": WEIGHTS_FILE,
-        "model": _model_json(qmodel.adapter, task),
+        "model": model,
         "rules": rules_json,
         "recipe": None
         if qmodel.recipe is None
@@ -391,21 +428,50 @@ def save(
         "layers": layers,
         "tensors": entries,
         "ledger": qmodel.ledger().totals(),
-        "manifest": manifest(),
     }
     # one key: safetensors writes its metadata from a hash map, so two keys come out in either
     # order and the same model would give files of different bytes
-    meta = {"format": f"{FORMAT}/{version}"}
-    weights = out / WEIGHTS_FILE
-    tmp = weights.with_name(weights.name + ".tmp")
-    safetensors.numpy.save_file(arrays, tmp, metadata=meta)
-    config["weights_bytes"] = tmp.stat().st_size
-    share_as_opened(tmp)  # safetensors writes it private
-    tmp.replace(weights)
-    tmp = out / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(config, indent=1) + "\n")
-    tmp.replace(out / CONFIG_FILE)
+    meta = {"format": f"{FORMAT}/{version}/config-sha256:{_config_digest(config)}"}
+    data = safetensors.numpy.save(arrays, metadata=meta)
+    weights = f"weights-{hashlib.sha256(data).hexdigest()[:16]}.safetensors"
+    config |= {"weights_file": weights, "weights_bytes": len(data), "manifest": manifest()}
+    out.mkdir(parents=True, exist_ok=True)
+    replaced = _saved_files(out)
+    atomic_write_bytes(out / weights, data)
+    atomic_write_bytes(out / CONFIG_FILE, (json.dumps(config, indent=1) + "\n").encode())
+    _sync(out)  # the renames on disk: the new config is the one read from here on
+    for old in replaced:
+        if old.name not in (weights, CONFIG_FILE):
+            old.unlink(missing_ok=True)
     return out
+
+
+def _saved_files(directory: Path) -> list[Path]:
+    """The files of a saved model in ``directory``: its config, every weights file."""
+    if not directory.is_dir():
+        return []
+    config = directory / CONFIG_FILE
+    return [*([config] if config.exists() else []), *directory.glob("weights*.safetensors")]
+
+
+def _sync(directory: Path) -> None:
+    """Flush ``directory``'s entries (the renames into it) to disk, where the OS allows."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _config_digest(config: dict[str, Any]) -> str:
+    """The sha256 of what ``q4lab.json`` says about the model (not its manifest or file names)."""
+    kept = {k: v for k, v in config.items() if k not in _NOT_HASHED}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
 # ------------------------------------------------------------------------------------ load
@@ -425,14 +491,25 @@ def _read_config(directory: Path) -> dict[str, Any]:
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ValueError(f"{path} is not a q4lab export: its format is not {FORMAT!r}")
     version = config.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise ValueError(f"{path}: format_version={version!r} is invalid; allowed: an int")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"{path}: format_version={version!r} is invalid; allowed: an int >= 1")
+    name = config.get("weights_file", WEIGHTS_FILE)
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise ValueError(
+            f"{path}: weights_file={name!r} is invalid; allowed: a file name in {directory}"
+        )
     if version > FORMAT_VERSION:
         raise ValueError(
             f"{path} has format version {version}, newer than this q4lab reads (versions up to "
             f"{FORMAT_VERSION}); upgrade q4lab to load it"
         )
     return config
+
+
+def weights_path(directory: str | os.PathLike) -> Path:
+    """The weights file of the model saved in ``directory`` (the one its config names)."""
+    where = Path(directory)
+    return where / _read_config(where).get("weights_file", WEIGHTS_FILE)
 
 
 def _read_arrays(directory: Path, config: dict[str, Any]) -> dict[str, jax.Array]:
@@ -442,8 +519,17 @@ def _read_arrays(directory: Path, config: dict[str, Any]) -> dict[str, jax.Array
         raise ValueError(f"{path} is missing: the weights of the model saved in {directory}")
     try:
         raw = safetensors.numpy.load_file(path)
+        with safetensors.safe_open(path, framework="np") as f:
+            meta = f.metadata() or {}
     except (safetensors.SafetensorError, OSError, ValueError, KeyError) as err:
         raise ValueError(f"{path} is not a readable safetensors file: {err}") from None
+    recorded = meta.get("format", "").partition("/config-sha256:")[2]  # files from 2026-11-29
+    if recorded and recorded != _config_digest(config):
+        raise ValueError(
+            f"{directory / CONFIG_FILE} does not describe {path.name}: its sha256 differs from "
+            "the one the weights were saved with (a config edited by hand, or the files of "
+            "two saves); save the model again"
+        )
     entries: dict[str, dict] = config["tensors"]
     if missing := sorted(set(entries) - set(raw)):
         raise ValueError(f"{path} lacks tensor(s) {missing} that {CONFIG_FILE} describes")
@@ -475,6 +561,7 @@ def _read_arrays(directory: Path, config: dict[str, Any]) -> dict[str, jax.Array
 def _adapter(config: dict[str, Any], model: nn.Module | nnx.Module | None, where: Path) -> Adapter:
     info = config["model"]
     framework, cls = info["framework"], info["class"]
+    given = model
     if model is None:
         if info.get("task") is None:
             raise ValueError(
@@ -495,6 +582,19 @@ def _adapter(config: dict[str, Any], model: nn.Module | nnx.Module | None, where
         raise ValueError(
             f"model={type(model).__name__} is invalid for {where}: it was saved from a "
             f"{framework} model ({cls}); allowed: a {framework} model"
+        )
+    saved_as, named = cls.rsplit(".", 1)[-1], type(model).__name__
+    if given is not None and named != saved_as:  # (its module may differ: a notebook's __main__)
+        raise ValueError(
+            f"model={named} is invalid for {where}: it was saved from a {cls}; allowed: a "
+            f"{saved_as}"
+        )
+    same_flax = info.get("flax_version") == flax.__version__  # else its settings' text differs
+    if same_flax and info.get("settings_sha256", model_settings(model)) != model_settings(model):
+        raise ValueError(
+            f"model={named}(...) is invalid for {where}: its settings (a Linen module's fields, "
+            "an NNX graph's static attributes: sizes, dtypes, activation functions) differ from "
+            f"the saved {saved_as}'s; allowed: a {saved_as} configured as the one saved"
         )
     if is_nnx:
         return adapt(model)
@@ -593,6 +693,16 @@ def load(directory: str | os.PathLike, model: nn.Module | nnx.Module | None = No
     """
     where = Path(directory)
     config = _read_config(where)
+    try:
+        return _load(where, config, model)
+    except (KeyError, TypeError, IndexError, AttributeError) as err:
+        raise ValueError(
+            f"{where / CONFIG_FILE} is malformed: {type(err).__name__}: {err} (a config edited "
+            "by hand, or not written by QuantizedModel.save)"
+        ) from err
+
+
+def _load(where: Path, config: dict[str, Any], model: nn.Module | nnx.Module | None) -> LoadedModel:
     arrays = _read_arrays(where, config)
     adapter = _adapter(config, model, where)
     rules = {}
@@ -614,9 +724,20 @@ def load(directory: str | os.PathLike, model: nn.Module | nnx.Module | None = No
     recipe = None
     if config.get("recipe") is not None:
         recipe = Recipe(tuple(rules[i] for i in sorted(rules)), **config["recipe"])
+    params = _params(adapter, config, arrays)
+    used = {f"acts/{path}.{role}" for path, act in acts.items() for role in _ACT_ROLES}
+    for d in config["layers"]:
+        roles = (*_QTENSOR_ROLES, *(_TRANSFORM_ROLES if d["qtensor"]["transform"] else ()))
+        used |= {f"{_name(tuple(d['key']))}.{role}" for role in roles}
+    used |= {n for n, e in config["tensors"].items() if e["role"] == "float"}
+    if unused := sorted(set(arrays) - used):
+        raise ValueError(
+            f"{where / CONFIG_FILE} leaves tensor(s) {unused} of the weights unused: the config "
+            "does not describe the model its weights hold"
+        )
     return LoadedModel(
         adapter=adapter,
-        params=_params(adapter, config, arrays),
+        params=params,
         float_params=None,
         layers=layers,
         acts=acts,
@@ -625,4 +746,14 @@ def load(directory: str | os.PathLike, model: nn.Module | nnx.Module | None = No
     )
 
 
-__all__ = ["CONFIG_FILE", "FORMAT", "FORMAT_VERSION", "WEIGHTS_FILE", "LoadedModel", "load", "save"]
+__all__ = [
+    "CONFIG_FILE",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "WEIGHTS_FILE",
+    "LoadedModel",
+    "load",
+    "model_settings",
+    "save",
+    "weights_path",
+]

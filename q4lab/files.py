@@ -28,6 +28,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it the file
         share_as_opened(tmp)
         os.replace(tmp, path)
     finally:

@@ -9,6 +9,7 @@ import os
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -395,6 +396,15 @@ def _quantize_layer(
     return qt, stats
 
 
+def _as_jax_holds(leaf: Any) -> Any:
+    """A numpy leaf of a dtype JAX does not hold (float64 with 64-bit mode off) as the array JAX
+    computes with, so that the ledger counts those bytes, and a saved model loads to them."""
+    dtype = getattr(leaf, "dtype", None)
+    if isinstance(leaf, np.ndarray) and jax.dtypes.canonicalize_dtype(dtype) != dtype:
+        return jnp.asarray(leaf)
+    return leaf
+
+
 def quantize_model(
     model: nn.Module | nnx.Module,
     params: PyTree | None,
@@ -425,6 +435,7 @@ def quantize_model(
         if not isinstance(model, nnx.Module):
             raise ValueError("params is None; allowed only for an NNX model (Linen needs params)")
         params = adapter.params()
+    params = jax.tree.map(_as_jax_holds, params)
     arrays = jax.Array | np.ndarray
     if isinstance(calibration, Mapping) or (  # iterating one batch gives its keys or its rows
         isinstance(calibration, arrays)

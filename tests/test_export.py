@@ -1,6 +1,7 @@
 """Packed export: save -> load gives the same integer forward bit for bit, the file is the ledger's
 bytes, and a newer, missing or corrupted file is refused with an error naming what is wrong."""
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -11,11 +12,12 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+import safetensors.numpy
 from flax import nnx
 from user_models import UserCNN, UserNNX  # pytest puts tests/ on the path
 
 from q4lab.core import QuantSpec
-from q4lab.export import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, load
+from q4lab.export import CONFIG_FILE, FORMAT_VERSION, load, weights_path
 from q4lab.quantize_model import quantize_model
 from q4lab.recipe import ActSpec, Recipe, Rule, TransformSpec
 
@@ -141,6 +143,7 @@ def test_a_rows_model_is_written_and_read_as_version_1(saved_linen, tmp_path):
     for d in config["layers"]:
         del d["qtensor"]["layout"]
     old = _copy(directory, tmp_path)
+    _as_before_digests(old)
     (old / CONFIG_FILE).write_text(json.dumps(config))
     np.testing.assert_array_equal(
         np.asarray(load(old, UserCNN()).apply(x)), np.asarray(qm.apply(x))
@@ -155,7 +158,7 @@ def test_a_rows_model_is_written_and_read_as_version_1(saved_linen, tmp_path):
 
 def test_file_bytes_are_the_ledgers(saved_linen, saved_nnx):
     for qm, directory, _ in (saved_linen, saved_nnx):
-        data = (directory / WEIGHTS_FILE).read_bytes()
+        data = weights_path(directory).read_bytes()
         header = 8 + struct.unpack("<Q", data[:8])[0]
         acts = sum(
             int(getattr(a, r).nbytes)
@@ -166,7 +169,10 @@ def test_file_bytes_are_the_ledgers(saved_linen, saved_nnx):
         assert len(data) - header == qm.ledger().total_bytes + acts
         assert len(data) <= 1.01 * qm.ledger().total_bytes + 64 * 1024
         # as readable as q4lab.json (safetensors writes its file private)
-        modes = {stat.S_IMODE((directory / f).stat().st_mode) for f in (WEIGHTS_FILE, CONFIG_FILE)}
+        modes = {
+            stat.S_IMODE((directory / f).stat().st_mode)
+            for f in (weights_path(directory).name, CONFIG_FILE)
+        }
         assert len(modes) == 1
 
 
@@ -174,6 +180,15 @@ def _copy(directory, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(directory, out)
     return out
+
+
+def _as_before_digests(directory):
+    """The saved model as files written before its weights named their config's sha256 (so a
+    test may edit the config as older files allowed)."""
+    path = weights_path(directory)
+    version = json.loads((directory / CONFIG_FILE).read_text())["format_version"]
+    arrays = safetensors.numpy.load_file(path)
+    safetensors.numpy.save_file(arrays, path, metadata={"format": f"q4lab.packed/{version}"})
 
 
 def test_newer_version_missing_file_and_wrong_model_are_refused(saved_linen, tmp_path):
@@ -189,8 +204,9 @@ def test_newer_version_missing_file_and_wrong_model_are_refused(saved_linen, tmp
     with pytest.raises(ValueError, match=f"{CONFIG_FILE} is missing"):
         load(bad, UserCNN())
     shutil.copy(directory / CONFIG_FILE, bad / CONFIG_FILE)
-    (bad / WEIGHTS_FILE).unlink()
-    with pytest.raises(ValueError, match=f"{WEIGHTS_FILE} is missing"):
+    weights = weights_path(bad)
+    weights.unlink()
+    with pytest.raises(ValueError, match=f"{weights.name} is missing"):
         load(bad, UserCNN())
     with pytest.raises(ValueError, match=r"model=None is invalid.*UserCNN"):
         load(directory)
@@ -204,11 +220,27 @@ class Other(nn.Module):
         return nn.Dense(5, name="head")(x.reshape(x.shape[0], -1))
 
 
+@contextlib.contextmanager
+def _named(cls, name):
+    """``cls`` under another class name for a while (the saved class, its code edited)."""
+    old = cls.__name__
+    cls.__name__ = name
+    try:
+        yield cls
+    finally:
+        cls.__name__ = old
+
+
 def test_a_linen_model_of_another_architecture_is_named_at_its_first_call(saved_linen):
+    """Another class is refused at load; a class of the saved name whose code changed since
+    (its fields alike) at its first call, where its parameters are known."""
     _, directory, x = saved_linen
-    loaded = load(directory, Other())  # a Linen module holds no parameters to compare yet
-    with pytest.raises(ValueError, match=r"model is not of the saved architecture \(.*UserCNN"):
-        loaded.apply(x)
+    with pytest.raises(ValueError, match=r"model=Other is invalid .* saved from a user_models.Us"):
+        load(directory, Other())
+    with _named(Other, "UserCNN"):  # UserCNN's source, edited
+        loaded = load(directory, Other())  # a Linen module holds no parameters to compare yet
+        with pytest.raises(ValueError, match=r"model is not of the saved architecture \(.*UserCN"):
+            loaded.apply(x)
 
 
 class Shorter(nn.Module):
@@ -225,8 +257,11 @@ class Shorter(nn.Module):
 
 def test_a_linen_model_reading_fewer_parameters_is_refused(saved_linen):
     _, directory, x = saved_linen
-    with pytest.raises(
-        ValueError, match=r"parameters it lacks: \['mix/bias', 'mix/kernel', 'split"
+    with (
+        _named(Shorter, "UserCNN"),
+        pytest.raises(  # UserCNN's source, edited
+            ValueError, match=r"parameters it lacks: \['mix/bias', 'mix/kernel', 'split"
+        ),
     ):
         load(directory, Shorter()).apply(x)
 
@@ -241,20 +276,24 @@ def _tensor_span(path, name):
 def test_corrupted_or_reshaped_tensor_is_named(saved_linen, saved_nnx, tmp_path):
     _, directory, _ = saved_linen
     bad = _copy(directory, tmp_path)
-    start, _ = _tensor_span(bad / WEIGHTS_FILE, "Dense_0/kernel.codes")
-    data = bytearray((bad / WEIGHTS_FILE).read_bytes())
+    start, _ = _tensor_span(weights_path(bad), "Dense_0/kernel.codes")
+    data = bytearray(weights_path(bad).read_bytes())
     data[start] ^= 0x10
-    (bad / WEIGHTS_FILE).write_bytes(bytes(data))
+    weights_path(bad).write_bytes(bytes(data))
     with pytest.raises(
         ValueError, match=r"'Dense_0/kernel.codes' \(codes of layer 'Dense_0'\).*corrupted"
     ):
         load(bad, UserCNN())
-    (bad / WEIGHTS_FILE).write_bytes(b"\x00" * 16)
+    weights_path(bad).write_bytes(b"\x00" * 16)
     with pytest.raises(ValueError, match="not a readable safetensors"):
         load(bad, UserCNN())
-    shutil.copy(directory / WEIGHTS_FILE, bad / WEIGHTS_FILE)
+    shutil.copy(weights_path(directory), weights_path(bad))
     config = json.loads((bad / CONFIG_FILE).read_text())
     config["tensors"]["head/bias"]["shape"] = [6]
+    (bad / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"q4lab.json does not describe weights-.*sha256 differs"):
+        load(bad, UserCNN())  # a config edited by hand
+    _as_before_digests(bad)
     (bad / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"'head/bias' \(float\).*records float32\[6\]"):
         load(bad, UserCNN())
@@ -271,9 +310,10 @@ def test_corrupted_or_reshaped_tensor_is_named(saved_linen, saved_nnx, tmp_path)
             super().__init__(rngs)
             self.head = nnx.Linear(16, 6, rngs=rngs)
 
-    with pytest.raises(
-        ValueError, match=r"parameter 'head/bias' has shape \(6,\), the file \(5,\)"
-    ):
+    with pytest.raises(ValueError, match=r"model=Wider is invalid .*saved from a user_models"):
+        load(saved_nnx[1], Wider(nnx.Rngs(0)))
+    Wider.__name__ = "UserNNX"  # UserNNX's source, edited: its head's width
+    with pytest.raises(ValueError, match=r"model=UserNNX\(...\) is invalid .*settings .*differ"):
         load(saved_nnx[1], Wider(nnx.Rngs(0)))
 
 
@@ -294,10 +334,74 @@ def test_a_task_model_loads_by_name(tmp_path):
 def test_saving_over_a_saved_model_needs_overwrite(saved_linen, tmp_path):
     """Also: saving is deterministic, file bytes and all (so a file's hash identifies a model)."""
     qm, directory, _ = saved_linen
-    before = (directory / WEIGHTS_FILE).read_bytes()
+    before = weights_path(directory).read_bytes()
     with pytest.raises(FileExistsError, match=r"already holds a saved model.*overwrite=True"):
         qm.save(directory)
-    assert (directory / WEIGHTS_FILE).read_bytes() == before
+    assert weights_path(directory).read_bytes() == before
     again = qm.save(tmp_path / "again")
     assert qm.save(again, overwrite=True) == again
-    assert (again / WEIGHTS_FILE).read_bytes() == before
+    assert weights_path(again).read_bytes() == before
+
+
+def test_a_save_cut_short_leaves_the_model_it_replaces(saved_linen, tmp_path, monkeypatch):
+    """The weights were renamed into place before q4lab.json: a save cut short between the two
+    left new weights beside the old config, a model that loaded neither way. Now the config is
+    the commit: the old model loads until it is replaced, and its weights file goes after."""
+    import q4lab.export as export
+
+    qm, directory, x = saved_linen
+    out = _copy(directory, tmp_path)
+    other = quantize_model(UserCNN(), qm.float_params, Recipe.single(), sample_input=x)
+    real = export.atomic_write_bytes
+
+    def cut_short(path, data):
+        if path.name == CONFIG_FILE:
+            raise OSError("disk full")
+        real(path, data)
+
+    monkeypatch.setattr(export, "atomic_write_bytes", cut_short)
+    with pytest.raises(OSError, match="disk full"):
+        other.save(out, overwrite=True)
+    np.testing.assert_array_equal(np.asarray(load(out, UserCNN()).apply(x)), qm.apply(x))
+    monkeypatch.undo()
+    other.save(out, overwrite=True)
+    np.testing.assert_array_equal(np.asarray(load(out, UserCNN()).apply(x)), other.apply(x))
+    assert [p.name for p in out.glob("*.safetensors")] == [weights_path(out).name]
+
+
+def test_a_config_that_does_not_fit_its_weights_is_named(saved_linen, tmp_path):
+    """A config flag flipped by hand (a layer's transform) dropped tensors that were read and
+    checked, and the model computed otherwise; a malformed config raised a bare KeyError."""
+    _, directory, _ = saved_linen
+    bad = _copy(directory, tmp_path)
+    _as_before_digests(bad)  # as an older file: no digest to refuse the edit first
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    (rotated,) = [d for d in config["layers"] if d["qtensor"]["transform"]][:1]
+    rotated["qtensor"]["transform"] = False
+    (bad / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(
+        ValueError, match=r"leaves tensor\(s\) \[.*\.seed.*\] of the weights unused"
+    ):
+        load(bad, UserCNN())
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    del config["layers"][0]["rule_index"]
+    (bad / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"q4lab.json is malformed: KeyError: 'rule_index'"):
+        load(bad, UserCNN())
+    for field, value in (("format_version", 0), ("weights_file", "../weights.safetensors")):
+        config = json.loads((directory / CONFIG_FILE).read_text()) | {field: value}
+        (bad / CONFIG_FILE).write_text(json.dumps(config))
+        with pytest.raises(ValueError, match=f"{field}={value!r} is invalid; allowed"):
+            load(bad, UserCNN())
+
+
+def test_float64_parameters_are_counted_as_jax_holds_them(saved_linen, tmp_path):
+    """float64 numpy parameters (an .npz checkpoint) were counted at 8 bytes each while JAX
+    computed with float32, and a saved model loaded to a smaller ledger than it was saved with."""
+    qm, _, x = saved_linen
+    wide = jax.tree.map(lambda a: np.asarray(a, np.float64), qm.float_params)
+    again = quantize_model(UserCNN(), wide, Recipe.single(), sample_input=x)
+    loaded = load(again.save(tmp_path / "f64"), UserCNN())
+    assert loaded.ledger() == again.ledger()
+    narrow = quantize_model(UserCNN(), qm.float_params, Recipe.single(), sample_input=x)
+    assert again.ledger() == narrow.ledger()
