@@ -15,6 +15,7 @@ float model and calibration data, so the differences are paired, as the report's
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 
 import pandas as pd
@@ -72,8 +73,10 @@ def field_comparison(table: pd.DataFrame, field: str, y: str = "score") -> pd.Da
 
     allowed = comparable_fields(table)
     if field not in allowed:
+        close = difflib.get_close_matches(field, allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(
-            f"--compare {field}: not a field this table runs at several values; allowed: "
+            f"--compare {field}: not a field this table runs at several values{hint}; allowed: "
             + (", ".join(allowed) or "none (every field takes one value here)")
         )
     runs = distinct_runs(table).reset_index(drop=True)  # concatenated tables repeat labels

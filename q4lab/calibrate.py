@@ -81,13 +81,14 @@ class Calibrator:
     ):
         self.wanted = {path: set(n) for path, n in needs.items() if n}
         self.max_sample_rows = max_sample_rows
+        self.row_mask = row_mask
         per_batch = max(1, max_sample_rows // 8)
 
         crossed = [path for path, n in self.wanted.items() if "cross" in n]
 
         def forward(p, float_p, x, active, rotations):
             float_inputs = {path: InputsHook() for path in crossed}
-            mask = None if row_mask is None else jnp.asarray(row_mask(x))
+            mask = None if row_mask is None else _row_mask_of(row_mask, x)
             if crossed:
                 adapter.apply(float_p, x, float_inputs)
             hooks = {
@@ -167,7 +168,8 @@ class Calibrator:
             raise ValueError(f"calibration data never reached layer(s) {missing}")
         empty = sorted(path for path, acc in totals.items() if not acc["rows"])
         if empty:  # statistics of no rows: 0/0
-            raise ValueError(f"the calibration batches gave layer(s) {empty} no input rows")
+            why = " (the row mask kept none of their rows)" if self.row_mask is not None else ""
+            raise ValueError(f"the calibration batches gave layer(s) {empty} no input rows{why}")
         stats: dict[str, dict[str, jax.Array]] = {}
         for path, acc in totals.items():
             out: dict[str, jax.Array] = {}
@@ -190,6 +192,24 @@ class Calibrator:
                 out["act_extremes"] = jnp.asarray(acc["extremes"][0])
             stats[path] = out
         return stats
+
+
+def _row_mask_of(row_mask: RowMask, batch: Any) -> jax.Array:
+    """``row_mask(batch)``, checked: booleans (True where the batch holds data)."""
+    try:
+        mask = jnp.asarray(row_mask(batch))
+    except (TypeError, KeyError, IndexError, jax.errors.TracerArrayConversionError) as err:
+        raise ValueError(
+            f"the row mask {getattr(row_mask, '__qualname__', row_mask)!r} failed on a "
+            f"calibration batch of shape(s) {input_shapes(batch)}: {type(err).__name__}: {err} "
+            "(it is called under jit, with the batch as the model takes it: use jax.numpy)"
+        ) from err
+    if mask.dtype != jnp.bool_:
+        raise ValueError(
+            f"the row mask returned {mask.dtype}{list(mask.shape)}; allowed: booleans, True "
+            "where the batch holds data (e.g. ids != pad_id)"
+        )
+    return mask
 
 
 def _real(rec: dict[str, jax.Array], rows: str) -> np.ndarray:

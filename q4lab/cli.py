@@ -142,8 +142,9 @@ def _cmd_layer_error(args: argparse.Namespace) -> int:
         table[f"{col} / {base.name}"] = table[col] / base
     print(
         "Relative output error ||X (W - W_hat)||^2 / ||X W||^2 per layer on the calibration split, "
-        "X the float model's inputs to the layer (the weights were quantized as the recipe says: "
-        "sequentially unless --float-inputs)\n"
+        "X the float model's inputs to the layer, rows that hold data only (a task's row mask: "
+        "not padding); the weights were quantized as the recipe says: sequentially unless "
+        "--float-inputs, calibrated on padding too unless --calib-padding exclude\n"
     )
     print(table.reset_index().to_markdown(index=False, floatfmt=".4g"))
     return 0

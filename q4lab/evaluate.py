@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -22,6 +24,18 @@ def float_forward(model, params, x):
     """The float model's output (one compile per model, reused for any params of its shapes;
     Linen ``params`` may be all of its variables, `q4lab.adapters.holds_collections`)."""
     return adapt(model, params).apply(params, x, {})
+
+
+def _check_kept(task: Task, row_mask: Callable, calibration: list) -> None:
+    """Warn when the row mask keeps every calibration position: excluding padding then changes
+    nothing (a mask written for another pad id, or batches without padding)."""
+    masks = [np.asarray(row_mask(b)) for b in calibration]
+    if masks and all(m.dtype == bool and m.all() for m in masks):
+        warnings.warn(
+            f"task {task.name!r}: its row mask keeps every calibration position, so "
+            "calib_padding='exclude' computes what 'include' does (is the pad id right?)",
+            stacklevel=3,
+        )
 
 
 def evaluate(
@@ -72,6 +86,8 @@ def evaluate(
     row_mask = task.calibration_row_mask(calib_padding)  # a wrong value: before any work
     params = task.baseline(seed)
     calibration = task.calibration(seed, calib_size)
+    if row_mask is not None:
+        _check_kept(task, row_mask, calibration)
     sample = task.sample_input(seed)
     start = time.perf_counter()
     qmodel = quantize_model(
@@ -99,7 +115,8 @@ def evaluate(
 
     x = task.check_input(seed)
     real_out, fake_out = np.asarray(qmodel.apply(x)), np.asarray(qmodel.apply(x, fake=True))
-    real, fake = real_out.reshape(len(x), -1), fake_out.reshape(len(x), -1)
+    examples = len(jax.tree.leaves(x)[0])  # a tuple or dict of inputs: its arrays' rows
+    real, fake = real_out.reshape(examples, -1), fake_out.reshape(examples, -1)
     per_example = np.max(np.abs(real - fake), axis=-1) / np.max(np.abs(fake), axis=-1)
     return {
         "task": task.name,

@@ -33,10 +33,11 @@ from q4lab.tasks import Task, get_task
 def layer_errors(
     task: Task | str, recipes: Sequence[Recipe], seed: int = 0, *, calib_padding: str = "include"
 ) -> list[dict]:
-    """One row per (recipe, quantized layer): output error on the task's calibration split
-    (with ``calib_padding="exclude"``, on its rows that are not padding: the quantization's
-    statistics and the error's both). ``recipe_index`` tells apart recipes that share a
-    quantizer, bits and group size."""
+    """One row per (recipe, quantized layer): output error on the task's calibration split,
+    on the rows that hold data (a task's `Task.row_mask`: padding changes no output), so that
+    every recipe is judged on the same rows; ``calib_padding`` decides only what the recipes'
+    quantizers calibrate on. ``recipe_index`` tells apart recipes that share a quantizer, bits
+    and group size."""
     task = get_task(task) if isinstance(task, str) else task
     row_mask = task.calibration_row_mask(calib_padding)
     params = task.baseline(seed)
@@ -45,7 +46,7 @@ def layer_errors(
     adapter = adapt(task.model, params)
     layers = adapter.layers(params, sample)
     needs = {layer.path: {"hessian"} for layer in layers}
-    hessians = calibrate(adapter, params, needs, batches, row_mask=row_mask)
+    hessians = calibrate(adapter, params, needs, batches, row_mask=task.row_mask())
     rows = []
     for index, recipe in enumerate(recipes):
         qmodel = quantize_model(

@@ -10,6 +10,7 @@ from user_models import UserBERT, UserNNXKeywords
 from q4lab.core import QuantSpec
 from q4lab.quantize_model import quantize_model
 from q4lab.recipe import ActSpec, Recipe, Rule
+from q4lab.tasks import Task
 
 
 def _bert_inputs(seed: int, batch: int = 4, length: int = 6):
@@ -118,3 +119,65 @@ def test_inputs_that_do_not_fit_the_parameters_are_named():
         quantize_model(Small(), params, gptq, sample_input=jnp.ones((2, 9)), calibration=[x])
     with pytest.raises(ValueError, match=r"calibration batch 1 of shape\(s\) \(2, 7\) does not"):
         quantize_model(Small(), params, gptq, sample_input=x, calibration=[x, jnp.ones((2, 7))])
+
+
+def _real_positions(batch):
+    return batch[1] > 0
+
+
+def _mask_values(batch):
+    return batch[1]  # the attention mask's floats, not booleans
+
+
+def _every_position(batch):
+    return batch[1] >= 0
+
+
+class _PaddedPairs(Task):
+    """A task whose inputs are (ids, mask) pairs with padded positions, for `evaluate`."""
+
+    name = "padded-pairs"
+    model = UserBERT()
+    metric = "error"
+    higher_is_better = False
+    calib_batch_size = 4
+    eval_batch_size = 3  # a batch whose size is not the number of inputs (2)
+
+    def __init__(self, mask=_real_positions):
+        self.mask = mask
+
+    def baseline(self, seed):
+        return self.model.init(jax.random.key(seed), *_bert_inputs(0))["params"]
+
+    def calibration_inputs(self, seed):
+        return tuple(np.asarray(a) for a in _bert_inputs(seed + 10, batch=10))
+
+    def test_inputs(self, seed):
+        return tuple(np.asarray(a) for a in _bert_inputs(seed + 20, batch=5))
+
+    def row_mask(self):
+        return self.mask
+
+    def metrics(self, forward, fp_forward, seed):
+        x = self.test_inputs(seed)
+        error = float(jnp.mean(jnp.abs(forward(x) - fp_forward(x))))
+        return {"error": error, "fp_error": 0.0}
+
+
+def test_a_task_of_several_inputs_evaluates_with_padding_left_out():
+    """A task's defaults stacked a tuple of inputs into one array (a model of two inputs was
+    called with one), and the real-vs-fake check cut outputs into as many rows as inputs."""
+    from q4lab.evaluate import evaluate
+
+    task = _PaddedPairs()
+    assert task.calibration_count(0) == 10 and task.sample_input(0)[0].shape == (2, 6)
+    assert [b[0].shape[0] for b in task.calibration(0)] == [4, 4, 2]
+    static = Recipe(
+        (Rule(pattern="stem|head", quantizer=None), Rule(act=ActSpec(bits=8, mode="static")))
+    )
+    record = evaluate(task, static, calib_padding="exclude")
+    assert 0 < record["score"] < 0.1 and record["fake_rel_diff"] < 1e-3
+    with pytest.raises(ValueError, match=r"the row mask returned float32\[4, 6\]; allowed: bool"):
+        evaluate(_PaddedPairs(_mask_values), static, calib_padding="exclude")
+    with pytest.warns(UserWarning, match="row mask keeps every calibration position"):
+        evaluate(_PaddedPairs(_every_position), static, calib_padding="exclude")

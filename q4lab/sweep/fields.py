@@ -73,8 +73,8 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "calib_size": (0, "calibration examples to use; 0 = the task's whole calibration split"),
     "calib_padding": (
         "include",
-        "whether calibration statistics count padded positions (a task with padded inputs: "
-        "minilm): include, or exclude (only the positions that hold data)",
+        "whether calibration statistics count padded positions: include, or exclude (only the "
+        "positions a task's row_mask() marks as holding data: minilm's tokens)",
     ),
     "qat_steps": (0, "quantization-aware training steps after quantizing; 0 = post-training only"),
     "qat_lr": (1e-4, "peak learning rate of quantization-aware training (AdamW, cosine)"),

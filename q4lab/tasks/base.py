@@ -79,11 +79,13 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def calibration_inputs(self, seed: int) -> np.ndarray:
-        """Every calibration input, held out from training and from the test inputs."""
+        """Every calibration input, held out from training and from the test inputs: an array
+        of examples along axis 0, or a tuple or dict of them for a model of several inputs."""
 
     @abc.abstractmethod
     def test_inputs(self, seed: int) -> np.ndarray:
-        """Inputs of the evaluation split (the first ones also trace the model)."""
+        """Inputs of the evaluation split (the first ones also trace the model), laid out as
+        `calibration_inputs`."""
 
     @abc.abstractmethod
     def metrics(self, forward: Forward, fp_forward: Forward, seed: int) -> dict[str, float]:
@@ -110,14 +112,14 @@ class Task(abc.ABC):
         return self.calibration_batches(seed, count if size is None else size)
 
     def calibration_count(self, seed: int) -> int:
-        """How many calibration inputs there are."""
-        return len(self.calibration_inputs(seed))
+        """How many calibration inputs there are (of several inputs, a tuple or dict of
+        arrays: their rows)."""
+        return _rows(self.calibration_inputs(seed))
 
-    def calibration_batches(self, seed: int, size: int) -> list[jax.Array]:
+    def calibration_batches(self, seed: int, size: int) -> list[Any]:
         """The first ``size`` calibration inputs as batches of ``calib_batch_size``."""
-        x = self.calibration_inputs(seed)[:size]
-        step = self.calib_batch_size
-        return [jnp.asarray(x[i : i + step]) for i in range(0, len(x), step)]
+        x, step = self.calibration_inputs(seed), self.calib_batch_size
+        return [_take(x, i, min(i + step, size)) for i in range(0, size, step)]
 
     def row_mask(self) -> RowMask | None:
         """A function of a batch of inputs: True where its positions hold data (``[B, T]``
@@ -138,18 +140,24 @@ class Task(abc.ABC):
         mask = self.row_mask()
         if mask is None:
             raise ValueError(
-                f"calib_padding='exclude' is invalid for task {self.name!r}: its inputs are "
-                "never padded (the task defines no row_mask); allowed: 'include'"
+                f"calib_padding='exclude' is invalid for task {self.name!r}: it marks no "
+                "padding (a task with padded inputs overrides Task.row_mask()); allowed: "
+                "'include'"
+            )
+        if not callable(mask):
+            raise ValueError(
+                f"task {self.name!r}: row_mask() returned a {type(mask).__name__}; allowed: a "
+                "function of a batch of inputs returning booleans, True where it holds data"
             )
         return mask
 
-    def sample_input(self, seed: int) -> jax.Array:
+    def sample_input(self, seed: int) -> Any:
         """Two test inputs: enough to trace the model and find its layers."""
-        return jnp.asarray(self.test_inputs(seed)[:2])
+        return _take(self.test_inputs(seed), 0, 2)
 
-    def check_input(self, seed: int) -> jax.Array:
+    def check_input(self, seed: int) -> Any:
         """One evaluation batch, on which real and fake-quant outputs are compared."""
-        return jnp.asarray(self.test_inputs(seed)[: self.eval_batch_size])
+        return _take(self.test_inputs(seed), 0, self.eval_batch_size)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -207,6 +215,18 @@ def baseline_params(training: BaselineTraining, *, progress: bool | None = None)
     params = training.train(progress)
     atomic_write_bytes(path, params_to_bytes(params))
     return params
+
+
+def _rows(inputs: Any) -> int:
+    """How many examples ``inputs`` hold: an array's rows, or its arrays' (a tuple or dict of
+    the model's inputs)."""
+    return len(jax.tree.leaves(inputs)[0])
+
+
+def _take(inputs: Any, start: int, stop: int) -> Any:
+    """Examples ``start:stop`` of ``inputs`` (an array, or a tuple or dict of them) as JAX
+    arrays."""
+    return jax.tree.map(lambda a: jnp.asarray(a[start:stop]), inputs)
 
 
 _TASKS: dict[str, Callable[[], Task]] = {}
