@@ -6,8 +6,8 @@ Glossary:
   front    per task and activation width, the best point within each budget ``b``; as ``b``
            grows the best changes only at the Pareto front, so one row stands for the range of
            budgets ``a <= b < c`` (`budget_table`).
-  noise    a delta is marked ``≈ noise`` when it is no larger than the seeds' spread (`NOISE_RULE`,
-           `within_noise`).
+  noise    a delta is marked ``≈ noise`` when its 95 % confidence interval over the seeds holds 0
+           (`NOISE_RULE`, `within_noise`).
 
 The report: the budget table of every task and activation width (human-readable configuration
 names), then each quantizer's best point per weight and activation width (`best_points`, raw
@@ -20,6 +20,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 
 from q4lab.plots import (
     CONFIG_COLUMNS,
@@ -39,11 +40,12 @@ from q4lab.plots import (
 BUDGET = ("bits", "act_bits")
 NOISE = "≈ noise"
 NOISE_RULE = (
-    f"`{NOISE}` marks a delta no larger than the standard deviation (over seeds, ddof=1) of the "
-    "same difference taken seed by seed: configuration - float model, or configuration - "
-    "configuration on the seeds both ran (each seed has its own float model and data split, "
-    "so differences are paired by seed); with fewer than two such seeds there is no spread "
-    "and nothing is marked"
+    f"`{NOISE}` marks a delta whose 95 % confidence interval holds 0: |Δ| <= t · s / √n, with n "
+    "the seeds, s the standard deviation (ddof=1) of the same difference taken seed by seed "
+    "(configuration - float model, or configuration - configuration on the seeds both ran: "
+    "each seed has its own float model and data split, so differences are paired by seed) "
+    "and t Student's 97.5 % quantile at n - 1 degrees of freedom (12.7 for 2 seeds, 3.2 for "
+    "4); with fewer than two such seeds there is no spread and nothing is marked"
 )
 # What a budget can be counted in (a size: more is bigger), by column: its name and unit.
 BUDGET_AXES = {
@@ -65,12 +67,18 @@ def paired_difference(a: pd.Series, b: pd.Series) -> tuple[float, float, int]:
 def paired_columns(name: str, mean: float, std: float, seeds: int) -> dict:
     """Columns ``name``, ``name_std`` (NaN under two seeds) and ``name_noise`` (`within_noise`)."""
     std = float(std) if seeds > 1 else np.nan
-    return {name: float(mean), f"{name}_std": std, f"{name}_noise": within_noise(mean, std)}
+    noise = within_noise(mean, std, seeds)
+    return {name: float(mean), f"{name}_std": std, f"{name}_noise": noise}
 
 
-def within_noise(delta: float, spread: float) -> bool:
-    """`NOISE_RULE`: ``|delta| <= spread``; False when the spread is unknown (NaN)."""
-    return bool(np.isfinite(spread) and abs(delta) <= spread)
+def within_noise(delta: float, spread: float, seeds: int) -> bool:
+    """`NOISE_RULE`: the 95 % confidence interval of a mean ``delta`` over ``seeds`` paired
+    differences of standard deviation ``spread`` holds 0; False when the spread is unknown
+    (NaN: one seed)."""
+    if seeds < 2 or not np.isfinite(spread):
+        return False
+    half_width = scipy.stats.t.ppf(0.975, seeds - 1) * spread / np.sqrt(seeds)
+    return bool(abs(delta) <= half_width)
 
 
 def _seed_values(table: pd.DataFrame, points: pd.DataFrame, column: str) -> list[pd.Series]:
@@ -224,7 +232,7 @@ def best_points(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
     """Best configuration (best mean ``y`` over seeds) per task, quantizer, weight bits and
     activation bits, whatever its size (see `budget_table` for the best per size; a tie goes to
     the smaller); ``vs_float`` is `NOISE` where its ``delta_<y>`` (paired by seed) is within the
-    seeds' spread; the standard deviation of one seed is NaN, not 0."""
+    noise (`NOISE_RULE`); the standard deviation of one seed is NaN, not 0."""
     agg = aggregate(table, "bits_per_weight", y)
     base = baseline_column(table, y)
     if base:
@@ -236,7 +244,7 @@ def best_points(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
         ]
         agg[f"delta_{y}"] = [float(d.mean()) for d in deltas]
         agg["vs_float"] = [
-            NOISE if within_noise(d.mean(), d.std() if len(d) > 1 else np.nan) else ""
+            NOISE if within_noise(d.mean(), d.std() if len(d) > 1 else np.nan, len(d)) else ""
             for d in deltas
         ]
     keys = [c for c in ("task", "quantizer", *BUDGET) if c in agg]
@@ -499,7 +507,7 @@ def report(
         "",
         "Each quantizer's best configuration per weight width (`bits`) and activation width "
         "(`act_bits`) whatever its size, with field values as an experiment file spells them; "
-        f"`vs_float` is `{NOISE}` where `delta_{y}` is within the seeds' spread.",
+        f"`vs_float` is `{NOISE}` where the 95 % interval of `delta_{y}` holds 0.",
     ]
     for task, part in best.groupby("task", sort=True) if "task" in best else [("", best)]:
         lines += ["", f"### {task}" if task else "", ""]

@@ -240,11 +240,14 @@ def test_the_report_flags_deltas_within_the_seed_spread():
     assert row["runner_up"] == "MSE W4 per-channel" and row["runner_up_delta_noise"]
     text = report(table, title="tiny")
     assert "MSE W4 per-channel: -0.0013 ± 0.0078 ≈ noise" in text
-    assert "no larger than the standard deviation" in text  # the rule is spelled out
+    assert "95 % confidence interval holds 0" in text  # the rule is spelled out
 
-    assert within_noise(-0.05, 0.0) is False
-    assert within_noise(0.001, 0.002) is True
-    assert within_noise(0.0, np.nan) is False  # one seed: no spread, no flag
+    assert within_noise(-0.05, 0.0, 2) is False
+    assert within_noise(0.001, 0.002, 2) is True
+    assert within_noise(0.0, np.nan, 1) is False  # one seed: no spread, no flag
+    # a 95 % interval: 2 seeds must differ by 12.7 x s / sqrt(2) = 9.0 s, 6 seeds by 1.05 s
+    assert within_noise(8.9, 1.0, 2) and not within_noise(9.1, 1.0, 2)
+    assert within_noise(1.04, 1.0, 6) and not within_noise(1.06, 1.0, 6)
     seeds = pd.Series([0.900, 0.910, 0.905])
     gptq = pd.Series(scores[("gptq", 4, 0, 16)])
     delta, std, n = paired_difference(seeds, gptq)
