@@ -88,7 +88,7 @@ class Calibrator:
 
         def forward(p, float_p, x, active, rotations):
             float_inputs = {path: InputsHook() for path in crossed}
-            mask = None if row_mask is None else _row_mask_of(row_mask, x)
+            mask = None if row_mask is None else row_mask_of(row_mask, x)
             if crossed:
                 adapter.apply(float_p, x, float_inputs)
             hooks = {
@@ -194,7 +194,7 @@ class Calibrator:
         return stats
 
 
-def _row_mask_of(row_mask: RowMask, batch: Any) -> jax.Array:
+def row_mask_of(row_mask: RowMask, batch: Any) -> jax.Array:
     """``row_mask(batch)``, checked: booleans (True where the batch holds data)."""
     try:
         mask = jnp.asarray(row_mask(batch))

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from q4lab.adapters import Layer, adapt
+from q4lab.calibrate import row_mask_of
 from q4lab.manifest import manifest
 from q4lab.qat import QATConfig, QATModel
 from q4lab.qat import train as train_qat
@@ -29,8 +30,8 @@ def float_forward(model, params, x):
 def _check_kept(task: Task, row_mask: Callable, calibration: list) -> None:
     """Warn when the row mask keeps every calibration position: excluding padding then changes
     nothing (a mask written for another pad id, or batches without padding)."""
-    masks = [np.asarray(row_mask(b)) for b in calibration]
-    if masks and all(m.dtype == bool and m.all() for m in masks):
+    masks = [np.asarray(row_mask_of(row_mask, b)) for b in calibration]
+    if masks and all(m.all() for m in masks):
         warnings.warn(
             f"task {task.name!r}: its row mask keeps every calibration position, so "
             "calib_padding='exclude' computes what 'include' does (is the pad id right?)",

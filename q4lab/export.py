@@ -11,14 +11,14 @@ A saved model is a directory of two files:
       learned gain); every float leaf (biases, embeddings, layers left float). bfloat16 arrays
       are stored as their ``uint16`` bits.
   ``q4lab.json`` ``format`` / ``format_version``; ``weights_file``; ``model``: how to rebuild the
-      module (Linen or NNX, its class, a digest of its settings: a Linen module's fields, an NNX
-      graph's static attributes; the q4lab task it came from if any); ``rules``: each rule that
-      quantized a layer, by its index in the recipe (pattern, quantizer and options, ``QuantSpec``,
-      ``ActSpec``, ``TransformSpec``, and its text form; every rule, float ones too, with the
-      recipe's ``name`` and ``sequential`` in ``recipe``); ``layers``: each quantized layer (its
-      kernel's key, kind, shape, input axes, rule and effective spec, activation spec, code layout);
-      ``tensors``: each array by name (role, layer, parameter key, dtype, shape, sha256 of its
-      bytes); ``ledger`` totals; the ``manifest`` (versions, device, git commit).
+      module (Linen or NNX, its class, its settings: a Linen module's fields, an NNX module's plain
+      attributes, `q4lab.model_settings`; the q4lab task it came from if any); ``rules``: each rule
+      that quantized a layer, by its index in the recipe (pattern, quantizer and options,
+      ``QuantSpec``, ``ActSpec``, ``TransformSpec``, and its text form; every rule, float ones too,
+      with the recipe's ``name`` and ``sequential`` in ``recipe``); ``layers``: each quantized layer
+      (its kernel's key, kind, shape, input axes, rule and effective spec, activation spec, code
+      layout); ``tensors``: each array by name (role, layer, parameter key, dtype, shape, sha256 of
+      its bytes); ``ledger`` totals; the ``manifest`` (versions, device, git commit).
 
 Tensor names: a parameter leaf is its key joined by "/" (``Dense_0/bias``); a quantized kernel's
 arrays add their role (``Dense_0/kernel.codes``, ``.scale``, ``.zero``, ``.perm``, ``.smooth``,
@@ -44,7 +44,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import flax
 import flax.errors
 import flax.linen as nn
 import jax
@@ -63,7 +62,6 @@ from q4lab.adapters import (
     adapt,
     call_with,
     get_at,
-    inference_mode,
     input_shapes,
     set_at,
 )
@@ -73,6 +71,7 @@ from q4lab.core.transforms import InputTransform
 from q4lab.files import atomic_write_bytes
 from q4lab.layer_quant import ActState
 from q4lab.manifest import manifest
+from q4lab.model_settings import differences, settings
 from q4lab.quantize_model import LayerPlan, QuantizedModel
 from q4lab.recipe import ActSpec, Recipe, Rule, TransformSpec
 
@@ -312,24 +311,6 @@ def _same_model(a: nn.Module | nnx.Module, b: nn.Module | nnx.Module) -> bool:
     return nnx.graphdef(a) == nnx.graphdef(b) and shapes[0] == shapes[1]
 
 
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-
-
-def model_settings(module: nn.Module | nnx.Module) -> str:
-    """The sha256 of what a module is beyond its weights: a Linen module's fields (its
-    submodules' too), an NNX instance's graph (classes and static attributes: sizes, dtypes,
-    activation functions by name). Memory addresses are left out; two modules that compute
-    alike agree, one with another activation or compute dtype does not."""
-    if isinstance(module, nnx.Module):
-        copy = nnx.merge(*nnx.split(module))
-        inference_mode(copy)  # as q4lab runs it, whatever mode it was given in
-        text = repr(nnx.graphdef(copy))
-    else:
-        fields = [f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name")]
-        text = repr({name: getattr(module, name) for name in fields})
-    return hashlib.sha256(_ADDRESS.sub("", text).encode()).hexdigest()
-
-
 def _model_json(adapter: Adapter, task: str | None) -> dict[str, Any]:
     module = adapter.module
     framework = "nnx" if isinstance(adapter, NNXAdapter) else "linen"
@@ -352,8 +333,7 @@ def _model_json(adapter: Adapter, task: str | None) -> dict[str, Any]:
     return {
         "framework": framework,
         "class": f"{cls.__module__}.{cls.__qualname__}",
-        "settings_sha256": model_settings(module),
-        "flax_version": flax.__version__,  # the settings' text is Flax's: compared under it
+        "settings": settings(module),
         "variables": isinstance(adapter, LinenAdapter) and adapter.variables,
         "task": task,
         "load": how,
@@ -436,7 +416,9 @@ def save(
     weights = f"weights-{hashlib.sha256(data).hexdigest()[:16]}.safetensors"
     config |= {"weights_file": weights, "weights_bytes": len(data), "manifest": manifest()}
     out.mkdir(parents=True, exist_ok=True)
-    replaced = _saved_files(out)
+    replaced = _saved_files(out) or [  # no model here: a save cut short left its weights
+        p for p in out.iterdir() if _WEIGHTS_NAME.fullmatch(p.name) and p.name != WEIGHTS_FILE
+    ]
     atomic_write_bytes(out / weights, data)
     atomic_write_bytes(out / CONFIG_FILE, (json.dumps(config, indent=1) + "\n").encode())
     _sync(out)  # the renames on disk: the new config is the one read from here on
@@ -446,12 +428,21 @@ def save(
     return out
 
 
+_WEIGHTS_NAME = re.compile(r"weights(-[0-9a-f]{16})?\.safetensors")  # what `save` writes
+
+
 def _saved_files(directory: Path) -> list[Path]:
-    """The files of a saved model in ``directory``: its config, every weights file."""
-    if not directory.is_dir():
-        return []
+    """The files of the model saved in ``directory`` (none without its config): the config,
+    the weights it names, and weights files only `save` names so (a save cut short left them)."""
     config = directory / CONFIG_FILE
-    return [*([config] if config.exists() else []), *directory.glob("weights*.safetensors")]
+    if not config.is_file():
+        return []
+    ours = [p for p in directory.iterdir() if _WEIGHTS_NAME.fullmatch(p.name)]
+    try:
+        named = directory / json.loads(config.read_text()).get("weights_file", WEIGHTS_FILE)
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError):
+        named = None
+    return [config, *dict.fromkeys([*ours, *([named] if named and named.is_file() else [])])]
 
 
 def _sync(directory: Path) -> None:
@@ -589,12 +580,12 @@ def _adapter(config: dict[str, Any], model: nn.Module | nnx.Module | None, where
             f"model={named} is invalid for {where}: it was saved from a {cls}; allowed: a "
             f"{saved_as}"
         )
-    same_flax = info.get("flax_version") == flax.__version__  # else its settings' text differs
-    if same_flax and info.get("settings_sha256", model_settings(model)) != model_settings(model):
+    differ = differences(info.get("settings", {}), settings(model)) if "settings" in info else []
+    if differ:
         raise ValueError(
-            f"model={named}(...) is invalid for {where}: its settings (a Linen module's fields, "
-            "an NNX graph's static attributes: sizes, dtypes, activation functions) differ from "
-            f"the saved {saved_as}'s; allowed: a {saved_as} configured as the one saved"
+            f"model={named}(...) is invalid for {where}: it is configured otherwise than the saved "
+            f"{saved_as} ({'; '.join(differ[:3])}{'; ...' if len(differ) > 3 else ''}); allowed: "
+            f"a {saved_as} configured as the one saved"
         )
     if is_nnx:
         return adapt(model)
@@ -753,7 +744,6 @@ __all__ = [
     "WEIGHTS_FILE",
     "LoadedModel",
     "load",
-    "model_settings",
     "save",
     "weights_path",
 ]

@@ -75,7 +75,7 @@ def within_noise(delta: float, spread: float, seeds: int) -> bool:
     """`NOISE_RULE`: the 95 % confidence interval of a mean ``delta`` over ``seeds`` paired
     differences of standard deviation ``spread`` holds 0; False when the spread is unknown
     (NaN: one seed)."""
-    if seeds < 2 or not np.isfinite(spread):
+    if seeds < 2 or np.isnan(spread):
         return False
     half_width = scipy.stats.t.ppf(0.975, seeds - 1) * spread / np.sqrt(seeds)
     return bool(abs(delta) <= half_width)
@@ -211,7 +211,7 @@ def budget_table(table: pd.DataFrame, x: str = "bits_per_weight", y: str = "scor
                 "seeds": int(best["seeds"]),
             }
             if base:
-                deltas = best["_deltas"]
+                deltas = best["_deltas"].dropna()  # a seed without a score counts for nothing
                 row |= paired_columns("delta_float", deltas.mean(), deltas.std(), len(deltas))
             if i > 0:
                 previous = front[i - 1][1]["_values"]
@@ -244,7 +244,7 @@ def best_points(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
         ]
         agg[f"delta_{y}"] = [float(d.mean()) for d in deltas]
         agg["vs_float"] = [
-            NOISE if within_noise(d.mean(), d.std() if len(d) > 1 else np.nan, len(d)) else ""
+            NOISE if within_noise(d.mean(), d.std() if d.count() > 1 else np.nan, d.count()) else ""
             for d in deltas
         ]
     keys = [c for c in ("task", "quantizer", *BUDGET) if c in agg]

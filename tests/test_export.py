@@ -313,7 +313,7 @@ def test_corrupted_or_reshaped_tensor_is_named(saved_linen, saved_nnx, tmp_path)
     with pytest.raises(ValueError, match=r"model=Wider is invalid .*saved from a user_models"):
         load(saved_nnx[1], Wider(nnx.Rngs(0)))
     Wider.__name__ = "UserNNX"  # UserNNX's source, edited: its head's width
-    with pytest.raises(ValueError, match=r"model=UserNNX\(...\) is invalid .*settings .*differ"):
+    with pytest.raises(ValueError, match=r"UserNNX\(...\) is .*otherwise .*head.out_features: sa"):
         load(saved_nnx[1], Wider(nnx.Rngs(0)))
 
 
@@ -343,24 +343,29 @@ def test_saving_over_a_saved_model_needs_overwrite(saved_linen, tmp_path):
     assert weights_path(again).read_bytes() == before
 
 
-def test_a_save_cut_short_leaves_the_model_it_replaces(saved_linen, tmp_path, monkeypatch):
-    """The weights were renamed into place before q4lab.json: a save cut short between the two
-    left new weights beside the old config, a model that loaded neither way. Now the config is
-    the commit: the old model loads until it is replaced, and its weights file goes after."""
+def _cut_short_before_the_config(monkeypatch):
+    """Saving is killed after its weights are written, before q4lab.json is."""
     import q4lab.export as export
 
-    qm, directory, x = saved_linen
-    out = _copy(directory, tmp_path)
-    other = quantize_model(UserCNN(), qm.float_params, Recipe.single(), sample_input=x)
     real = export.atomic_write_bytes
 
     def cut_short(path, data):
         if path.name == CONFIG_FILE:
-            raise OSError("disk full")
+            raise OSError("killed")
         real(path, data)
 
     monkeypatch.setattr(export, "atomic_write_bytes", cut_short)
-    with pytest.raises(OSError, match="disk full"):
+
+
+def test_a_save_cut_short_leaves_the_model_it_replaces(saved_linen, tmp_path, monkeypatch):
+    """The weights were renamed into place before q4lab.json: a save cut short between the two
+    left new weights beside the old config, a model that loaded neither way. Now the config is
+    the commit: the old model loads until it is replaced, and its weights file goes after."""
+    qm, directory, x = saved_linen
+    out = _copy(directory, tmp_path)
+    other = quantize_model(UserCNN(), qm.float_params, Recipe.single(), sample_input=x)
+    _cut_short_before_the_config(monkeypatch)
+    with pytest.raises(OSError, match="killed"):
         other.save(out, overwrite=True)
     np.testing.assert_array_equal(np.asarray(load(out, UserCNN()).apply(x)), qm.apply(x))
     monkeypatch.undo()
@@ -405,3 +410,58 @@ def test_float64_parameters_are_counted_as_jax_holds_them(saved_linen, tmp_path)
     assert loaded.ledger() == again.ledger()
     narrow = quantize_model(UserCNN(), qm.float_params, Recipe.single(), sample_input=x)
     assert again.ledger() == narrow.ledger()
+
+
+class Activated(nn.Module):
+    act: object = nn.relu
+    names: frozenset = frozenset()
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3)(self.act(nn.Dense(4)(x.reshape(x.shape[0], -1))))
+
+
+class Dropped(nnx.Module):
+    def __init__(self, rngs):
+        self.fc = nnx.Linear(6, 3, rngs=rngs)
+        self.drop = nnx.Dropout(0.1, rngs=rngs)
+        self.attention = nnx.MultiHeadAttention(2, 6, decode=False, rngs=rngs)
+
+
+def test_settings_name_what_computes_and_nothing_else():
+    """A model's settings tell relu from relu6 (both custom_jvp: their text was alike), read a
+    set in one order whatever the hash seed, and leave out what changes no inference output:
+    train/eval flags (MultiHeadAttention's start as None), the RNG streams' names."""
+    from q4lab.model_settings import differences, settings
+
+    refused = differences(settings(Activated()), settings(Activated(act=nn.relu6)))
+    assert refused == ["the model.act: saved relu, given relu6"]
+    names = settings(Activated(names=frozenset({"query", "key", "value"})))[""]["names"]
+    assert names == "{'key', 'query', 'value'}"
+    plain = settings(Dropped(nnx.Rngs(0)))
+    streams = Dropped(nnx.Rngs(params=0, dropout=1))
+    streams.eval()
+    assert differences(plain, settings(streams)) == []
+    wider = settings(Dropped(nnx.Rngs(0)))
+    wider["fc"]["out_features"] = "4"
+    assert differences(plain, wider) == ["fc.out_features: saved 3, given 4"]
+
+
+def test_saving_removes_only_its_own_files(saved_linen, tmp_path, monkeypatch):
+    """Saving deleted every weights*.safetensors in the directory (a user's backup too) and
+    took a first save cut short, which left weights but no config, for a saved model."""
+    qm, directory, x = saved_linen
+    out = _copy(directory, tmp_path)
+    (out / "weights_fp32_backup.safetensors").write_bytes(b"mine")
+    qm.save(out, overwrite=True)
+    assert (out / "weights_fp32_backup.safetensors").read_bytes() == b"mine"
+    fresh = tmp_path / "fresh"
+    _cut_short_before_the_config(monkeypatch)
+    with pytest.raises(OSError, match="killed"):
+        qm.save(fresh)
+    monkeypatch.undo()
+    qm.save(fresh)  # no config: no model to overwrite; the orphan goes
+    assert sorted(p.name for p in fresh.iterdir()) == sorted(
+        [CONFIG_FILE, weights_path(fresh).name]
+    )
+    np.testing.assert_array_equal(np.asarray(load(fresh, UserCNN()).apply(x)), qm.apply(x))

@@ -535,3 +535,12 @@ def test_an_ablation_pairs_each_configuration_with_itself_at_the_reference_value
     apart = table[(table["calib_padding"] == "include") == (table["bits"] == 3)]
     with pytest.raises(ValueError, match=r"no configuration ran both at calib_padding='include'"):
         field_comparison(apart, "calib_padding")
+
+
+def test_a_seed_without_a_score_does_not_narrow_the_interval():
+    """A NaN seed was counted in n (a 3-seed t quantile over 2 differences): a delta within
+    the noise of its 2 real seeds was marked real."""
+    table = make_table({("gptq", 4, 0, 16): [0.95, 0.955, np.nan]}, fp=(0.96, 0.97, 0.98))
+    row = budget_table(table).iloc[0]
+    assert row["delta_float"] == pytest.approx(-0.0125) and row["delta_float_noise"]
+    assert best_points(table)["vs_float"].iloc[0] == NOISE

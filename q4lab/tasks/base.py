@@ -119,6 +119,7 @@ class Task(abc.ABC):
     def calibration_batches(self, seed: int, size: int) -> list[Any]:
         """The first ``size`` calibration inputs as batches of ``calib_batch_size``."""
         x, step = self.calibration_inputs(seed), self.calib_batch_size
+        size = min(size, _rows(x))
         return [_take(x, i, min(i + step, size)) for i in range(0, size, step)]
 
     def row_mask(self) -> RowMask | None:
