@@ -75,22 +75,26 @@ def allocate(
     ``params``, ``stored_bytes``, ``loss``). Raises a ValueError when even the cheapest
     candidates exceed the budget, naming the smallest budget that fits. ``unit_bytes``: the
     knapsack's unit of bytes (default: the smallest that keeps the budget within 2**17 units;
-    one byte for models up to about 128 KiB).
+    one byte for models up to about 128 KiB; above, costs are rounded up to units, so the
+    answer may miss the optimum: ``unit_bytes`` = the costs' greatest common divisor is exact).
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is invalid; allowed: {', '.join(METHODS)}")
+    if not math.isfinite(budget_bits) or budget_bits <= 0:
+        raise ValueError(f"bits_budget={budget_bits} is invalid; allowed: a number > 0")
     layers, candidates, cost, loss, params = _table(rows)
-    capacity = budget_bits * params.sum() / 8
-    floor = cost.min(axis=1).sum()
+    cost = cost.astype(np.int64)  # ledger bytes: whole numbers
+    capacity = capacity_bytes(budget_bits, int(params.sum()))
+    floor = int(cost.min(axis=1).sum())
     if floor > capacity:
-        least = 8 * floor / params.sum()
+        least = math.ceil(8 * floor / params.sum() * 1e4) / 1e4  # rounded up: it fits
         raise ValueError(
             f"bits_budget={budget_bits} is below the cheapest allocation; allowed: >= {least:.4f}"
         )
     if method == "knapsack":
         unit_bytes = unit_bytes or max(1, math.ceil(capacity / 2**17))
         units = np.ceil(cost / unit_bytes).astype(np.int64)
-        picks = _knapsack(units, loss, int(capacity // unit_bytes))
+        picks = _knapsack(units, loss, capacity // unit_bytes)
     else:
         picks = _greedy(cost, loss, capacity)
     rows_of = np.arange(len(layers))
@@ -100,6 +104,18 @@ def allocate(
         params=int(params.sum()),
         predicted_loss=float(loss[rows_of, picks].sum()),
     )
+
+
+def capacity_bytes(budget_bits: float, params: int) -> int:
+    """The most bytes whose bits per weight, as the ledger computes it (``8 * bytes /
+    params``), stay within ``budget_bits``: taken in integers (``budget * params / 8`` in
+    floats fell one ulp under a whole byte count that meets the budget exactly)."""
+    capacity = math.floor(budget_bits * params / 8)
+    while 8 * (capacity + 1) / params <= budget_bits:
+        capacity += 1
+    while capacity > 0 and 8 * capacity / params > budget_bits:
+        capacity -= 1
+    return capacity
 
 
 def _knapsack(units: np.ndarray, loss: np.ndarray, capacity: int) -> np.ndarray:

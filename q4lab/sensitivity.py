@@ -112,7 +112,7 @@ def layer_sensitivity(
     sample = task.sample_input(seed)
     distill = jax.jit(task.qat_loss("distill"))
     fp_outputs = [float_forward(task.model, params, b) for b in batches]
-    sizes = np.array([len(b) for b in batches], np.float64)
+    sizes = np.array([len(jax.tree.leaves(b)[0]) for b in batches], np.float64)  # examples
 
     def loss_of(p) -> float:
         losses = [

@@ -107,3 +107,60 @@ def test_rules_give_each_layer_its_width_by_exact_path():
     assert rules == [{"pattern": re.escape("blocks/1.fc"), "bits": 2}]
     assert re.fullmatch(rules[0]["pattern"], "blocks/1.fc")
     assert not re.fullmatch(rules[0]["pattern"], "blocks/1xfc")
+
+
+def test_a_budget_met_exactly_fits_and_the_floor_named_fits():
+    """The capacity in floats (budget * params / 8) fell one ulp under a whole byte count that
+    meets the budget exactly (about 4 % of budgets): the cheapest allocation was refused at its
+    own size, and the knapsack gave up a byte for a worse answer. The floor named in the error
+    was rounded to nearest, so it could itself be refused."""
+    from q4lab.allocate import capacity_bytes
+
+    params, size = 114080, 29537
+    budget = 8 * size / params
+    assert budget * params / 8 < size and capacity_bytes(budget, params) == size
+    rows = [
+        {"layer": "a", "candidate": c, "params": params, "stored_bytes": b, "loss": loss}
+        for c, b, loss in (("W2", size, 1.0), ("W3", size + 1, 0.5))
+    ]
+    assert allocate(rows, budget).choice == {"a": "W2"}
+    with pytest.raises(ValueError, match=r"allowed: >= (\d\.\d{4})") as err:
+        allocate(rows, budget - 1e-6)
+    named = float(re.search(r">= (\d\.\d{4})", str(err.value)).group(1))
+    assert allocate(rows, named).bits_per_weight <= named  # the budget it names fits
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match=rf"bits_budget={bad} is invalid; allowed: a number"):
+            allocate(rows, bad)
+
+
+def test_the_sensitivity_cache_is_keyed_by_labels_and_quantizer_code(monkeypatch):
+    """Two points whose candidates share config hashes under other labels (budget_groups [] or
+    [32] at group_size 32) shared one cache file, and the second read the first's labels
+    (KeyError 'W3'); an own quantizer whose code changed reused its old losses."""
+    import dataclasses
+
+    import q4lab.quantizers.base as base
+    from q4lab.quantizers import get_quantizer, register
+    from q4lab.quantizers.minmax import MinMax
+    from q4lab.sweep.fields import with_defaults
+    from q4lab.sweep.mixed import cache_key
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # this test's quantizer: gone
+    point = with_defaults({"task": "digits-mlp", "bits": 2, "group_size": 32, "bits_budget": 3.0})
+    assert cache_key(point) != cache_key(point | {"budget_groups": [32]})
+
+    @register
+    @dataclasses.dataclass(frozen=True)
+    class Mine(MinMax):
+        name = "mine-cache-key"
+
+    before = cache_key(point | {"quantizer": "mine-cache-key"})
+
+    @register
+    @dataclasses.dataclass(frozen=True)
+    class Mine(MinMax):  # noqa: F811  (its code edited: the same class again)
+        name = "mine-cache-key"
+        shrink: float = 0.5
+
+    assert get_quantizer("mine-cache-key").shrink == 0.5
+    assert cache_key(point | {"quantizer": "mine-cache-key"}) != before

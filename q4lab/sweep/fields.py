@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -369,7 +370,12 @@ def validate_point(point: Point) -> Recipe:
     if (qat := qat_of(point)) is not None:
         get_task(point["task"]).qat_loss(qat.loss)  # e.g. minilm has no labels: distill only
     budget = point["bits_budget"]
-    if isinstance(budget, bool) or not isinstance(budget, int | float) or budget < 0:
+    if (
+        isinstance(budget, bool)
+        or not isinstance(budget, int | float)
+        or not math.isfinite(budget)
+        or budget < 0
+    ):
         raise ValueError(f"bits_budget={budget!r} is invalid; allowed: 0 (off) or a number > 0")
     if budget:
         from q4lab.allocate import METHODS

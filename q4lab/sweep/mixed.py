@@ -16,6 +16,8 @@ import numpy as np
 
 from q4lab.allocate import allocate, rules_for
 from q4lab.core.spec import group_label
+from q4lab.files import atomic_write_bytes
+from q4lab.quantizers import quantizer_identity
 from q4lab.sweep.fields import Point, config_hash, recipe_of, with_defaults
 
 CACHE_VERSION = 2  # 2: losses measured on the calibration split
@@ -42,19 +44,31 @@ def candidates(point: Point) -> dict[str, Point]:
     return {label: {**uniform, **fields} for label, fields in candidate_fields(p).items()}
 
 
-def sensitivity_rows(point: Point, progress: bool | None = False) -> list[dict[str, Any]]:
-    """`layer_sensitivity` rows of the point's candidates, from the cache when measured before
-    (``$Q4LAB_CACHE/sensitivity/``, keyed by the candidates' config hashes and the bytes of the
-    float baseline they quantize)."""
-    from q4lab.sensitivity import layer_sensitivity
-    from q4lab.tasks import cache_dir, get_task
+def cache_key(point: Point) -> str:
+    """What a point's sensitivity rows depend on, hashed (16 hex digits): each candidate's
+    label (rows are read back by it), config hash and quantizer identity (its defaults; an own
+    quantizer's source: `q4lab.quantizers.quantizer_identity`), and the float baseline's bytes."""
+    from q4lab.tasks import get_task
 
-    points = candidates(point)
-    key = hashlib.sha256("|".join(config_hash(c) for c in points.values()).encode())
+    key = hashlib.sha256()
+    for label, c in candidates(point).items():
+        quantizer = quantizer_identity(recipe_of(c).base.build_quantizer())
+        key.update(f"{label}={config_hash(c)}:{quantizer}|".encode())
     for leaf in jax.tree.leaves(get_task(point["task"]).baseline(point["seed"])):
         key.update(np.asarray(leaf).tobytes())
-    key = key.hexdigest()
-    path = cache_dir() / "sensitivity" / f"{point['task']}-v{CACHE_VERSION}-{key[:16]}.json"
+    return key.hexdigest()[:16]
+
+
+def sensitivity_rows(point: Point, progress: bool | None = False) -> list[dict[str, Any]]:
+    """`layer_sensitivity` rows of the point's candidates, from the cache when measured before
+    (``$Q4LAB_CACHE/sensitivity/``, keyed by the candidates' labels, config hashes and
+    quantizers' identities (their defaults; an own quantizer's source), and the bytes of the
+    float baseline they quantize)."""
+    from q4lab.sensitivity import layer_sensitivity
+    from q4lab.tasks import cache_dir
+
+    points = candidates(point)
+    path = cache_dir() / "sensitivity" / f"{point['task']}-v{CACHE_VERSION}-{cache_key(point)}.json"
     if path.exists():
         return json.loads(path.read_text())
     rows = layer_sensitivity(
@@ -65,10 +79,7 @@ def sensitivity_rows(point: Point, progress: bool | None = False) -> list[dict[s
         calib_padding=point["calib_padding"],
         progress=progress,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rows))
-    tmp.replace(path)
+    atomic_write_bytes(path, json.dumps(rows).encode())  # writers in parallel: each its own
     return rows
 
 
