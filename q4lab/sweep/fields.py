@@ -69,7 +69,10 @@ FIELDS: dict[str, tuple[Any, str]] = {
         "the group sizes a bits_budget allocation chooses from (0 = per-channel), with every "
         "width; [] = the point's group_size only",
     ),
-    "budget_method": ("knapsack", "the allocator: knapsack (exact) or greedy"),
+    "budget_method": (
+        "knapsack",
+        "the allocator: knapsack (exact up to 2**17 byte units, then costs rounded up) or greedy",
+    ),
     "sequential": (True, "calibrate each layer with the earlier layers already quantized"),
     "calib_size": (0, "calibration examples to use; 0 = the task's whole calibration split"),
     "calib_padding": (
