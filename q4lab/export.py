@@ -416,6 +416,8 @@ def save(
     weights = f"weights-{hashlib.sha256(data).hexdigest()[:16]}.safetensors"
     config |= {"weights_file": weights, "weights_bytes": len(data), "manifest": manifest()}
     out.mkdir(parents=True, exist_ok=True)
+    for stale in (*out.glob("weights*.safetensors*.tmp"), *out.glob(f"{CONFIG_FILE}*.tmp")):
+        stale.unlink(missing_ok=True)  # the temporary files of a save that was killed
     replaced = _saved_files(out) or [  # no model here: a save cut short left its weights
         p for p in out.iterdir() if _WEIGHTS_NAME.fullmatch(p.name) and p.name != WEIGHTS_FILE
     ]

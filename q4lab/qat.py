@@ -72,11 +72,14 @@ class QATConfig:
             raise ValueError(f"qat_method={self.method!r} is invalid; allowed: {METHODS}")
         if self.loss not in LOSSES:
             raise ValueError(f"qat_loss={self.loss!r} is invalid; allowed: {LOSSES}")
-        for name, value in (("qat_steps", self.steps), ("batch_size", self.batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        for name, value in (("qat_steps", self.steps), ("qat_batch_size", self.batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"{name}={value!r} is invalid; allowed: an int >= 1")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, int | float) or self.lr <= 0:
-            raise ValueError(f"qat_lr={self.lr!r} is invalid; allowed: a number > 0")
+        lr = self.lr
+        if isinstance(lr, bool) or not isinstance(lr, int | float | np.number):
+            raise ValueError(f"qat_lr={lr!r} is invalid; allowed: a number > 0")
+        if not np.isfinite(lr) or lr <= 0:  # nan passed `lr <= 0` and trained on NaN
+            raise ValueError(f"qat_lr={lr!r} is invalid; allowed: a finite number > 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -460,7 +460,8 @@ def test_saving_removes_only_its_own_files(saved_linen, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="killed"):
         qm.save(fresh)
     monkeypatch.undo()
-    qm.save(fresh)  # no config: no model to overwrite; the orphan goes
+    (fresh / "weights-0123456789abcdef.safetensorsq1w2e3.tmp").write_bytes(b"killed")
+    qm.save(fresh)  # no config: no model to overwrite; the orphan and a killed save's temp go
     assert sorted(p.name for p in fresh.iterdir()) == sorted(
         [CONFIG_FILE, weights_path(fresh).name]
     )

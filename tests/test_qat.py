@@ -270,6 +270,12 @@ def test_qat_config_names_the_bad_field():
         QATConfig(loss="kl")
     with pytest.raises(ValueError, match="qat_lr=0 is invalid"):
         QATConfig(lr=0)
+    for lr in (float("nan"), float("inf")):  # nan passed and trained on NaN
+        with pytest.raises(ValueError, match=f"qat_lr={lr} is invalid; allowed: a finite"):
+            QATConfig(lr=lr)
+    with pytest.raises(ValueError, match="qat_batch_size=0 is invalid"):  # the sweep's name
+        QATConfig(batch_size=0)
+    assert QATConfig(steps=np.int64(5), lr=np.float32(1e-3)).steps == 5  # numpy numbers too
 
 
 def test_a_short_qat_run_lowers_the_loss_and_beats_its_ptq_start(task_cache):
