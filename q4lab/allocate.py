@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 METHODS = ("knapsack", "greedy")
+UNAVAILABLE_BYTES = 2**50  # the cost of a candidate a layer has no row for: beyond any budget
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +39,8 @@ class Allocation:
 
 
 def _table(rows: Sequence[dict[str, Any]]):
-    """layers, candidates, and ``[L, C]`` arrays of bytes and losses (NaN where a candidate
-    was not measured on a layer)."""
+    """layers, candidates, and ``[L, C]`` arrays of bytes and losses; a candidate not measured
+    on a layer costs `UNAVAILABLE_BYTES`."""
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     candidates = list(dict.fromkeys(r["candidate"] for r in rows))
     cost = np.full((len(layers), len(candidates)), np.nan)
@@ -53,12 +54,9 @@ def _table(rows: Sequence[dict[str, Any]]):
     if bad:
         raise ValueError(f"the loss of {bad} is NaN; allowed: numbers (inf: never choose)")
     loss = np.where(np.isinf(loss), np.sign(loss) * 1e300, loss)  # inf - inf would be NaN
-    missing = [layers[i] for i in np.unique(np.nonzero(np.isnan(cost))[0])]
-    if missing:
-        raise ValueError(
-            f"layers {missing} lack a measurement for some candidate; allowed: rows "
-            "for every (layer, candidate)"
-        )
+    # a candidate that cannot quantize a layer (its group size does not divide it): never chosen
+    loss = np.where(np.isnan(cost), 1e300, loss)
+    cost = np.where(np.isnan(cost), UNAVAILABLE_BYTES, cost)
     return layers, candidates, cost, loss, np.array([params[p] for p in layers])
 
 

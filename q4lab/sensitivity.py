@@ -12,6 +12,7 @@ inputs so that every recipe is judged on the same data; ``relative_error`` divid
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -24,9 +25,9 @@ from q4lab.calibrate import calibrate
 from q4lab.core import QTensor, stored_bytes, to_matrix
 from q4lab.evaluate import float_forward
 from q4lab.layer_quant import unfolded_weight
-from q4lab.quantize_model import quantize_model
+from q4lab.quantize_model import plan, quantize_model
 from q4lab.quantizers import output_error
-from q4lab.recipe import Recipe
+from q4lab.recipe import Recipe, Rule
 from q4lab.tasks import Task, get_task
 
 
@@ -80,6 +81,22 @@ def layer_errors(
     return rows
 
 
+def _fitting(recipe: Recipe, layers: list) -> Recipe:
+    """``recipe`` with the layers it cannot quantize kept float (a candidate's group size that
+    does not divide a layer's input): they get no row at that candidate, and an allocation
+    gives them another (`q4lab.allocate`)."""
+    unfit = []
+    for layer in layers:
+        try:
+            plan(recipe, [layer])
+        except ValueError:
+            unfit.append(layer.path)
+    if not unfit:
+        return recipe
+    pattern = "|".join(re.escape(path) for path in unfit)
+    return dataclasses.replace(recipe, rules=(Rule.float(pattern), *recipe.rules))
+
+
 def layer_sensitivity(
     task: Task | str,
     candidates: Mapping[str, Recipe],
@@ -121,12 +138,13 @@ def layer_sensitivity(
         ]
         return float(np.dot(losses, sizes) / sizes.sum())
 
+    layers = adapt(task.model, params).layers(params, sample)
     rows = []
     for label, recipe in candidates.items():
         qmodel = quantize_model(
             task.model,
             params,
-            dataclasses.replace(recipe, sequential=False),
+            dataclasses.replace(_fitting(recipe, layers), sequential=False),
             sample_input=sample,
             calibration=batches,
             row_mask=row_mask,

@@ -65,8 +65,10 @@ def test_budget_errors_name_the_smallest_budget_and_the_methods():
         allocate(rows, 1.5)
     with pytest.raises(ValueError, match=r"method='dp' is invalid; allowed: knapsack, greedy"):
         allocate(rows, 3.0, method="dp")
-    with pytest.raises(ValueError, match=r"layers \['layer0', 'x'\] lack a measurement"):
-        allocate([rows[0], {**rows[1], "layer": "x"}], 3.0)
+    # a candidate a layer has no row for (its group size does not divide the layer): never
+    # chosen, where a missing row refused the whole allocation
+    apart = allocate([rows[0], {**rows[1], "layer": "x"}], 3.0)
+    assert apart.choice == {"layer0": "W2", "x": "W4"}
     with pytest.raises(ValueError, match=r"the loss of \[\('layer0', 'W2'\)\] is NaN"):
         allocate([{**rows[0], "loss": float("nan")}, rows[1]], 3.0)
     diverging = [{**rows[0], "loss": float("inf")}, rows[1]]  # e.g. perplexity overflow at W2
@@ -164,3 +166,19 @@ def test_the_sensitivity_cache_is_keyed_by_labels_and_quantizer_code(monkeypatch
 
     assert get_quantizer("mine-cache-key").shrink == 0.5
     assert cache_key(point | {"quantizer": "mine-cache-key"}) != before
+
+
+def test_a_candidate_group_size_that_does_not_divide_a_layer_skips_it():
+    """budget_groups with a group size some layer's input does not divide failed the whole
+    point at run time (`q4lab quantize --task mnist1d-cnn --bits 2 --bits-budget 3
+    --budget-groups "[0,32,128]"`: Conv_1's K=160); that candidate now skips those layers."""
+    from q4lab.core import QuantSpec
+    from q4lab.recipe import Recipe
+    from q4lab.sensitivity import layer_sensitivity
+
+    g96 = Recipe.single(weight=QuantSpec(group_size=96, scale_dtype="float16"))
+    rows = layer_sensitivity("digits-mlp", {"W4 g96": g96, "W4": Recipe.single()}, 0)
+    measured = {(r["candidate"], r["layer"]) for r in rows}
+    assert ("W4 g96", "Dense_0") in measured  # K=64 <= 96: one group
+    assert ("W4 g96", "Dense_1") not in measured and ("W4", "Dense_1") in measured  # K=256
+    assert allocate(rows, 8.0).choice["Dense_1"] == "W4"
