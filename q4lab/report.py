@@ -152,10 +152,21 @@ def configuration_label(point: pd.Series, fields: list[str]) -> str:
         parts.append(group_label(point["group_size"]))
     skip = ("task", "quantizer", "bits", "group_size", "act_bits", "bits_budget")
     quiet = [c for c in METHOD_DEFAULTS if c in point and _at_default(point, c)]
+    if "act_bits" in point and not pd.isna(point["act_bits"]) and point["act_bits"] >= 16:
+        skip += _ACT_RANGE_FIELDS  # a weight-only point's activation ranges are never taken
     named = [c for c in fields if c not in skip and c not in quiet]
     named += [c for c in METHOD_DEFAULTS if c in point and c not in (*named, *quiet, *skip)]
-    parts += [value_label(c, point[c]) for c in named]
-    return " ".join(parts)
+    labels = [value_label(c, point[c]) for c in named]
+    if "act_mode" in named:  # "static act. act. clipping MSE" -> "static act. clipping MSE"
+        labels = [
+            text.removeprefix("act. ") if c.startswith("act_clipping") else text
+            for c, text in zip(named, labels, strict=True)
+        ]
+    return " ".join([*parts, *labels])
+
+
+# how an activation range is chosen: nothing a weight-only point does
+_ACT_RANGE_FIELDS = ("act_symmetric", "act_clipping", "act_clipping_options")
 
 
 def budget_table(table: pd.DataFrame, x: str = "bits_per_weight", y: str = "score") -> pd.DataFrame:

@@ -544,3 +544,17 @@ def test_a_seed_without_a_score_does_not_narrow_the_interval():
     row = budget_table(table).iloc[0]
     assert row["delta_float"] == pytest.approx(-0.0125) and row["delta_float_noise"]
     assert best_points(table)["vs_float"].iloc[0] == NOISE
+
+
+def test_labels_say_activation_once_and_nothing_of_a_weight_only_points_ranges():
+    """'static act. act. clipping MSE'; a weight-only point was labelled by activation clipping
+    it never does."""
+    from q4lab.report import configuration_label
+
+    point = {"quantizer": "minmax", "bits": 4, "group_size": 128, "act_bits": 4}
+    point |= {"act_mode": "static", "act_clipping": "mse"}
+    fields = ["act_mode", "act_clipping"]
+    label = configuration_label(pd.Series(point), fields)
+    assert label == "min-max W4 g128 static act. clipping MSE"
+    weight_only = pd.Series(point | {"act_bits": 16, "act_mode": "none"})
+    assert configuration_label(weight_only, fields) == "min-max W4 g128 float act."
