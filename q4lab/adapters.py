@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import flax
@@ -31,6 +31,7 @@ from flax import nnx
 
 PyTree = Any
 Inputs = Any  # an array, a tuple of positional inputs or a dict of keyword inputs
+RowMask = Callable[[Inputs], jax.Array]  # a batch -> True where its positions hold data
 
 
 def call_with(fn: Any, inputs: Inputs, *leading: Any) -> Any:
@@ -307,6 +308,11 @@ def adapt(model: nn.Module | nnx.Module, params: PyTree | None = None) -> Adapte
     if isinstance(model, nn.Module):
         return LinenAdapter(model, holds_collections(params))
     raise TypeError(f"expected a flax.linen.Module or flax.nnx.Module, got {type(model).__name__}")
+
+
+def example_count(x: Inputs) -> int:
+    """How many examples a model input holds: its arrays' leading size."""
+    return len(jax.tree.leaves(x)[0])
 
 
 def input_shapes(x: Inputs) -> str:

@@ -24,7 +24,7 @@ that are not padding) every statistic is that of the kept rows only.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import flax
@@ -32,12 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from q4lab.adapters import Adapter, PyTree, input_shapes
+from q4lab.adapters import Adapter, PyTree, RowMask, input_shapes
 from q4lab.core.transforms import InputTransform
 from q4lab.hooks import CaptureHook, InputsHook, extreme_rows, spread_rows
-
-# a function of a calibration batch: True where its positions hold data ([B, ...], leading axes)
-RowMask = Callable[[Any], jax.Array]
 
 
 def _merge_calls(records: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import functools
 import time
 import warnings
-from collections.abc import Callable
 
 import jax
 import numpy as np
 
-from q4lab.adapters import Layer, adapt
+from q4lab.adapters import Layer, RowMask, adapt, example_count
 from q4lab.calibrate import row_mask_of
 from q4lab.manifest import manifest
 from q4lab.qat import QATConfig, QATModel
@@ -27,7 +26,7 @@ def float_forward(model, params, x):
     return adapt(model, params).apply(params, x, {})
 
 
-def _check_kept(task: Task, row_mask: Callable, calibration: list) -> None:
+def _check_kept(task: Task, row_mask: RowMask, calibration: list) -> None:
     """Warn when the row mask keeps every calibration position: excluding padding then changes
     nothing (a mask written for another pad id, or batches without padding)."""
     masks = [np.asarray(row_mask_of(row_mask, b)) for b in calibration]
@@ -116,7 +115,7 @@ def evaluate(
 
     x = task.check_input(seed)
     real_out, fake_out = np.asarray(qmodel.apply(x)), np.asarray(qmodel.apply(x, fake=True))
-    examples = len(jax.tree.leaves(x)[0])  # a tuple or dict of inputs: its arrays' rows
+    examples = example_count(x)
     real, fake = real_out.reshape(examples, -1), fake_out.reshape(examples, -1)
     per_example = np.max(np.abs(real - fake), axis=-1) / np.max(np.abs(fake), axis=-1)
     return {
@@ -124,7 +123,7 @@ def evaluate(
         "seed": seed,
         **recipe.fields(),
         "training": "ptq" if qat is None else f"qat {qat.method}",
-        "calib_examples": sum(len(jax.tree.leaves(b)[0]) for b in calibration),
+        "calib_examples": sum(example_count(b) for b in calibration),
         **metrics,
         "metric": task.metric,
         "higher_is_better": task.higher_is_better,

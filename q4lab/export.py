@@ -360,7 +360,8 @@ def save(
     survive the JSON round trip (options that are not JSON values).
     """
     out = Path(directory)
-    held = sorted(p.name for p in _saved_files(out))
+    replaced = _saved_files(out)  # the model saved here before, if any
+    held = sorted(p.name for p in replaced)
     if held and not overwrite:
         raise FileExistsError(
             f"{out} already holds a saved model ({', '.join(held)}); pass overwrite=True to "
@@ -418,7 +419,7 @@ def save(
     out.mkdir(parents=True, exist_ok=True)
     for stale in (*out.glob("weights*.safetensors*.tmp"), *out.glob(f"{CONFIG_FILE}*.tmp")):
         stale.unlink(missing_ok=True)  # the temporary files of a save that was killed
-    replaced = _saved_files(out) or [  # no model here: a save cut short left its weights
+    replaced = replaced or [  # no model here: a save cut short left its weights
         p for p in out.iterdir() if _WEIGHTS_NAME.fullmatch(p.name) and p.name != WEIGHTS_FILE
     ]
     atomic_write_bytes(out / weights, data)
@@ -511,8 +512,8 @@ def _read_arrays(directory: Path, config: dict[str, Any]) -> dict[str, jax.Array
     if not path.is_file():
         raise ValueError(f"{path} is missing: the weights of the model saved in {directory}")
     try:
-        raw = safetensors.numpy.load_file(path)
-        with safetensors.safe_open(path, framework="np") as f:
+        with safetensors.safe_open(path, framework="np") as f:  # one read: tensors and metadata
+            raw = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
             meta = f.metadata() or {}
     except (safetensors.SafetensorError, OSError, ValueError, KeyError) as err:
         raise ValueError(f"{path} is not a readable safetensors file: {err}") from None

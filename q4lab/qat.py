@@ -102,7 +102,7 @@ class QATModel:
     method: str
     layers: tuple[_Layer, ...]
     consts: dict[str, dict]  # fixed per layer: PTQ steps, zeros, perm, transform
-    dtypes: PyTree = None  # each parameter's dtype in the model: masters train in float32
+    dtypes: PyTree  # each parameter's dtype in the model: masters train in float32
 
     @property
     def adapter(self) -> Adapter:
@@ -173,8 +173,6 @@ class QATModel:
     def _as_model(self, masters: PyTree) -> PyTree:
         """The float32 masters in the model's own dtypes (what its forward and a frozen model
         hold)."""
-        if self.dtypes is None:
-            return masters
         return jax.tree.map(lambda a, d: a.astype(d) if _floating(a) else a, masters, self.dtypes)
 
     def apply(self, params: PyTree, x: jax.Array) -> jax.Array:

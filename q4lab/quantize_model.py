@@ -18,8 +18,8 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from q4lab.adapters import Adapter, Inputs, Layer, PyTree, adapt, get_at, set_at
-from q4lab.calibrate import RowMask, cached_calibrator
+from q4lab.adapters import Adapter, Inputs, Layer, PyTree, RowMask, adapt, get_at, set_at
+from q4lab.calibrate import cached_calibrator
 from q4lab.core import (
     Ledger,
     QTensor,

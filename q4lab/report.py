@@ -247,17 +247,10 @@ def best_points(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
     agg = aggregate(table, "bits_per_weight", y)
     base = baseline_column(table, y)
     if base:
-        deltas = [
-            v - f
-            for v, f in zip(
-                _seed_values(table, agg, y), _seed_values(table, agg, base), strict=True
-            )
-        ]
-        agg[f"delta_{y}"] = [float(d.mean()) for d in deltas]
-        agg["vs_float"] = [
-            NOISE if within_noise(d.mean(), d.std() if d.count() > 1 else np.nan, d.count()) else ""
-            for d in deltas
-        ]
+        values, floats = _seed_values(table, agg, y), _seed_values(table, agg, base)
+        paired = [paired_difference(v, f) for v, f in zip(values, floats, strict=True)]
+        agg[f"delta_{y}"] = [mean for mean, _, _ in paired]
+        agg["vs_float"] = [NOISE if within_noise(*p) else "" for p in paired]
     keys = [c for c in ("task", "quantizer", *BUDGET) if c in agg]
     parts = []
     for _, rows in agg.groupby("task", sort=True) if "task" in agg else [("", agg)]:

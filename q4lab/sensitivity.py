@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from q4lab.adapters import adapt, get_at, set_at
+from q4lab.adapters import adapt, example_count, get_at, set_at
 from q4lab.calibrate import calibrate
 from q4lab.core import QTensor, stored_bytes, to_matrix
 from q4lab.evaluate import float_forward
@@ -129,7 +129,7 @@ def layer_sensitivity(
     sample = task.sample_input(seed)
     distill = jax.jit(task.qat_loss("distill"))
     fp_outputs = [float_forward(task.model, params, b) for b in batches]
-    sizes = np.array([len(jax.tree.leaves(b)[0]) for b in batches], np.float64)  # examples
+    sizes = np.array([example_count(b) for b in batches], np.float64)
 
     def loss_of(p) -> float:
         losses = [

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from q4lab.adapters import RowMask, example_count
 from q4lab.baselines.store import (
     digest,
     find_published,
@@ -45,7 +46,6 @@ from q4lab.losses import Loss
 
 Forward = Callable[[jax.Array], jax.Array]
 Sampler = Callable[[np.random.Generator], tuple[jax.Array, jax.Array | None]]
-RowMask = Callable[[Any], jax.Array]  # a batch -> True where its positions hold data
 # the sweep field calib_padding: whether calibration statistics count padded positions
 CALIB_PADDING = ("include", "exclude")
 
@@ -114,12 +114,12 @@ class Task(abc.ABC):
     def calibration_count(self, seed: int) -> int:
         """How many calibration inputs there are (of several inputs, a tuple or dict of
         arrays: their rows)."""
-        return _rows(self.calibration_inputs(seed))
+        return example_count(self.calibration_inputs(seed))
 
     def calibration_batches(self, seed: int, size: int) -> list[Any]:
         """The first ``size`` calibration inputs as batches of ``calib_batch_size``."""
         x, step = self.calibration_inputs(seed), self.calib_batch_size
-        size = min(size, _rows(x))
+        size = min(size, example_count(x))
         return [_take(x, i, min(i + step, size)) for i in range(0, size, step)]
 
     def row_mask(self) -> RowMask | None:
@@ -216,12 +216,6 @@ def baseline_params(training: BaselineTraining, *, progress: bool | None = None)
     params = training.train(progress)
     atomic_write_bytes(path, params_to_bytes(params))
     return params
-
-
-def _rows(inputs: Any) -> int:
-    """How many examples ``inputs`` hold: an array's rows, or its arrays' (a tuple or dict of
-    the model's inputs)."""
-    return len(jax.tree.leaves(inputs)[0])
 
 
 def _take(inputs: Any, start: int, stop: int) -> Any:

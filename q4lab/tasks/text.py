@@ -19,13 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from q4lab.adapters import RowMask
 from q4lab.data.text import docstring_sentences, provenance, stdlib_source
 from q4lab.losses import Loss, check_loss, cosine_distance, cross_entropy, kl_to_float
 from q4lab.models.gpt import GPT, GPTConfig
 from q4lab.tasks.base import (
     BaselineTraining,
     Forward,
-    RowMask,
     Sampler,
     Task,
     baseline_params,
