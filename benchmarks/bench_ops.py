@@ -258,7 +258,7 @@ def _paths(qt: QTensor, m: int, tune: bool, dtype) -> dict[str, Callable]:
     paths[f"W4A4 auto ({w4a4})"] = _w4a4_layer
     intermediate = m * qt.scale.shape[0] * qt.n * 4  # the einsum's [M, G, N] int32 (xla, ref.)
     for impl in ("reference", "xla", "blocked", "pallas"):
-        if impl in skip - {"xla"} or impl == w4a4 or (impl == "blocked" and on_gpu()):
+        if impl == w4a4 or impl == ("blocked" if on_gpu() else "pallas"):
             continue
         if impl in ("reference", "xla") and intermediate >= (2 << 30) and w4a4 != impl:
             continue

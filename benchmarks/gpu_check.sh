@@ -19,7 +19,7 @@
 #            compile and run time per point (the digits experiment's if mnist1d is missing)
 #   check    bench_ops --check: every path's default against the full-precision reference, bf16
 #            x, W4 g128, 8192x8192 and 8192x28672, M in {1, 16, 4096}, and what auto ran
-#   tests    (second call; 90 s) pytest tests/ops on the GPU but the Mosaic kernels' and the
+#   tests    (second call; 150 s) pytest tests/ops on the GPU but the Mosaic kernels' and the
 #            autotuner's (references at HIGHEST precision), test names as they pass
 #   dispatch (second call; 120 s) the autotuner's tests on the GPU, then dispatch_check.py:
 #            every path that can run each call (what Q4LAB_AUTOTUNE=1 would time) timed side by
@@ -27,10 +27,15 @@
 #   probe    layout_probe.py: load rates of bytes / tiles / words, the Pallas int8 GEMM ceiling
 #   compile  the W4A16 kernel's compile time on a harness-sized float32 layer
 # A step that fails or reaches its limit keeps its per-cell lines in its log, and the script goes
-# on. Logs land in $OUT (the device tool) or ./gpu_check.
+# on. Logs land in ./gpu_check; under the device tool, which returns at most 8 files from $OUT,
+# in one archive, $OUT/gpu_check.tar.gz, rewritten after each step (a call cut short keeps the
+# steps before).
 set -uo pipefail
 out=${OUT:-gpu_check}
-mkdir -p "$out"
+logs=$out
+[ -n "${OUT:-}" ] && logs=/tmp/gpu_check_logs
+mkdir -p "$out" "$logs"
+bundle() { [ "$logs" = "$out" ] || tar -czf "$out/gpu_check.tar.gz" -C "$logs" .; }
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} JAX_PLATFORMS=cuda
 unset Q4LAB_AUTOTUNE # auto by the rules (GPU_CHOICES): what the steps check
 export WANDB_MODE=disabled Q4LAB_CACHE=${Q4LAB_CACHE:-/tmp/q4lab-cache}
@@ -55,8 +60,9 @@ step() { # name, limit, command...
   shift 2
   echo "=== $name (limit ${limit}s)"
   local t0=$SECONDS
-  timeout "$limit" "$@" 2>&1 | tee "$out/$name.log" | grep -v '^\s*$' | tail -n 80
+  timeout "$limit" "$@" 2>&1 | tee "$logs/$name.log" | grep -v '^\s*$' | tail -n 80
   echo "=== $name: exit ${PIPESTATUS[0]}, $((SECONDS - t0)) s"
+  bundle
 }
 preflight() {
   step preflight 5 $py -c "$imports"
@@ -70,43 +76,47 @@ smoke() {
   step smoke 50 $py benchmarks/harness_smoke.py $experiment \
     --where seed=0 bits=4 quantizer=minmax quantizer=gptq act_bits=16 act_bits=4
 }
-tests() { step tests 90 $pytest -v tests/ops -k "not mosaic and not autotune"; }
+tests() { # the Triton kernels' tests first: a step cut short at its limit loses the last ones
+  step tests 150 $pytest -v tests/ops/test_pallas_gpu.py tests/ops/test_matmul.py \
+    -k "not mosaic and not autotune"
+}
 mosaic() {
   step mosaic-tests 30 $pytest -v tests/ops/test_mosaic_gpu.py
   # does XLA hold int4 two to a byte here? (the kernels bit-cast K-major bytes to int4)
   step int4-bytes 10 $py -c "$int4_bytes"
   step mosaic 40 $bench --tune --check --shapes 8192x28672 --m 1 16 --seconds 0.1 \
-    --only "W4A16 mosaic" "W4A16 auto" dense --out "$out/mosaic.md"
+    --only "W4A16 mosaic" "W4A16 auto" dense --out "$logs/mosaic.md"
 }
 tiling() {
   step tiling 40 $bench --tune --check --shapes 8192x28672 --m 1 16 --seconds 0.1 \
-    --only "W4A16 pallas" "W4A16 auto" dense --out "$out/tiling.md"
+    --only "W4A16 pallas" "W4A16 auto" dense --out "$logs/tiling.md"
 }
 check() {
   step check 75 $bench --check --shapes 8192x28672 8192x8192 --m 1 16 4096 \
-    --seconds 0.1 --skip "W4A16 mosaic" --out "$out/check.md"
+    --seconds 0.1 --skip "W4A16 mosaic" --out "$logs/check.md"
 }
 w4a4() {
   step w4a4 30 $bench --tune --check --group 0 --shapes 8192x8192 --m 4096 --seconds 0.1 \
-    --only "W4A4" dense --out "$out/w4a4.md"
+    --only "W4A4" dense --out "$logs/w4a4.md"
 }
 dispatch() {
   step autotune-tests 30 $pytest tests/ops/test_autotune.py
   step dispatch 90 $py benchmarks/dispatch_check.py --shapes 8192x8192 8192x28672 --m 1 16 4096 \
-    --seconds 0.1 --out "$out/dispatch.md"
+    --seconds 0.1 --out "$logs/dispatch.md"
 }
 probe() { step probe 75 $py benchmarks/layout_probe.py; }
 compile() {
   step compile 60 $py benchmarks/kernel_compile.py --rows 360 --k 64 --n 256 --group 32 --limit 30
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$logs/gpu.txt"
 $py -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" |
-  tee -a "$out/gpu.txt"
+  tee -a "$logs/gpu.txt"
 # what ran: the device's checkout may carry a stale .git, so hash the files themselves; here,
 # the same line on a clean checkout of a commit says whether that commit is what ran
 files=$(find q4lab benchmarks tests -type f \( -name '*.py' -o -name '*.sh' \) | LC_ALL=C sort)
-echo "tree $(cat $files | sha1sum | cut -c1-12)" | tee -a "$out/gpu.txt"
+echo "tree $(cat $files | sha1sum | cut -c1-12)" | tee -a "$logs/gpu.txt"
+bundle
 steps="preflight mosaic w4a4 tiling smoke check tests dispatch probe compile"
 for name in ${@:-preflight mosaic w4a4 tiling smoke check}; do
   case " $steps " in

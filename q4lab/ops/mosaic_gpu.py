@@ -107,6 +107,8 @@ def unsupported(
     """Why the W4A4 (or, with ``w4a4=False``, W4A16) kernel cannot take this weight and M under
     ``config`` (default: the kernel's own); None when it can."""
     config = config or (MOSAIC_DEFAULT if w4a4 else W4A16_MOSAIC_DEFAULT)
+    if m < 1:
+        return f"M={m}: no rows to launch the kernel over"
     if not w.spec.nibbles:
         return f"{w.spec.bits}-bit codes are not nibbles; allowed widths: 4"
     groups = w.scale.shape[0]

@@ -120,6 +120,8 @@ def unsupported(
     """Why the kernel (W4A16, or W4A4 with ``w4a4``) cannot take this weight and batch under
     ``config`` (default: the kernel's own), as a string; None when it can."""
     config = config or default_config(m, w4a4=w4a4)
+    if m < 1:  # a launch grid of no row blocks is not a valid CUDA launch
+        return f"M={m}: no rows to launch the kernel over"
     if not qt.spec.nibbles:
         return f"{qt.spec.bits}-bit codes are not nibbles; allowed widths: 4"
     if qt.layout != "rows":

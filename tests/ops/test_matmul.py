@@ -14,7 +14,16 @@ from q4lab.core import (
     quantize,
     relayout,
 )
-from q4lab.ops import GPU_CHOICES, choose, halves, int_matmul, mosaic_gpu, on_gpu, w4a16_matmul
+from q4lab.ops import (
+    GPU_CHOICES,
+    choose,
+    halves,
+    int_matmul,
+    mosaic_gpu,
+    on_gpu,
+    pallas_gpu,
+    w4a16_matmul,
+)
 from q4lab.ops.blocked import block_rows, w4a16_blocked
 from q4lab.ops.matmul import WIDTHS
 from q4lab.quantizers import get_quantizer
@@ -268,6 +277,17 @@ def test_dispatch_by_backend_shape_and_width():
     assert choose(q4, 1, backend="tpu") == "xla"
     odd = get_quantizer("minmax").quantize(w[:, :100], QuantSpec(group_size=128))
     assert choose(odd, 1, backend="gpu") == "xla"  # 50 columns per half: no 128-wide block
+
+
+def test_an_empty_batch_takes_no_kernel_on_a_gpu():
+    """A launch grid of no row blocks is not a valid CUDA launch: M=0 goes to XLA's dot."""
+    w = jax.random.normal(jax.random.key(0), (256, 256))
+    qt = get_quantizer("minmax").quantize(w, QuantSpec(group_size=128))
+    assert choose(qt, 0, backend="gpu", dtype=jnp.bfloat16) == "xla"
+    assert choose(qt, 0, backend="gpu", w4a4=True, dtype=jnp.int8) == "xla"
+    assert "M=0" in pallas_gpu.unsupported(qt, 0)
+    per_channel = get_quantizer("minmax").quantize(w, QuantSpec())
+    assert "M=0" in mosaic_gpu.unsupported(relayout(per_channel, "kmajor"), 0)
 
 
 def test_a_table_row_naming_the_mosaic_kernels_falls_back_where_they_cannot_run(monkeypatch):
