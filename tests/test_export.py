@@ -345,7 +345,7 @@ def test_saving_over_a_saved_model_needs_overwrite(saved_linen, tmp_path):
 
 def _cut_short_before_the_config(monkeypatch):
     """Saving is killed after its weights are written, before q4lab.json is."""
-    import q4lab.export as export
+    import q4lab.export.saving as export
 
     real = export.atomic_write_bytes
 
