@@ -343,6 +343,20 @@ def test_saving_over_a_saved_model_needs_overwrite(saved_linen, tmp_path):
     assert weights_path(again).read_bytes() == before
 
 
+def test_overwriting_removes_no_file_outside_the_directory(saved_linen, tmp_path):
+    """A config edited to name weights elsewhere: the save over it leaves that file alone."""
+    qm, _, x = saved_linen
+    directory = qm.save(tmp_path / "model")
+    victim = tmp_path / "victim.safetensors"
+    victim.write_bytes(b"not q4lab's")
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    for name in ("../victim.safetensors", str(victim)):
+        (directory / CONFIG_FILE).write_text(json.dumps({**config, "weights_file": name}))
+        qm.save(directory, overwrite=True)
+        assert victim.read_bytes() == b"not q4lab's"
+    np.testing.assert_array_equal(load(directory, UserCNN()).apply(x), qm.apply(x))
+
+
 def _cut_short_before_the_config(monkeypatch):
     """Saving is killed after its weights are written, before q4lab.json is."""
     import q4lab.export.saving as export

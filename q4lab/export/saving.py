@@ -232,9 +232,11 @@ def _saved_files(directory: Path) -> list[Path]:
         return []
     ours = [p for p in directory.iterdir() if _WEIGHTS_NAME.fullmatch(p.name)]
     try:
-        named = directory / json.loads(config.read_text()).get("weights_file", WEIGHTS_FILE)
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError):
-        named = None
+        name = json.loads(config.read_text()).get("weights_file", WEIGHTS_FILE)
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        name = None
+    # a name that leaves the directory (hand-edited) is not ours to remove
+    named = directory / name if isinstance(name, str) and Path(name).name == name else None
     return [config, *dict.fromkeys([*ours, *([named] if named and named.is_file() else [])])]
 
 
