@@ -1,6 +1,7 @@
 """A byte-level GPT (4 layers, width 256, context 128) trained here on the standard library's
-sources, two seeds: W8 / W4 / W3 g128 weight-only and W8A8 / W4A8 / W4A4 (dynamic per-token
-activations), every quantizer. Metric: validation perplexity per byte (bits per byte too).
+sources, two seeds: W8 / W4 / W3 g128 weight-only and W8A8 / W8A4 / W4A8 / W4A4 (dynamic
+per-token activations), every quantizer. Metric: validation perplexity per byte (bits per byte
+too).
 
     q4lab run experiments/charlm.py
     q4lab plot results/charlm --x bits_per_weight ideal_bits_per_weight

@@ -1,5 +1,6 @@
 """The digits MLP across bit widths: every quantizer (GPTQ with and without act-order) at
-W2/W3/W4/W8, per-channel and g16, weight-only, plus W4A8 / W4A4 / W8A8 (dynamic), three seeds.
+W2/W3/W4/W8, per-channel and g16, weight-only, plus W4A8 / W4A4 / W8A8 / W8A4 (dynamic),
+three seeds.
 
     q4lab run experiments/digits.py
     q4lab plot results/digits --x bits_per_weight ideal_bits_per_weight

@@ -2,7 +2,8 @@
 g128, weight-only, with every clipping quantizer and GPTQ (plain, act-order, act-order with MSE
 clipping). Metric: mean cosine to the float embeddings of 2048 docstring sentences, plus top-1 /
 top-10 nearest-neighbour agreement. GPTQ calibrates on 1024 other sentences with float inputs
-(sequential calibration gave the same cosine, 0.9858 vs 0.9859, at 10x the time).
+(sequential calibration gave the same cosine, 0.9858 vs 0.9859, at 7.6x the time, with 256
+calibration and 512 evaluation sentences: benchmarks/NOTES.md, "Sequential vs float-input").
 
     q4lab run experiments/minilm.py
     q4lab plot results/minilm --x bits_per_weight ideal_bits_per_weight

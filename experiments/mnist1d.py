@@ -1,5 +1,6 @@
 """The MNIST-1D 1-D CNN across bit widths: every quantizer (GPTQ with and without act-order) at
-W2/W3/W4/W8, per-channel and g32, weight-only, plus W4A8 / W4A4 / W8A8 (dynamic), three seeds.
+W2/W3/W4/W8, per-channel and g32, weight-only, plus W4A8 / W4A4 / W8A8 / W8A4 (dynamic),
+three seeds.
 
     q4lab run experiments/mnist1d.py
     q4lab plot results/mnist1d --x bits_per_weight ideal_bits_per_weight
