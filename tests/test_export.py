@@ -317,7 +317,8 @@ def test_corrupted_or_reshaped_tensor_is_named(saved_linen, saved_nnx, tmp_path)
         load(saved_nnx[1], Wider(nnx.Rngs(0)))
 
 
-def test_a_task_model_loads_by_name(tmp_path):
+def test_a_task_model_loads_by_name(tmp_path, monkeypatch):
+    import q4lab.tasks.base as tasks_base
     from q4lab.tasks import get_task
 
     task = get_task("digits-mlp")
@@ -329,6 +330,11 @@ def test_a_task_model_loads_by_name(tmp_path):
     assert json.loads((tmp_path / CONFIG_FILE).read_text())["model"]["task"] == "digits-mlp"
     with pytest.raises(ValueError, match="task='charlm' is invalid"):
         qm.save(tmp_path / "other", task="charlm")
+    # loaded in a process that has not imported the task's module: both ways out are named
+    monkeypatch.delitem(tasks_base._TASKS, "digits-mlp")
+    with pytest.raises(ValueError, match=r"'digits-mlp', which is not registered.*import the "
+                       r"module that registers it.*model=<a MLP instance>"):  # fmt: skip
+        load(tmp_path)
 
 
 def test_saving_over_a_saved_model_needs_overwrite(saved_linen, tmp_path):

@@ -198,8 +198,15 @@ def _adapter(config: dict[str, Any], model: nn.Module | nnx.Module | None, where
                 f"({cls}) that is not a q4lab task; allowed: model=<a {cls.rsplit('.', 1)[-1]} "
                 "instance>" + (" of the same architecture" if framework == "nnx" else "")
             )
-        from q4lab.tasks import get_task
+        from q4lab.tasks import available_tasks, get_task
 
+        if info["task"] not in available_tasks():
+            raise ValueError(
+                f"{where} was saved from task {info['task']!r}, which is not registered in this "
+                f"process (registered: {', '.join(available_tasks())}); allowed: import the "
+                f"module that registers it before loading (q4lab --plugin <module> on the command "
+                f"line), or load(..., model=<a {cls.rsplit('.', 1)[-1]} instance>)"
+            )
         model = get_task(info["task"]).model
     is_nnx = isinstance(model, nnx.Module)
     if not is_nnx and not isinstance(model, nn.Module):
