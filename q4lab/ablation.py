@@ -20,7 +20,7 @@ import json
 
 import pandas as pd
 
-from q4lab.plots import CONFIG_COLUMNS, distinct_runs, format_value, higher_is_better, value_label
+from q4lab.plot_layout import format_value, value_label
 from q4lab.report import (
     NOISE_RULE,
     configuration_label,
@@ -28,6 +28,7 @@ from q4lab.report import (
     paired_columns,
     paired_difference,
 )
+from q4lab.results_table import CONFIG_COLUMNS, distinct_runs, higher_is_better
 
 # fields an ablation does not vary: what it is grouped by, or what a budget allocation decides
 NOT_COMPARED = ("task", "seed", "rules", "bits_budget", "budget_widths", "budget_groups")

@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from q4lab.plots import quantizer_label, save_figure
+from q4lab.plot_layout import quantizer_label
+from q4lab.plots import save_figure
 
 
 def sensitivity_table(rows: Sequence[dict] | pd.DataFrame, value: str = "loss") -> pd.DataFrame:

@@ -22,19 +22,21 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
-from q4lab.plots import (
-    CONFIG_COLUMNS,
+from q4lab.plot_layout import (
     activation_label,
+    format_value,
+    group_label,
+    quantizer_label,
+    value_label,
+    y_label,
+)
+from q4lab.results_table import (
+    CONFIG_COLUMNS,
     aggregate,
     baseline_column,
     distinct_runs,
     float_model_notes,
-    format_value,
-    group_label,
     higher_is_better,
-    quantizer_label,
-    value_label,
-    y_label,
 )
 
 BUDGET = ("bits", "act_bits")
