@@ -423,10 +423,11 @@ def save_plot(
 
 
 def save_figure(fig: plt.Figure, directory: Path, stem: str) -> list[Path]:
-    """``directory/stem.png`` (200 dpi) and ``.svg`` (no date: reruns give the same bytes);
-    closes the figure; returns the paths."""
+    """``directory/stem.png`` (200 dpi) and ``.svg`` (no date, and ids hashed from a fixed salt,
+    not a random one: reruns give the same bytes); closes the figure; returns the paths."""
     paths = [directory / f"{stem}.png", directory / f"{stem}.svg"]
     fig.savefig(paths[0], dpi=200, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
+    with plt.rc_context({"svg.hashsalt": "q4lab"}):
+        fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     return paths

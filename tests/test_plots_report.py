@@ -270,6 +270,9 @@ def test_cli_writes_the_plot_and_the_report(tmp_path, capsys):
     for name in ("score_vs_bits_per_weight", "score_vs_ideal_bits_per_weight"):
         for ext in ("png", "svg"):
             assert (tmp_path / "plots" / f"{name}.{ext}").stat().st_size
+    first = {p.name: p.read_bytes() for p in (tmp_path / "plots").iterdir()}
+    assert main(["plot", str(tmp_path), "--x", "bits_per_weight", "ideal_bits_per_weight"]) == 0
+    assert {p.name: p.read_bytes() for p in (tmp_path / "plots").iterdir()} == first  # a rerun
     assert main(["report", str(tmp_path), "--write", "--x", "ideal_bits_per_weight"]) == 0
     text = (tmp_path / "report.md").read_text()
     assert "### weights only (float activations)" in text and "### A4 activations" in text
