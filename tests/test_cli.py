@@ -35,6 +35,19 @@ def test_layer_error_refuses_fields_it_does_not_measure(capsys):
     )
 
 
+def test_layer_error_quantizes_sequentially_when_asked(capsys):
+    """--sequential true was overridden by the command's float inputs, silently."""
+    args = ["layer-error", "--bits", "3", "--quantizer", "gptq", "--sequential", "false", "true"]
+    assert main(args) == 0
+    header, *rows = _table(capsys.readouterr().out)
+    assert header[7:9] == ["gptq sequential=False", "gptq sequential=True"]
+    first, later = rows[0], rows[-1]
+    assert first[7] == first[8] and later[7] != later[8]  # the first layer's inputs are float
+    with pytest.raises(SystemExit):
+        main(["layer-error", "--float-inputs", "--sequential", "true"])
+    assert "--float-inputs and --sequential true contradict" in capsys.readouterr().err
+
+
 def _table(out: str) -> list[list[str]]:
     lines = [line for line in out.splitlines() if line.startswith("| ")]
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]

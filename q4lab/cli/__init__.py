@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compares quantizers layer by layer; ratios are to the first --quantizer.",
     )
     _add_recipe_flags(layer_error)
-    layer_error.set_defaults(func=_cmd_layer_error, float_inputs=True)
+    layer_error.set_defaults(func=_cmd_layer_error, sequential=[False])  # float inputs
 
     sens = sub.add_parser(
         "sensitivity",

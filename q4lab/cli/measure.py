@@ -88,6 +88,8 @@ def _points(args: argparse.Namespace) -> list[dict]:
         for name in FIELDS
         if getattr(args, name, None) is not None
     ]
+    if args.float_inputs and True in (getattr(args, "sequential", None) or []):
+        raise ValueError("--float-inputs and --sequential true contradict; allowed: one of them")
     points = []
     for combo in itertools.product(*axes):
         point = dict(combo)
@@ -169,8 +171,8 @@ def _cmd_layer_error(args: argparse.Namespace) -> int:
     print(
         "Relative output error ||X (W - W_hat)||^2 / ||X W||^2 per layer on the calibration split, "
         "X the float model's inputs to the layer, rows that hold data only (a task's row mask: "
-        "not padding); the weights were quantized as the recipe says: sequentially unless "
-        "--float-inputs, calibrated on padding too unless --calib-padding exclude\n"
+        "not padding); the weights were quantized from the float model's inputs unless "
+        "--sequential true, calibrated on padding too unless --calib-padding exclude\n"
     )
     print(table.reset_index().to_markdown(index=False, floatfmt=".4g"))
     return 0
