@@ -19,7 +19,8 @@ from q4lab.core import (
 )
 from q4lab.evaluate import evaluate
 from q4lab.export import load
-from q4lab.quantize_model import QuantizedModel, quantize_model
+from q4lab.quantize_model import quantize_model
+from q4lab.quantized_model import QuantizedModel
 from q4lab.quantizers import Quantizer, available, get_quantizer, register
 from q4lab.recipe import ActSpec, Recipe, Rule, TransformSpec
 

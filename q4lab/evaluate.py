@@ -14,7 +14,8 @@ from q4lab.calibrate import row_mask_of
 from q4lab.manifest import manifest
 from q4lab.qat import QATConfig, QATModel
 from q4lab.qat import train as train_qat
-from q4lab.quantize_model import QuantizedModel, quantize_model
+from q4lab.quantize_model import quantize_model
+from q4lab.quantized_model import QuantizedModel
 from q4lab.recipe import Recipe
 from q4lab.tasks import Task, get_task
 

@@ -48,7 +48,7 @@ from q4lab.core import QuantSpec
 from q4lab.hooks import QuantHook
 from q4lab.layer_quant import ActState, WeightQuant, unfolded_weight
 from q4lab.losses import DISTILLATION, LOSSES, Loss
-from q4lab.quantize_model import QuantizedModel
+from q4lab.quantized_model import QuantizedModel
 from q4lab.recipe import ActSpec
 
 METHODS: tuple[str, ...] = ("ste", "lsq")

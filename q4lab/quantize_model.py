@@ -1,14 +1,12 @@
-"""Apply a `Recipe` to a Flax model: validate, calibrate, quantize the weights, and run the
-quantized forward (real integer ops) or its fake-quant simulation."""
+"""Apply a `Recipe` to a Flax model: plan its layers, calibrate, and quantize the weights one
+layer at a time into a `QuantizedModel` (`q4lab.quantized_model`, which runs the quantized
+forward with real integer ops or its fake-quant simulation). `LayerPlan` and `plan` live in
+`q4lab.layer_plan`; this module re-exports them with `QuantizedModel`."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import os
-import warnings
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -18,20 +16,10 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from q4lab.adapters import Adapter, Inputs, Layer, PyTree, RowMask, adapt, get_at, set_at
+from q4lab.adapters import Inputs, PyTree, RowMask, adapt, get_at, set_at
 from q4lab.calibrate import cached_calibrator
-from q4lab.core import (
-    Ledger,
-    QTensor,
-    QuantSpec,
-    dequantize,
-    fake_quant,
-    relayout_tree,
-    size_ledger,
-    to_matrix,
-)
-from q4lab.core.transforms import hadamard_factors
-from q4lab.hooks import QuantHook
+from q4lab.core import QTensor, to_matrix
+from q4lab.layer_plan import LayerPlan, plan
 from q4lab.layer_quant import (
     ActState,
     folded_weight,
@@ -40,140 +28,9 @@ from q4lab.layer_quant import (
     transform_stats,
     unfolded_weight,
 )
-from q4lab.quantizers import (
-    ACTIVATIONS,
-    CROSS,
-    HESSIAN,
-    RangeQuantizer,
-    check_finite,
-    check_quantized,
-    range_quantizers,
-)
-from q4lab.recipe import ActSpec, Recipe, Rule
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerPlan:
-    layer: Layer
-    rule: Rule
-    rule_index: int
-    spec: QuantSpec  # the rule's weight spec, per-channel where one group spans the layer
-
-    @property
-    def rounds_to_nearest(self) -> bool:
-        """True when the codes are the float weight rounded with the stored scales, so the
-        fake-quant simulation applies to the float weight (not so for GPTQ)."""
-        return isinstance(self.rule.build_quantizer(), RangeQuantizer)
-
-
-def _effective_spec(spec: QuantSpec, k: int) -> QuantSpec:
-    """A group at least as large as the layer's input is one group: per-channel."""
-    if spec.granularity == "per_group" and spec.group_size >= k:
-        return dataclasses.replace(spec, granularity="per_channel", group_size=None)
-    return spec
-
-
-def plan(recipe: Recipe, layers: list[Layer]) -> dict[str, LayerPlan]:
-    """Match rules to layers and check every combination before any work is done.
-
-    Layers matched first by a float rule, or by none, stay float. A per-group spec whose group
-    size is at least a layer's input size K quantizes that layer per-channel (one group); a group
-    size smaller than K must divide it.
-    """
-    first = {layer.path: recipe.match(layer.path) for layer in layers}  # (index, rule) or None
-    chosen: dict[str, LayerPlan] = {}
-    for layer in layers:
-        match = first[layer.path]
-        if match is not None and not match[1].keeps_float:
-            i, rule = match
-            chosen[layer.path] = LayerPlan(layer, rule, i, _effective_spec(rule.weight, layer.k))
-    paths = list(first)
-    winners = {match[0] for match in first.values() if match is not None}
-    for i, rule in enumerate(recipe.rules):
-        if not any(rule.matches(p) for p in paths):
-            raise ValueError(
-                f"recipe rule {i} (pattern {rule.pattern!r}) matches no quantizable layer; "
-                f"the model's layers are: {paths}"
-            )
-        if i not in winners:
-            taken = sorted({first[p][0] for p in paths if rule.matches(p)})
-            raise ValueError(
-                f"recipe rule {i} (pattern {rule.pattern!r}) applies to no layer: every layer "
-                f"it matches is taken by the earlier rule(s) {taken}; allowed: a rule that is "
-                "the first match of at least one layer"
-            )
-    if not chosen:
-        raise ValueError(
-            f"the recipe quantizes no layer (its rules keep every layer float): {paths}"
-        )
-    places = {
-        path: f"recipe rule {p.rule_index} (pattern {p.rule.pattern!r}), layer {path!r}"
-        for path, p in chosen.items()
-    }
-    sizes = []  # every layer a group size does not divide, in one error
-    for path, p in chosen.items():
-        try:
-            p.spec.check_input_size(p.layer.k)
-        except ValueError as err:
-            sizes.append(f"{places[path]}: {err}")
-    if sizes:
-        raise ValueError("\n".join(sizes))
-    for path, p in chosen.items():
-        where = places[path]
-        a_kind = f"{'an' if p.layer.kind[0] in 'aeiou' else 'a'} {p.layer.kind}"
-        if p.rule.act is not None and not p.layer.hookable:
-            raise ValueError(
-                f"{where}: activation quantization is not supported on {a_kind} layer; "
-                "allowed: dense (Dense, DenseGeneral without batch dims, Linear) and conv layers"
-            )
-        needs = p.rule.build_quantizer().needs
-        if needs and not p.layer.hookable:  # calibration sees the inputs of hooked layers only
-            raise ValueError(
-                f"{where}: quantizer {p.rule.quantizer!r} needs statistics of the layer's inputs "
-                f"({', '.join(sorted(needs))}), which calibration does not collect on {a_kind} "
-                f"layer; allowed there: a quantizer of the weights alone "
-                f"({', '.join(range_quantizers())})"
-            )
-        scales_inputs = ACTIVATIONS in needs  # AWQ: its own transform
-        dense = p.layer.hookable and p.layer.kind == "dense"
-        if scales_inputs and not dense:
-            raise ValueError(
-                f"{where}: quantizer {p.rule.quantizer!r} scales the layer's input channels (an "
-                f"input transform folded into the weight), which {a_kind} layer does not take; "
-                "allowed: dense layers (Dense, DenseGeneral without batch dims, Linear): give "
-                "it a rule whose pattern matches those only, and the others another quantizer"
-            )
-        if p.rule.transform is not None and not dense:
-            raise ValueError(
-                f"{where}: an input transform is not supported on {a_kind} layer; "
-                "allowed: dense layers (Dense, DenseGeneral without batch dims, Linear)"
-            )
-        if p.rule.transform is not None and scales_inputs:
-            raise ValueError(
-                f"{where}: quantizer {p.rule.quantizer!r} chooses its own input scales; "
-                "allowed: transform=None"
-            )
-        if p.rule.transform is not None and p.rule.transform.rotates:
-            _check_rotation(where, p.layer.k)
-    return chosen
-
-
-def _check_rotation(where: str, k: int) -> None:
-    """A Hadamard rotation mixes a layer's K inputs in blocks (`hadamard_factors`): refuse one
-    that would mix nothing (odd K), and warn of one that mixes less than all of them."""
-    m, b = hadamard_factors(k)
-    if m * b == 1:
-        raise ValueError(
-            f"{where}: rotation='hadamard' would leave the layer's K={k} inputs as they are (an "
-            "odd K has no Hadamard factor); allowed: layers with an even K"
-        )
-    if m * b < k:
-        warnings.warn(
-            f"{where}: rotation='hadamard' mixes the layer's K={k} inputs in blocks of {m * b}, "
-            "not all together (whole for K = 2^p, 12·2^p and 20·2^p), so an outlier channel is "
-            f"spread over {m * b} channels only",
-            stacklevel=4,  # _check_rotation < plan < quantize_model < the caller
-        )
+from q4lab.quantized_model import QuantizedModel
+from q4lab.quantizers import ACTIVATIONS, CROSS, HESSIAN, check_finite, check_quantized
+from q4lab.recipe import ActSpec, Recipe
 
 
 def _range_rows(path: str, stats: dict[str, jax.Array], act: ActSpec) -> jax.Array:
@@ -223,54 +80,6 @@ def _needs(p: LayerPlan) -> set[str]:
     return needs
 
 
-@dataclasses.dataclass(frozen=True)
-class _ForwardLayer:
-    """What the quantized forward needs to know of a layer (a static jit argument: models with
-    the same layers share one compiled forward per weight and activation spec)."""
-
-    path: str
-    key: tuple
-    rounds_to_nearest: bool
-    dense: bool  # a hookable dense layer: weight-only, the real forward runs `w4a16_matmul`
-    transformed: bool  # an input transform: the hook applies it in every mode
-
-
-def _weights(layers, fake: bool, params: PyTree, simulated: PyTree) -> PyTree:
-    for layer in layers:
-        qt: QTensor = get_at(params, layer.key)
-        if fake and layer.rounds_to_nearest:
-            w = get_at(simulated, layer.key)  # folded already where it has a transform
-            value = fake_quant(w, qt.spec, qt.scale, qt.zero_points(), in_axes=qt.in_axes)
-        else:  # from the packed codes, inside jit (and the weights GPTQ chose)
-            value = dequantize(qt)
-        params = set_at(params, layer.key, value.astype(jnp.float32))
-    return params
-
-
-def _hooked(layer: _ForwardLayer, acts: dict) -> bool:
-    """Whether the forward runs ``layer`` through a `QuantHook`: quantized activations, an input
-    transform, or a hookable dense layer (the fake forward too: its float32 weight, not the
-    module's kernel cast to a narrower compute dtype, as the integer forward)."""
-    return layer.path in acts or layer.transformed or layer.dense
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _forward(adapter, layers, fake, params, simulated, acts, x):
-    mode = "fake" if fake else "int"
-    weights = _weights(layers, fake, params, simulated)
-    hooks = {
-        layer.path: QuantHook(
-            get_at(params, layer.key),
-            acts.get(layer.path),
-            mode,
-            weight=get_at(weights, layer.key) if fake else None,
-        )
-        for layer in layers
-        if _hooked(layer, acts)
-    }
-    return adapter.apply(weights, x, hooks)
-
-
 def _stages(stats: dict[str, dict[str, jax.Array]], order: list[str]) -> dict[str, frozenset[str]]:
     """Groups of consecutive layers that read the same input (e.g. attention's query, key and
     value): their float Hessians are identical. Quantizing one cannot change the others' inputs,
@@ -286,92 +95,6 @@ def _stages(stats: dict[str, dict[str, jax.Array]], order: list[str]) -> dict[st
             groups.append([path])
         previous = h
     return {path: frozenset(g) for g in groups for path in g}
-
-
-@dataclasses.dataclass
-class QuantizedModel:
-    """A model with its quantized parameters (`QTensor` leaves in the parameter dict)."""
-
-    adapter: Adapter
-    params: PyTree  # float leaves and QTensors: exactly what is stored
-    float_params: PyTree  # the original weights, for the fake-quant simulation only
-    layers: dict[str, LayerPlan]
-    acts: dict[str, ActState]  # the layers whose activations are quantized
-    recipe: Recipe | None = None  # what it was quantized by (every rule, float ones too)
-
-    def ledger(self) -> Ledger:
-        return size_ledger(self.params)
-
-    def relayout(self, layout: str) -> QuantizedModel:
-        """The same model with every 4-bit weight that can hold it in ``layout``
-        (`q4lab.core.relayout`: ``"kmajor"`` for the Mosaic GPU kernels, which ``auto`` then
-        runs on a Hopper GPU). Models are made, loaded from older files and frozen after QAT in
-        ``"rows"``."""
-        return dataclasses.replace(self, params=relayout_tree(self.params, layout))
-
-    @functools.cached_property
-    def _forward_layers(self) -> tuple[_ForwardLayer, ...]:
-        return tuple(
-            _ForwardLayer(
-                p.layer.path,
-                p.layer.key,
-                p.rounds_to_nearest,
-                p.layer.hookable and p.layer.kind == "dense",
-                get_at(self.params, p.layer.key).transform is not None,
-            )
-            for p in self.layers.values()
-        )
-
-    @functools.cached_property
-    def _int_forward_layers(self) -> tuple[_ForwardLayer, ...]:
-        """As `_forward_layers`, for the integer forward: every layer runs from its codes there,
-        so GPTQ's models and round-to-nearest ones share one compiled forward."""
-        return tuple(dataclasses.replace(f, rounds_to_nearest=False) for f in self._forward_layers)
-
-    def int_hooked(self, path: str) -> bool:
-        """True when the integer forward runs layer ``path`` through a `QuantHook` (quantized
-        activations, an input transform, a hookable dense layer); the others multiply their
-        kernel dequantized."""
-        layer = next(f for f in self._forward_layers if f.path == path)
-        return _hooked(layer, self.acts)
-
-    def apply(self, x: Inputs, *, fake: bool = False) -> jax.Array:
-        """Quantized forward of ``x`` (an array, a tuple of positional inputs or a dict of
-        keyword inputs, as ``sample_input``); ``fake=True`` runs the float simulation of the
-        same recipe."""
-        return _forward(
-            self.adapter,
-            self._forward_layers if fake else self._int_forward_layers,
-            fake,
-            self.params,
-            self._simulated_weights if fake else None,
-            self.acts,
-            x,
-        )
-
-    @functools.cached_property
-    def _simulated_weights(self) -> PyTree:
-        """The float weights the fake forward rounds: the model's own, folded where a layer has
-        an input transform, eagerly as when it was quantized (folded inside the forward's jit,
-        a Paley-Hadamard rotation rounds otherwise, and a code could flip)."""
-        params = self.float_params
-        for f in self._forward_layers:
-            qt = get_at(self.params, f.key)
-            if params is not None and f.rounds_to_nearest and qt.transform is not None:
-                w = folded_weight(qt.transform, get_at(params, f.key), qt.in_axes)
-                params = set_at(params, f.key, w)
-        return params
-
-    def save(
-        self, directory: str | os.PathLike, *, task: str | None = None, overwrite: bool = False
-    ) -> Path:
-        """Write the packed model to ``directory`` (`q4lab.export.save`: safetensors + JSON);
-        ``q4lab.load(directory, model)`` rebuilds its integer forward. ``task``: the q4lab task
-        the model came from, so that loading needs no ``model``. A directory holding a saved
-        model is refused unless ``overwrite=True``."""
-        from q4lab.export import save
-
-        return save(self, directory, task=task, overwrite=overwrite)
 
 
 def _quantize_layer(

@@ -24,8 +24,9 @@ from q4lab.adapters import adapt, example_count, get_at, set_at
 from q4lab.calibrate import calibrate
 from q4lab.core import QTensor, stored_bytes, to_matrix
 from q4lab.evaluate import float_forward
+from q4lab.layer_plan import plan
 from q4lab.layer_quant import unfolded_weight
-from q4lab.quantize_model import plan, quantize_model
+from q4lab.quantize_model import quantize_model
 from q4lab.quantizers import output_error
 from q4lab.recipe import Recipe, Rule
 from q4lab.tasks import Task, get_task

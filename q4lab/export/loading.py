@@ -49,9 +49,10 @@ from q4lab.export.schema import (
     _quant_spec,
     _rule_from_json,
 )
+from q4lab.layer_plan import LayerPlan
 from q4lab.layer_quant import ActState
 from q4lab.model_settings import differences, settings
-from q4lab.quantize_model import LayerPlan, QuantizedModel
+from q4lab.quantized_model import QuantizedModel
 from q4lab.recipe import Recipe
 
 

@@ -36,7 +36,7 @@ from q4lab.export.schema import (
 from q4lab.files import atomic_write_bytes
 from q4lab.manifest import manifest
 from q4lab.model_settings import settings
-from q4lab.quantize_model import QuantizedModel
+from q4lab.quantized_model import QuantizedModel
 
 # dtypes safetensors' numpy API reads back as themselves; others are stored as unsigned bits
 _INTS = (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64)

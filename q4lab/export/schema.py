@@ -16,8 +16,8 @@ import jax
 import numpy as np
 
 from q4lab.core import QTensor, QuantSpec
+from q4lab.layer_plan import LayerPlan
 from q4lab.layer_quant import ActState
-from q4lab.quantize_model import LayerPlan
 from q4lab.recipe import ActSpec, Rule, TransformSpec
 
 FORMAT = "q4lab.packed"

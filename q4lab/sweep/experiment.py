@@ -18,7 +18,7 @@ import jax
 from flax import nnx
 
 from q4lab.adapters import adapt
-from q4lab.quantize_model import plan
+from q4lab.layer_plan import plan
 from q4lab.sweep.fields import (
     Point,
     config_hash,

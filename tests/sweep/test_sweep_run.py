@@ -17,7 +17,7 @@ from nbclient import NotebookClient
 
 from q4lab.cli import main
 from q4lab.evaluate import evaluate
-from q4lab.quantize_model import _forward
+from q4lab.quantized_model import _forward
 from q4lab.sweep import ResultsStore, WandbSettings, load_experiment, recipe_of, run_experiment
 
 pytestmark = pytest.mark.slow
