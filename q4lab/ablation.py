@@ -20,15 +20,15 @@ import json
 
 import pandas as pd
 
+from q4lab.configuration_label import configuration_label
 from q4lab.plot_layout import format_value, value_label
-from q4lab.report import (
+from q4lab.results_table import CONFIG_COLUMNS, distinct_runs, higher_is_better
+from q4lab.seed_statistics import (
     NOISE_RULE,
-    configuration_label,
     flagged_deltas,
     paired_columns,
     paired_difference,
 )
-from q4lab.results_table import CONFIG_COLUMNS, distinct_runs, higher_is_better
 
 # fields an ablation does not vary: what it is grouped by, or what a budget allocation decides
 NOT_COMPARED = ("task", "seed", "rules", "bits_budget", "budget_widths", "budget_groups")
@@ -67,7 +67,7 @@ def field_comparison(table: pd.DataFrame, field: str, y: str = "score") -> pd.Da
     """One row per task and configuration at a value of ``field`` other than the reference
     (`reference_value`) whose twin at the reference ran on a seed it ran: ``y`` of both (means
     over those seeds) and their paired difference, value - reference (mean, std over seeds,
-    noise flag: `q4lab.report.NOISE_RULE`) in ``delta``. ``frame.attrs["reference"]`` names
+    noise flag: `q4lab.seed_statistics.NOISE_RULE`) in ``delta``. ``frame.attrs["reference"]`` names
     the reference value."""
     from q4lab.reproduce import candidate_points
     from q4lab.sweep.fields import effective_hash

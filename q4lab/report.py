@@ -16,20 +16,14 @@ field values as an experiment file spells them).
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
-import scipy.stats
 
-from q4lab.plot_layout import (
-    activation_label,
-    format_value,
-    group_label,
-    quantizer_label,
-    value_label,
-    y_label,
-)
+# The seed statistics, configuration labels and mixed-precision section live in their own
+# modules; the names imported from them stay importable from here (tests, the notebook).
+from q4lab.configuration_label import configuration_label
+from q4lab.mixed_comparison import mixed_comparison
+from q4lab.plot_layout import activation_label, format_value, y_label
 from q4lab.results_table import (
     CONFIG_COLUMNS,
     aggregate,
@@ -38,17 +32,17 @@ from q4lab.results_table import (
     float_model_notes,
     higher_is_better,
 )
+from q4lab.seed_statistics import (
+    NOISE,
+    NOISE_RULE,
+    flagged_deltas,
+    paired_columns,
+    paired_difference,
+    seed_values,
+    within_noise,
+)
 
 BUDGET = ("bits", "act_bits")
-NOISE = "≈ noise"
-NOISE_RULE = (
-    f"`{NOISE}` marks a delta whose 95 % confidence interval holds 0: |Δ| <= t · s / √n, with n "
-    "the seeds, s the standard deviation (ddof=1) of the same difference taken seed by seed "
-    "(configuration - float model, or configuration - configuration on the seeds both ran: "
-    "each seed has its own float model and data split, so differences are paired by seed) "
-    "and t Student's 97.5 % quantile at n - 1 degrees of freedom (12.7 for 2 seeds, 3.2 for "
-    "4); with fewer than two such seeds there is no spread and nothing is marked"
-)
 # What a budget can be counted in (a size: more is bigger), by column: its name and unit.
 BUDGET_AXES = {
     "bits_per_weight": ("stored bits per weight", "bits/weight"),
@@ -59,116 +53,8 @@ BUDGET_AXES = {
 }
 
 
-def paired_difference(a: pd.Series, b: pd.Series) -> tuple[float, float, int]:
-    """Mean, std (ddof=1) and count of ``a - b`` over the seeds both hold; ``a``, ``b``: values
-    indexed by seed."""
-    diff = (a - b).dropna()
-    return float(diff.mean()), float(diff.std()), len(diff)
-
-
-def paired_columns(name: str, mean: float, std: float, seeds: int) -> dict:
-    """Columns ``name``, ``name_std`` (NaN under two seeds) and ``name_noise`` (`within_noise`)."""
-    std = float(std) if seeds > 1 else np.nan
-    noise = within_noise(mean, std, seeds)
-    return {name: float(mean), f"{name}_std": std, f"{name}_noise": noise}
-
-
-def within_noise(delta: float, spread: float, seeds: int) -> bool:
-    """`NOISE_RULE`: the 95 % confidence interval of a mean ``delta`` over ``seeds`` paired
-    differences of standard deviation ``spread`` holds 0; False when the spread is unknown
-    (NaN: one seed)."""
-    if seeds < 2 or np.isnan(spread):
-        return False
-    half_width = scipy.stats.t.ppf(0.975, seeds - 1) * spread / np.sqrt(seeds)
-    return bool(abs(delta) <= half_width)
-
-
-def _seed_values(table: pd.DataFrame, points: pd.DataFrame, column: str) -> list[pd.Series]:
-    """Per point of `aggregate`, its ``column`` values indexed by seed."""
-    keys = [c for c in CONFIG_COLUMNS if c in points and c in table]
-    table = distinct_runs(table)
-    seeds = table["seed"] if "seed" in table else pd.Series(0, index=table.index)
-    by_config = {
-        _key(key if isinstance(key, tuple) else (key,)): pd.Series(
-            part[column].to_numpy(), seeds[part.index]
-        )
-        for key, part in table.groupby(keys, dropna=False, sort=False)
-    }
-    return [by_config[_key(tuple(p))] for p in points[keys].itertuples(index=False)]
-
-
-def _key(values: tuple) -> tuple:
-    """A configuration key whose missing values compare equal (NaN != NaN)."""
-    return tuple(None if pd.isna(v) else v for v in values)
-
-
-def flagged_deltas(part: pd.DataFrame, name: str) -> list[str]:
-    """``"+0.0022 ± 0.0016 ≈ noise"`` per row: mean, paired std over seeds, flag."""
-    out = []
-    for mean, std, noise in zip(
-        part[name], part[f"{name}_std"], part[f"{name}_noise"], strict=True
-    ):
-        if pd.isna(mean):
-            out.append("")
-            continue
-        spread = f" ± {std:.4f}" if np.isfinite(std) else ""
-        out.append(f"{mean:+.4f}{spread}" + (f" {NOISE}" if noise is True else ""))
-    return out
-
-
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'s' if n != 1 else ''}"
-
-
-# Fields whose default is left unsaid, and that a label names when not at it even where they
-# do not vary: a trained or mixed-precision point says so wherever it stands alone.
-METHOD_DEFAULTS = {
-    "training": "ptq",
-    "bits_budget": 0.0,
-    "qat_steps": 0,
-    "zero_point": "auto",
-    "symmetric_grid": "max",
-    "calib_padding": "include",
-}
-
-
-def _at_default(point: pd.Series, column: str) -> bool:
-    value = point[column]
-    return pd.isna(value) or value == METHOD_DEFAULTS[column]
-
-
-def configuration_label(point: pd.Series, fields: list[str]) -> str:
-    """``"GPTQ W4 g32"`` plus every other field in ``fields`` (those that vary) but those of
-    `METHOD_DEFAULTS` at their default, which are named wherever they are not. A mixed-precision
-    point names the widths it chose from and its budget (``"min-max W2/3/4 ≤ 3.5 bits"``): its
-    ``bits`` is only the width most of its weights got."""
-    parts = [quantizer_label(point["quantizer"])] if "quantizer" in point else []
-    mixed = "bits_budget" in point and not _at_default(point, "bits_budget")
-    if mixed:
-        widths = point.get("budget_widths", "[]")
-        widths = json.loads(widths) if isinstance(widths, str) else list(widths)
-        parts.append(f"W{'/'.join(map(str, widths))} ≤ {point['bits_budget']:g} bits")
-    elif "bits" in point:
-        parts.append(f"W{point['bits']}")
-    if "group_size" in point:
-        parts.append(group_label(point["group_size"]))
-    skip = ("task", "quantizer", "bits", "group_size", "act_bits", "bits_budget")
-    quiet = [c for c in METHOD_DEFAULTS if c in point and _at_default(point, c)]
-    if "act_bits" in point and not pd.isna(point["act_bits"]) and point["act_bits"] >= 16:
-        skip += _ACT_RANGE_FIELDS  # a weight-only point's activation ranges are never taken
-    named = [c for c in fields if c not in skip and c not in quiet]
-    named += [c for c in METHOD_DEFAULTS if c in point and c not in (*named, *quiet, *skip)]
-    labels = [value_label(c, point[c]) for c in named]
-    if "act_mode" in named:  # "static act. act. clipping MSE" -> "static act. clipping MSE"
-        labels = [
-            text.removeprefix("act. ") if c.startswith("act_clipping") else text
-            for c, text in zip(named, labels, strict=True)
-        ]
-    return " ".join([*parts, *labels])
-
-
-# how an activation range is chosen: nothing a weight-only point does
-_ACT_RANGE_FIELDS = ("act_symmetric", "act_clipping", "act_clipping_options")
 
 
 def budget_table(table: pd.DataFrame, x: str = "bits_per_weight", y: str = "score") -> pd.DataFrame:
@@ -187,11 +73,11 @@ def budget_table(table: pd.DataFrame, x: str = "bits_per_weight", y: str = "scor
         why = " (it grows as the model shrinks)" if x == "compression" else ""
         raise ValueError(f"x={x!r} is not a size to budget by{why}; allowed: {list(BUDGET_AXES)}")
     points = aggregate(table, x, y)
-    points["_values"] = _seed_values(table, points, y)
+    points["_values"] = seed_values(table, points, y)
     base = baseline_column(table, y)
     if base:
         points["_deltas"] = [
-            v - f for v, f in zip(points["_values"], _seed_values(table, points, base), strict=True)
+            v - f for v, f in zip(points["_values"], seed_values(table, points, base), strict=True)
         ]
     sections = [c for c in ("task", "act_bits") if c in points]
     config = [c for c in CONFIG_COLUMNS if c in points and c not in sections]
@@ -249,7 +135,7 @@ def best_points(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
     agg = aggregate(table, "bits_per_weight", y)
     base = baseline_column(table, y)
     if base:
-        values, floats = _seed_values(table, agg, y), _seed_values(table, agg, base)
+        values, floats = seed_values(table, agg, y), seed_values(table, agg, base)
         paired = [paired_difference(v, f) for v, f in zip(values, floats, strict=True)]
         agg[f"delta_{y}"] = [mean for mean, _, _ in paired]
         agg["vs_float"] = [NOISE if within_noise(*p) else "" for p in paired]
@@ -345,92 +231,6 @@ def _provenance(table: pd.DataFrame) -> list[str]:
         "its Hessians otherwise) or where OpenBLAS ran its Cholesky factors with other kernels "
         "or threads (`OPENBLAS_CORETYPE`, `OPENBLAS_NUM_THREADS`).",
     ]
-
-
-def _candidates(point: pd.Series) -> str:
-    """What an allocation chose from: ``W2/3/4 g128``, or ``W2/3/4 x per-channel/g32/g128``."""
-    widths = json.loads(str(point.get("budget_widths", "[]")))
-    groups = json.loads(str(point.get("budget_groups", "[]")))
-    text = "W" + "/".join(map(str, widths))
-    if not groups:
-        return f"{text} {group_label(point['group_size'])}"
-    return f"{text} x " + "/".join(map(group_label, groups))
-
-
-# what a mixed point shares with the uniform points it meets: its configuration but its widths
-_MIXED_CONFIG = tuple(
-    c
-    for c in CONFIG_COLUMNS
-    if c not in ("task", "bits", "group_size", "rules", "bits_budget")
-    and not c.startswith("budget_")
-)
-
-
-def mixed_comparison(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
-    """Per task and sensitivity-allocated point (``allocation`` other than uniform / rules):
-    its stored bits per weight and ``y``, the next uniform point up in size and whether the
-    mixed one beats it, and the best uniform point within its budget (seed 0 or the mean),
-    among the uniform points of its own configuration (`_MIXED_CONFIG`: quantizer, symmetry,
-    ...; a column each where the table holds several)."""
-    x = "bits_per_weight"
-    table = distinct_runs(table)  # a mixed configuration's seeds: one point
-    # a mixed point meets the uniform points of its own configuration (quantizer, symmetry, ...)
-    config = [c for c in _MIXED_CONFIG if c in table]
-    by_task = table.astype({c: str for c in config}).groupby("task")
-    varies = [c for c in config if (by_task[c].nunique() > 1).any()]  # a column: within a task
-    points = (
-        table.groupby(
-            [
-                c
-                for c in (
-                    "task",
-                    *config,
-                    "allocation",
-                    "budget_widths",
-                    "budget_groups",
-                    "bits_budget",
-                    "bits",
-                    "group_size",
-                )
-                if c in table
-            ],
-            dropna=False,
-        )[[x, y, "higher_is_better"]]
-        .mean()
-        .reset_index()
-    )
-    rows = []
-    for (task, *values), part in points.groupby(["task", *config], sort=False, dropna=False):
-        higher = bool(part["higher_is_better"].iloc[0])
-        shown = {c: v for c, v in zip(config, values, strict=True) if c in varies}
-        uniform = part[part["allocation"] == "uniform"].sort_values(x)
-
-        def label(p: pd.Series) -> str:
-            return f"W{p['bits']} {group_label(p['group_size'])} ({p[x]:.3f}): {format_value(p[y])}"
-
-        mixed = part[part["allocation"].str.startswith("sensitivity")].sort_values("bits_budget")
-        for _, m in mixed.iterrows():
-            up = uniform[uniform[x] >= m[x]]
-            fits = uniform[uniform[x] <= m["bits_budget"]]
-            best = fits.loc[fits[y].idxmax() if higher else fits[y].idxmin()] if len(fits) else None
-            beats = (
-                None if up.empty else bool(m[y] > up[y].iloc[0] if higher else m[y] < up[y].iloc[0])
-            )  # strictly better: a tie is not
-            rows.append(
-                {
-                    "task": task,
-                    **shown,
-                    "budget": m["bits_budget"],
-                    "chooses from": _candidates(m),
-                    "mixed: bits/weight": round(m[x], 3),
-                    f"mixed: {y}": format_value(m[y]),
-                    "next uniform up": "" if up.empty else label(up.iloc[0]),
-                    "mixed better": beats,
-                    "best uniform within budget": "" if best is None else label(best),
-                }
-            )
-    order = ["task", *varies, "budget", "chooses from"]
-    return pd.DataFrame(rows).sort_values(order, kind="stable")
 
 
 def report(
