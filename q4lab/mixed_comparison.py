@@ -95,4 +95,4 @@ def mixed_comparison(table: pd.DataFrame, y: str = "score") -> pd.DataFrame:
                 }
             )
     order = ["task", *varies, "budget", "chooses from"]
-    return pd.DataFrame(rows).sort_values(order, kind="stable")
+    return pd.DataFrame(rows, columns=None if rows else order).sort_values(order, kind="stable")

@@ -332,6 +332,7 @@ def test_mixed_points_of_two_quantizers_are_compared_apart():
     assert versus.loc["minmax", "mixed: bits/weight"] == 3.285
     assert versus.loc["hqq", "next uniform up"].startswith("W4 g32 (5.000)")
     assert versus.loc["minmax", "next uniform up"].startswith("W4 g32 (4.625)")
+    assert mixed_comparison(table[table["allocation"] == "uniform"]).empty  # nothing to compare
 
 
 def test_the_best_point_per_quantizer_takes_the_smaller_on_a_tie():
