@@ -28,14 +28,25 @@
 #   compile  the W4A16 kernel's compile time on a harness-sized float32 layer
 # A step that fails or reaches its limit keeps its per-cell lines in its log, and the script goes
 # on. Logs land in ./gpu_check; under the device tool, which returns at most 8 files from $OUT,
-# in one archive, $OUT/gpu_check.tar.gz, rewritten after each step (a call cut short keeps the
-# steps before).
+# in one archive, $OUT/gpu_check.tar.gz, of this call's logs only, rewritten after each step
+# and every 10 s (a call cut short keeps the steps before and the running step's lines).
 set -uo pipefail
 out=${OUT:-gpu_check}
 logs=$out
-[ -n "${OUT:-}" ] && logs=/tmp/gpu_check_logs
-mkdir -p "$out" "$logs"
-bundle() { [ "$logs" = "$out" ] || tar -czf "$out/gpu_check.tar.gz" -C "$logs" .; }
+mkdir -p "$out"
+if [ -n "${OUT:-}" ]; then
+  logs=$(mktemp -d)
+  bundle() { # whole or not at all: a kill mid-write leaves the archive before
+    local part
+    part=$(mktemp "$out/.gpu_check.XXXXXX") &&
+      tar -czf "$part" -C "$logs" . && chmod 644 "$part" && mv -f "$part" "$out/gpu_check.tar.gz"
+  }
+  (while sleep 10 && kill -0 $$ 2>/dev/null; do bundle; done) </dev/null >/dev/null 2>&1 &
+  bundler=$!
+  trap 'kill $bundler 2>/dev/null; bundle' EXIT
+else
+  bundle() { :; }
+fi
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} JAX_PLATFORMS=cuda
 unset Q4LAB_AUTOTUNE # auto by the rules (GPU_CHOICES): what the steps check
 export WANDB_MODE=disabled Q4LAB_CACHE=${Q4LAB_CACHE:-/tmp/q4lab-cache}
@@ -77,8 +88,8 @@ smoke() {
     --where seed=0 bits=4 quantizer=minmax quantizer=gptq act_bits=16 act_bits=4
 }
 tests() { # the Triton kernels' tests first: a step cut short at its limit loses the last ones
-  step tests 150 $pytest -v tests/ops/test_pallas_gpu.py tests/ops/test_matmul.py \
-    -k "not mosaic and not autotune"
+  step tests 150 $pytest -v tests/ops/test_pallas_gpu.py \
+    $(ls tests/ops/test_*.py | grep -v test_pallas_gpu) -k "not mosaic and not autotune"
 }
 mosaic() {
   step mosaic-tests 30 $pytest -v tests/ops/test_mosaic_gpu.py

@@ -6,7 +6,7 @@ fine-tuned (`q4lab.qat`: the integer path's values forward, the fake-quant gradi
 learns every step (Esser et al., 2020). The score is the frozen model's, through the real
 integer path; the row also holds the PTQ start (``ptq_score``), the training forward's score at
 the end (``qat_fake_score``: the same number, as freezing is exact; in 43 of the 44 trained
-rows equal to the bit, in MiniLM's Hadamard LSQ 500-step row 1.2e-6 apart) and the cost
+rows equal to the bit, in MiniLM's Hadamard LSQ 500-step row 1.2e-6 apart, relative) and the cost
 (``qat_seconds_per_step``, 2 cores).
 
   digits-mlp, mnist1d-cnn  W4A16, W4A4 and W3A3 per-channel, min-max start, the task loss

@@ -46,6 +46,11 @@ def test_layer_error_quantizes_sequentially_when_asked(capsys):
     with pytest.raises(SystemExit):
         main(["layer-error", "--float-inputs", "--sequential", "true"])
     assert "--float-inputs and --sequential true contradict" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["layer-error", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--sequential SEQUENTIAL [SEQUENTIAL ...] calibrate each layer" in text
+    assert "already quantized (default False)" in text  # its own default, not the sweep's
 
 
 def _table(out: str) -> list[list[str]]:

@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-layer output error of each recipe on a task's calibration data",
         description="Compares quantizers layer by layer; ratios are to the first --quantizer.",
     )
-    _add_recipe_flags(layer_error)
-    layer_error.set_defaults(func=_cmd_layer_error, sequential=[False])  # float inputs
+    _add_recipe_flags(layer_error, sequential=False)  # from the float model's inputs
+    layer_error.set_defaults(func=_cmd_layer_error)
 
     sens = sub.add_parser(
         "sensitivity",

@@ -8,6 +8,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -44,16 +45,19 @@ SHOWN = [
 ]
 
 
-def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
+def _add_recipe_flags(parser: argparse.ArgumentParser, **defaults: Any) -> None:
     """One flag per sweep field (`q4lab ls`), each taking one or more values; every combination
     is a point. Values are Python literals (``true``/``false`` accepted), e.g. ``--options
-    "{'act_order': True}"``; ``--quantizer gptq:act_order=true`` sets the options too."""
+    "{'act_order': True}"``; ``--quantizer gptq:act_order=true`` sets the options too.
+    ``defaults``: a command's own default for a field (its help says so)."""
     from q4lab.recipe import literal_value
     from q4lab.sweep.fields import FIELDS
 
+    defaults = {"task": "digits-mlp", **defaults}
     for name, (default, meaning) in FIELDS.items():
         if name == "task":
-            meaning, default = "registered task name(s)", "digits-mlp"
+            meaning = "registered task name(s)"
+        default = defaults.get(name, default)
         flags = [f"--{name.replace('_', '-')}"]
         if name == "group_size":
             flags.append("--group")
@@ -62,7 +66,7 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
             dest=name,
             nargs="+",
             type=str if name in ("task", "quantizer") else literal_value,
-            default=["digits-mlp"] if name == "task" else None,
+            default=[defaults[name]] if name in defaults else None,
             help=f"{meaning} (default {default!r})",
         )
     parser.add_argument("--asym", action="store_true", help="asymmetric weights: --symmetric false")

@@ -89,13 +89,13 @@ READS: dict[str, tuple[str, ...]] = {
 # (benchmarks/RESULTS.md: "Matmul paths and what `auto` picks", and the 2026-11-28 section); a
 # kernel ("pallas", "mosaic") that cannot take the weight falls back to "xla". W4A4 with group
 # scales at large M: XLA's einsum holds an [M, G, N] int32 intermediate (6.1 ms at 8192x8192,
-# M=4096; the kernel 2.4 ms). Float32 x takes XLA's float32 dot at every M: at 8192x8192 and
-# 8192x28672, M=16, it ran in half blocked's time (0.325 vs 0.648 ms, 0.89 vs 1.97 ms) while
-# blocked still rounded its products as TF32 (both ask for float32 products now); at the
-# harness' 384x1536 every path sat at the launch floor.
+# M=4096; the kernel 2.4 ms). Float32 x up to 64 rows takes XLA's float32 dot: at 8192x8192 and
+# 8192x28672, M=16, it ran in half blocked's time (0.325 vs 0.648 ms, 0.89 vs 1.97 ms; blocked
+# then rounded its products as TF32, and asks for float32 products since). Above 64 rows,
+# blocked: at the harness' 384x1536, M=360, it took 0.075 ms to xla's 0.121 (TF32 then too).
 GPU_CHOICES: dict[tuple[str, str], tuple[tuple[int | None, str], ...]] = {
     ("w4a16", "16-bit"): ((64, "pallas"), (None, "xla")),
-    ("w4a16", "float32"): ((None, "xla"),),
+    ("w4a16", "float32"): ((64, "xla"), (None, "blocked")),
     ("w4a4", "int8 per-channel"): ((1, "xla"), (64, "pallas"), (None, "xla")),
     ("w4a4", "int8 grouped"): ((1, "xla"), (None, "pallas")),
 }
