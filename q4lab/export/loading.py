@@ -43,6 +43,7 @@ from q4lab.export.schema import (
     WEIGHTS_FILE,
     _act_spec,
     _config_digest,
+    _is_file_name,
     _key_of,
     _name,
     _plain,
@@ -124,7 +125,7 @@ def _read_config(directory: Path) -> dict[str, Any]:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ValueError(f"{path}: format_version={version!r} is invalid; allowed: an int >= 1")
     name = config.get("weights_file", WEIGHTS_FILE)
-    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+    if not _is_file_name(name):
         raise ValueError(
             f"{path}: weights_file={name!r} is invalid; allowed: a file name in {directory}"
         )

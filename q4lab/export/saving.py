@@ -27,6 +27,7 @@ from q4lab.export.schema import (
     FORMAT,
     WEIGHTS_FILE,
     _config_digest,
+    _is_file_name,
     _key_of,
     _layer_to_json,
     _name,
@@ -235,8 +236,7 @@ def _saved_files(directory: Path) -> list[Path]:
         name = json.loads(config.read_text()).get("weights_file", WEIGHTS_FILE)
     except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         name = None
-    # a name that leaves the directory (hand-edited) is not ours to remove
-    named = directory / name if isinstance(name, str) and Path(name).name == name else None
+    named = directory / name if _is_file_name(name) else None  # not one leaving the directory
     return [config, *dict.fromkeys([*ours, *([named] if named and named.is_file() else [])])]
 
 

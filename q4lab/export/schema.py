@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -142,6 +143,12 @@ def _key_of(path: tuple) -> tuple:
             )
         key.append(entry.key if isinstance(entry.key, int) else str(entry.key))
     return tuple(key)
+
+
+def _is_file_name(name: Any) -> bool:
+    """Whether a config's ``weights_file`` names a file in the model's own directory (a plain
+    name: no folder, not ``.`` or ``..``), the only file loading reads or saving replaces."""
+    return isinstance(name, str) and Path(name).name == name and name not in ("", ".", "..")
 
 
 def _config_digest(config: dict[str, Any]) -> str:
